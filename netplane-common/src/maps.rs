@@ -1,0 +1,116 @@
+//! Map names, sizes, keys and values.
+//!
+//! IPv4 addresses are stored as they sit in the packet (network byte order):
+//! `u32::from_ne_bytes(octets)`; see [`ip_key`].
+
+/// Map names as they appear in the eBPF object and as pin file names.
+pub mod names {
+    pub const ROUTES: &str = "ROUTES";
+    pub const LOCAL_PODS: &str = "LOCAL_PODS";
+    pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    pub const DROPS: &str = "DROPS";
+    pub const PATHS: &str = "PATHS";
+    pub const ALL: [&str; 5] = [ROUTES, LOCAL_PODS, NODE_CONFIG, DROPS, PATHS];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// TC ingress on the host side of every pod veth.
+    pub const FROM_POD: &str = "from_pod";
+    /// TC ingress on the node uplink.
+    pub const FROM_UPLINK: &str = "from_uplink";
+    /// TC egress on the node uplink (the node's own traffic to pods).
+    pub const TO_UPLINK: &str = "to_uplink";
+}
+
+/// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the
+/// map leaves room for experiments that lift it.
+pub const MAX_ROUTES: u32 = 1024;
+/// AKS route table limit: one route per node, 400 routes.
+pub const AZURE_UDR_ROUTE_LIMIT: usize = 400;
+/// kubenet's maximum pods per node.
+pub const MAX_PODS_PER_NODE: u32 = 250;
+/// LOCAL_PODS capacity.
+pub const MAX_LOCAL_PODS: u32 = 256;
+
+/// skb->mark bit set on packets netplane has already routed, so the uplink's
+/// egress program lets them through instead of routing them again.
+pub const MARK_ROUTED: u32 = 0x0000_4e50; // "NP"
+
+/// The key under which an IPv4 address is stored in the maps.
+#[inline(always)]
+pub const fn ip_key(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// LOCAL_PODS value: where a pod on this node lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// ifindex of the host side of the pod's veth.
+    pub ifindex: u32,
+    /// MAC of the pod's eth0.
+    pub pod_mac: [u8; 6],
+    /// MAC of the host side of the veth (the pod's gateway MAC).
+    pub host_mac: [u8; 6],
+}
+
+/// ROUTES value: the UDR route's next hop (next hop type VirtualAppliance).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Owner node's IP ([`ip_key`] form).
+    pub node_ip: u32,
+}
+
+/// NODE_CONFIG[0]: this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's IP ([`ip_key`] form).
+    pub node_ip: u32,
+    /// ifindex of the uplink (the NIC in the VNet).
+    pub uplink_ifindex: u32,
+    /// Cluster pod CIDR network address and mask ([`ip_key`] form).
+    pub cluster_cidr: u32,
+    pub cluster_mask: u32,
+}
+
+impl NodeConfig {
+    #[inline(always)]
+    pub fn in_cluster(&self, ip: u32) -> bool {
+        ip & self.cluster_mask == self.cluster_cidr
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::LocalPod {}
+    unsafe impl aya::Pod for super::RouteTarget {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_membership_uses_network_order_keys() {
+        let cfg = NodeConfig {
+            node_ip: ip_key([10, 224, 0, 4]),
+            uplink_ifindex: 2,
+            cluster_cidr: ip_key([10, 244, 0, 0]),
+            cluster_mask: ip_key([255, 255, 0, 0]),
+        };
+        assert!(cfg.in_cluster(ip_key([10, 244, 7, 9])));
+        assert!(!cfg.in_cluster(ip_key([10, 245, 0, 1])));
+        assert!(!cfg.in_cluster(ip_key([10, 224, 0, 5])));
+    }
+
+    #[test]
+    fn layouts_match_what_the_kernel_side_reads() {
+        assert_eq!(core::mem::size_of::<LocalPod>(), 16);
+        assert_eq!(core::mem::size_of::<RouteTarget>(), 4);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 16);
+    }
+}

@@ -1,0 +1,24 @@
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use netplane_common::{DropReason, Path};
+
+use crate::maps::{DROPS, PATHS};
+
+/// Counts the drop and returns the verdict that drops.
+#[inline(always)]
+pub fn drop(reason: DropReason) -> i32 {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // Per-CPU slot: no other writer.
+        unsafe { *slot += 1 };
+    }
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+pub fn count(ctx: &TcContext, path: Path) {
+    if let Some(slot) = PATHS.get_ptr_mut(path as u32) {
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += ctx.len() as u64;
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! netplane's data path: TC programs that do kubenet's pod networking without
+//! a bridge, kernel routes or iptables.
+//!
+//! - `from_pod`    TC ingress, host side of each pod veth: ARP answers,
+//!                 anti-spoofing, same-node delivery, UDR routing to nodes.
+//! - `from_uplink` TC ingress, node NIC: delivery to local pods.
+//! - `to_uplink`   TC egress, node NIC: the node's own traffic to pods.
+#![no_std]
+#![no_main]
+
+mod arp;
+mod counters;
+mod maps;
+mod packet;
+mod pod;
+mod route;
+mod uplink;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    pod::from_pod(&ctx)
+}
+
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    uplink::from_uplink(&ctx)
+}
+
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    uplink::to_uplink(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

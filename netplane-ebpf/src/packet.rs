@@ -1,0 +1,85 @@
+//! Bounds-checked access to the headers the programs read and rewrite.
+use aya_ebpf::programs::TcContext;
+use netplane_common::{DropReason, checksum, maps::ip_key};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// Ethernet types in host order (network-types' EtherType holds them
+/// byte-swapped for comparing raw fields).
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// A pointer to a `T` at `offset`, if the packet holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+pub fn eth(ctx: &TcContext) -> Result<*mut EthHdr, DropReason> {
+    ptr_at::<EthHdr>(ctx, 0).ok_or(DropReason::TruncatedEthernet)
+}
+
+/// The Ethernet type as a host-order number.
+#[inline(always)]
+pub fn ether_type(eth: *const EthHdr) -> u16 {
+    u16::from_be(unsafe { (*eth).ether_type })
+}
+
+/// The IPv4 header after the Ethernet header, checked for version, IHL and
+/// total length.
+pub struct Ipv4 {
+    pub hdr: *mut Ipv4Hdr,
+    /// Source and destination in map-key form.
+    pub src: u32,
+    pub dst: u32,
+}
+
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext) -> Result<Ipv4, DropReason> {
+    let hdr = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(DropReason::MalformedIpv4)?;
+    let (version, ihl, tot_len) = unsafe { ((*hdr).version(), (*hdr).ihl(), (*hdr).tot_len()) };
+    let frame_len = ctx.len() as usize;
+    if version != 4
+        || ihl < Ipv4Hdr::LEN as u8
+        || (tot_len as usize) < ihl as usize
+        || EthHdr::LEN + tot_len as usize > frame_len
+    {
+        return Err(DropReason::MalformedIpv4);
+    }
+    let (src, dst) = unsafe { (ip_key((*hdr).src_addr), ip_key((*hdr).dst_addr)) };
+    Ok(Ipv4 { hdr, src, dst })
+}
+
+/// The TTL as seen by this hop.
+#[inline(always)]
+pub fn ttl(ip: &Ipv4) -> u8 {
+    unsafe { (*ip.hdr).ttl }
+}
+
+/// Decrements the TTL and patches the header checksum incrementally.
+/// The caller checked `ttl > 1`.
+#[inline(always)]
+pub fn decrement_ttl(ip: &Ipv4) {
+    unsafe {
+        let hdr = ip.hdr;
+        let old = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);
+        (*hdr).ttl -= 1;
+        let new = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);
+        let check = u16::from_be_bytes((*hdr).check);
+        (*hdr).check = checksum::update16(check, old, new).to_be_bytes();
+    }
+}
+
+/// Sets the Ethernet addresses for delivery on a link.
+#[inline(always)]
+pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
+    unsafe {
+        (*eth).dst_addr = dst;
+        (*eth).src_addr = src;
+    }
+}

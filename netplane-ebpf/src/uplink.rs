@@ -1,0 +1,75 @@
+//! TC hooks on the node's NIC in the VNet.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use netplane_common::{DropReason, Path, maps::MARK_ROUTED};
+
+use crate::{
+    counters::drop,
+    packet::{self, ETH_P_IP},
+    route,
+};
+
+const PASS: i32 = TC_ACT_OK as i32;
+
+/// Ingress: packets from the VNet. Local pods get them (a routed hop);
+/// other pod CIDRs are not ours; everything else is the node's own.
+pub fn from_uplink(ctx: &TcContext) -> i32 {
+    match try_from_uplink(ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop(reason),
+    }
+}
+
+#[inline(always)]
+fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    let eth = packet::eth(ctx)?;
+    if packet::ether_type(eth) != ETH_P_IP {
+        return Ok(PASS); // ARP and friends belong to the node
+    }
+    let cfg = route::node_config()?;
+    let ip = packet::ipv4(ctx)?;
+    if let Some(pod) = route::local_pod(ip.dst) {
+        if let Some(verdict) = route::routed_hop(ctx, &ip) {
+            return Ok(verdict);
+        }
+        return Ok(route::deliver_peer(ctx, eth, pod, Path::FromRemoteNode));
+    }
+    if cfg.in_cluster(ip.dst) {
+        return Err(DropReason::NotForThisNode);
+    }
+    Ok(PASS)
+}
+
+/// Egress: the node's own stack (including the kernel's ICMP errors) sending
+/// to a pod. Without kernel routes for pod CIDRs such packets follow the
+/// default route to this NIC; here they are sent where the pod lives.
+pub fn to_uplink(ctx: &TcContext) -> i32 {
+    match try_to_uplink(ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop(reason),
+    }
+}
+
+#[inline(always)]
+fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    if unsafe { (*ctx.skb.skb).mark } == MARK_ROUTED {
+        return Ok(PASS); // routed by from_pod, already has its next hop
+    }
+    let Ok(eth) = packet::eth(ctx) else {
+        return Ok(PASS);
+    };
+    if packet::ether_type(eth) != ETH_P_IP {
+        return Ok(PASS);
+    }
+    let cfg = route::node_config()?;
+    let Ok(ip) = packet::ipv4(ctx) else {
+        return Ok(PASS);
+    };
+    if let Some(pod) = route::local_pod(ip.dst) {
+        return Ok(route::deliver_egress(ctx, eth, pod, Path::HostToPod));
+    }
+    if cfg.in_cluster(ip.dst) {
+        let owner = route::owner_node(cfg, &ip)?;
+        return Ok(route::to_node(ctx, cfg, owner, Path::HostToRemoteNode));
+    }
+    Ok(PASS)
+}

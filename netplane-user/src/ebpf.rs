@@ -1,0 +1,189 @@
+//! The compiled eBPF object and typed access to its maps.
+use std::{
+    net::Ipv4Addr,
+    path::{Path as FsPath, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::SchedClassifier,
+};
+use ipnet::Ipv4Net;
+use netplane_common::{
+    DropReason, LocalPod, NodeConfig, Path, RouteTarget,
+    counters::PathCounter,
+    maps::{ip_key, names},
+};
+
+/// The object built by build.rs, aligned as the ELF parser wants.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane"))
+}
+
+/// An IPv4 address in the maps' key form.
+pub fn key(ip: Ipv4Addr) -> u32 {
+    ip_key(ip.octets())
+}
+
+/// The address behind a map key.
+pub fn addr(key: u32) -> Ipv4Addr {
+    Ipv4Addr::from(key.to_ne_bytes())
+}
+
+/// The loaded object: programs plus maps, optionally pinned in a directory
+/// (reused if the pins already exist).
+pub struct Datapath {
+    pub bpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object. With `pin_dir`, every map is pinned there by name,
+    /// or adopted if a pin of that name exists.
+    pub fn load(pin_dir: Option<&FsPath>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let bpf = loader.load(object()).context("loading the eBPF object")?;
+        Ok(Self { bpf })
+    }
+
+    /// A TC program, loaded into the kernel (verified) on first use.
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    pub fn set_node(&mut self, cfg: NodeConfig) -> Result<()> {
+        let mut arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
+        arr.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn node(&mut self) -> Result<NodeConfig> {
+        let arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
+        Ok(arr.get(&0, 0)?)
+    }
+
+    pub fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, u32, RouteTarget>> {
+        Ok(LpmTrie::try_from(self.map(names::ROUTES)?)?)
+    }
+
+    pub fn pods_map(&mut self) -> Result<HashMap<&mut MapData, u32, LocalPod>> {
+        Ok(HashMap::try_from(self.map(names::LOCAL_PODS)?)?)
+    }
+
+    pub fn counters(&mut self) -> Result<Counters> {
+        Counters::read(&self.bpf)
+    }
+}
+
+/// Inserts or replaces one UDR route.
+pub fn put_route<M: std::borrow::BorrowMut<MapData>>(
+    routes: &mut LpmTrie<M, u32, RouteTarget>,
+    cidr: Ipv4Net,
+    node_ip: Ipv4Addr,
+) -> Result<()> {
+    let k = Key::new(u32::from(cidr.prefix_len()), key(cidr.network()));
+    routes.insert(&k, RouteTarget { node_ip: key(node_ip) }, 0)?;
+    Ok(())
+}
+
+/// All UDR routes: (pod CIDR, owner node IP).
+pub fn list_routes<M: std::borrow::Borrow<MapData>>(
+    routes: &LpmTrie<M, u32, RouteTarget>,
+) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+    let mut out = Vec::new();
+    for entry in routes.iter() {
+        let (k, v) = entry?;
+        let net = Ipv4Net::new(addr(k.data()), k.prefix_len() as u8)?;
+        out.push((net, addr(v.node_ip)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Drop and path counters summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub drops: Vec<DropStat>,
+    pub paths: Vec<PathStat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DropStat {
+    pub reason: &'static str,
+    pub code: u32,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PathStat {
+    pub path: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counters {
+    fn from_maps(drops: &aya::maps::Map, paths: &aya::maps::Map) -> Result<Self> {
+        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(drops)?;
+        let paths: PerCpuArray<_, PathCounter> = PerCpuArray::try_from(paths)?;
+        let mut out = Counters::default();
+        for r in DropReason::ALL {
+            let packets = drops.get(&(r as u32), 0)?.iter().sum();
+            out.drops.push(DropStat { reason: r.name(), code: r as u32, packets });
+        }
+        for p in Path::ALL {
+            let per_cpu = paths.get(&(p as u32), 0)?;
+            out.paths.push(PathStat {
+                path: p.name(),
+                packets: per_cpu.iter().map(|c| c.packets).sum(),
+                bytes: per_cpu.iter().map(|c| c.bytes).sum(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn read(bpf: &Ebpf) -> Result<Self> {
+        let get = |n| bpf.map(n).with_context(|| format!("map {n} missing"));
+        Self::from_maps(get(names::DROPS)?, get(names::PATHS)?)
+    }
+
+    /// Reads the counters of a running agent from its pins.
+    pub fn read_pinned(pin_dir: &FsPath) -> Result<Self> {
+        let open = |n: &str| -> Result<aya::maps::Map> {
+            let path = pin_dir.join(n);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
+            Ok(aya::maps::Map::PerCpuArray(data))
+        };
+        Self::from_maps(&open(names::DROPS)?, &open(names::PATHS)?)
+    }
+
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops.iter().find(|d| d.reason == reason.name()).map_or(0, |d| d.packets)
+    }
+
+    pub fn packets_of(&self, path: Path) -> u64 {
+        self.paths.iter().find(|p| p.path == path.name()).map_or(0, |p| p.packets)
+    }
+}
