@@ -187,3 +187,11 @@ impl Counters {
         self.paths.iter().find(|p| p.path == path.name()).map_or(0, |p| p.packets)
     }
 }
+
+/// Pod IPs in a running agent's LOCAL_PODS, read from its pins.
+pub fn pinned_pod_ips(pin_dir: &FsPath) -> Result<Vec<Ipv4Addr>> {
+    let data = MapData::from_pin(pin_dir.join(names::LOCAL_PODS))?;
+    let map = aya::maps::Map::HashMap(data);
+    let pods: HashMap<_, u32, LocalPod> = HashMap::try_from(&map)?;
+    Ok(pods.keys().filter_map(Result::ok).map(addr).collect())
+}

@@ -1,1 +1,9 @@
+//! netplane's userspace: the agent, the CLI's commands and the lab.
+pub mod agent;
+pub mod cluster;
 pub mod ebpf;
+pub mod lab;
+pub mod paths;
+pub mod pods;
+pub mod sys;
+pub mod whoami;

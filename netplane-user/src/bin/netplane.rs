@@ -1,1 +1,294 @@
-fn main() {}
+//! `netplane`: the node agent, the lab, and the commands that look inside.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use netplane::{cluster::Cluster, ebpf::Counters, lab, paths, whoami};
+
+#[derive(Parser)]
+#[command(name = "netplane", version, about = "kubenet networking, as AKS runs it, in eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the data path of one node: load, attach, fill maps, reconcile.
+    Agent {
+        /// Cluster file (default: the embedded default cluster).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's name in the cluster file.
+        #[arg(long)]
+        node: String,
+        /// Network namespace of the node (the lab's nodes live in one).
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// The lab: the cluster built in network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// Packet and drop counters of the running agents.
+    Stats {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a cluster file against AKS's rules; all errors at once.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Address echo for lab traffic: the server tells each client the
+    /// address it saw.
+    Whoami {
+        #[command(subcommand)]
+        command: WhoamiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the cluster: VNet, nodes with agents, pods.
+    Up {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove everything the lab made (idempotent, also after a crash).
+    Down,
+    /// Hosts, namespaces and agents.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a lab host (name or IP).
+    Exec {
+        host: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WhoamiCmd {
+    /// Answer clients until --max were served or --timeout passed.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:7000")]
+        listen: SocketAddr,
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value_t = 1000)]
+        max: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Ask a server which address it sees this client as.
+    Ask {
+        server: SocketAddr,
+        #[arg(long)]
+        udp: bool,
+        /// Seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    // Piped into `head`, a CLI should stop quietly, not panic.
+    // SAFETY: setting a signal disposition to default at start-up.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Agent { config, node, netns } => {
+            let cluster = Cluster::load(config.as_deref())?;
+            for w in cluster.warnings() {
+                tracing::warn!("{w}");
+            }
+            netplane::agent::run(&cluster, &node, netns.as_deref())?;
+        }
+        Cmd::Lab { command } => return lab_cmd(command),
+        Cmd::Stats { node, json } => stats(node, json)?,
+        Cmd::Validate { file, json } => return validate(&file, json),
+        Cmd::Whoami { command } => match command {
+            WhoamiCmd::Serve { listen, udp, max, timeout } => {
+                whoami::serve(listen, udp, max, Duration::from_secs(timeout))?
+            }
+            WhoamiCmd::Ask { server, udp, timeout, json } => {
+                let a = whoami::ask(server, udp, Duration::from_secs(timeout))?;
+                if json {
+                    println!("{}", serde_json::to_string(&a)?);
+                } else {
+                    println!(
+                        "{}/{}: this client is {}, the server saw {}{}",
+                        a.server,
+                        a.proto,
+                        a.local,
+                        a.seen_as,
+                        if a.local == a.seen_as { " (unchanged)" } else { " (translated)" }
+                    );
+                }
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(line: &str) {
+    eprintln!("  {line}");
+}
+
+fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
+    match command {
+        LabCmd::Up { config } => {
+            eprintln!("bringing the lab up");
+            let state = lab::up(config.as_deref(), &mut |l| progress(l))?;
+            print_hosts(&state.hosts);
+            eprintln!("\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down");
+        }
+        LabCmd::Down => {
+            lab::down(&mut |l| progress(l))?;
+            eprintln!("lab is down");
+        }
+        LabCmd::Status { json } => {
+            let st = lab::status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else if !st.up {
+                println!("lab is down");
+            } else {
+                print_hosts(&st.hosts.iter().map(|h| h.host.clone()).collect::<Vec<_>>());
+                for h in st.hosts.iter().filter(|h| !h.netns_present) {
+                    println!("MISSING namespace {} of {}", h.host.netns, h.host.name);
+                }
+                println!();
+                for a in &st.agents {
+                    let state = if a.running { "running" } else { "NOT RUNNING" };
+                    println!("agent {:<8} pid {:<8} {state:<12} log {}", a.node, a.pid, a.log);
+                }
+            }
+        }
+        LabCmd::Exec { host, command } => {
+            let state = lab::load_state()?.context("the lab is down: run `netplane lab up`")?;
+            let Some(h) = lab::find_host(&state, &host) else {
+                let names: Vec<&str> = state.hosts.iter().map(|h| h.name.as_str()).collect();
+                bail!("no lab host {host}; hosts: {}", names.join(", "));
+            };
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &h.netns])
+                .args(&command)
+                .exec();
+            bail!("running {command:?} in {}: {err}", h.netns);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_hosts(hosts: &[lab::Host]) {
+    println!("{:<10} {:<6} {:<14} {:<8} netns", "host", "role", "ip", "node");
+    for h in hosts {
+        let role = serde_json::to_value(h.role).ok();
+        let role = role.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
+        println!(
+            "{:<10} {:<6} {:<14} {:<8} {}",
+            h.name,
+            role,
+            h.ip,
+            h.node.as_deref().unwrap_or("-"),
+            h.netns
+        );
+    }
+}
+
+fn stats(node: Option<String>, json: bool) -> Result<()> {
+    let nodes: Vec<String> = match node {
+        Some(n) => vec![n],
+        None => {
+            let mut v: Vec<String> = std::fs::read_dir(paths::bpffs())
+                .context("no agent is running (no pins under the bpffs)")?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut all = serde_json::Map::new();
+    for n in &nodes {
+        let c = Counters::read_pinned(&paths::pins(n))?;
+        if json {
+            all.insert(n.clone(), serde_json::to_value(&c)?);
+            continue;
+        }
+        println!("{n}");
+        println!("  {:<22} {:>12} {:>14}", "path", "packets", "bytes");
+        for p in &c.paths {
+            println!("  {:<22} {:>12} {:>14}", p.path, p.packets, p.bytes);
+        }
+        println!("  {:<22} {:>12}", "drop reason", "packets");
+        for d in &c.drops {
+            println!("  {:<22} {:>12}", format!("{} ({})", d.reason, d.code), d.packets);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?);
+    }
+    Ok(())
+}
+
+fn validate(file: &std::path::Path, json: bool) -> Result<ExitCode> {
+    use netplane::cluster::ConfigError;
+    let result = Cluster::load(Some(file));
+    if json {
+        let v = match &result {
+            Ok(_) => serde_json::json!({ "valid": true, "errors": [] }),
+            Err(ConfigError::Invalid { violations, .. }) => {
+                serde_json::json!({ "valid": false, "errors": violations })
+            }
+            Err(e) => serde_json::json!({
+                "valid": false,
+                "errors": [{ "field": "", "value": "", "rule": e.to_string() }]
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        match &result {
+            Ok(c) => {
+                for w in c.warnings() {
+                    println!("{w}");
+                }
+                println!("{}: valid ({} nodes)", file.display(), c.nodes.len());
+            }
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

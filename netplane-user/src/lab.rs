@@ -1,0 +1,486 @@
+//! The lab: the cluster of the cluster file, built in network namespaces on
+//! this machine. A VNet segment (np-vnet) joins the nodes; each node runs an
+//! agent; pods hang off their node by veth pairs.
+//!
+//! Safety: everything lives in `np-` namespaces the lab creates; nothing is
+//! added to the root namespace; `down` removes it all and is idempotent.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cluster::{Cluster, pod_gateway},
+    ebpf, paths,
+    pods::{self, PodRecord},
+    sys::{self, ip_in, sysctl_in},
+};
+
+/// Every lab namespace starts with this.
+pub const NETNS_PREFIX: &str = "np-";
+pub const VNET_NETNS: &str = "np-vnet";
+/// The VNet's L2 segment (Azure's fabric); see docs/decisions.md.
+pub const VNET_BRIDGE: &str = "vnet0";
+/// How long `up` waits for an agent to attach, and for pods to register.
+pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `down` waits after SIGTERM before SIGKILL.
+pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Node,
+    Pod,
+    Lb,
+    Inet,
+    Appliance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub role: Role,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Owning node, for pods.
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentProc {
+    pub node: String,
+    pub pid: u32,
+    pub log: String,
+}
+
+/// What `up` built; `status`, `exec` and `down` read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub cluster_file: String,
+    pub vnet: Vnet,
+    pub hosts: Vec<Host>,
+    pub agents: Vec<AgentProc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vnet {
+    pub netns: String,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// The hosts the lab builds for a cluster, in creation order.
+pub fn plan(cluster: &Cluster) -> Vec<Host> {
+    let mut hosts = Vec::new();
+    for (n, node) in cluster.nodes().iter().enumerate() {
+        hosts.push(Host {
+            name: node.name.clone(),
+            role: Role::Node,
+            netns: format!("{NETNS_PREFIX}{}", node.name),
+            ip: node.ip,
+            node: None,
+        });
+        // Pod IPs from .2 up: .1 is the gateway, as with kubenet's cbr0.
+        let first = u32::from(node.pod_cidr.network()) + 2;
+        for p in 0..cluster.lab.pods_per_node {
+            let name = format!("pod-{n}-{p}");
+            hosts.push(Host {
+                netns: format!("{NETNS_PREFIX}{name}"),
+                name,
+                role: Role::Pod,
+                ip: Ipv4Addr::from(first + p),
+                node: Some(node.name.clone()),
+            });
+        }
+    }
+    hosts
+}
+
+/// The host side of a pod's veth (15 characters at most).
+pub fn host_veth(pod: &str) -> String {
+    format!("v-{pod}")
+}
+
+fn state_path() -> PathBuf {
+    paths::lab_dir().join("state.json")
+}
+
+pub fn load_state() -> Result<Option<LabState>> {
+    match std::fs::read(state_path()) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).context("reading lab state")?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn save_state(state: &LabState) -> Result<()> {
+    std::fs::create_dir_all(paths::lab_dir())?;
+    std::fs::write(state_path(), serde_json::to_vec_pretty(state)?)?;
+    Ok(())
+}
+
+fn lab_namespaces() -> Result<Vec<String>> {
+    let out = sys::run(&["ip", "netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(NETNS_PREFIX))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Builds the lab. On any failure what was built is torn down again.
+pub fn up(cluster_file: Option<&std::path::Path>, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
+    let cluster = Cluster::load(cluster_file)?;
+    for w in cluster.warnings() {
+        progress(&w);
+    }
+    if load_state()?.is_some() || !lab_namespaces()?.is_empty() {
+        bail!("a lab is already up (or left over): run `netplane lab down` first");
+    }
+    match build(&cluster, progress) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            progress("failed; tearing down what was built");
+            let _ = down(&mut |_| {});
+            Err(e)
+        }
+    }
+}
+
+fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
+    let hosts = plan(cluster);
+    let nodes = cluster.nodes();
+    std::fs::create_dir_all(paths::lab_dir())?;
+    // The agents read the same file the lab was built from.
+    let cluster_copy = paths::lab_dir().join("cluster.toml");
+    std::fs::write(&cluster_copy, toml::to_string(cluster)?)?;
+    let gateway = Ipv4Addr::from(u32::from(cluster.network.node_subnet.network()) + 1);
+    let mut state = LabState {
+        cluster_file: cluster_copy.display().to_string(),
+        vnet: Vnet { netns: VNET_NETNS.into(), bridge: VNET_BRIDGE.into(), gateway },
+        hosts: hosts.clone(),
+        agents: Vec::new(),
+    };
+    save_state(&state)?;
+
+    progress(&format!("VNet segment {} in {VNET_NETNS} (gateway {gateway})", cluster.network.node_subnet));
+    new_netns(VNET_NETNS)?;
+    ip_in(VNET_NETNS, &["link", "add", VNET_BRIDGE, "type", "bridge"])?;
+    let gw = format!("{gateway}/{}", cluster.network.node_subnet.prefix_len());
+    ip_in(VNET_NETNS, &["addr", "add", &gw, "dev", VNET_BRIDGE])?;
+    ip_in(VNET_NETNS, &["link", "set", VNET_BRIDGE, "up"])?;
+
+    let prefix = cluster.network.node_subnet.prefix_len();
+    for (i, node) in nodes.iter().enumerate() {
+        let ns = format!("{NETNS_PREFIX}{}", node.name);
+        progress(&format!("node {} {} (pod CIDR {}) in {ns}", node.name, node.ip, node.pod_cidr));
+        new_netns(&ns)?;
+        // Forwarding only so the kernel can answer TTL expiry with ICMP;
+        // netplane's programs do the forwarding itself.
+        sysctl_in(&ns, &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
+        let port = format!("vn-{i}");
+        ip_in(VNET_NETNS, &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip_in(VNET_NETNS, &["link", "set", &port, "master", VNET_BRIDGE, "up"])?;
+        ip_in(&ns, &["addr", "add", &format!("{}/{prefix}", node.ip), "dev", "eth0"])?;
+        ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        ip_in(&ns, &["route", "add", "default", "via", &gateway.to_string()])?;
+    }
+
+    for node in &nodes {
+        let agent = start_agent(&state.cluster_file, &node.name)?;
+        progress(&format!("agent for {} started (pid {}, log {})", node.name, agent.pid, agent.log));
+        state.agents.push(agent);
+        save_state(&state)?;
+    }
+    for agent in &state.agents {
+        wait_for_agent(agent)?;
+    }
+
+    for host in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = nodes.iter().find(|n| Some(&n.name) == host.node.as_ref()).expect("planned");
+        progress(&format!("pod {} {} on {}", host.name, host.ip, node.name));
+        attach_pod(host, node.pod_cidr)?;
+    }
+    wait_for_pods(&hosts)?;
+    progress("all pods registered in their node's data path");
+    Ok(state)
+}
+
+fn new_netns(ns: &str) -> Result<()> {
+    sys::run(&["ip", "netns", "add", ns])?;
+    // IPv4 only: no IPv6 router solicitations counted as drops.
+    sysctl_in(ns, &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Creates a pod the way a CNI plugin would: veth pair, address, gateway
+/// route, and a registry record for the node's agent.
+fn attach_pod(pod: &Host, node_cidr: ipnet::Ipv4Net) -> Result<()> {
+    let node = pod.node.as_deref().expect("pods have nodes");
+    let node_ns = format!("{NETNS_PREFIX}{node}");
+    new_netns(&pod.netns)?;
+    let veth = host_veth(&pod.name);
+    ip_in(&node_ns, &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
+    let addr = format!("{}/{}", pod.ip, node_cidr.prefix_len());
+    ip_in(&pod.netns, &["addr", "add", &addr, "dev", "eth0"])?;
+    ip_in(&pod.netns, &["link", "set", "eth0", "up"])?;
+    ip_in(&pod.netns, &["route", "add", "default", "via", &pod_gateway(node_cidr).to_string(), "dev", "eth0"])?;
+    ip_in(&node_ns, &["link", "set", &veth, "up"])?;
+    let pod_mac = link_mac(&pod.netns, "eth0")?;
+    pods::register(&PodRecord {
+        name: pod.name.clone(),
+        node: node.to_string(),
+        ip: pod.ip,
+        netns: pod.netns.clone(),
+        host_ifname: veth,
+        pod_mac,
+    })
+}
+
+fn link_mac(ns: &str, dev: &str) -> Result<String> {
+    let out = ip_in(ns, &["-j", "link", "show", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no MAC for {dev} in {ns}"))
+}
+
+fn start_agent(cluster_file: &str, node: &str) -> Result<AgentProc> {
+    let exe = std::env::current_exe()?;
+    let log = paths::lab_dir().join(format!("agent-{node}.log"));
+    let out = std::fs::File::create(&log)?;
+    let child = Command::new(exe)
+        .args(["agent", "--config", cluster_file, "--node", node])
+        .args(["--netns", &format!("{NETNS_PREFIX}{node}")])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group: the agent outlives `lab up` and a ^C there.
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    Ok(AgentProc { node: node.to_string(), pid: child.id(), log: log.display().to_string() })
+}
+
+use std::os::unix::process::CommandExt as _;
+
+fn wait_for_agent(agent: &AgentProc) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let status = paths::agent_status(&agent.node);
+    loop {
+        if let Ok(b) = std::fs::read(&status)
+            && serde_json::from_slice::<crate::agent::AgentStatus>(&b).is_ok_and(|s| s.pid == agent.pid)
+        {
+            return Ok(());
+        }
+        if !pid_alive(agent.pid) || Instant::now() > deadline {
+            let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            bail!("agent for {} did not come up; its log:\n{log}", agent.node);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for_pods(hosts: &[Host]) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    for pod in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = pod.node.as_deref().expect("pods have nodes");
+        loop {
+            if ebpf::pinned_pod_ips(&paths::pins(node)).is_ok_and(|ips| ips.contains(&pod.ip)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("pod {} was not registered by the agent of {node} in time", pod.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; only count running ones.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+/// True when PID is a netplane agent for `node` (so a recycled PID is never
+/// signalled).
+fn is_our_agent(pid: u32, node: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.iter().any(|a| *a == b"agent") && args.iter().any(|a| *a == node.as_bytes())
+}
+
+/// Tears the lab down: agents (by recorded PID), namespaces, pins, state.
+/// Safe to run any number of times, also after a crash.
+pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut agents: Vec<(String, u32)> = Vec::new();
+    if let Ok(Some(state)) = load_state() {
+        agents.extend(state.agents.iter().map(|a| (a.node.clone(), a.pid)));
+    }
+    // Agents whose status outlived a lost state file.
+    if let Ok(entries) = std::fs::read_dir(paths::run_dir().join("nodes")) {
+        for e in entries.flatten() {
+            let node = e.file_name().to_string_lossy().into_owned();
+            if let Ok(b) = std::fs::read(paths::agent_status(&node))
+                && let Ok(s) = serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+            {
+                agents.push((node, s.pid));
+            }
+        }
+    }
+    agents.sort();
+    agents.dedup();
+    for (node, pid) in &agents {
+        if pid_alive(*pid) && is_our_agent(*pid, node) {
+            progress(&format!("stopping agent of {node} (pid {pid})"));
+            stop_pid(*pid);
+        }
+    }
+    for ns in lab_namespaces()? {
+        progress(&format!("deleting namespace {ns}"));
+        sys::run(&["ip", "netns", "del", &ns])?;
+    }
+    let bpffs = paths::bpffs();
+    if let Ok(entries) = std::fs::read_dir(&bpffs) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    if sys::is_bpffs(&bpffs) {
+        nix::mount::umount(&bpffs).with_context(|| format!("unmounting {}", bpffs.display()))?;
+    }
+    for dir in [paths::run_dir().join("nodes"), paths::lab_dir(), bpffs] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir(paths::run_dir());
+    Ok(())
+}
+
+fn stop_pid(pid: u32) {
+    use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if pid_alive(pid) {
+        let _ = kill(p, Signal::SIGKILL);
+    }
+}
+
+/// A host by name or IP.
+pub fn find_host<'a>(state: &'a LabState, name_or_ip: &str) -> Option<&'a Host> {
+    state
+        .hosts
+        .iter()
+        .find(|h| h.name == name_or_ip || h.ip.to_string() == name_or_ip)
+}
+
+/// `lab status --json` shape: hosts plus agents and the VNet.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub up: bool,
+    pub hosts: Vec<HostStatus>,
+    pub agents: Vec<AgentStatusLine>,
+    pub vnet: Option<Vnet>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    #[serde(flatten)]
+    pub host: Host,
+    pub netns_present: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentStatusLine {
+    pub node: String,
+    pub pid: u32,
+    pub running: bool,
+    pub log: String,
+}
+
+pub fn status() -> Result<Status> {
+    let Some(state) = load_state()? else {
+        return Ok(Status { up: false, hosts: Vec::new(), agents: Vec::new(), vnet: None });
+    };
+    Ok(Status {
+        up: true,
+        hosts: state
+            .hosts
+            .iter()
+            .map(|h| HostStatus { host: h.clone(), netns_present: sys::netns_exists(&h.netns) })
+            .collect(),
+        agents: state
+            .agents
+            .iter()
+            .map(|a| AgentStatusLine {
+                node: a.node.clone(),
+                pid: a.pid,
+                running: pid_alive(a.pid) && is_our_agent(a.pid, &a.node),
+                log: a.log.clone(),
+            })
+            .collect(),
+        vnet: Some(state.vnet),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_lab_has_two_nodes_with_two_pods_each() {
+        let hosts = plan(&Cluster::load(None).unwrap());
+        let names: Vec<(&str, Role, String, Option<&str>)> = hosts
+            .iter()
+            .map(|h| (h.name.as_str(), h.role, h.ip.to_string(), h.node.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("node-0", Role::Node, "10.224.0.4".into(), None),
+                ("pod-0-0", Role::Pod, "10.244.0.2".into(), Some("node-0")),
+                ("pod-0-1", Role::Pod, "10.244.0.3".into(), Some("node-0")),
+                ("node-1", Role::Node, "10.224.0.5".into(), None),
+                ("pod-1-0", Role::Pod, "10.244.1.2".into(), Some("node-1")),
+                ("pod-1-1", Role::Pod, "10.244.1.3".into(), Some("node-1")),
+            ]
+        );
+        assert!(hosts.iter().all(|h| h.netns.starts_with(NETNS_PREFIX)));
+    }
+
+    #[test]
+    fn veth_names_fit_ifnamsiz() {
+        assert!(host_veth("pod-399-249").len() <= 15);
+    }
+
+    #[test]
+    fn host_json_has_the_documented_shape() {
+        let h = &plan(&Cluster::load(None).unwrap())[1];
+        let v = serde_json::to_value(HostStatus { host: h.clone(), netns_present: true }).unwrap();
+        assert_eq!(v["name"], "pod-0-0");
+        assert_eq!(v["role"], "pod");
+        assert_eq!(v["netns"], "np-pod-0-0");
+        assert_eq!(v["ip"], "10.244.0.2");
+        assert_eq!(v["node"], "node-0");
+        let n = serde_json::to_value(&plan(&Cluster::load(None).unwrap())[0]).unwrap();
+        assert!(n["node"].is_null());
+    }
+}

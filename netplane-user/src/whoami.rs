@@ -1,0 +1,110 @@
+//! A tiny TCP/UDP echo of addresses: the server answers every client with
+//! the address it saw the client as. It shows, from inside a pod, whether a
+//! packet arrived with its source intact or translated.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The reply's prefix; what follows is the address the server saw.
+const SEEN_PREFIX: &str = "seen-as ";
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves until `max` clients were answered or `timeout` passed (bounded,
+/// so a forgotten server ends by itself).
+pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let proto = if udp { "udp" } else { "tcp" };
+    let mut answered = 0;
+    let log = |local: SocketAddr, peer: SocketAddr| {
+        println!("{proto} {local} <- {peer}");
+        let _ = std::io::stdout().flush();
+    };
+    if udp {
+        let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}/udp"))?;
+        println!("listening on {}/udp", sock.local_addr()?);
+        let _ = std::io::stdout().flush();
+        let mut buf = [0u8; 1500];
+        while answered < max && Instant::now() < deadline {
+            sock.set_read_timeout(Some(remaining(deadline)))?;
+            let Ok((_, peer)) = sock.recv_from(&mut buf) else { continue };
+            sock.send_to(format!("{SEEN_PREFIX}{peer}\n").as_bytes(), peer)?;
+            log(sock.local_addr()?, peer);
+            answered += 1;
+        }
+    } else {
+        let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}/tcp"))?;
+        listener.set_nonblocking(true)?;
+        println!("listening on {}/tcp", listener.local_addr()?);
+        let _ = std::io::stdout().flush();
+        while answered < max && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                    let mut line = String::new();
+                    let _ = BufReader::new(&stream).read_line(&mut line);
+                    let _ = stream.write_all(format!("{SEEN_PREFIX}{peer}\n").as_bytes());
+                    log(stream.local_addr()?, peer);
+                    answered += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// What the server saw of this client.
+#[derive(Debug, serde::Serialize)]
+pub struct Answer {
+    pub server: SocketAddr,
+    pub proto: &'static str,
+    pub local: SocketAddr,
+    pub seen_as: SocketAddr,
+}
+
+pub fn ask(server: SocketAddr, udp: bool, timeout: Duration) -> Result<Answer> {
+    let (local, reply) = if udp {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.send(b"who am i?\n")?;
+        let mut buf = [0u8; 256];
+        let n = sock
+            .recv(&mut buf)
+            .with_context(|| format!("no answer from {server}/udp within {timeout:?}"))?;
+        (sock.local_addr()?, String::from_utf8_lossy(&buf[..n]).into_owned())
+    } else {
+        let mut stream = TcpStream::connect_timeout(&server, timeout)
+            .with_context(|| format!("connecting to {server}/tcp"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"who am i?\n")?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .with_context(|| format!("no answer from {server}/tcp"))?;
+        (stream.local_addr()?, line)
+    };
+    let Some(seen) = reply.trim().strip_prefix(SEEN_PREFIX) else {
+        bail!("unexpected answer from {server}: {reply:?}");
+    };
+    Ok(Answer {
+        server,
+        proto: if udp { "udp" } else { "tcp" },
+        local,
+        seen_as: seen.parse().context("server's answer")?,
+    })
+}
