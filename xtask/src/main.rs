@@ -1,1 +1,137 @@
-fn main() {}
+//! `cargo xtask setup|demo|test|lint`: the project's entry points.
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod setup;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, rust-src for
+    /// nightly, bpf-linker). Idempotent.
+    Setup,
+    /// Set up, build, bring the lab up and show pod traffic.
+    Demo,
+    /// Set up, build, and run every test (unit, packet tables, lab).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and both clippy passes (-D warnings).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Demo => {
+            setup::run()?;
+            build()?;
+            demo::run()
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            build()?;
+            test(&args)
+        }
+        Cmd::Lint => {
+            setup::run()?;
+            lint()
+        }
+    }
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    step(program, args, &[])
+}
+
+pub fn step(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The netplane binary the demo and the lab tests run.
+pub fn netplane_bin() -> std::path::PathBuf {
+    workspace_root().join("target/debug/netplane")
+}
+
+fn build() -> Result<()> {
+    eprintln!("== build");
+    cmd("cargo", &["build", "-p", "netplane-user", "--bins"])
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // The lab tests need the np- namespaces to themselves.
+    if lab_is_up() {
+        eprintln!("== a lab is up (from `cargo xtask demo`?): taking it down for the lab tests");
+        cmd(netplane_bin().to_str().expect("utf-8 path"), &["lab", "down"])?;
+    }
+    eprintln!("== test");
+    let mut argv = vec!["test", "--workspace", "--exclude", "netplane-ebpf"];
+    argv.extend(args.iter().map(String::as_str));
+    cmd("cargo", &argv)
+}
+
+/// `netplane lab status --json` says the lab is up.
+pub fn lab_is_up() -> bool {
+    Command::new(netplane_bin())
+        .args(["lab", "status", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .is_some_and(|v| v["up"] == true)
+}
+
+fn lint() -> Result<()> {
+    eprintln!("== fmt");
+    cmd("cargo", &["fmt", "--all", "--check"])?;
+    eprintln!("== clippy (workspace without the eBPF crate)");
+    cmd(
+        "cargo",
+        &["clippy", "--workspace", "--exclude", "netplane-ebpf", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    eprintln!("== clippy (eBPF crate, BPF target)");
+    cmd(
+        "cargo",
+        &[
+            "+nightly", "clippy", "-p", "netplane-ebpf", "--bins", "--target", "bpfel-unknown-none",
+            "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+        ],
+    )
+}

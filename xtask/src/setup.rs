@@ -1,0 +1,101 @@
+//! One idempotent setup step: what a fresh machine of this kind lacks for
+//! building the eBPF object and running the lab (DESIGN.md §4).
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::step;
+
+/// Debian packages: LLVM 22 for bpf-linker; the lab's and tests' tools.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "libpolly-22-dev",
+    "iproute2",
+    "iputils-ping",
+    "traceroute",
+    "iperf3",
+    "tcpdump",
+    "ethtool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    eprintln!("== setup");
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("   apt packages: present");
+        return Ok(());
+    }
+    if !nix_is_root() {
+        bail!("missing packages {missing:?}; run as root or `apt-get install {}`", missing.join(" "));
+    }
+    eprintln!("   apt packages: installing {}", missing.join(" "));
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    step("apt-get", &["update", "-qq"], &env)?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    step("apt-get", &args, &env)
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (the eBPF build needs the nightly toolchain)")?;
+    if !out.status.success() {
+        bail!("no nightly toolchain: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("   rust-src (nightly): present");
+        return Ok(());
+    }
+    eprintln!("   rust-src (nightly): installing");
+    step("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])
+}
+
+fn bpf_linker() -> Result<()> {
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if have {
+        eprintln!("   bpf-linker {BPF_LINKER_VERSION}: present");
+        return Ok(());
+    }
+    eprintln!("   bpf-linker {BPF_LINKER_VERSION}: building against LLVM 22 (about a minute)");
+    step(
+        "cargo",
+        &[
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ],
+        &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+    )
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
