@@ -1,10 +1,10 @@
 //! netplane's data path: TC programs that do kubenet's pod networking without
 //! a bridge, kernel routes or iptables.
 //!
-//! - `from_pod`    TC ingress, host side of each pod veth: ARP answers,
-//!                 anti-spoofing, same-node delivery, UDR routing to nodes.
-//! - `from_uplink` TC ingress, node NIC: delivery to local pods.
-//! - `to_uplink`   TC egress, node NIC: the node's own traffic to pods.
+//! - `from_pod`: TC ingress, host side of each pod veth: ARP answers,
+//!   anti-spoofing, same-node delivery, UDR routing to nodes.
+//! - `from_uplink`: TC ingress, node NIC: delivery to local pods.
+//! - `to_uplink`: TC egress, node NIC: the node's own traffic to pods.
 #![no_std]
 #![no_main]
 

@@ -41,7 +41,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     if ip.dst == cfg.node_ip {
         count(ctx, Path::PodToHost);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     if !cfg.in_cluster(ip.dst) {
         return Err(DropReason::EgressUnavailable);

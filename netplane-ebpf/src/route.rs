@@ -24,7 +24,7 @@ pub fn node_config() -> Result<&'static NodeConfig, DropReason> {
 
 #[inline(always)]
 pub fn local_pod(ip: u32) -> Option<&'static LocalPod> {
-    unsafe { LOCAL_PODS.get(&ip) }
+    unsafe { LOCAL_PODS.get(ip) }
 }
 
 /// The owner node of `ip` from the UDR table (longest prefix match).
@@ -79,7 +79,7 @@ pub fn to_node(ctx: &TcContext, cfg: &NodeConfig, node_ip: u32, path: Path) -> i
 pub fn routed_hop(ctx: &TcContext, ip: &Ipv4) -> Option<i32> {
     if packet::ttl(ip) <= 1 {
         count(ctx, Path::TtlExpired);
-        return Some(TC_ACT_OK as i32);
+        return Some(TC_ACT_OK);
     }
     packet::decrement_ttl(ip);
     None

@@ -8,7 +8,7 @@ use crate::{
     route,
 };
 
-const PASS: i32 = TC_ACT_OK as i32;
+const PASS: i32 = TC_ACT_OK;
 
 /// Ingress: packets from the VNet. Local pods get them (a routed hop);
 /// other pod CIDRs are not ours; everything else is the node's own.

@@ -103,7 +103,10 @@ pub fn run(cluster: &Cluster, node_name: &str, netns: Option<&str>) -> Result<()
         Ok(())
     })();
 
-    info!(node = node_name, "stopping: detaching programs, removing pins");
+    info!(
+        node = node_name,
+        "stopping: detaching programs, removing pins"
+    );
     let _ = std::fs::remove_file(&status_path);
     drop(dp); // closes the links: programs detach
     remove_pins(&pins);
@@ -123,7 +126,8 @@ pub fn reconcile_routes(dp: &mut Datapath, nodes: &[NodePlan]) -> Result<()> {
     }
     for (cidr, ip) in &current {
         if !desired.iter().any(|(c, _)| c == cidr) {
-            let k = aya::maps::lpm_trie::Key::new(u32::from(cidr.prefix_len()), key(cidr.network()));
+            let k =
+                aya::maps::lpm_trie::Key::new(u32::from(cidr.prefix_len()), key(cidr.network()));
             routes.remove(&k)?;
             info!(%cidr, next_hop = %ip, "route removed");
         }
@@ -170,7 +174,11 @@ fn reconcile_pods(
     // Entries no pod owns (left by an agent that crashed) go too.
     let owned: Vec<u32> = attached.values().map(|a| key(a.ip)).collect();
     let mut map = dp.pods_map()?;
-    let stale: Vec<u32> = map.keys().filter_map(Result::ok).filter(|k| !owned.contains(k)).collect();
+    let stale: Vec<u32> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !owned.contains(k))
+        .collect();
     for k in stale {
         map.remove(&k).ok();
     }
@@ -188,7 +196,11 @@ fn attach_pod(dp: &mut Datapath, rec: &PodRecord) -> Result<Attached> {
         .classifier(programs::FROM_POD)?
         .attach(&rec.host_ifname, TcAttachType::Ingress)?;
     dp.pods_map()?.insert(key(rec.ip), pod, 0)?;
-    Ok(Attached { ip: rec.ip, host_ifname: rec.host_ifname.clone(), link })
+    Ok(Attached {
+        ip: rec.ip,
+        host_ifname: rec.host_ifname.clone(),
+        link,
+    })
 }
 
 fn remove_pins(dir: &std::path::Path) {

@@ -99,15 +99,24 @@ impl fmt::Display for Violation {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid cluster file: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {} rule(s) broken:\n{}", .violations.len(), list(.violations))]
-    Invalid { path: String, violations: Vec<Violation> },
+    Invalid {
+        path: String,
+        violations: Vec<Violation>,
+    },
 }
 
 fn list(v: &[Violation]) -> String {
-    v.iter().map(|v| format!("  - {v}")).collect::<Vec<_>>().join("\n")
+    v.iter()
+        .map(|v| format!("  - {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A node with its pod CIDR resolved.
@@ -124,11 +133,16 @@ impl Cluster {
         let (name, text) = match path {
             Some(p) => {
                 let name = p.display().to_string();
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: name.clone(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: name.clone(),
+                    source,
+                })?;
                 (name, text)
             }
-            None => ("<embedded default>".to_string(), DEFAULT_CLUSTER.to_string()),
+            None => (
+                "<embedded default>".to_string(),
+                DEFAULT_CLUSTER.to_string(),
+            ),
         };
         Self::parse(&name, &text)
     }
@@ -142,7 +156,10 @@ impl Cluster {
         if violations.is_empty() {
             Ok(cluster)
         } else {
-            Err(ConfigError::Invalid { path: name.to_string(), violations })
+            Err(ConfigError::Invalid {
+                path: name.to_string(),
+                violations,
+            })
         }
     }
 
@@ -150,7 +167,11 @@ impl Cluster {
     pub fn violations(&self) -> Vec<Violation> {
         let mut v = Vec::new();
         let mut bad = |field: &str, value: &dyn fmt::Display, rule: String| {
-            v.push(Violation { field: field.into(), value: value.to_string(), rule })
+            v.push(Violation {
+                field: field.into(),
+                value: value.to_string(),
+                rule,
+            })
         };
         let n = &self.network;
         let cidrs = [
@@ -161,7 +182,11 @@ impl Cluster {
         ];
         for (field, net) in cidrs {
             if net != net.trunc() {
-                bad(field, &net, format!("host bits set; the network is {}", net.trunc()));
+                bad(
+                    field,
+                    &net,
+                    format!("host bits set; the network is {}", net.trunc()),
+                );
             }
         }
         for (field, net) in [cidrs[0], cidrs[2], cidrs[3]] {
@@ -173,33 +198,76 @@ impl Cluster {
             }
         }
         if !n.vnet_cidr.contains(&n.node_subnet) {
-            bad("network.node_subnet", &n.node_subnet, format!("must be inside network.vnet_cidr {}", n.vnet_cidr));
+            bad(
+                "network.node_subnet",
+                &n.node_subnet,
+                format!("must be inside network.vnet_cidr {}", n.vnet_cidr),
+            );
         }
         if overlaps(n.pod_cidr, n.vnet_cidr) {
-            bad("network.pod_cidr", &n.pod_cidr, format!("must not overlap network.vnet_cidr {}", n.vnet_cidr));
+            bad(
+                "network.pod_cidr",
+                &n.pod_cidr,
+                format!("must not overlap network.vnet_cidr {}", n.vnet_cidr),
+            );
         }
         if overlaps(n.service_cidr, n.vnet_cidr) {
-            bad("network.service_cidr", &n.service_cidr, format!("must not overlap network.vnet_cidr {}", n.vnet_cidr));
+            bad(
+                "network.service_cidr",
+                &n.service_cidr,
+                format!("must not overlap network.vnet_cidr {}", n.vnet_cidr),
+            );
         }
         if overlaps(n.pod_cidr, n.service_cidr) {
-            bad("network.service_cidr", &n.service_cidr, format!("must not overlap network.pod_cidr {}", n.pod_cidr));
+            bad(
+                "network.service_cidr",
+                &n.service_cidr,
+                format!("must not overlap network.pod_cidr {}", n.pod_cidr),
+            );
         }
         if !n.service_cidr.contains(&n.dns_service_ip) {
-            bad("network.dns_service_ip", &n.dns_service_ip, format!("must be inside network.service_cidr {}", n.service_cidr));
+            bad(
+                "network.dns_service_ip",
+                &n.dns_service_ip,
+                format!("must be inside network.service_cidr {}", n.service_cidr),
+            );
         } else if u32::from(n.dns_service_ip) <= u32::from(n.service_cidr.network()) + 1 {
             bad("network.dns_service_ip", &n.dns_service_ip, "must not be the network address or the first address (.1 is the kubernetes service)".into());
         }
         if n.node_pod_prefix < n.pod_cidr.prefix_len() || n.node_pod_prefix > 30 {
-            bad("network.node_pod_prefix", &n.node_pod_prefix, format!("must be between the pod CIDR's /{} and /30", n.pod_cidr.prefix_len()));
+            bad(
+                "network.node_pod_prefix",
+                &n.node_pod_prefix,
+                format!(
+                    "must be between the pod CIDR's /{} and /30",
+                    n.pod_cidr.prefix_len()
+                ),
+            );
         } else if n.max_pods > pod_capacity(n.node_pod_prefix) {
-            bad("network.max_pods", &n.max_pods, format!("a /{} holds only {} pods (network, broadcast and the .1 gateway excluded)", n.node_pod_prefix, pod_capacity(n.node_pod_prefix)));
+            bad(
+                "network.max_pods",
+                &n.max_pods,
+                format!(
+                    "a /{} holds only {} pods (network, broadcast and the .1 gateway excluded)",
+                    n.node_pod_prefix,
+                    pod_capacity(n.node_pod_prefix)
+                ),
+            );
         }
         let max = netplane_common::maps::MAX_PODS_PER_NODE;
         if !(MIN_MAX_PODS..=max).contains(&n.max_pods) {
-            bad("network.max_pods", &n.max_pods, format!("kubenet allows {MIN_MAX_PODS} to {max} pods per node"));
+            bad(
+                "network.max_pods",
+                &n.max_pods,
+                format!("kubenet allows {MIN_MAX_PODS} to {max} pods per node"),
+            );
         }
         if self.lab.pods_per_node > n.max_pods {
-            bad("lab.pods_per_node", &self.lab.pods_per_node, format!("more than network.max_pods ({})", n.max_pods));
+            bad(
+                "lab.pods_per_node",
+                &self.lab.pods_per_node,
+                format!("more than network.max_pods ({})", n.max_pods),
+            );
         }
         self.node_violations(&mut bad);
         v
@@ -212,7 +280,13 @@ impl Cluster {
         }
         let limit = self.limits.max_routes;
         if self.nodes.len() > limit && !self.limits.allow_over_route_limit {
-            bad("nodes", &self.nodes.len(), format!("kubenet needs one route per node and the route table holds at most {limit} (set limits.allow_over_route_limit = true to experiment)"));
+            bad(
+                "nodes",
+                &self.nodes.len(),
+                format!(
+                    "kubenet needs one route per node and the route table holds at most {limit} (set limits.allow_over_route_limit = true to experiment)"
+                ),
+            );
         }
         let mut names = HashSet::new();
         let mut ips = HashSet::new();
@@ -225,22 +299,42 @@ impl Cluster {
                 bad(&f("name"), &node.name, "duplicate node name".into());
             }
             if !n.node_subnet.contains(&node.ip) {
-                bad(&f("ip"), &node.ip, format!("must be inside network.node_subnet {}", n.node_subnet));
+                bad(
+                    &f("ip"),
+                    &node.ip,
+                    format!("must be inside network.node_subnet {}", n.node_subnet),
+                );
             } else if azure_reserved(n.node_subnet, node.ip) {
-                bad(&f("ip"), &node.ip, "Azure reserves the first four and the last address of a subnet".into());
+                bad(
+                    &f("ip"),
+                    &node.ip,
+                    "Azure reserves the first four and the last address of a subnet".into(),
+                );
             }
             if !ips.insert(node.ip) {
                 bad(&f("ip"), &node.ip, "duplicate node IP".into());
             }
             if let Some(c) = node.pod_cidr {
                 if c != c.trunc() {
-                    bad(&f("pod_cidr"), &c, format!("host bits set; the network is {}", c.trunc()));
+                    bad(
+                        &f("pod_cidr"),
+                        &c,
+                        format!("host bits set; the network is {}", c.trunc()),
+                    );
                 }
                 if !n.pod_cidr.contains(&c) {
-                    bad(&f("pod_cidr"), &c, format!("must be inside network.pod_cidr {}", n.pod_cidr));
+                    bad(
+                        &f("pod_cidr"),
+                        &c,
+                        format!("must be inside network.pod_cidr {}", n.pod_cidr),
+                    );
                 }
                 if c.prefix_len() != n.node_pod_prefix {
-                    bad(&f("pod_cidr"), &c, format!("must be a /{} (network.node_pod_prefix)", n.node_pod_prefix));
+                    bad(
+                        &f("pod_cidr"),
+                        &c,
+                        format!("must be a /{} (network.node_pod_prefix)", n.node_pod_prefix),
+                    );
                 }
             }
         }
@@ -250,7 +344,11 @@ impl Cluster {
                     for (i, a) in plan.iter().enumerate() {
                         for b in &plan[i + 1..] {
                             if overlaps(a.pod_cidr, b.pod_cidr) {
-                                bad("nodes.pod_cidr", &b.pod_cidr, format!("overlaps {} of {}", a.pod_cidr, a.name));
+                                bad(
+                                    "nodes.pod_cidr",
+                                    &b.pod_cidr,
+                                    format!("overlaps {} of {}", a.pod_cidr, a.name),
+                                );
                             }
                         }
                     }
@@ -280,10 +378,17 @@ impl Cluster {
                 let pod_cidr = match node.pod_cidr {
                     Some(c) => c,
                     None => free.next().ok_or_else(|| {
-                        format!("network.pod_cidr {} has no /{} left for {}", n.pod_cidr, n.node_pod_prefix, node.name)
+                        format!(
+                            "network.pod_cidr {} has no /{} left for {}",
+                            n.pod_cidr, n.node_pod_prefix, node.name
+                        )
                     })?,
                 };
-                Ok(NodePlan { name: node.name.clone(), ip: node.ip, pod_cidr })
+                Ok(NodePlan {
+                    name: node.name.clone(),
+                    ip: node.ip,
+                    pod_cidr,
+                })
             })
             .collect()
     }
@@ -330,7 +435,8 @@ fn azure_reserved(subnet: Ipv4Net, ip: Ipv4Addr) -> bool {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -346,7 +452,9 @@ mod tests {
     }
 
     fn rules(v: &[Violation]) -> Vec<(String, String)> {
-        v.iter().map(|v| (v.field.clone(), v.rule.clone())).collect()
+        v.iter()
+            .map(|v| (v.field.clone(), v.rule.clone()))
+            .collect()
     }
 
     #[test]
@@ -376,7 +484,13 @@ mod tests {
     #[test]
     fn each_broken_rule_names_its_field() {
         let v = with(|c| c.network.pod_cidr = "172.30.0.0/16".parse().unwrap());
-        assert_eq!(rules(&v), vec![("network.pod_cidr".into(), "overlaps 172.30.0.0/16, which AKS reserves".into())]);
+        assert_eq!(
+            rules(&v),
+            vec![(
+                "network.pod_cidr".into(),
+                "overlaps 172.30.0.0/16, which AKS reserves".into()
+            )]
+        );
 
         let v = with(|c| c.network.dns_service_ip = "10.0.0.1".parse().unwrap());
         assert_eq!(v.len(), 1);
@@ -384,14 +498,20 @@ mod tests {
         assert!(v[0].rule.contains("first address"), "{}", v[0].rule);
 
         let v = with(|c| c.nodes[1].ip = c.nodes[0].ip);
-        assert_eq!(rules(&v), vec![("nodes[1].ip".into(), "duplicate node IP".into())]);
+        assert_eq!(
+            rules(&v),
+            vec![("nodes[1].ip".into(), "duplicate node IP".into())]
+        );
 
         let v = with(|c| c.nodes[0].ip = "10.224.0.2".parse().unwrap());
         assert_eq!(v.len(), 1);
         assert!(v[0].rule.contains("Azure reserves"));
 
         let v = with(|c| c.network.max_pods = 251);
-        assert!(v.iter().any(|v| v.field == "network.max_pods" && v.rule.contains("10 to 250")));
+        assert!(
+            v.iter()
+                .any(|v| v.field == "network.max_pods" && v.rule.contains("10 to 250"))
+        );
 
         let v = with(|c| c.network.pod_cidr = "10.244.0.5/16".parse().unwrap());
         assert!(v.iter().any(|v| v.rule.starts_with("host bits set")));
@@ -438,7 +558,10 @@ mod tests {
             "name = \"x\"\nbogus = true",
             &DEFAULT_CLUSTER.replace("10.224.0.4", "fd00::4"),
         ] {
-            assert!(matches!(Cluster::parse("t", text), Err(ConfigError::Parse { .. })), "{text}");
+            assert!(
+                matches!(Cluster::parse("t", text), Err(ConfigError::Parse { .. })),
+                "{text}"
+            );
         }
     }
 }

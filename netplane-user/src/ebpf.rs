@@ -104,7 +104,13 @@ pub fn put_route<M: std::borrow::BorrowMut<MapData>>(
     node_ip: Ipv4Addr,
 ) -> Result<()> {
     let k = Key::new(u32::from(cidr.prefix_len()), key(cidr.network()));
-    routes.insert(&k, RouteTarget { node_ip: key(node_ip) }, 0)?;
+    routes.insert(
+        &k,
+        RouteTarget {
+            node_ip: key(node_ip),
+        },
+        0,
+    )?;
     Ok(())
 }
 
@@ -150,7 +156,11 @@ impl Counters {
         let mut out = Counters::default();
         for r in DropReason::ALL {
             let packets = drops.get(&(r as u32), 0)?.iter().sum();
-            out.drops.push(DropStat { reason: r.name(), code: r as u32, packets });
+            out.drops.push(DropStat {
+                reason: r.name(),
+                code: r as u32,
+                packets,
+            });
         }
         for p in Path::ALL {
             let per_cpu = paths.get(&(p as u32), 0)?;
@@ -180,11 +190,17 @@ impl Counters {
     }
 
     pub fn drops_of(&self, reason: DropReason) -> u64 {
-        self.drops.iter().find(|d| d.reason == reason.name()).map_or(0, |d| d.packets)
+        self.drops
+            .iter()
+            .find(|d| d.reason == reason.name())
+            .map_or(0, |d| d.packets)
     }
 
     pub fn packets_of(&self, path: Path) -> u64 {
-        self.paths.iter().find(|p| p.path == path.name()).map_or(0, |p| p.packets)
+        self.paths
+            .iter()
+            .find(|p| p.path == path.name())
+            .map_or(0, |p| p.packets)
     }
 }
 

@@ -112,7 +112,9 @@ fn state_path() -> PathBuf {
 
 pub fn load_state() -> Result<Option<LabState>> {
     match std::fs::read(state_path()) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).context("reading lab state")?)),
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).context("reading lab state")?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -135,7 +137,10 @@ fn lab_namespaces() -> Result<Vec<String>> {
 }
 
 /// Builds the lab. On any failure what was built is torn down again.
-pub fn up(cluster_file: Option<&std::path::Path>, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
+pub fn up(
+    cluster_file: Option<&std::path::Path>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
     let cluster = Cluster::load(cluster_file)?;
     for w in cluster.warnings() {
         progress(&w);
@@ -163,13 +168,20 @@ fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> 
     let gateway = Ipv4Addr::from(u32::from(cluster.network.node_subnet.network()) + 1);
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
-        vnet: Vnet { netns: VNET_NETNS.into(), bridge: VNET_BRIDGE.into(), gateway },
+        vnet: Vnet {
+            netns: VNET_NETNS.into(),
+            bridge: VNET_BRIDGE.into(),
+            gateway,
+        },
         hosts: hosts.clone(),
         agents: Vec::new(),
     };
     save_state(&state)?;
 
-    progress(&format!("VNet segment {} in {VNET_NETNS} (gateway {gateway})", cluster.network.node_subnet));
+    progress(&format!(
+        "VNet segment {} in {VNET_NETNS} (gateway {gateway})",
+        cluster.network.node_subnet
+    ));
     new_netns(VNET_NETNS)?;
     ip_in(VNET_NETNS, &["link", "add", VNET_BRIDGE, "type", "bridge"])?;
     let gw = format!("{gateway}/{}", cluster.network.node_subnet.prefix_len());
@@ -179,22 +191,57 @@ fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> 
     let prefix = cluster.network.node_subnet.prefix_len();
     for (i, node) in nodes.iter().enumerate() {
         let ns = format!("{NETNS_PREFIX}{}", node.name);
-        progress(&format!("node {} {} (pod CIDR {}) in {ns}", node.name, node.ip, node.pod_cidr));
+        progress(&format!(
+            "node {} {} (pod CIDR {}) in {ns}",
+            node.name, node.ip, node.pod_cidr
+        ));
         new_netns(&ns)?;
         // Forwarding only so the kernel can answer TTL expiry with ICMP;
         // netplane's programs do the forwarding itself.
-        sysctl_in(&ns, &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
+        sysctl_in(
+            &ns,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
         let port = format!("vn-{i}");
-        ip_in(VNET_NETNS, &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        ip_in(VNET_NETNS, &["link", "set", &port, "master", VNET_BRIDGE, "up"])?;
-        ip_in(&ns, &["addr", "add", &format!("{}/{prefix}", node.ip), "dev", "eth0"])?;
+        ip_in(
+            VNET_NETNS,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        ip_in(
+            VNET_NETNS,
+            &["link", "set", &port, "master", VNET_BRIDGE, "up"],
+        )?;
+        ip_in(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{prefix}", node.ip),
+                "dev",
+                "eth0",
+            ],
+        )?;
         ip_in(&ns, &["link", "set", "eth0", "up"])?;
-        ip_in(&ns, &["route", "add", "default", "via", &gateway.to_string()])?;
+        ip_in(
+            &ns,
+            &["route", "add", "default", "via", &gateway.to_string()],
+        )?;
     }
 
+    // Mounted once here: agents starting together could each mount one.
+    sys::ensure_bpffs(&paths::bpffs())?;
     for node in &nodes {
         let agent = start_agent(&state.cluster_file, &node.name)?;
-        progress(&format!("agent for {} started (pid {}, log {})", node.name, agent.pid, agent.log));
+        progress(&format!(
+            "agent for {} started (pid {}, log {})",
+            node.name, agent.pid, agent.log
+        ));
         state.agents.push(agent);
         save_state(&state)?;
     }
@@ -203,7 +250,10 @@ fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> 
     }
 
     for host in hosts.iter().filter(|h| h.role == Role::Pod) {
-        let node = nodes.iter().find(|n| Some(&n.name) == host.node.as_ref()).expect("planned");
+        let node = nodes
+            .iter()
+            .find(|n| Some(&n.name) == host.node.as_ref())
+            .expect("planned");
         progress(&format!("pod {} {} on {}", host.name, host.ip, node.name));
         attach_pod(host, node.pod_cidr)?;
     }
@@ -215,7 +265,13 @@ fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> 
 fn new_netns(ns: &str) -> Result<()> {
     sys::run(&["ip", "netns", "add", ns])?;
     // IPv4 only: no IPv6 router solicitations counted as drops.
-    sysctl_in(ns, &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    sysctl_in(
+        ns,
+        &[
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    )?;
     ip_in(ns, &["link", "set", "lo", "up"])?;
     Ok(())
 }
@@ -227,11 +283,27 @@ fn attach_pod(pod: &Host, node_cidr: ipnet::Ipv4Net) -> Result<()> {
     let node_ns = format!("{NETNS_PREFIX}{node}");
     new_netns(&pod.netns)?;
     let veth = host_veth(&pod.name);
-    ip_in(&node_ns, &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
+    ip_in(
+        &node_ns,
+        &[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns,
+        ],
+    )?;
     let addr = format!("{}/{}", pod.ip, node_cidr.prefix_len());
     ip_in(&pod.netns, &["addr", "add", &addr, "dev", "eth0"])?;
     ip_in(&pod.netns, &["link", "set", "eth0", "up"])?;
-    ip_in(&pod.netns, &["route", "add", "default", "via", &pod_gateway(node_cidr).to_string(), "dev", "eth0"])?;
+    ip_in(
+        &pod.netns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &pod_gateway(node_cidr).to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
     ip_in(&node_ns, &["link", "set", &veth, "up"])?;
     let pod_mac = link_mac(&pod.netns, "eth0")?;
     pods::register(&PodRecord {
@@ -267,7 +339,11 @@ fn start_agent(cluster_file: &str, node: &str) -> Result<AgentProc> {
         .process_group(0)
         .spawn()
         .context("starting the agent")?;
-    Ok(AgentProc { node: node.to_string(), pid: child.id(), log: log.display().to_string() })
+    Ok(AgentProc {
+        node: node.to_string(),
+        pid: child.id(),
+        log: log.display().to_string(),
+    })
 }
 
 use std::os::unix::process::CommandExt as _;
@@ -277,7 +353,8 @@ fn wait_for_agent(agent: &AgentProc) -> Result<()> {
     let status = paths::agent_status(&agent.node);
     loop {
         if let Ok(b) = std::fs::read(&status)
-            && serde_json::from_slice::<crate::agent::AgentStatus>(&b).is_ok_and(|s| s.pid == agent.pid)
+            && serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+                .is_ok_and(|s| s.pid == agent.pid)
         {
             return Ok(());
         }
@@ -298,7 +375,10 @@ fn wait_for_pods(hosts: &[Host]) -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("pod {} was not registered by the agent of {node} in time", pod.name);
+                bail!(
+                    "pod {} was not registered by the agent of {node} in time",
+                    pod.name
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -308,16 +388,21 @@ fn wait_for_pods(hosts: &[Host]) -> Result<()> {
 
 pub fn pid_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; only count running ones.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// True when PID is a netplane agent for `node` (so a recycled PID is never
 /// signalled).
 fn is_our_agent(pid: u32, node: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.iter().any(|a| *a == b"agent") && args.iter().any(|a| *a == node.as_bytes())
+    args.contains(&b"agent".as_slice()) && args.contains(&node.as_bytes())
 }
 
 /// Tears the lab down: agents (by recorded PID), namespaces, pins, state.
@@ -356,7 +441,8 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    if sys::is_bpffs(&bpffs) {
+    // Mounts may be stacked (agents started by hand at the same moment).
+    while sys::is_bpffs(&bpffs) {
         nix::mount::umount(&bpffs).with_context(|| format!("unmounting {}", bpffs.display()))?;
     }
     for dir in [paths::run_dir().join("nodes"), paths::lab_dir(), bpffs] {
@@ -372,7 +458,10 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
 }
 
 fn stop_pid(pid: u32) {
-    use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
     let p = Pid::from_raw(pid as i32);
     let _ = kill(p, Signal::SIGTERM);
     let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
@@ -418,14 +507,22 @@ pub struct AgentStatusLine {
 
 pub fn status() -> Result<Status> {
     let Some(state) = load_state()? else {
-        return Ok(Status { up: false, hosts: Vec::new(), agents: Vec::new(), vnet: None });
+        return Ok(Status {
+            up: false,
+            hosts: Vec::new(),
+            agents: Vec::new(),
+            vnet: None,
+        });
     };
     Ok(Status {
         up: true,
         hosts: state
             .hosts
             .iter()
-            .map(|h| HostStatus { host: h.clone(), netns_present: sys::netns_exists(&h.netns) })
+            .map(|h| HostStatus {
+                host: h.clone(),
+                netns_present: sys::netns_exists(&h.netns),
+            })
             .collect(),
         agents: state
             .agents
@@ -474,7 +571,11 @@ mod tests {
     #[test]
     fn host_json_has_the_documented_shape() {
         let h = &plan(&Cluster::load(None).unwrap())[1];
-        let v = serde_json::to_value(HostStatus { host: h.clone(), netns_present: true }).unwrap();
+        let v = serde_json::to_value(HostStatus {
+            host: h.clone(),
+            netns_present: true,
+        })
+        .unwrap();
         assert_eq!(v["name"], "pod-0-0");
         assert_eq!(v["role"], "pod");
         assert_eq!(v["netns"], "np-pod-0-0");

@@ -57,7 +57,10 @@ pub fn registered(node: &str) -> Result<Vec<PodRecord>> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        match fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+        match fs::read(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        {
             Ok(rec) => out.push(rec),
             Err(e) => tracing::warn!("skipping pod record {}: {e:#}", path.display()),
         }

@@ -37,13 +37,19 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     if is_bpffs(dir) {
         return Ok(());
     }
-    mount(Some("bpf"), dir, Some("bpf"), MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
+    mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
     Ok(())
 }
 
 pub fn is_bpffs(dir: &Path) -> bool {
-    statfs(dir).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    statfs(dir).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// An interface in the current network namespace.
@@ -64,7 +70,12 @@ pub fn interfaces() -> Result<Vec<Interface>> {
             Some(i) => i,
             None => {
                 let index = nix::net::if_::if_nametoindex(name.as_str()).unwrap_or(0);
-                out.push(Interface { name, index, mac: [0; 6], ipv4: Vec::new() });
+                out.push(Interface {
+                    name,
+                    index,
+                    mac: [0; 6],
+                    ipv4: Vec::new(),
+                });
                 out.len() - 1
             }
         };
@@ -88,7 +99,10 @@ pub fn interface(name: &str) -> Result<Interface> {
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {

@@ -30,13 +30,16 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration) -> Resu
         let mut buf = [0u8; 1500];
         while answered < max && Instant::now() < deadline {
             sock.set_read_timeout(Some(remaining(deadline)))?;
-            let Ok((_, peer)) = sock.recv_from(&mut buf) else { continue };
+            let Ok((_, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
             sock.send_to(format!("{SEEN_PREFIX}{peer}\n").as_bytes(), peer)?;
             log(sock.local_addr()?, peer);
             answered += 1;
         }
     } else {
-        let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}/tcp"))?;
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("binding {listen}/tcp"))?;
         listener.set_nonblocking(true)?;
         println!("listening on {}/tcp", listener.local_addr()?);
         let _ = std::io::stdout().flush();
@@ -86,7 +89,10 @@ pub fn ask(server: SocketAddr, udp: bool, timeout: Duration) -> Result<Answer> {
         let n = sock
             .recv(&mut buf)
             .with_context(|| format!("no answer from {server}/udp within {timeout:?}"))?;
-        (sock.local_addr()?, String::from_utf8_lossy(&buf[..n]).into_owned())
+        (
+            sock.local_addr()?,
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        )
     } else {
         let mut stream = TcpStream::connect_timeout(&server, timeout)
             .with_context(|| format!("connecting to {server}/tcp"))?;

@@ -58,7 +58,13 @@ struct Case {
 }
 
 fn case(name: &'static str, input: Vec<u8>, verdict: u32, out: Out, moves: Moves) -> Case {
-    Case { name, input, verdict, out, moves }
+    Case {
+        name,
+        input,
+        verdict,
+        out,
+        moves,
+    }
 }
 
 fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
@@ -82,7 +88,14 @@ fn udp_with_options(src_mac: [u8; 6], dst_mac: [u8; 6], ttl: u8) -> Vec<u8> {
     out
 }
 
-fn arp(src_mac: [u8; 6], oper: u16, spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4], dst_mac: [u8; 6]) -> Vec<u8> {
+fn arp(
+    src_mac: [u8; 6],
+    oper: u16,
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
@@ -127,12 +140,30 @@ fn node0_datapath() -> Datapath {
     .unwrap();
     {
         let mut routes = dp.routes_map().unwrap();
-        put_route(&mut routes, "10.244.0.0/24".parse::<Ipv4Net>().unwrap(), NODE0.into()).unwrap();
-        put_route(&mut routes, "10.244.1.0/24".parse::<Ipv4Net>().unwrap(), NODE1.into()).unwrap();
+        put_route(
+            &mut routes,
+            "10.244.0.0/24".parse::<Ipv4Net>().unwrap(),
+            NODE0.into(),
+        )
+        .unwrap();
+        put_route(
+            &mut routes,
+            "10.244.1.0/24".parse::<Ipv4Net>().unwrap(),
+            NODE1.into(),
+        )
+        .unwrap();
     }
     let mut pods = dp.pods_map().unwrap();
-    let a = LocalPod { ifindex: 1, pod_mac: POD_A_MAC, host_mac: POD_A_HOST_MAC };
-    let b = LocalPod { ifindex: 42, pod_mac: POD_B_MAC, host_mac: POD_B_HOST_MAC };
+    let a = LocalPod {
+        ifindex: 1,
+        pod_mac: POD_A_MAC,
+        host_mac: POD_A_HOST_MAC,
+    };
+    let b = LocalPod {
+        ifindex: 42,
+        pod_mac: POD_B_MAC,
+        host_mac: POD_B_HOST_MAC,
+    };
     pods.insert(key(POD_A.into()), a, 0).unwrap();
     pods.insert(key(POD_B.into()), b, 0).unwrap();
     dp
@@ -190,15 +221,26 @@ fn run_table(prog: &str, cases: Vec<Case>) {
             failures.push(format!("{}: {}", c.name, problems.join("; ")));
         }
     }
-    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every routed output must still be a valid IPv4 packet to a real parser.
 fn assert_ipv4_checksum_valid(frame: &[u8]) {
     let p = SlicedPacket::from_ethernet(frame).expect("parses");
-    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("not ipv4") };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
     let h = ip.header().to_header();
-    assert_eq!(h.header_checksum, h.calc_header_checksum(), "header checksum");
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "header checksum"
+    );
 }
 
 #[test]

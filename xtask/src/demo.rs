@@ -27,28 +27,55 @@ pub fn run() -> Result<()> {
     section("2. Across nodes: pod-0-0 (node-0) -> pod-1-0 (10.244.1.2 on node-1), TCP");
     exchange(np, "pod-0-0", "pod-1-0", "10.244.1.2")?;
     section("3. The route it took: node-0, then node-1 (the UDR next hop), then the pod");
-    show(np, "pod-0-0", &["traceroute", "-n", "-q1", "-w1", "10.244.1.2"])?;
+    show(
+        np,
+        "pod-0-0",
+        &["traceroute", "-n", "-q1", "-w1", "10.244.1.2"],
+    )?;
     section("4. On the wire between the nodes (node-1's eth0): pod addresses, no NAT");
     capture_between_nodes(np)?;
     section("5. A pod lying about its address: pod-0-0 sends as 10.244.0.99");
-    show(np, "pod-0-0", &["ip", "addr", "add", "10.244.0.99/32", "dev", "eth0"])?;
-    let spoofed = show(np, "pod-0-0", &["ping", "-c2", "-W1", "-I", "10.244.0.99", "10.244.1.2"]);
-    show(np, "pod-0-0", &["ip", "addr", "del", "10.244.0.99/32", "dev", "eth0"])?;
+    show(
+        np,
+        "pod-0-0",
+        &["ip", "addr", "add", "10.244.0.99/32", "dev", "eth0"],
+    )?;
+    let spoofed = show(
+        np,
+        "pod-0-0",
+        &["ping", "-c2", "-W1", "-I", "10.244.0.99", "10.244.1.2"],
+    );
+    show(
+        np,
+        "pod-0-0",
+        &["ip", "addr", "del", "10.244.0.99/32", "dev", "eth0"],
+    )?;
     if spoofed.is_ok() {
         bail!("the spoofed ping got an answer: anti-spoofing failed");
     }
     println!("   (no reply) the data path dropped it. node-0's counters that moved:");
-    let out = Command::new(np).args(["stats", "--node", "node-0", "--json"]).output()?;
+    let out = Command::new(np)
+        .args(["stats", "--node", "node-0", "--json"])
+        .output()?;
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).context("stats --json")?;
     let node0 = &stats["nodes"]["node-0"];
     for p in node0["paths"].as_array().into_iter().flatten() {
         if p["packets"].as_u64() > Some(0) {
-            println!("   path {:<20} {:>6} packets", p["path"].as_str().unwrap_or("?"), p["packets"]);
+            println!(
+                "   path {:<20} {:>6} packets",
+                p["path"].as_str().unwrap_or("?"),
+                p["packets"]
+            );
         }
     }
     for d in node0["drops"].as_array().into_iter().flatten() {
         if d["packets"].as_u64() > Some(0) {
-            println!("   drop {:<20} {:>6} packets (reason {})", d["reason"].as_str().unwrap_or("?"), d["packets"], d["code"]);
+            println!(
+                "   drop {:<20} {:>6} packets (reason {})",
+                d["reason"].as_str().unwrap_or("?"),
+                d["packets"],
+                d["code"]
+            );
         }
     }
 
@@ -76,7 +103,16 @@ fn capture_between_nodes(np: &str) -> Result<()> {
         .spawn()?;
     std::thread::sleep(Duration::from_millis(700));
     let _ = Command::new(np)
-        .args(["lab", "exec", "pod-0-0", "--", "ping", "-c1", "-W1", "10.244.1.2"])
+        .args([
+            "lab",
+            "exec",
+            "pod-0-0",
+            "--",
+            "ping",
+            "-c1",
+            "-W1",
+            "10.244.1.2",
+        ])
         .stdout(Stdio::null())
         .status();
     let out = dump.wait_with_output()?;
@@ -91,7 +127,10 @@ fn section(title: &str) {
 /// `$ netplane lab exec HOST -- ARGS`, printed and run.
 fn show(np: &str, host: &str, args: &[&str]) -> Result<()> {
     println!("$ netplane lab exec {host} -- {}", args.join(" "));
-    let out = Command::new(np).args(["lab", "exec", host, "--"]).args(args).output()?;
+    let out = Command::new(np)
+        .args(["lab", "exec", host, "--"])
+        .args(args)
+        .output()?;
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
@@ -118,7 +157,9 @@ fn exchange(np: &str, client_host: &str, server_host: &str, server_ip: &str) -> 
 fn start_server(np: &str, host: &str) -> Result<Child> {
     let listen = format!("0.0.0.0:{SERVER_PORT}");
     let mut child = Command::new(np)
-        .args(["lab", "exec", host, "--", np, "whoami", "serve", "--listen", &listen])
+        .args([
+            "lab", "exec", host, "--", np, "whoami", "serve", "--listen", &listen,
+        ])
         .args(["--max", "1", "--timeout", "10"])
         .stdout(Stdio::piped())
         .spawn()?;

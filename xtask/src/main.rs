@@ -100,7 +100,10 @@ fn test(args: &[String]) -> Result<()> {
     // The lab tests need the np- namespaces to themselves.
     if lab_is_up() {
         eprintln!("== a lab is up (from `cargo xtask demo`?): taking it down for the lab tests");
-        cmd(netplane_bin().to_str().expect("utf-8 path"), &["lab", "down"])?;
+        cmd(
+            netplane_bin().to_str().expect("utf-8 path"),
+            &["lab", "down"],
+        )?;
     }
     eprintln!("== test");
     let mut argv = vec!["test", "--workspace", "--exclude", "netplane-ebpf"];
@@ -124,14 +127,34 @@ fn lint() -> Result<()> {
     eprintln!("== clippy (workspace without the eBPF crate)");
     cmd(
         "cargo",
-        &["clippy", "--workspace", "--exclude", "netplane-ebpf", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "netplane-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )?;
     eprintln!("== clippy (eBPF crate, BPF target)");
     cmd(
         "cargo",
         &[
-            "+nightly", "clippy", "-p", "netplane-ebpf", "--bins", "--target", "bpfel-unknown-none",
-            "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+            "+nightly",
+            "clippy",
+            "-p",
+            "netplane-ebpf",
+            "--bins",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
         ],
     )
 }

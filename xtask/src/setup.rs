@@ -36,13 +36,20 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         eprintln!("   apt packages: present");
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("missing packages {missing:?}; run as root or `apt-get install {}`", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; run as root or `apt-get install {}`",
+            missing.join(" ")
+        );
     }
     eprintln!("   apt packages: installing {}", missing.join(" "));
     let env = [("DEBIAN_FRONTEND", "noninteractive")];
@@ -58,14 +65,24 @@ fn rust_src() -> Result<()> {
         .output()
         .context("running rustup (the eBPF build needs the nightly toolchain)")?;
     if !out.status.success() {
-        bail!("no nightly toolchain: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "no nightly toolchain: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         eprintln!("   rust-src (nightly): present");
         return Ok(());
     }
     eprintln!("   rust-src (nightly): installing");
-    step("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])
+    step(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+        &[],
+    )
 }
 
 fn bpf_linker() -> Result<()> {

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use netplane::{cluster::Cluster, ebpf::Counters, lab, paths, whoami};
 
 #[derive(Parser)]
-#[command(name = "netplane", version, about = "kubenet networking, as AKS runs it, in eBPF")]
+#[command(
+    name = "netplane",
+    version,
+    about = "kubenet networking, as AKS runs it, in eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -106,7 +110,10 @@ fn main() -> ExitCode {
     // Piped into `head`, a CLI should stop quietly, not panic.
     // SAFETY: setting a signal disposition to default at start-up.
     unsafe {
-        let _ = nix::sys::signal::signal(nix::sys::signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
@@ -127,7 +134,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Agent { config, node, netns } => {
+        Cmd::Agent {
+            config,
+            node,
+            netns,
+        } => {
             let cluster = Cluster::load(config.as_deref())?;
             for w in cluster.warnings() {
                 tracing::warn!("{w}");
@@ -138,10 +149,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
         Cmd::Whoami { command } => match command {
-            WhoamiCmd::Serve { listen, udp, max, timeout } => {
-                whoami::serve(listen, udp, max, Duration::from_secs(timeout))?
-            }
-            WhoamiCmd::Ask { server, udp, timeout, json } => {
+            WhoamiCmd::Serve {
+                listen,
+                udp,
+                max,
+                timeout,
+            } => whoami::serve(listen, udp, max, Duration::from_secs(timeout))?,
+            WhoamiCmd::Ask {
+                server,
+                udp,
+                timeout,
+                json,
+            } => {
                 let a = whoami::ask(server, udp, Duration::from_secs(timeout))?;
                 if json {
                     println!("{}", serde_json::to_string(&a)?);
@@ -152,7 +171,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         a.proto,
                         a.local,
                         a.seen_as,
-                        if a.local == a.seen_as { " (unchanged)" } else { " (translated)" }
+                        if a.local == a.seen_as {
+                            " (unchanged)"
+                        } else {
+                            " (translated)"
+                        }
                     );
                 }
             }
@@ -171,7 +194,9 @@ fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
             eprintln!("bringing the lab up");
             let state = lab::up(config.as_deref(), &mut |l| progress(l))?;
             print_hosts(&state.hosts);
-            eprintln!("\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down");
+            eprintln!(
+                "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
+            );
         }
         LabCmd::Down => {
             lab::down(&mut |l| progress(l))?;
@@ -191,7 +216,10 @@ fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
                 println!();
                 for a in &st.agents {
                     let state = if a.running { "running" } else { "NOT RUNNING" };
-                    println!("agent {:<8} pid {:<8} {state:<12} log {}", a.node, a.pid, a.log);
+                    println!(
+                        "agent {:<8} pid {:<8} {state:<12} log {}",
+                        a.node, a.pid, a.log
+                    );
                 }
             }
         }
@@ -213,7 +241,10 @@ fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
 }
 
 fn print_hosts(hosts: &[lab::Host]) {
-    println!("{:<10} {:<6} {:<14} {:<8} netns", "host", "role", "ip", "node");
+    println!(
+        "{:<10} {:<6} {:<14} {:<8} netns",
+        "host", "role", "ip", "node"
+    );
     for h in hosts {
         let role = serde_json::to_value(h.role).ok();
         let role = role.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
@@ -255,11 +286,18 @@ fn stats(node: Option<String>, json: bool) -> Result<()> {
         }
         println!("  {:<22} {:>12}", "drop reason", "packets");
         for d in &c.drops {
-            println!("  {:<22} {:>12}", format!("{} ({})", d.reason, d.code), d.packets);
+            println!(
+                "  {:<22} {:>12}",
+                format!("{} ({})", d.reason, d.code),
+                d.packets
+            );
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
+        );
     }
     Ok(())
 }
@@ -290,5 +328,9 @@ fn validate(file: &std::path::Path, json: bool) -> Result<ExitCode> {
             Err(e) => eprintln!("{e}"),
         }
     }
-    Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

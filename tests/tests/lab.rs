@@ -1,0 +1,304 @@
+//! The lab end to end: real namespaces, real agents, real traffic.
+//! One test walks the whole life of a lab so that no two labs ever overlap.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+};
+
+use netplane_tests::privileged;
+use serde_json::Value;
+
+fn netplane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPLANE_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/lab-HASH -> target/debug/netplane
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("netplane");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p netplane-user --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn np(args: &[&str]) -> Output {
+    Command::new(netplane_bin())
+        .args(args)
+        .output()
+        .expect("run netplane")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = np(args);
+    assert!(
+        out.status.success(),
+        "netplane {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exec(host: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["lab", "exec", host, "--"];
+    args.extend_from_slice(cmd);
+    np(&args)
+}
+
+fn stats(node: &str) -> Value {
+    let v: Value = serde_json::from_str(&ok(&["stats", "--node", node, "--json"])).unwrap();
+    v["nodes"][node].clone()
+}
+
+fn counter(stats: &Value, kind: &str, name: &str) -> u64 {
+    let (list, key) = if kind == "drop" {
+        ("drops", "reason")
+    } else {
+        ("paths", "path")
+    };
+    stats[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[key] == name)
+        .unwrap_or_else(|| panic!("no {kind} counter {name}"))["packets"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Tears the lab down when the test ends, passed or failed.
+struct LabGuard;
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = np(&["lab", "down"]);
+    }
+}
+
+fn np_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("np-"))
+        .map(String::from)
+        .collect()
+}
+
+/// A whoami server in `host` for one client; returns once it listens.
+fn whoami_server(host: &str) -> Child {
+    let bin = netplane_bin();
+    let mut child = Command::new(&bin)
+        .args([
+            "lab",
+            "exec",
+            host,
+            "--",
+            bin.to_str().unwrap(),
+            "whoami",
+            "serve",
+        ])
+        .args(["--max", "1", "--timeout", "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "server in {host}: {line:?}");
+    child.stdout = Some(reader.into_inner());
+    child
+}
+
+/// TCP from `client` to `server`; both sides must see the client's pod IP.
+fn assert_tcp_preserves_source(client: &str, client_ip: &str, server: &str, server_ip: &str) {
+    let srv = whoami_server(server);
+    let bin = netplane_bin();
+    let target = format!("{server_ip}:7000");
+    let out = exec(
+        client,
+        &[bin.to_str().unwrap(), "whoami", "ask", &target, "--json"],
+    );
+    let server_out = srv.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{client} -> {server}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = answer["seen_as"].as_str().unwrap();
+    assert!(
+        seen.starts_with(&format!("{client_ip}:")),
+        "{server} saw {seen}, not {client_ip}"
+    );
+    let printed = String::from_utf8_lossy(&server_out.stdout);
+    assert!(
+        printed.contains(&format!("<- {client_ip}:")),
+        "{server} printed {printed}"
+    );
+}
+
+fn ping(host: &str, args: &[&str]) -> Output {
+    let mut cmd = vec!["ping", "-n", "-W", "1"];
+    cmd.extend_from_slice(args);
+    exec(host, &cmd)
+}
+
+#[test]
+fn lab_end_to_end() {
+    if !privileged() {
+        return;
+    }
+    assert!(
+        np_namespaces().is_empty(),
+        "np- namespaces exist already: run `netplane lab down` first"
+    );
+    let _guard = LabGuard;
+    ok(&["lab", "up"]);
+
+    // Status: the documented shape, 2 nodes with 2 pods each.
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    let hosts = st["hosts"].as_array().unwrap();
+    let count = |role: &str| hosts.iter().filter(|h| h["role"] == role).count();
+    assert_eq!((count("node"), count("pod")), (2, 2 * 2), "{st}");
+    for h in hosts {
+        assert!(h["netns"].as_str().unwrap().starts_with("np-"));
+        assert!(h["ip"].is_string() && h["name"].is_string());
+        assert_eq!(h["node"].is_null(), h["role"] == "node", "{h}");
+    }
+    assert!(
+        st["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["running"] == true),
+        "{st}"
+    );
+
+    // No kernel forwarding state: no pod routes, no bridge, no NAT rules in nodes.
+    for node in ["np-node-0", "np-node-1"] {
+        let routes = Command::new("ip")
+            .args(["-n", node, "route", "show", "table", "all"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert!(
+            !routes.contains("10.244."),
+            "kernel route for a pod CIDR in {node}:\n{routes}"
+        );
+        let bridges = Command::new("ip")
+            .args(["-n", node, "link", "show", "type", "bridge"])
+            .output()
+            .unwrap();
+        assert!(bridges.stdout.is_empty(), "bridge in {node}");
+    }
+
+    let before0 = stats("node-0");
+    let before1 = stats("node-1");
+
+    // Ping: same node and across nodes.
+    let p = ping("pod-0-0", &["-c", "3", "10.244.0.3"]);
+    assert!(
+        p.status.success(),
+        "same-node ping: {}",
+        String::from_utf8_lossy(&p.stdout)
+    );
+    let p = ping("pod-0-0", &["-c", "3", "10.244.1.2"]);
+    assert!(
+        p.status.success(),
+        "cross-node ping: {}",
+        String::from_utf8_lossy(&p.stdout)
+    );
+    // Replies come back with TTL 62: two routed hops (node-0, node-1), as kubenet.
+    assert!(
+        String::from_utf8_lossy(&p.stdout).contains("ttl=62"),
+        "{}",
+        String::from_utf8_lossy(&p.stdout)
+    );
+
+    // TCP: the receiver sees the sender's pod IP, same node and across nodes.
+    assert_tcp_preserves_source("pod-0-0", "10.244.0.2", "pod-0-1", "10.244.0.3");
+    assert_tcp_preserves_source("pod-0-1", "10.244.0.3", "pod-1-1", "10.244.1.3");
+    assert_tcp_preserves_source("pod-1-0", "10.244.1.2", "pod-0-0", "10.244.0.2");
+
+    // TTL expiry: each node answers time exceeded, so traceroute shows the hops.
+    let t1 = ping("pod-0-0", &["-c", "1", "-t", "1", "10.244.1.2"]);
+    let t1 = String::from_utf8_lossy(&t1.stdout);
+    assert!(
+        t1.contains("From 10.224.0.4") && t1.contains("Time to live exceeded"),
+        "{t1}"
+    );
+    let t2 = ping("pod-0-0", &["-c", "1", "-t", "2", "10.244.1.2"]);
+    let t2 = String::from_utf8_lossy(&t2.stdout);
+    assert!(
+        t2.contains("From 10.224.0.5") && t2.contains("Time to live exceeded"),
+        "{t2}"
+    );
+
+    let after0 = stats("node-0");
+    let after1 = stats("node-1");
+    for (s0, s1, kind, name, node) in [
+        (&before0, &after0, "path", "same_node", "node-0"),
+        (&before0, &after0, "path", "to_remote_node", "node-0"),
+        (&before0, &after0, "path", "from_remote_node", "node-0"),
+        (&before0, &after0, "path", "arp_reply", "node-0"),
+        (&before0, &after0, "path", "ttl_expired", "node-0"),
+        (&before1, &after1, "path", "from_remote_node", "node-1"),
+        (&before1, &after1, "path", "to_remote_node", "node-1"),
+        (&before1, &after1, "path", "ttl_expired", "node-1"),
+    ] {
+        assert!(
+            counter(s1, kind, name) > counter(s0, kind, name),
+            "{node} {kind} {name} did not move"
+        );
+    }
+
+    // Spoofing: pod-0-0 sends as 10.244.0.99; dropped and counted.
+    let spoof_before = counter(&stats("node-0"), "drop", "spoofed_source");
+    let add = exec(
+        "pod-0-0",
+        &["ip", "addr", "add", "10.244.0.99/32", "dev", "eth0"],
+    );
+    assert!(add.status.success());
+    let p = ping("pod-0-0", &["-c", "3", "-I", "10.244.0.99", "10.244.1.2"]);
+    assert!(!p.status.success(), "a spoofed ping was answered");
+    let spoof_after = counter(&stats("node-0"), "drop", "spoofed_source");
+    assert!(
+        spoof_after >= spoof_before + 3,
+        "spoofed_source {spoof_before} -> {spoof_after}"
+    );
+    let del = exec(
+        "pod-0-0",
+        &["ip", "addr", "del", "10.244.0.99/32", "dev", "eth0"],
+    );
+    assert!(del.status.success());
+
+    // Down: nothing left: namespaces, pins, state, agents.
+    let agents: Vec<u64> = st["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["pid"].as_u64().unwrap())
+        .collect();
+    ok(&["lab", "down"]);
+    assert!(np_namespaces().is_empty(), "left: {:?}", np_namespaces());
+    assert!(
+        !std::path::Path::new("/run/netplane").exists(),
+        "/run/netplane left behind"
+    );
+    for pid in agents {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
+        assert!(!alive, "agent {pid} still running");
+    }
+    // Idempotent.
+    ok(&["lab", "down"]);
+}
