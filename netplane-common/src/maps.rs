@@ -21,6 +21,8 @@ pub mod programs {
     pub const FROM_UPLINK: &str = "from_uplink";
     /// TC egress on the node uplink (the node's own traffic to pods).
     pub const TO_UPLINK: &str = "to_uplink";
+    /// Optional XDP on the node uplink (early drops); off by default.
+    pub const UPLINK_XDP: &str = "uplink_xdp";
 }
 
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the

@@ -3,13 +3,19 @@ use netplane_common::{DropReason, Path};
 
 use crate::maps::{DROPS, PATHS};
 
-/// Counts the drop and returns the verdict that drops.
+/// Counts a drop.
 #[inline(always)]
-pub fn drop(reason: DropReason) -> i32 {
+pub fn count_drop(reason: DropReason) {
     if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
         // Per-CPU slot: no other writer.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts the drop and returns the TC verdict that drops.
+#[inline(always)]
+pub fn drop(reason: DropReason) -> i32 {
+    count_drop(reason);
     TC_ACT_SHOT
 }
 

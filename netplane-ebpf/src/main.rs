@@ -5,6 +5,8 @@
 //!   anti-spoofing, same-node delivery, UDR routing to nodes.
 //! - `from_uplink`: TC ingress, node NIC: delivery to local pods.
 //! - `to_uplink`: TC egress, node NIC: the node's own traffic to pods.
+//! - `uplink_xdp`: optional XDP on the node NIC, dropping what `from_uplink`
+//!   would drop, earlier (off by default; docs/decisions.md says why).
 #![no_std]
 #![no_main]
 
@@ -16,7 +18,10 @@ mod pod;
 mod route;
 mod uplink;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
@@ -31,6 +36,11 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     uplink::to_uplink(&ctx)
+}
+
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    uplink::uplink_xdp(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,6 @@
-//! Bounds-checked access to the headers the programs read and rewrite.
-use aya_ebpf::programs::TcContext;
+//! Bounds-checked access to the headers the programs read and rewrite, for
+//! TC (skb) and XDP contexts alike.
+use aya_ebpf::programs::{TcContext, XdpContext};
 use netplane_common::{DropReason, checksum, maps::ip_key};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -8,11 +9,49 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 
+/// What the parsers need of a program context.
+pub trait Frame {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+    /// Whole frame length (for an skb, including non-linear data).
+    fn frame_len(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len() as usize
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+}
+
 /// A pointer to a `T` at `offset`, if the packet holds it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -20,7 +59,7 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn eth(ctx: &TcContext) -> Result<*mut EthHdr, DropReason> {
+pub fn eth(ctx: &impl Frame) -> Result<*mut EthHdr, DropReason> {
     ptr_at::<EthHdr>(ctx, 0).ok_or(DropReason::TruncatedEthernet)
 }
 
@@ -40,10 +79,10 @@ pub struct Ipv4 {
 }
 
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Result<Ipv4, DropReason> {
+pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     let hdr = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(DropReason::MalformedIpv4)?;
     let (version, ihl, tot_len) = unsafe { ((*hdr).version(), (*hdr).ihl(), (*hdr).tot_len()) };
-    let frame_len = ctx.len() as usize;
+    let frame_len = ctx.frame_len();
     if version != 4
         || ihl < Ipv4Hdr::LEN as u8
         || (tot_len as usize) < ihl as usize

@@ -1,9 +1,12 @@
 //! TC hooks on the node's NIC in the VNet.
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    programs::{TcContext, XdpContext},
+};
 use netplane_common::{DropReason, Path, maps::MARK_ROUTED};
 
 use crate::{
-    counters::drop,
+    counters::{count_drop, drop},
     packet::{self, ETH_P_IP},
     route,
 };
@@ -72,4 +75,30 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(route::to_node(ctx, cfg, owner, Path::HostToRemoteNode));
     }
     Ok(PASS)
+}
+
+/// XDP on the uplink: the drops of `from_uplink` before an skb exists.
+/// Everything else passes on to the TC programs.
+pub fn uplink_xdp(ctx: &XdpContext) -> u32 {
+    match uplink_xdp_verdict(ctx) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(reason) => {
+            count_drop(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn uplink_xdp_verdict(ctx: &XdpContext) -> Result<(), DropReason> {
+    let eth = packet::eth(ctx)?;
+    if packet::ether_type(eth) != ETH_P_IP {
+        return Ok(());
+    }
+    let cfg = route::node_config()?;
+    let ip = packet::ipv4(ctx)?;
+    if cfg.in_cluster(ip.dst) && route::local_pod(ip.dst).is_none() {
+        return Err(DropReason::NotForThisNode);
+    }
+    Ok(())
 }

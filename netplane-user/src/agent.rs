@@ -47,7 +47,18 @@ struct Attached {
     link: SchedClassifierLinkId,
 }
 
-pub fn run(cluster: &Cluster, node_name: &str, netns: Option<&str>) -> Result<()> {
+/// How the agent runs, besides which node it is.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Network namespace of the node (the lab's nodes live in one).
+    pub netns: Option<String>,
+    /// Also attach `uplink_xdp` (native XDP) to the uplink: early drops, at
+    /// the price measured in docs/decisions.md.
+    pub uplink_xdp: bool,
+}
+
+pub fn run(cluster: &Cluster, node_name: &str, opts: &Options) -> Result<()> {
+    let netns = opts.netns.as_deref();
     let node = cluster
         .node(node_name)
         .with_context(|| format!("node {node_name} is not in the cluster file"))?;
@@ -76,6 +87,11 @@ pub fn run(cluster: &Cluster, node_name: &str, netns: Option<&str>) -> Result<()
     dp.classifier(programs::TO_UPLINK)?
         .attach(&uplink.name, TcAttachType::Egress)
         .with_context(|| format!("attaching {} to {}", programs::TO_UPLINK, uplink.name))?;
+    if opts.uplink_xdp {
+        dp.xdp(programs::UPLINK_XDP)?
+            .attach(&uplink.name, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching {} to {}", programs::UPLINK_XDP, uplink.name))?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 use ipnet::Ipv4Net;
 use netplane_common::{
@@ -56,6 +56,20 @@ impl Datapath {
     /// A TC program, loaded into the kernel (verified) on first use.
     pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// An XDP program, loaded on first use.
+    pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
             .bpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?

@@ -74,6 +74,13 @@ pub struct Vnet {
     pub gateway: Ipv4Addr,
 }
 
+/// Choices for `lab up` beyond the cluster file.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Agents also attach the XDP early-drop program to node uplinks.
+    pub uplink_xdp: bool,
+}
+
 /// The hosts the lab builds for a cluster, in creation order.
 pub fn plan(cluster: &Cluster) -> Vec<Host> {
     let mut hosts = Vec::new();
@@ -139,6 +146,7 @@ fn lab_namespaces() -> Result<Vec<String>> {
 /// Builds the lab. On any failure what was built is torn down again.
 pub fn up(
     cluster_file: Option<&std::path::Path>,
+    opts: &UpOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LabState> {
     let cluster = Cluster::load(cluster_file)?;
@@ -148,7 +156,7 @@ pub fn up(
     if load_state()?.is_some() || !lab_namespaces()?.is_empty() {
         bail!("a lab is already up (or left over): run `netplane lab down` first");
     }
-    match build(&cluster, progress) {
+    match build(&cluster, opts, progress) {
         Ok(state) => Ok(state),
         Err(e) => {
             progress("failed; tearing down what was built");
@@ -158,7 +166,7 @@ pub fn up(
     }
 }
 
-fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
+fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     let hosts = plan(cluster);
     let nodes = cluster.nodes();
     std::fs::create_dir_all(paths::lab_dir())?;
@@ -237,7 +245,7 @@ fn build(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result<LabState> 
     // Mounted once here: agents starting together could each mount one.
     sys::ensure_bpffs(&paths::bpffs())?;
     for node in &nodes {
-        let agent = start_agent(&state.cluster_file, &node.name)?;
+        let agent = start_agent(&state.cluster_file, &node.name, opts)?;
         progress(&format!(
             "agent for {} started (pid {}, log {})",
             node.name, agent.pid, agent.log
@@ -325,13 +333,14 @@ fn link_mac(ns: &str, dev: &str) -> Result<String> {
         .with_context(|| format!("no MAC for {dev} in {ns}"))
 }
 
-fn start_agent(cluster_file: &str, node: &str) -> Result<AgentProc> {
+fn start_agent(cluster_file: &str, node: &str, opts: &UpOptions) -> Result<AgentProc> {
     let exe = std::env::current_exe()?;
     let log = paths::lab_dir().join(format!("agent-{node}.log"));
     let out = std::fs::File::create(&log)?;
     let child = Command::new(exe)
         .args(["agent", "--config", cluster_file, "--node", node])
         .args(["--netns", &format!("{NETNS_PREFIX}{node}")])
+        .args(opts.uplink_xdp.then_some("--uplink-xdp"))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)

@@ -7,7 +7,7 @@
 //! ifindex 42; node-1 (10.224.0.5) owns 10.244.1.0/24.
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket};
 use ipnet::Ipv4Net;
 use netplane::ebpf::{Datapath, key, put_route};
@@ -20,6 +20,8 @@ use netplane_tests::privileged;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 
 const NODE0: [u8; 4] = [10, 224, 0, 4];
 const NODE1: [u8; 4] = [10, 224, 0, 5];
@@ -43,10 +45,12 @@ enum Out {
     Unchanged,
 }
 
-/// Which counter a case must move by exactly one.
+/// Which counter a case must move by exactly one; `Nothing`: no counter
+/// may move.
 enum Moves {
     Path(Path),
     Drop(DropReason),
+    Nothing,
 }
 
 struct Case {
@@ -176,6 +180,32 @@ fn skb_ctx(mark: u32) -> [u8; 12] {
     ctx
 }
 
+/// Runs one frame through a program (TC with an skb mark, or XDP) and
+/// returns the verdict and the output frame.
+fn test_run(
+    dp: &mut Datapath,
+    prog: &str,
+    input: &[u8],
+    mark: u32,
+) -> anyhow::Result<(TestRunResult, Vec<u8>)> {
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = skb_ctx(mark);
+    let is_xdp = matches!(dp.bpf.program(prog), Some(aya::programs::Program::Xdp(_)));
+    let opts = TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: if is_xdp { None } else { Some(&ctx) },
+        ..Default::default()
+    };
+    let res = if is_xdp {
+        dp.xdp(prog)?.test_run(opts)?
+    } else {
+        dp.classifier(prog)?.test_run(opts)?
+    };
+    out.truncate(res.data_size_out as usize);
+    Ok((res, out))
+}
+
 fn run_table(prog: &str, cases: Vec<Case>) {
     if !privileged() {
         return;
@@ -184,19 +214,8 @@ fn run_table(prog: &str, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in cases {
         let before = dp.counters().unwrap();
-        let mut out = vec![0u8; c.input.len() + 256];
-        let ctx = skb_ctx(0);
-        let res = dp
-            .classifier(prog)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(&c.input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
+        let (res, out) = test_run(&mut dp, prog, &c.input, 0)
             .unwrap_or_else(|e| panic!("{}: test run failed: {e:?}", c.name));
-        out.truncate(res.data_size_out as usize);
         let after = dp.counters().unwrap();
 
         let mut problems = Vec::new();
@@ -210,12 +229,19 @@ fn run_table(prog: &str, cases: Vec<Case>) {
         if &out != want {
             problems.push(format!("output\n  got  {out:02x?}\n  want {want:02x?}"));
         }
-        let (name, delta) = match c.moves {
-            Moves::Path(p) => (p.name(), after.packets_of(p) - before.packets_of(p)),
-            Moves::Drop(r) => (r.name(), after.drops_of(r) - before.drops_of(r)),
-        };
-        if delta != 1 {
-            problems.push(format!("counter {name} moved by {delta} (want 1)"));
+        match c.moves {
+            Moves::Path(p) => expect_one(
+                &mut problems,
+                p.name(),
+                after.packets_of(p) - before.packets_of(p),
+            ),
+            Moves::Drop(r) => expect_one(
+                &mut problems,
+                r.name(),
+                after.drops_of(r) - before.drops_of(r),
+            ),
+            Moves::Nothing if after != before => problems.push("counters moved".into()),
+            Moves::Nothing => {}
         }
         if !problems.is_empty() {
             failures.push(format!("{}: {}", c.name, problems.join("; ")));
@@ -227,6 +253,12 @@ fn run_table(prog: &str, cases: Vec<Case>) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn expect_one(problems: &mut Vec<String>, name: &str, delta: u64) {
+    if delta != 1 {
+        problems.push(format!("counter {name} moved by {delta} (want 1)"));
+    }
 }
 
 /// Every routed output must still be a valid IPv4 packet to a real parser.
@@ -481,19 +513,47 @@ fn routed_mark_passes_to_uplink_untouched() {
     let mut dp = node0_datapath();
     let input = tcp(UPLINK_MAC, PEER_NODE_MAC, POD_A, REMOTE_POD, 63);
     let before = dp.counters().unwrap();
-    let mut out = vec![0u8; input.len()];
-    let ctx = skb_ctx(MARK_ROUTED);
-    let res = dp
-        .classifier(programs::TO_UPLINK)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(&input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap();
+    let (res, out) = test_run(&mut dp, programs::TO_UPLINK, &input, MARK_ROUTED).unwrap();
     assert_eq!(res.return_value, TC_ACT_OK);
     assert_eq!(out, input);
     assert_eq!(dp.counters().unwrap(), before, "counters moved");
+}
+
+#[test]
+fn uplink_xdp_table() {
+    let from_peer = |dst, ttl| tcp(PEER_NODE_MAC, UPLINK_MAC, REMOTE_POD, dst, ttl);
+    let arp_in = arp(PEER_NODE_MAC, 1, NODE1, [0; 6], NODE0, [0xff; 6]);
+    run_table(
+        programs::UPLINK_XDP,
+        vec![
+            case(
+                "for a local pod: passes on to from_uplink",
+                from_peer(POD_A, 63),
+                XDP_PASS,
+                Out::Unchanged,
+                Moves::Nothing,
+            ),
+            case(
+                "for another node's pod CIDR: dropped before an skb exists",
+                from_peer(REMOTE_POD, 63),
+                XDP_DROP,
+                Out::Unchanged,
+                Moves::Drop(DropReason::NotForThisNode),
+            ),
+            case(
+                "malformed IPv4: dropped",
+                patched(from_peer(POD_A, 63), 14, &[0x41]),
+                XDP_DROP,
+                Out::Unchanged,
+                Moves::Drop(DropReason::MalformedIpv4),
+            ),
+            case(
+                "ARP for the node: passes",
+                arp_in,
+                XDP_PASS,
+                Out::Unchanged,
+                Moves::Nothing,
+            ),
+        ],
+    );
 }

@@ -4,6 +4,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -29,6 +30,11 @@ enum Cmd {
     },
     /// cargo fmt --check and both clippy passes (-D warnings).
     Lint,
+    /// Measure TC only against TC + XDP on the uplinks (docs/decisions.md).
+    BenchAttach {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lint => {
             setup::run()?;
             lint()
+        }
+        Cmd::BenchAttach { rounds } => {
+            setup::run()?;
+            build()?;
+            bench::attach(rounds.max(1))
         }
     }
 }

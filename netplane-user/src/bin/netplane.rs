@@ -29,6 +29,10 @@ enum Cmd {
         /// Network namespace of the node (the lab's nodes live in one).
         #[arg(long)]
         netns: Option<String>,
+        /// Also attach the XDP early-drop program to the uplink (see
+        /// docs/decisions.md for its cost).
+        #[arg(long)]
+        uplink_xdp: bool,
     },
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
@@ -63,6 +67,9 @@ enum LabCmd {
     Up {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Agents also attach the XDP early-drop program to node uplinks.
+        #[arg(long)]
+        uplink_xdp: bool,
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
@@ -138,12 +145,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             node,
             netns,
+            uplink_xdp,
         } => {
             let cluster = Cluster::load(config.as_deref())?;
             for w in cluster.warnings() {
                 tracing::warn!("{w}");
             }
-            netplane::agent::run(&cluster, &node, netns.as_deref())?;
+            let opts = netplane::agent::Options { netns, uplink_xdp };
+            netplane::agent::run(&cluster, &node, &opts)?;
         }
         Cmd::Lab { command } => return lab_cmd(command),
         Cmd::Stats { node, json } => stats(node, json)?,
@@ -190,9 +199,10 @@ fn progress(line: &str) {
 
 fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
     match command {
-        LabCmd::Up { config } => {
+        LabCmd::Up { config, uplink_xdp } => {
             eprintln!("bringing the lab up");
-            let state = lab::up(config.as_deref(), &mut |l| progress(l))?;
+            let opts = lab::UpOptions { uplink_xdp };
+            let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
             print_hosts(&state.hosts);
             eprintln!(
                 "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
