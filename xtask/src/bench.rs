@@ -49,7 +49,10 @@ pub fn attach(rounds: usize) -> Result<()> {
             let s = measure(np);
             cmd(np, &["lab", "down"]).ok();
             let s = s?;
-            eprintln!("   tcp {:.2} Gbit/s, udp 64 B {:.0} kpps", s.tcp_gbps, s.udp64_kpps);
+            eprintln!(
+                "   tcp {:.2} Gbit/s, udp 64 B {:.0} kpps",
+                s.tcp_gbps, s.udp64_kpps
+            );
             samples.push((mode, s));
         }
     }
@@ -66,24 +69,44 @@ pub fn attach(rounds: usize) -> Result<()> {
 /// at full speed. Client on CPU 0, server on CPU 1.
 fn measure(np: &str) -> Result<Sample> {
     let tcp = iperf(np, &["-t", "3"])?;
-    let tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"].as_f64().context("tcp result")? / 1e9;
+    let tcp_gbps = tcp["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("tcp result")?
+        / 1e9;
     let udp = iperf(np, &["-u", "-b", "0", "-l", "64", "-t", "2"])?;
     let sum = &udp["end"]["sum"];
-    let delivered = sum["packets"].as_f64().context("udp packets")? - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let delivered = sum["packets"].as_f64().context("udp packets")?
+        - sum["lost_packets"].as_f64().unwrap_or(0.0);
     let udp64_kpps = delivered / sum["seconds"].as_f64().context("udp seconds")? / 1e3;
-    Ok(Sample { tcp_gbps, udp64_kpps })
+    Ok(Sample {
+        tcp_gbps,
+        udp64_kpps,
+    })
 }
 
 fn iperf(np: &str, args: &[&str]) -> Result<Value> {
     let server = Command::new(np)
-        .args(["lab", "exec", "pod-1-0", "--", "iperf3", "-s", "-1", "-D", "-A", "1"])
+        .args([
+            "lab", "exec", "pod-1-0", "--", "iperf3", "-s", "-1", "-D", "-A", "1",
+        ])
         .status()?;
     if !server.success() {
         bail!("iperf3 server did not start");
     }
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new(np)
-        .args(["lab", "exec", "pod-0-0", "--", "iperf3", "-c", "10.244.1.2", "-J", "-A", "0"])
+        .args([
+            "lab",
+            "exec",
+            "pod-0-0",
+            "--",
+            "iperf3",
+            "-c",
+            "10.244.1.2",
+            "-J",
+            "-A",
+            "0",
+        ])
         .args(args)
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
@@ -99,10 +122,15 @@ fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
-    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim().to_string();
+    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
+        .trim()
+        .to_string();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut r = String::new();
-    writeln!(r, "# Attach point: TC only vs TC + native XDP on the node uplinks\n")?;
+    writeln!(
+        r,
+        "# Attach point: TC only vs TC + native XDP on the node uplinks\n"
+    )?;
     writeln!(
         r,
         "`cargo xtask bench-attach`: pod-0-0 → pod-1-0 across nodes in the lab, {rounds} interleaved rounds \
@@ -110,14 +138,24 @@ fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
     )?;
     writeln!(r, "| metric | mode | min | median | max |")?;
     writeln!(r, "|---|---|---|---|---|")?;
-    let metrics: [(&str, fn(&Sample) -> f64); 2] =
-        [("TCP 1 stream, Gbit/s", |s| s.tcp_gbps), ("UDP 64 B delivered, kpps", |s| s.udp64_kpps)];
+    let metrics: [(&str, fn(&Sample) -> f64); 2] = [
+        ("TCP 1 stream, Gbit/s", |s| s.tcp_gbps),
+        ("UDP 64 B delivered, kpps", |s| s.udp64_kpps),
+    ];
     let mut medians = Vec::new();
     for (name, get) in metrics {
         for mode in [Mode::Tc, Mode::TcPlusXdp] {
-            let v: Vec<f64> = samples.iter().filter(|(m, _)| *m == mode).map(|(_, s)| get(s)).collect();
+            let v: Vec<f64> = samples
+                .iter()
+                .filter(|(m, _)| *m == mode)
+                .map(|(_, s)| get(s))
+                .collect();
             let (min, med, max) = stats(v);
-            writeln!(r, "| {name} | {} | {min:.2} | {med:.2} | {max:.2} |", mode.name())?;
+            writeln!(
+                r,
+                "| {name} | {} | {min:.2} | {med:.2} | {max:.2} |",
+                mode.name()
+            )?;
             medians.push(med);
         }
     }

@@ -117,9 +117,55 @@ fn test(args: &[String]) -> Result<()> {
         )?;
     }
     eprintln!("== test");
-    let mut argv = vec!["test", "--workspace", "--exclude", "netplane-ebpf"];
-    argv.extend(args.iter().map(String::as_str));
-    cmd("cargo", &argv)
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--exclude", "netplane-ebpf"])
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through, and add up the per-binary results.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, "passed");
+            failed += count_before(rest, "failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in "ok. 7 passed; 0 failed; ...".
+fn count_before(s: &str, label: &str) -> u64 {
+    s.split(';')
+        .find_map(|part| {
+            let mut words = part.split_whitespace().rev();
+            (words.next() == Some(label)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_come_from_cargo_test_summaries() {
+        let line =
+            "ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(super::count_before(line, "passed"), 7);
+        assert_eq!(super::count_before(line, "failed"), 2);
+        assert_eq!(
+            super::count_before("FAILED. 0 passed; 1 failed;", "failed"),
+            1
+        );
+    }
 }
 
 /// `netplane lab status --json` says the lab is up.
