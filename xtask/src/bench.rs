@@ -138,7 +138,8 @@ fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
     )?;
     writeln!(r, "| metric | mode | min | median | max |")?;
     writeln!(r, "|---|---|---|---|---|")?;
-    let metrics: [(&str, fn(&Sample) -> f64); 2] = [
+    type Metric = (&'static str, fn(&Sample) -> f64);
+    let metrics: [Metric; 2] = [
         ("TCP 1 stream, Gbit/s", |s| s.tcp_gbps),
         ("UDP 64 B delivered, kpps", |s| s.udp64_kpps),
     ];
