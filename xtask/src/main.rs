@@ -153,21 +153,6 @@ fn count_before(s: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn counts_come_from_cargo_test_summaries() {
-        let line =
-            "ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
-        assert_eq!(super::count_before(line, "passed"), 7);
-        assert_eq!(super::count_before(line, "failed"), 2);
-        assert_eq!(
-            super::count_before("FAILED. 0 passed; 1 failed;", "failed"),
-            1
-        );
-    }
-}
-
 /// `netplane lab status --json` says the lab is up.
 pub fn lab_is_up() -> bool {
     Command::new(netplane_bin())
@@ -214,4 +199,19 @@ fn lint() -> Result<()> {
             "warnings",
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_come_from_cargo_test_summaries() {
+        let line =
+            "ok. 7 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(super::count_before(line, "passed"), 7);
+        assert_eq!(super::count_before(line, "failed"), 2);
+        assert_eq!(
+            super::count_before("FAILED. 0 passed; 1 failed;", "failed"),
+            1
+        );
+    }
 }
