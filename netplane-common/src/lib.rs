@@ -6,6 +6,7 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod limits;
 pub mod maps;
 
 pub use counters::{DropReason, Path};

@@ -3,6 +3,7 @@
 use std::{collections::HashSet, fmt, net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
+use netplane_common::limits;
 use serde::{Deserialize, Serialize};
 
 /// The lab's cluster: AKS kubenet defaults, two nodes, two pods each.
@@ -15,8 +16,6 @@ pub const RESERVED_RANGES: [&str; 4] = [
     "172.31.0.0/16",
     "192.0.2.0/24",
 ];
-/// Addresses Azure keeps in every subnet: the first four and the last.
-pub const AZURE_RESERVED_PER_SUBNET: u32 = 5;
 pub const MIN_MAX_PODS: u32 = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,7 +27,76 @@ pub struct Cluster {
     pub limits: Limits,
     pub nodes: Vec<Node>,
     #[serde(default)]
+    pub outbound: Outbound,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
     pub lab: Lab,
+}
+
+/// How pods' traffic leaves the VNet (AKS's `outboundType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboundType {
+    /// The outbound load balancer SNATs node IPs to its frontend IPs.
+    #[serde(rename = "loadBalancer")]
+    LoadBalancer,
+    /// 0.0.0.0/0 goes to an appliance (a firewall), which SNATs.
+    #[serde(rename = "userDefinedRouting")]
+    UserDefinedRouting,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    #[serde(rename = "type")]
+    pub kind: OutboundType,
+    /// loadBalancer: the frontend public IPs.
+    #[serde(default)]
+    pub frontend_ips: Vec<Ipv4Addr>,
+    /// loadBalancer: ports per node per frontend IP; 0 or absent means
+    /// Azure's default table by backend pool size.
+    pub allocated_outbound_ports: Option<u32>,
+    /// loadBalancer: idle timeout of outbound flows, minutes.
+    pub idle_timeout_minutes: u32,
+    /// userDefinedRouting: the appliance every packet leaving the VNet goes to.
+    pub appliance_ip: Option<Ipv4Addr>,
+    /// SNAT port range of the node masquerade (and the appliance).
+    pub port_range: [u16; 2],
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self {
+            kind: OutboundType::LoadBalancer,
+            frontend_ips: vec![Ipv4Addr::new(198, 51, 100, 10)],
+            allocated_outbound_ports: None,
+            idle_timeout_minutes: limits::AKS_LB_IDLE_TIMEOUT,
+            appliance_ip: None,
+            port_range: [limits::SNAT_PORT_MIN, limits::SNAT_PORT_MAX],
+        }
+    }
+}
+
+/// Conntrack idle timeouts, seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub tcp_established_s: u32,
+    /// SYN, FIN and RST states.
+    pub tcp_transitory_s: u32,
+    pub udp_s: u32,
+    pub icmp_s: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established_s: limits::TCP_ESTABLISHED_TIMEOUT_S,
+            tcp_transitory_s: limits::TCP_TRANSITORY_TIMEOUT_S,
+            udp_s: limits::UDP_TIMEOUT_S,
+            icmp_s: limits::ICMP_TIMEOUT_S,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +302,7 @@ impl Cluster {
         } else if u32::from(n.dns_service_ip) <= u32::from(n.service_cidr.network()) + 1 {
             bad("network.dns_service_ip", &n.dns_service_ip, "must not be the network address or the first address (.1 is the kubernetes service)".into());
         }
+        let max = netplane_common::maps::MAX_PODS_PER_NODE;
         if n.node_pod_prefix < n.pod_cidr.prefix_len() || n.node_pod_prefix > 30 {
             bad(
                 "network.node_pod_prefix",
@@ -242,6 +311,12 @@ impl Cluster {
                     "must be between the pod CIDR's /{} and /30",
                     n.pod_cidr.prefix_len()
                 ),
+            );
+        } else if !(MIN_MAX_PODS..=max).contains(&n.max_pods) {
+            bad(
+                "network.max_pods",
+                &n.max_pods,
+                format!("kubenet allows {MIN_MAX_PODS} to {max} pods per node"),
             );
         } else if n.max_pods > pod_capacity(n.node_pod_prefix) {
             bad(
@@ -254,14 +329,6 @@ impl Cluster {
                 ),
             );
         }
-        let max = netplane_common::maps::MAX_PODS_PER_NODE;
-        if !(MIN_MAX_PODS..=max).contains(&n.max_pods) {
-            bad(
-                "network.max_pods",
-                &n.max_pods,
-                format!("kubenet allows {MIN_MAX_PODS} to {max} pods per node"),
-            );
-        }
         if self.lab.pods_per_node > n.max_pods {
             bad(
                 "lab.pods_per_node",
@@ -270,7 +337,153 @@ impl Cluster {
             );
         }
         self.node_violations(&mut bad);
+        self.outbound_violations(&mut bad);
+        self.timeout_violations(&mut bad);
         v
+    }
+
+    /// Ports each node gets per frontend IP: explicit, or Azure's default
+    /// table by pool size. None when the pool is too big for the table.
+    pub fn ports_per_node(&self) -> Option<u32> {
+        match self.outbound.allocated_outbound_ports {
+            Some(p) if p > 0 => Some(p),
+            _ => limits::default_ports_per_node(self.nodes.len() as u32),
+        }
+    }
+
+    fn outbound_violations(&self, bad: &mut dyn FnMut(&str, &dyn fmt::Display, String)) {
+        let o = &self.outbound;
+        let n = &self.network;
+        let [lo, hi] = o.port_range;
+        if lo == 0 || lo > hi {
+            bad(
+                "outbound.port_range",
+                &format!("[{lo}, {hi}]"),
+                "must be [low, high] with 1 <= low <= high <= 65535".into(),
+            );
+        }
+        match o.kind {
+            OutboundType::LoadBalancer => {
+                if o.frontend_ips.is_empty() {
+                    bad(
+                        "outbound.frontend_ips",
+                        &"[]",
+                        "loadBalancer needs at least one frontend IP".into(),
+                    );
+                }
+                let mut seen = HashSet::new();
+                for (i, ip) in o.frontend_ips.iter().enumerate() {
+                    let field = format!("outbound.frontend_ips[{i}]");
+                    if !seen.insert(ip) {
+                        bad(&field, ip, "duplicate frontend IP".into());
+                    }
+                    for (name, net) in [
+                        ("network.vnet_cidr", n.vnet_cidr),
+                        ("network.pod_cidr", n.pod_cidr),
+                        ("network.service_cidr", n.service_cidr),
+                    ] {
+                        if net.contains(ip) {
+                            bad(
+                                &field,
+                                ip,
+                                format!("a frontend IP is public: must not be inside {name} {net}"),
+                            );
+                        }
+                    }
+                }
+                if o.appliance_ip.is_some() {
+                    bad(
+                        "outbound.appliance_ip",
+                        &o.appliance_ip.expect("checked"),
+                        "only for outbound type userDefinedRouting".into(),
+                    );
+                }
+                let max = limits::AZURE_SNAT_PORTS_PER_FRONTEND;
+                let mut ports_ok = !o.frontend_ips.is_empty();
+                if let Some(p) = o.allocated_outbound_ports {
+                    if p > max || p % limits::AZURE_PORT_BLOCK != 0 {
+                        ports_ok = false;
+                        bad(
+                            "outbound.allocated_outbound_ports",
+                            &p,
+                            format!(
+                                "must be 0 (Azure's default table) or a multiple of {} up to {max}",
+                                limits::AZURE_PORT_BLOCK
+                            ),
+                        );
+                    }
+                }
+                let (lo_t, hi_t) = (limits::LB_IDLE_TIMEOUT_MIN, limits::LB_IDLE_TIMEOUT_MAX);
+                if !(lo_t..=hi_t).contains(&o.idle_timeout_minutes) {
+                    bad(
+                        "outbound.idle_timeout_minutes",
+                        &o.idle_timeout_minutes,
+                        format!("Azure allows {lo_t} to {hi_t} minutes"),
+                    );
+                }
+                let nodes = self.nodes.len() as u64;
+                match self.ports_per_node().filter(|_| ports_ok) {
+                    None if !ports_ok => {}
+                    None => bad("nodes", &nodes, "Azure's default port table covers backend pools up to 1000 nodes: set outbound.allocated_outbound_ports".into()),
+                    Some(ports) => {
+                        let capacity = u64::from(max) * o.frontend_ips.len() as u64;
+                        if nodes * u64::from(ports) > capacity {
+                            bad("outbound.allocated_outbound_ports", &ports, format!("{nodes} nodes x {ports} ports = {} > {max} x {} frontend IP(s) = {capacity}: add frontend IPs or allocate fewer ports", nodes * u64::from(ports), o.frontend_ips.len()));
+                        }
+                    }
+                }
+            }
+            OutboundType::UserDefinedRouting => match o.appliance_ip {
+                None => bad(
+                    "outbound.appliance_ip",
+                    &"(missing)",
+                    "userDefinedRouting needs the appliance's IP".into(),
+                ),
+                Some(ip) => {
+                    if !n.vnet_cidr.contains(&ip) {
+                        bad(
+                            "outbound.appliance_ip",
+                            &ip,
+                            format!("must be inside network.vnet_cidr {}", n.vnet_cidr),
+                        );
+                    }
+                    if self.nodes.iter().any(|x| x.ip == ip) {
+                        bad("outbound.appliance_ip", &ip, "is a node's IP".into());
+                    }
+                    if n.node_subnet.contains(&ip) && azure_reserved(n.node_subnet, ip) {
+                        bad(
+                            "outbound.appliance_ip",
+                            &ip,
+                            "Azure reserves the first four and the last address of a subnet".into(),
+                        );
+                    }
+                }
+            },
+        }
+    }
+
+    fn timeout_violations(&self, bad: &mut dyn FnMut(&str, &dyn fmt::Display, String)) {
+        let t = &self.timeouts;
+        for (field, v) in [
+            ("timeouts.tcp_established_s", t.tcp_established_s),
+            ("timeouts.tcp_transitory_s", t.tcp_transitory_s),
+            ("timeouts.udp_s", t.udp_s),
+            ("timeouts.icmp_s", t.icmp_s),
+        ] {
+            if v == 0 {
+                bad(field, &v, "must be at least 1 second".into());
+            }
+        }
+        if t.tcp_transitory_s > t.tcp_established_s {
+            bad(
+                "timeouts.tcp_transitory_s",
+                &t.tcp_transitory_s,
+                format!(
+                    "must not exceed timeouts.tcp_established_s ({})",
+                    t.tcp_established_s
+                ),
+            );
+        }
     }
 
     fn node_violations(&self, bad: &mut dyn FnMut(&str, &dyn fmt::Display, String)) {

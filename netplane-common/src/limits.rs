@@ -1,0 +1,88 @@
+//! Azure's and kubenet's numbers, and netplane's defaults: defined once.
+
+/// SNAT ports Azure's load balancer gives out per frontend IP.
+pub const AZURE_SNAT_PORTS_PER_FRONTEND: u32 = 64_000;
+/// Azure's default outbound port allocation per backend node, by backend
+/// pool size: (largest pool size, ports per node per frontend IP).
+pub const AZURE_DEFAULT_PORT_TABLE: [(u32, u32); 6] = [
+    (50, 1024),
+    (100, 512),
+    (200, 256),
+    (400, 128),
+    (800, 64),
+    (1000, 32),
+];
+/// allocatedOutboundPorts is given out in blocks of this many ports.
+pub const AZURE_PORT_BLOCK: u32 = 8;
+/// Load balancer outbound idle timeout range and AKS's default, minutes
+/// (Azure's own default is 4).
+pub const LB_IDLE_TIMEOUT_MIN: u32 = 4;
+pub const LB_IDLE_TIMEOUT_MAX: u32 = 120;
+pub const AKS_LB_IDLE_TIMEOUT: u32 = 30;
+
+/// Default SNAT port range per SNAT IP (64,512 ports).
+pub const SNAT_PORT_MIN: u16 = 1024;
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// Default conntrack timeouts, seconds.
+pub const TCP_ESTABLISHED_TIMEOUT_S: u32 = 30 * 60;
+pub const TCP_TRANSITORY_TIMEOUT_S: u32 = 60;
+pub const UDP_TIMEOUT_S: u32 = 30;
+pub const ICMP_TIMEOUT_S: u32 = 30;
+
+/// Addresses Azure keeps in every subnet: the first four and the last.
+pub const AZURE_RESERVED_PER_SUBNET: u32 = 5;
+
+/// Ports per node per frontend IP from Azure's default table, or None when
+/// the pool is larger than the table covers.
+pub const fn default_ports_per_node(pool_size: u32) -> Option<u32> {
+    let mut i = 0;
+    while i < AZURE_DEFAULT_PORT_TABLE.len() {
+        let (max_pool, ports) = AZURE_DEFAULT_PORT_TABLE[i];
+        if pool_size <= max_pool {
+            return Some(ports);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_table_at_its_edges() {
+        for (pool, ports) in [
+            (1, 1024),
+            (50, 1024),
+            (51, 512),
+            (100, 512),
+            (101, 256),
+            (200, 256),
+        ] {
+            assert_eq!(default_ports_per_node(pool), Some(ports), "pool {pool}");
+        }
+        for (pool, ports) in [
+            (201, 128),
+            (400, 128),
+            (401, 64),
+            (800, 64),
+            (801, 32),
+            (1000, 32),
+        ] {
+            assert_eq!(default_ports_per_node(pool), Some(ports), "pool {pool}");
+        }
+        assert_eq!(default_ports_per_node(1001), None);
+    }
+
+    #[test]
+    fn the_default_table_always_fits_one_frontend() {
+        for (pool, ports) in AZURE_DEFAULT_PORT_TABLE {
+            assert!(
+                pool * ports <= AZURE_SNAT_PORTS_PER_FRONTEND,
+                "{pool} x {ports}"
+            );
+        }
+    }
+}
