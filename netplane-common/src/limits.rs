@@ -30,6 +30,11 @@ pub const TCP_TRANSITORY_TIMEOUT_S: u32 = 60;
 pub const UDP_TIMEOUT_S: u32 = 30;
 pub const ICMP_TIMEOUT_S: u32 = 30;
 
+/// Most pods per node AKS allows (kubenet and Azure CNI alike).
+pub const MAX_PODS_PER_NODE_AKS: u32 = 250;
+/// AKS route table limit: one route per node, 400 routes.
+pub const AZURE_UDR_ROUTE_LIMIT: usize = 400;
+
 /// Addresses Azure keeps in every subnet: the first four and the last.
 pub const AZURE_RESERVED_PER_SUBNET: u32 = 5;
 

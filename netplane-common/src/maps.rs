@@ -28,11 +28,7 @@ pub mod programs {
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the
 /// map leaves room for experiments that lift it.
 pub const MAX_ROUTES: u32 = 1024;
-/// AKS route table limit: one route per node, 400 routes.
-pub const AZURE_UDR_ROUTE_LIMIT: usize = 400;
-/// kubenet's maximum pods per node.
-pub const MAX_PODS_PER_NODE: u32 = 250;
-/// LOCAL_PODS capacity.
+/// LOCAL_PODS capacity (above limits::MAX_PODS_PER_NODE_AKS).
 pub const MAX_LOCAL_PODS: u32 = 256;
 
 /// skb->mark bit set on packets netplane has already routed, so the uplink's

@@ -123,7 +123,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_routes: netplane_common::maps::AZURE_UDR_ROUTE_LIMIT,
+            max_routes: netplane_common::limits::AZURE_UDR_ROUTE_LIMIT,
             allow_over_route_limit: false,
         }
     }
@@ -302,7 +302,7 @@ impl Cluster {
         } else if u32::from(n.dns_service_ip) <= u32::from(n.service_cidr.network()) + 1 {
             bad("network.dns_service_ip", &n.dns_service_ip, "must not be the network address or the first address (.1 is the kubernetes service)".into());
         }
-        let max = netplane_common::maps::MAX_PODS_PER_NODE;
+        let max = netplane_common::limits::MAX_PODS_PER_NODE_AKS;
         if n.node_pod_prefix < n.pod_cidr.prefix_len() || n.node_pod_prefix > 30 {
             bad(
                 "network.node_pod_prefix",

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod ebpf;
 pub mod lab;
 pub mod paths;
+pub mod plan;
 pub mod pods;
 pub mod sys;
 pub mod whoami;

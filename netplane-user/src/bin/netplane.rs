@@ -53,6 +53,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
+    Plan {
+        #[arg(long)]
+        nodes: u32,
+        #[arg(long)]
+        max_pods: u32,
+        #[arg(long, value_enum, default_value = "kubenet")]
+        mode: netplane::plan::Mode,
+        /// Extra nodes during an upgrade.
+        #[arg(long, default_value_t = 1)]
+        surge: u32,
+        /// Frontend public IPs of the outbound load balancer.
+        #[arg(long, default_value_t = 1)]
+        outbound_ips: u32,
+        /// Ports per node per frontend IP (0: Azure's default table).
+        #[arg(long)]
+        allocated_outbound_ports: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Address echo for lab traffic: the server tells each client the
     /// address it saw.
     Whoami {
@@ -157,6 +177,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Lab { command } => return lab_cmd(command),
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
+        Cmd::Plan {
+            nodes,
+            max_pods,
+            mode,
+            surge,
+            outbound_ips,
+            allocated_outbound_ports,
+            json,
+        } => {
+            let input = netplane::plan::Input {
+                nodes,
+                max_pods,
+                mode,
+                surge,
+                outbound_ips,
+                allocated_outbound_ports,
+            };
+            let plan = netplane::plan::plan(input).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+        }
         Cmd::Whoami { command } => match command {
             WhoamiCmd::Serve {
                 listen,
