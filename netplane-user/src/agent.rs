@@ -40,7 +40,7 @@ pub struct AgentStatus {
     pub pins: String,
 }
 
-/// A pod the agent has registered in the data path.
+/// A pod the agent has registered in the data path, by container ID.
 struct Attached {
     ip: Ipv4Addr,
     host_ifname: String,
@@ -161,28 +161,28 @@ fn reconcile_pods(
     let desired = pods::registered(node)?;
     let gone: Vec<String> = attached
         .iter()
-        .filter(|(name, a)| {
+        .filter(|(id, a)| {
             !desired
                 .iter()
-                .any(|r| &r.name == *name && r.ip == a.ip && r.host_ifname == a.host_ifname)
+                .any(|r| &r.container_id == *id && r.ip == a.ip && r.host_ifname == a.host_ifname)
         })
-        .map(|(name, _)| name.clone())
+        .map(|(id, _)| id.clone())
         .collect();
-    for name in gone {
-        let a = attached.remove(&name).expect("listed above");
+    for id in gone {
+        let a = attached.remove(&id).expect("listed above");
         dp.pods_map()?.remove(&key(a.ip)).ok();
         // The link is already gone if the veth was deleted.
         dp.classifier(programs::FROM_POD)?.detach(a.link).ok();
-        info!(pod = name, ip = %a.ip, "pod removed");
+        info!(container = id, ip = %a.ip, "pod removed");
     }
     for rec in &desired {
-        if attached.contains_key(&rec.name) {
+        if attached.contains_key(&rec.container_id) {
             continue;
         }
         match attach_pod(dp, rec) {
             Ok(a) => {
                 info!(pod = rec.name, ip = %rec.ip, veth = rec.host_ifname, "pod registered");
-                attached.insert(rec.name.clone(), a);
+                attached.insert(rec.container_id.clone(), a);
             }
             Err(e) => warn!(pod = rec.name, "cannot register yet: {e:#}"),
         }

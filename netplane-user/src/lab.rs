@@ -15,9 +15,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cluster::{Cluster, pod_gateway},
+    cluster::Cluster,
     ebpf, paths,
-    pods::{self, PodRecord},
     sys::{self, ip_in, sysctl_in},
 };
 
@@ -106,11 +105,6 @@ pub fn plan(cluster: &Cluster) -> Vec<Host> {
         }
     }
     hosts
-}
-
-/// The host side of a pod's veth (15 characters at most).
-pub fn host_veth(pod: &str) -> String {
-    format!("v-{pod}")
 }
 
 fn state_path() -> PathBuf {
@@ -262,8 +256,11 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
             .iter()
             .find(|n| Some(&n.name) == host.node.as_ref())
             .expect("planned");
-        progress(&format!("pod {} {} on {}", host.name, host.ip, node.name));
-        attach_pod(host, node.pod_cidr)?;
+        progress(&format!(
+            "pod {} {} on {} (netplane-cni ADD)",
+            host.name, host.ip, node.name
+        ));
+        attach_pod(host, &state.cluster_file)?;
     }
     wait_for_pods(&hosts)?;
     progress("all pods registered in their node's data path");
@@ -284,53 +281,102 @@ fn new_netns(ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates a pod the way a CNI plugin would: veth pair, address, gateway
-/// route, and a registry record for the node's agent.
-fn attach_pod(pod: &Host, node_cidr: ipnet::Ipv4Net) -> Result<()> {
+/// Creates a pod as kubelet would: the runtime makes the pod's network
+/// namespace, then runs the CNI plugin (netplane-cni) in the node's
+/// namespace with the CNI_* environment and the network configuration on
+/// stdin.
+fn attach_pod(pod: &Host, cluster_file: &str) -> Result<()> {
     let node = pod.node.as_deref().expect("pods have nodes");
-    let node_ns = format!("{NETNS_PREFIX}{node}");
     new_netns(&pod.netns)?;
-    let veth = host_veth(&pod.name);
-    ip_in(
-        &node_ns,
-        &[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns,
-        ],
+    let conf = serde_json::json!({
+        "cniVersion": crate::cni::CNI_VERSION,
+        "name": "netplane",
+        "type": "netplane-cni",
+        "cluster": cluster_file,
+        "node": node,
+    });
+    let result = run_cni(
+        node,
+        "ADD",
+        &pod.name,
+        &format!("/run/netns/{}", pod.netns),
+        &conf,
     )?;
-    let addr = format!("{}/{}", pod.ip, node_cidr.prefix_len());
-    ip_in(&pod.netns, &["addr", "add", &addr, "dev", "eth0"])?;
-    ip_in(&pod.netns, &["link", "set", "eth0", "up"])?;
-    ip_in(
-        &pod.netns,
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &pod_gateway(node_cidr).to_string(),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    ip_in(&node_ns, &["link", "set", &veth, "up"])?;
-    let pod_mac = link_mac(&pod.netns, "eth0")?;
-    pods::register(&PodRecord {
-        name: pod.name.clone(),
-        node: node.to_string(),
-        ip: pod.ip,
-        netns: pod.netns.clone(),
-        host_ifname: veth,
-        pod_mac,
-    })
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .with_context(|| format!("no address in the CNI result: {result}"))?;
+    if ip != pod.ip {
+        bail!(
+            "netplane-cni gave {} the address {ip}, the lab planned {}",
+            pod.name,
+            pod.ip
+        );
+    }
+    Ok(())
 }
 
-fn link_mac(ns: &str, dev: &str) -> Result<String> {
-    let out = ip_in(ns, &["-j", "link", "show", dev])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["address"]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no MAC for {dev} in {ns}"))
+/// The CNI plugin binary next to this one.
+pub fn cni_plugin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name("netplane-cni"))
+}
+
+/// Runs netplane-cni in a node's namespace, as a container runtime would.
+pub fn run_cni(
+    node: &str,
+    command: &str,
+    container_id: &str,
+    netns_path: &str,
+    conf: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    use std::io::Write as _;
+    let node_ns = std::fs::File::open(format!("/run/netns/{NETNS_PREFIX}{node}"))?;
+    let mut cmd = Command::new(cni_plugin()?);
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAME={container_id};K8S_POD_NAMESPACE=default"),
+        )
+        .env(
+            "CNI_PATH",
+            cni_plugin()?.parent().unwrap_or(std::path::Path::new("/")),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: setns is async-signal-safe; the fd outlives the spawn.
+    unsafe {
+        use std::os::fd::AsRawFd as _;
+        let fd = node_ns.as_raw_fd();
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("running netplane-cni")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "netplane-cni {command} for {container_id} failed: {}",
+            text.trim()
+        );
+    }
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).with_context(|| format!("netplane-cni printed {text}"))
 }
 
 fn start_agent(cluster_file: &str, node: &str, opts: &UpOptions) -> Result<AgentProc> {
@@ -570,11 +616,6 @@ mod tests {
             ]
         );
         assert!(hosts.iter().all(|h| h.netns.starts_with(NETNS_PREFIX)));
-    }
-
-    #[test]
-    fn veth_names_fit_ifnamsiz() {
-        assert!(host_veth("pod-399-249").len() <= 15);
     }
 
     #[test]

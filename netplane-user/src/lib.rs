@@ -1,6 +1,7 @@
 //! netplane's userspace: the agent, the CLI's commands and the lab.
 pub mod agent;
 pub mod cluster;
+pub mod cni;
 pub mod ebpf;
 pub mod lab;
 pub mod paths;

@@ -1,6 +1,6 @@
 //! The pod registry: one JSON record per pod attached on a node, written by
-//! whoever attaches pods (the lab today, the CNI plugin as kubelet's helper)
-//! and read by the node's agent, which registers them in the data path.
+//! by the CNI plugin (netplane-cni) when it attaches a pod, and read by the
+//! node's agent, which registers the pod in the data path.
 use std::{fs, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context, Result};
@@ -10,6 +10,9 @@ use crate::paths;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRecord {
+    /// The runtime's container ID (CNI_CONTAINERID): the record's key.
+    pub container_id: String,
+    /// The pod's name (K8S_POD_NAME), else the container ID.
     pub name: String,
     pub node: String,
     pub ip: Ipv4Addr,
@@ -21,22 +24,22 @@ pub struct PodRecord {
     pub pod_mac: String,
 }
 
-fn record_path(node: &str, pod: &str) -> PathBuf {
-    paths::pod_registry(node).join(format!("{pod}.json"))
+fn record_path(node: &str, container_id: &str) -> PathBuf {
+    paths::pod_registry(node).join(format!("{container_id}.json"))
 }
 
 /// Writes a record atomically (the agent never sees half a file).
 pub fn register(rec: &PodRecord) -> Result<()> {
     let dir = paths::pod_registry(&rec.node);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", rec.name));
+    let tmp = dir.join(format!(".{}.tmp", rec.container_id));
     fs::write(&tmp, serde_json::to_vec_pretty(rec)?)?;
-    fs::rename(&tmp, record_path(&rec.node, &rec.name))?;
+    fs::rename(&tmp, record_path(&rec.node, &rec.container_id))?;
     Ok(())
 }
 
-pub fn unregister(node: &str, pod: &str) -> Result<()> {
-    match fs::remove_file(record_path(node, pod)) {
+pub fn unregister(node: &str, container_id: &str) -> Result<()> {
+    match fs::remove_file(record_path(node, container_id)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
@@ -44,6 +47,11 @@ pub fn unregister(node: &str, pod: &str) -> Result<()> {
 
 /// All records of a node, sorted by name. Unreadable records are skipped
 /// with a warning rather than stopping the node.
+pub fn lookup(node: &str, container_id: &str) -> Option<PodRecord> {
+    let bytes = fs::read(record_path(node, container_id)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 pub fn registered(node: &str) -> Result<Vec<PodRecord>> {
     let dir = paths::pod_registry(node);
     let entries = match fs::read_dir(&dir) {
@@ -65,6 +73,6 @@ pub fn registered(node: &str) -> Result<Vec<PodRecord>> {
             Err(e) => tracing::warn!("skipping pod record {}: {e:#}", path.display()),
         }
     }
-    out.sort_by(|a: &PodRecord, b| a.name.cmp(&b.name));
+    out.sort_by(|a: &PodRecord, b| a.container_id.cmp(&b.container_id));
     Ok(out)
 }

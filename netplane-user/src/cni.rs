@@ -1,0 +1,516 @@
+//! netplane-cni: a CNI 1.0.0 plugin (ADD, DEL, CHECK, VERSION), run by the
+//! container runtime in the node's network namespace. It creates the pod's
+//! veth, gives it the next free address of the node's pod CIDR from a
+//! host-local style store, sets the gateway route, and registers the pod for
+//! the node's agent.
+//!
+//! Network configuration (stdin):
+//! `{"cniVersion":"1.0.0","name":"netplane","type":"netplane-cni",
+//!   "cluster":"/path/cluster.toml","node":"node-0"}`
+use std::{
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    cluster::{Cluster, pod_gateway},
+    pods::{self, PodRecord},
+    sys,
+};
+
+pub const CNI_VERSION: &str = "1.0.0";
+pub const SUPPORTED_VERSIONS: [&str; 2] = ["0.4.0", "1.0.0"];
+
+/// The spec's well-known error codes, plus netplane's own (100 and up).
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    /// The node's pod CIDR has max pods addresses given out.
+    pub const POOL_EXHAUSTED: u32 = 100;
+    /// CHECK found the pod not as ADD left it.
+    pub const CHECK_FAILED: u32 = 101;
+}
+
+/// A CNI error: printed as the spec's JSON on stdout, exit code 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({ "cniVersion": CNI_VERSION, "code": self.code, "msg": self.msg, "details": self.details })
+    }
+}
+
+fn io(msg: &str) -> impl FnOnce(anyhow::Error) -> CniError + '_ {
+    move |e| CniError::new(code::IO_FAILURE, msg, format!("{e:#}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The cluster file; absent: the embedded default.
+    pub cluster: Option<PathBuf>,
+    /// This node's name in the cluster file.
+    pub node: String,
+}
+
+/// The CNI_* environment of one invocation.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    /// CNI_ARGS, e.g. "K8S_POD_NAME=web-0;K8S_POD_NAMESPACE=default".
+    pub args: String,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        let get = |k: &str| std::env::var(k).unwrap_or_default();
+        Env {
+            command: get("CNI_COMMAND"),
+            container_id: get("CNI_CONTAINERID"),
+            netns: get("CNI_NETNS"),
+            ifname: get("CNI_IFNAME"),
+            args: get("CNI_ARGS"),
+        }
+    }
+
+    fn pod_name(&self) -> String {
+        self.args
+            .split(';')
+            .find_map(|kv| kv.strip_prefix("K8S_POD_NAME="))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.container_id)
+            .to_string()
+    }
+
+    fn require(&self, names: &[&str]) -> Result<(), CniError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| match *n {
+                "CNI_CONTAINERID" => self.container_id.is_empty(),
+                "CNI_NETNS" => self.netns.is_empty(),
+                "CNI_IFNAME" => self.ifname.is_empty(),
+                _ => false,
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::INVALID_ENV,
+                format!("missing {}", missing.join(", ")),
+                "",
+            ))
+        }
+    }
+}
+
+/// Runs one CNI command; returns the JSON to print on success.
+pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError> {
+    if env.command == "VERSION" {
+        return Ok(Some(
+            json!({ "cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS }),
+        ));
+    }
+    let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            "cannot decode the network configuration",
+            e.to_string(),
+        )
+    })?;
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("cniVersion {} is not supported", conf.cni_version),
+            format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
+        ));
+    }
+    let cluster = Cluster::load(conf.cluster.as_deref())
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid cluster file", e.to_string()))?;
+    let node = cluster.node(&conf.node).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("node {} is not in the cluster file", conf.node),
+            "",
+        )
+    })?;
+    let pod = PodNet {
+        node: conf.node.clone(),
+        pod_cidr: node.pod_cidr,
+        max_pods: cluster.network.max_pods,
+    };
+    match env.command.as_str() {
+        "ADD" => add(env, &pod, &conf).map(Some),
+        "DEL" => del(env, &pod).map(|_| None),
+        "CHECK" => check(env, &pod).map(|_| None),
+        "" => Err(CniError::new(code::INVALID_ENV, "missing CNI_COMMAND", "")),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND {other}"),
+            "",
+        )),
+    }
+}
+
+/// The node facts a pod's networking needs.
+struct PodNet {
+    node: String,
+    pod_cidr: Ipv4Net,
+    max_pods: u32,
+}
+
+/// The host side of a pod's veth: stable per (container, ifname), at most
+/// 15 characters.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a: a short stable hash, not security.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("np{h:08x}")
+}
+
+fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
+    if !Path::new(&env.netns).exists() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_NETNS {} does not exist", env.netns),
+            "",
+        ));
+    }
+    let ip = ipam::allocate(
+        &pod.node,
+        pod.pod_cidr,
+        pod.max_pods,
+        &env.container_id,
+        &env.ifname,
+    )?;
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    let result = plumb(env, pod, ip, &host);
+    if result.is_err() {
+        // Leave nothing behind: the runtime may not call DEL after a failed ADD.
+        let _ = sys::run(&["ip", "link", "del", &host]);
+        let _ = ipam::release(&pod.node, &env.container_id, &env.ifname);
+    }
+    let (host_mac, pod_mac) = result?;
+    let gateway = pod_gateway(pod.pod_cidr);
+    Ok(json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            { "name": host, "mac": host_mac },
+            { "name": env.ifname, "mac": pod_mac, "sandbox": env.netns },
+        ],
+        "ips": [{ "address": format!("{ip}/{}", pod.pod_cidr.prefix_len()), "gateway": gateway.to_string(), "interface": 1 }],
+        "routes": [{ "dst": "0.0.0.0/0", "gw": gateway.to_string() }],
+        "dns": {},
+    }))
+}
+
+/// veth pair, address and route in the pod, registry record. Returns the
+/// host and pod MACs.
+fn plumb(env: &Env, pod: &PodNet, ip: Ipv4Addr, host: &str) -> Result<(String, String), CniError> {
+    let ifname = env.ifname.as_str();
+    sys::run(&[
+        "ip", "link", "add", host, "type", "veth", "peer", "name", ifname, "netns", &env.netns,
+    ])
+    .map_err(io("creating the veth pair"))?;
+    let addr = format!("{ip}/{}", pod.pod_cidr.prefix_len());
+    let gw = pod_gateway(pod.pod_cidr).to_string();
+    for argv in [
+        vec!["ip", "addr", "add", &addr, "dev", ifname],
+        vec!["ip", "link", "set", ifname, "up"],
+        vec!["ip", "link", "set", "lo", "up"],
+        vec!["ip", "route", "add", "default", "via", &gw, "dev", ifname],
+    ] {
+        run_in_netns(&env.netns, &argv).map_err(io("configuring the pod's interface"))?;
+    }
+    sys::run(&["ip", "link", "set", host, "up"]).map_err(io("bringing the host veth up"))?;
+    let host_mac = link_mac(None, host).map_err(io("reading the host veth MAC"))?;
+    let pod_mac = link_mac(Some(&env.netns), ifname).map_err(io("reading the pod MAC"))?;
+    pods::register(&PodRecord {
+        container_id: env.container_id.clone(),
+        name: env.pod_name(),
+        node: pod.node.clone(),
+        ip,
+        netns: env.netns.clone(),
+        host_ifname: host.to_string(),
+        pod_mac: pod_mac.clone(),
+    })
+    .map_err(io("registering the pod"))?;
+    Ok((host_mac, pod_mac))
+}
+
+fn del(env: &Env, pod: &PodNet) -> Result<(), CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    // Deleting the host side removes the pair; already gone is fine.
+    let _ = sys::run(&["ip", "link", "del", &host]);
+    pods::unregister(&pod.node, &env.container_id).map_err(io("unregistering the pod"))?;
+    ipam::release(&pod.node, &env.container_id, &env.ifname)
+}
+
+fn check(env: &Env, pod: &PodNet) -> Result<(), CniError> {
+    env.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
+    let fail = |m: String| CniError::new(code::CHECK_FAILED, m, "");
+    let ip = ipam::allocated(&pod.node, &env.container_id, &env.ifname)
+        .ok_or_else(|| fail(format!("no address allocated to {}", env.container_id)))?;
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    sys::interface(&host).map_err(|_| fail(format!("host veth {host} is missing")))?;
+    let shown = run_in_netns(
+        &env.netns,
+        &["ip", "-4", "-o", "addr", "show", "dev", &env.ifname],
+    )
+    .map_err(|e| fail(format!("{} in {}: {e:#}", env.ifname, env.netns)))?;
+    if !shown.contains(&format!("{ip}/")) {
+        return Err(fail(format!(
+            "{} in {} does not hold {ip}",
+            env.ifname, env.netns
+        )));
+    }
+    if pods::lookup(&pod.node, &env.container_id).is_none_or(|r| r.ip != ip) {
+        return Err(fail(format!(
+            "{} is not registered for the agent",
+            env.container_id
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a command inside the network namespace at `path` (a CNI_NETNS).
+fn run_in_netns(path: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let ns = fs::File::open(path)?;
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null());
+    // SAFETY: setns is async-signal-safe; the fd outlives the spawn.
+    unsafe {
+        use std::os::fd::AsRawFd as _;
+        let fd = ns.as_raw_fd();
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn link_mac(netns: Option<&str>, dev: &str) -> anyhow::Result<String> {
+    let argv = ["ip", "-j", "link", "show", dev];
+    let out = match netns {
+        Some(ns) => run_in_netns(ns, &argv)?,
+        None => sys::run(&argv)?,
+    };
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no MAC for {dev}"))
+}
+
+/// Prints the outcome as the spec asks and returns the exit code.
+pub fn respond(result: Result<Option<serde_json::Value>, CniError>) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            let _ = writeln!(out, "{}", e.to_json());
+            1
+        }
+    }
+}
+
+/// Host-local style address store: one file per address holding the
+/// container ID and interface, under the node's state directory, changed
+/// only under an exclusive lock.
+pub mod ipam {
+    use std::{fs, net::Ipv4Addr, path::PathBuf};
+
+    use ipnet::Ipv4Net;
+    use nix::fcntl::{Flock, FlockArg};
+
+    use super::{CniError, code};
+    use crate::paths;
+
+    fn dir(node: &str) -> PathBuf {
+        paths::node_dir(node).join("ipam")
+    }
+
+    fn lock(node: &str) -> Result<Flock<fs::File>, CniError> {
+        let d = dir(node);
+        let io =
+            |e: std::io::Error| CniError::new(code::IO_FAILURE, "address store", e.to_string());
+        fs::create_dir_all(&d).map_err(io)?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(d.join("lock"))
+            .map_err(io)?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| {
+            CniError::new(code::IO_FAILURE, "locking the address store", e.to_string())
+        })
+    }
+
+    fn owner(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}\n{ifname}\n")
+    }
+
+    /// (address, owner) of every allocation.
+    fn entries(node: &str) -> Vec<(Ipv4Addr, String)> {
+        let Ok(rd) = fs::read_dir(dir(node)) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+                Some((ip, fs::read_to_string(e.path()).ok()?))
+            })
+            .collect()
+    }
+
+    pub fn allocated(node: &str, container_id: &str, ifname: &str) -> Option<Ipv4Addr> {
+        let me = owner(container_id, ifname);
+        entries(node)
+            .into_iter()
+            .find(|(_, o)| *o == me)
+            .map(|(ip, _)| ip)
+    }
+
+    /// The lowest free address from .2 (.1 is the gateway), at most
+    /// `max_pods` in use; the same address again for the same container.
+    pub fn allocate(
+        node: &str,
+        cidr: Ipv4Net,
+        max_pods: u32,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Ipv4Addr, CniError> {
+        let _guard = lock(node)?;
+        if let Some(ip) = allocated(node, container_id, ifname) {
+            return Ok(ip);
+        }
+        let used: Vec<Ipv4Addr> = entries(node).into_iter().map(|(ip, _)| ip).collect();
+        if used.len() as u32 >= max_pods {
+            return Err(CniError::new(
+                code::POOL_EXHAUSTED,
+                format!("node {node} has max pods ({max_pods}) addresses in use"),
+                format!("pod CIDR {cidr}"),
+            ));
+        }
+        let first = u32::from(cidr.network()) + 2;
+        let last = u32::from(cidr.broadcast()) - 1;
+        let ip = (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| {
+                CniError::new(code::POOL_EXHAUSTED, format!("pod CIDR {cidr} is full"), "")
+            })?;
+        fs::write(dir(node).join(ip.to_string()), owner(container_id, ifname))
+            .map_err(|e| CniError::new(code::IO_FAILURE, "address store", e.to_string()))?;
+        Ok(ip)
+    }
+
+    /// Frees the container's address; nothing allocated is fine.
+    pub fn release(node: &str, container_id: &str, ifname: &str) -> Result<(), CniError> {
+        let _guard = lock(node)?;
+        if let Some(ip) = allocated(node, container_id, ifname) {
+            fs::remove_file(dir(node).join(ip.to_string()))
+                .map_err(|e| CniError::new(code::IO_FAILURE, "address store", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_short_and_distinct() {
+        let a = host_veth_name("pod-0-0", "eth0");
+        assert_eq!(a, host_veth_name("pod-0-0", "eth0"));
+        assert!(a.len() <= 15);
+        assert_ne!(a, host_veth_name("pod-0-1", "eth0"));
+        assert_ne!(a, host_veth_name("pod-0-0", "eth1"));
+    }
+
+    #[test]
+    fn version_needs_no_config() {
+        let env = Env {
+            command: "VERSION".into(),
+            ..Env::default()
+        };
+        let v = run(&env, "").unwrap().unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn bad_config_and_env_get_spec_codes() {
+        let env = Env {
+            command: "ADD".into(),
+            ..Env::default()
+        };
+        assert_eq!(run(&env, "{").unwrap_err().code, code::DECODE_FAILURE);
+        let conf = r#"{"cniVersion":"9.9.9","name":"n","type":"netplane-cni","node":"node-0"}"#;
+        assert_eq!(
+            run(&env, conf).unwrap_err().code,
+            code::INCOMPATIBLE_VERSION
+        );
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"netplane-cni","node":"nope"}"#;
+        assert_eq!(run(&env, conf).unwrap_err().code, code::INVALID_CONFIG);
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"netplane-cni","node":"node-0"}"#;
+        let err = run(&env, conf).unwrap_err();
+        assert_eq!(err.code, code::INVALID_ENV);
+        assert!(
+            err.msg.contains("CNI_CONTAINERID") && err.msg.contains("CNI_NETNS"),
+            "{}",
+            err.msg
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! netplane-cni as a container runtime drives it: ADD, CHECK, DEL, DEL,
+//! VERSION, a bad netns, concurrent ADDs, and pool exhaustion at max pods.
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use netplane::cluster::DEFAULT_CLUSTER;
+use netplane_tests::privileged;
+use serde_json::Value;
+
+const NODE_NS: &str = "np-cnitest-node";
+const PODS: usize = 11;
+
+fn plugin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("netplane-cni");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p netplane-user --bins`",
+        bin.display()
+    );
+    bin
+}
+
+fn pod_ns(i: usize) -> String {
+    format!("np-cnitest-pod-{i}")
+}
+
+/// Where the plugin keeps state, and its network configuration.
+#[derive(Clone)]
+struct World {
+    run_dir: PathBuf,
+    conf: String,
+}
+
+/// Removes the test's namespaces and state, passed or failed.
+struct Cleanup {
+    run_dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for i in 0..PODS {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &pod_ns(i)])
+                .status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", NODE_NS]).status();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the plugin in the node namespace; returns (exit code, JSON or Null).
+fn cni(w: &World, command: &str, container: &str, netns: &str) -> (i32, Value) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", NODE_NS])
+        .arg(plugin())
+        .env("NETPLANE_RUN_DIR", &w.run_dir)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(w.conf.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn netns_path(i: usize) -> String {
+    format!("/run/netns/{}", pod_ns(i))
+}
+
+#[test]
+fn cni_lifecycle() {
+    if !privileged() {
+        return;
+    }
+    let run_dir = std::env::temp_dir().join(format!("netplane-cnitest-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let cluster = run_dir.join("cluster.toml");
+    // Max pods 10: the smallest kubenet allows, so exhaustion comes quickly.
+    std::fs::write(
+        &cluster,
+        DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 10"),
+    )
+    .unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
+        "cluster": cluster, "node": "node-0",
+    });
+    let w = World {
+        run_dir: run_dir.clone(),
+        conf: conf.to_string(),
+    };
+    ip(&["netns", "add", NODE_NS]);
+    for i in 0..PODS {
+        ip(&["netns", "add", &pod_ns(i)]);
+    }
+
+    // VERSION
+    let (code, v) = cni(&w, "VERSION", "", "");
+    assert_eq!(code, 0);
+    assert!(
+        v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("1.0.0"))
+    );
+
+    // ADD: address, gateway, the pod's interface and route, the registry.
+    let (code, v) = cni(&w, "ADD", "c0", &netns_path(0));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["ips"][0]["address"], "10.244.0.2/24");
+    assert_eq!(v["ips"][0]["gateway"], "10.244.0.1");
+    assert_eq!(v["interfaces"][1]["sandbox"], netns_path(0));
+    let host_veth = v["interfaces"][0]["name"].as_str().unwrap().to_string();
+    assert!(ip(&["-n", &pod_ns(0), "-4", "addr", "show", "eth0"]).contains("10.244.0.2/24"));
+    assert!(ip(&["-n", &pod_ns(0), "route"]).contains("default via 10.244.0.1 dev eth0"));
+    assert!(ip(&["-n", NODE_NS, "link", "show", &host_veth]).contains("state UP"));
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("nodes/node-0/pods/c0.json")).expect("registry record"),
+    )
+    .unwrap();
+    assert_eq!(record["ip"], "10.244.0.2");
+    assert_eq!(record["host_ifname"], host_veth);
+
+    // CHECK, DEL, CHECK fails, DEL again is fine.
+    assert_eq!(cni(&w, "CHECK", "c0", &netns_path(0)).0, 0);
+    assert_eq!(cni(&w, "DEL", "c0", &netns_path(0)).0, 0);
+    let (code, v) = cni(&w, "CHECK", "c0", &netns_path(0));
+    assert_eq!((code, v["code"].as_u64()), (1, Some(101)), "{v}");
+    assert_eq!(cni(&w, "DEL", "c0", &netns_path(0)).0, 0);
+    let links = ip(&["-n", NODE_NS, "link", "show"]);
+    assert!(!links.contains(&host_veth), "host veth left after DEL");
+    assert!(!run_dir.join("nodes/node-0/pods/c0.json").exists());
+
+    // A netns that does not exist: the spec's invalid-environment error.
+    let (code, v) = cni(&w, "ADD", "ghost", "/run/netns/np-cnitest-missing");
+    assert_eq!(code, 1);
+    assert_eq!(v["code"], 4, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"));
+
+    // Concurrent ADDs: every pod a different address.
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let w = World {
+                run_dir: run_dir.clone(),
+                conf: w.conf.clone(),
+            };
+            std::thread::spawn(move || {
+                let r = cni(&w, "ADD", &format!("c{i}"), &netns_path(i));
+                std::mem::forget(w); // the outer World cleans up
+                r
+            })
+        })
+        .collect();
+    let mut ips: Vec<String> = handles
+        .into_iter()
+        .map(|h| {
+            let (code, v) = h.join().unwrap();
+            assert_eq!(code, 0, "{v}");
+            v["ips"][0]["address"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 10, "duplicate addresses: {ips:?}");
+
+    // Max pods (10) reached: the 11th pod is refused, nothing left behind.
+    let (code, v) = cni(&w, "ADD", "c10", &netns_path(10));
+    assert_eq!((code, v["code"].as_u64()), (1, Some(100)), "{v}");
+    assert!(
+        ip(&["-n", &pod_ns(10), "link", "show"])
+            .lines()
+            .all(|l| !l.contains("eth0"))
+    );
+
+    for i in 0..10 {
+        assert_eq!(cni(&w, "DEL", &format!("c{i}"), &netns_path(i)).0, 0);
+    }
+    let left = std::fs::read_dir(run_dir.join("nodes/node-0/ipam"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 1, "only the lock file should remain");
+}
