@@ -225,3 +225,13 @@ pub fn pinned_pod_ips(pin_dir: &FsPath) -> Result<Vec<Ipv4Addr>> {
     let pods: HashMap<_, u32, LocalPod> = HashMap::try_from(&map)?;
     Ok(pods.keys().filter_map(Result::ok).map(addr).collect())
 }
+
+/// UDR routes of a running agent, read from its pins.
+pub fn pinned_routes(pin_dir: &FsPath) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+    let path = pin_dir.join(names::ROUTES);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
+    let map = aya::maps::Map::LpmTrie(data);
+    let routes: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&map)?;
+    list_routes(&routes)
+}

@@ -61,6 +61,9 @@ pub struct AgentProc {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub cluster_file: String,
+    /// Agents run with --uplink-xdp.
+    #[serde(default)]
+    pub uplink_xdp: bool,
     pub vnet: Vnet,
     pub hosts: Vec<Host>,
     pub agents: Vec<AgentProc>,
@@ -170,6 +173,7 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     let gateway = Ipv4Addr::from(u32::from(cluster.network.node_subnet.network()) + 1);
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
+        uplink_xdp: opts.uplink_xdp,
         vnet: Vnet {
             netns: VNET_NETNS.into(),
             bridge: VNET_BRIDGE.into(),
@@ -526,6 +530,85 @@ fn stop_pid(pid: u32) {
     if pid_alive(pid) {
         let _ = kill(p, Signal::SIGKILL);
     }
+}
+
+/// Applies a cluster file to the running lab: validated, written over the
+/// lab's copy, and the agents told (SIGHUP) to reconcile. The lab's nodes
+/// must stay as they are; routes may come and go.
+pub fn reload(cluster_file: Option<&std::path::Path>) -> Result<()> {
+    let state = load_state()?.context("the lab is down")?;
+    let source = cluster_file.map_or_else(|| PathBuf::from(&state.cluster_file), PathBuf::from);
+    let cluster = Cluster::load(Some(&source))?;
+    for host in state.hosts.iter().filter(|h| h.role == Role::Node) {
+        match cluster.node(&host.name) {
+            Some(n) if n.ip == host.ip => {}
+            _ => bail!(
+                "{} must keep node {} with IP {}: the lab cannot move its nodes",
+                source.display(),
+                host.name,
+                host.ip
+            ),
+        }
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", state.cluster_file));
+    std::fs::write(&tmp, toml::to_string(&cluster)?)?;
+    std::fs::rename(&tmp, &state.cluster_file)?;
+    for a in &state.agents {
+        if pid_alive(a.pid) && is_our_agent(a.pid, &a.node) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(a.pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stops a node's agent (SIGTERM, or SIGKILL with `kill`) and starts a new
+/// one, which adopts the pinned data path. Returns the new agent's status.
+pub fn restart_agent(
+    node: &str,
+    kill: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<crate::agent::AgentStatus> {
+    use nix::sys::signal::Signal;
+    let mut state = load_state()?.context("the lab is down")?;
+    let idx = state
+        .agents
+        .iter()
+        .position(|a| a.node == node)
+        .with_context(|| format!("no agent for node {node} in the lab"))?;
+    let old = state.agents[idx].clone();
+    if pid_alive(old.pid) && is_our_agent(old.pid, node) {
+        let sig = if kill {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        progress(&format!(
+            "sending {sig} to the agent of {node} (pid {})",
+            old.pid
+        ));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.pid as i32), sig);
+        let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+        while pid_alive(old.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pid_alive(old.pid) {
+            bail!("the agent of {node} (pid {}) did not stop", old.pid);
+        }
+    }
+    // A killed agent leaves its status file; the new one overwrites it.
+    let opts = UpOptions {
+        uplink_xdp: state.uplink_xdp,
+    };
+    let agent = start_agent(&state.cluster_file, node, &opts)?;
+    wait_for_agent(&agent)?;
+    progress(&format!("agent of {node} started (pid {})", agent.pid));
+    state.agents[idx] = agent;
+    save_state(&state)?;
+    let status = std::fs::read(paths::agent_status(node))?;
+    Ok(serde_json::from_slice(&status)?)
 }
 
 /// A host by name or IP.

@@ -33,6 +33,10 @@ enum Cmd {
         /// docs/decisions.md for its cost).
         #[arg(long)]
         uplink_xdp: bool,
+        /// On exit, detach the programs and remove the pins. Without it the
+        /// data path keeps running and the next agent adopts it.
+        #[arg(long)]
+        detach_on_exit: bool,
     },
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
@@ -42,6 +46,13 @@ enum Cmd {
     /// Packet and drop counters of the running agents.
     Stats {
         /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The route table (the UDR) each agent has loaded, as Azure shows one.
+    Routes {
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
@@ -93,6 +104,20 @@ enum LabCmd {
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
+    /// Apply an edited cluster file (default: the lab's own copy) to the
+    /// running agents: routes are added and removed one by one.
+    Reload {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stop a node's agent and start a new one, which adopts the pinned data
+    /// path while traffic flows.
+    AgentRestart {
+        node: String,
+        /// SIGKILL instead of SIGTERM (a crash).
+        #[arg(long)]
+        kill: bool,
+    },
     /// Hosts, namespaces and agents.
     Status {
         #[arg(long)]
@@ -166,16 +191,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             node,
             netns,
             uplink_xdp,
+            detach_on_exit,
         } => {
-            let cluster = Cluster::load(config.as_deref())?;
-            for w in cluster.warnings() {
-                tracing::warn!("{w}");
-            }
-            let opts = netplane::agent::Options { netns, uplink_xdp };
-            netplane::agent::run(&cluster, &node, &opts)?;
+            let opts = netplane::agent::Options {
+                config,
+                netns,
+                uplink_xdp,
+                detach_on_exit,
+            };
+            netplane::agent::run(&node, &opts)?;
         }
         Cmd::Lab { command } => return lab_cmd(command),
         Cmd::Stats { node, json } => stats(node, json)?,
+        Cmd::Routes { node, json } => routes(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
         Cmd::Plan {
             nodes,
@@ -252,6 +280,19 @@ fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
                 "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
             );
         }
+        LabCmd::Reload { config } => {
+            lab::reload(config.as_deref())?;
+            eprintln!("cluster file applied; agents reconcile their routes");
+        }
+        LabCmd::AgentRestart { node, kill } => {
+            let st = lab::restart_agent(&node, kill, &mut |l| progress(l))?;
+            println!(
+                "agent of {} running as pid {}; adopted: {}",
+                st.node,
+                st.pid,
+                st.adopted.join(", ")
+            );
+        }
         LabCmd::Down => {
             lab::down(&mut |l| progress(l))?;
             eprintln!("lab is down");
@@ -313,8 +354,9 @@ fn print_hosts(hosts: &[lab::Host]) {
     }
 }
 
-fn stats(node: Option<String>, json: bool) -> Result<()> {
-    let nodes: Vec<String> = match node {
+/// The nodes to report on: the one asked for, or every node with pins.
+fn pinned_nodes(node: Option<String>) -> Result<Vec<String>> {
+    Ok(match node {
         Some(n) => vec![n],
         None => {
             let mut v: Vec<String> = std::fs::read_dir(paths::bpffs())
@@ -325,7 +367,71 @@ fn stats(node: Option<String>, json: bool) -> Result<()> {
             v.sort();
             v
         }
+    })
+}
+
+fn routes(node: Option<String>, json: bool) -> Result<()> {
+    // Owner names from the lab's cluster file, when there is a lab.
+    let names: Vec<(std::net::Ipv4Addr, String)> = lab::load_state()
+        .ok()
+        .flatten()
+        .and_then(|s| Cluster::load(Some(std::path::Path::new(&s.cluster_file))).ok())
+        .map(|c| c.nodes().into_iter().map(|n| (n.ip, n.name)).collect())
+        .unwrap_or_default();
+    let owner = |ip| {
+        names
+            .iter()
+            .find(|(i, _)| *i == ip)
+            .map_or("-".to_string(), |(_, n)| n.clone())
     };
+    let limit = netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
+    let mut all = serde_json::Map::new();
+    for n in pinned_nodes(node)? {
+        let routes = netplane::ebpf::pinned_routes(&paths::pins(&n))?;
+        if json {
+            let list: Vec<_> = routes
+                .iter()
+                .map(|(cidr, ip)| {
+                    serde_json::json!({
+                        "address_prefix": cidr.to_string(),
+                        "next_hop_type": "VirtualAppliance",
+                        "next_hop_ip": ip.to_string(),
+                        "node": owner(*ip),
+                    })
+                })
+                .collect();
+            all.insert(
+                n.clone(),
+                serde_json::json!({ "routes": list, "count": routes.len(), "limit": limit }),
+            );
+            continue;
+        }
+        println!("{n}: {} of {limit} routes", routes.len());
+        println!(
+            "  {:<18} {:<17} {:<15} node",
+            "address prefix", "next hop type", "next hop IP"
+        );
+        for (cidr, ip) in &routes {
+            println!(
+                "  {:<18} {:<17} {:<15} {}",
+                cidr.to_string(),
+                "VirtualAppliance",
+                ip.to_string(),
+                owner(*ip)
+            );
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
+        );
+    }
+    Ok(())
+}
+
+fn stats(node: Option<String>, json: bool) -> Result<()> {
+    let nodes = pinned_nodes(node)?;
     let mut all = serde_json::Map::new();
     for n in &nodes {
         let c = Counters::read_pinned(&paths::pins(n))?;
