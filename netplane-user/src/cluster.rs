@@ -391,27 +391,27 @@ impl Cluster {
                         }
                     }
                 }
-                if o.appliance_ip.is_some() {
+                if let Some(ip) = o.appliance_ip {
                     bad(
                         "outbound.appliance_ip",
-                        &o.appliance_ip.expect("checked"),
+                        &ip,
                         "only for outbound type userDefinedRouting".into(),
                     );
                 }
                 let max = limits::AZURE_SNAT_PORTS_PER_FRONTEND;
                 let mut ports_ok = !o.frontend_ips.is_empty();
-                if let Some(p) = o.allocated_outbound_ports {
-                    if p > max || p % limits::AZURE_PORT_BLOCK != 0 {
-                        ports_ok = false;
-                        bad(
-                            "outbound.allocated_outbound_ports",
-                            &p,
-                            format!(
-                                "must be 0 (Azure's default table) or a multiple of {} up to {max}",
-                                limits::AZURE_PORT_BLOCK
-                            ),
-                        );
-                    }
+                if let Some(p) = o.allocated_outbound_ports
+                    && (p > max || p % limits::AZURE_PORT_BLOCK != 0)
+                {
+                    ports_ok = false;
+                    bad(
+                        "outbound.allocated_outbound_ports",
+                        &p,
+                        format!(
+                            "must be 0 (Azure's default table) or a multiple of {} up to {max}",
+                            limits::AZURE_PORT_BLOCK
+                        ),
+                    );
                 }
                 let (lo_t, hi_t) = (limits::LB_IDLE_TIMEOUT_MIN, limits::LB_IDLE_TIMEOUT_MAX);
                 if !(lo_t..=hi_t).contains(&o.idle_timeout_minutes) {

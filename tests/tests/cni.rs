@@ -120,6 +120,9 @@ fn cni_lifecycle() {
         run_dir: run_dir.clone(),
         conf: conf.to_string(),
     };
+    let _cleanup = Cleanup {
+        run_dir: run_dir.clone(),
+    };
     ip(&["netns", "add", NODE_NS]);
     for i in 0..PODS {
         ip(&["netns", "add", &pod_ns(i)]);
@@ -172,15 +175,8 @@ fn cni_lifecycle() {
     // Concurrent ADDs: every pod a different address.
     let handles: Vec<_> = (0..10)
         .map(|i| {
-            let w = World {
-                run_dir: run_dir.clone(),
-                conf: w.conf.clone(),
-            };
-            std::thread::spawn(move || {
-                let r = cni(&w, "ADD", &format!("c{i}"), &netns_path(i));
-                std::mem::forget(w); // the outer World cleans up
-                r
-            })
+            let w = w.clone();
+            std::thread::spawn(move || cni(&w, "ADD", &format!("c{i}"), &netns_path(i)))
         })
         .collect();
     let mut ips: Vec<String> = handles
