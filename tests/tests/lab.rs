@@ -516,3 +516,33 @@ fn lab_end_to_end() {
     // Idempotent.
     ok(&["lab", "down"]);
 }
+
+/// An invalid cluster file: `lab up` and `agent` refuse it and build nothing.
+#[test]
+fn invalid_file_is_refused_before_anything_is_built() {
+    if !privileged() {
+        return;
+    }
+    let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(np_namespaces().is_empty());
+    let bad = std::env::temp_dir().join(format!("netplane-bad-{}.toml", std::process::id()));
+    let text = netplane::cluster::DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 5");
+    std::fs::write(&bad, text).unwrap();
+    let bad_path = bad.to_str().unwrap();
+    for args in [
+        vec!["lab", "up", "--config", bad_path],
+        vec!["agent", "--config", bad_path, "--node", "node-0"],
+    ] {
+        let out = np(&args);
+        assert!(!out.status.success(), "{args:?} accepted an invalid file");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("network.max_pods"), "{args:?}: {err}");
+    }
+    assert!(
+        np_namespaces().is_empty(),
+        "namespaces built from an invalid file"
+    );
+    assert!(!std::path::Path::new("/run/netplane/lab").exists());
+    assert!(!std::path::Path::new("/run/netplane/bpf/node-0").exists());
+    std::fs::remove_file(&bad).unwrap();
+}
