@@ -30,10 +30,24 @@ pub enum DropReason {
     NotForThisNode = 9,
     /// The node configuration map is empty (agent not running).
     NoNodeConfig = 10,
+    /// A new flow found no free SNAT port for its destination: existing
+    /// flows are untouched.
+    NatPortsExhausted = 11,
+    /// A non-first IP fragment on a translated path: no ports to look up.
+    FragmentNotTracked = 12,
+    /// To a translated address and port from anyone but the flow's remote,
+    /// or with no translation at all (endpoint-dependent filtering).
+    NatNoMapping = 13,
+    /// A protocol SNAT cannot translate (not TCP, UDP or ICMP echo).
+    UnsupportedL4 = 14,
+    /// The load balancer got traffic from a host outside its backend pool.
+    LbUnknownBackend = 15,
+    /// The translation tables are full.
+    NatTableFull = 16,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TruncatedEthernet,
         DropReason::MalformedIpv4,
         DropReason::UnsupportedProtocol,
@@ -44,9 +58,15 @@ impl DropReason {
         DropReason::ArpNotRequest,
         DropReason::NotForThisNode,
         DropReason::NoNodeConfig,
+        DropReason::NatPortsExhausted,
+        DropReason::FragmentNotTracked,
+        DropReason::NatNoMapping,
+        DropReason::UnsupportedL4,
+        DropReason::LbUnknownBackend,
+        DropReason::NatTableFull,
     ];
     /// Size of the `DROPS` array: one slot per number, slot 0 unused.
-    pub const SLOTS: u32 = 16;
+    pub const SLOTS: u32 = 32;
 
     /// Stable snake_case name used by the CLI and metrics.
     pub const fn name(self) -> &'static str {
@@ -61,6 +81,12 @@ impl DropReason {
             DropReason::ArpNotRequest => "arp_not_request",
             DropReason::NotForThisNode => "not_for_this_node",
             DropReason::NoNodeConfig => "no_node_config",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::FragmentNotTracked => "fragment_not_tracked",
+            DropReason::NatNoMapping => "nat_no_mapping",
+            DropReason::UnsupportedL4 => "unsupported_l4",
+            DropReason::LbUnknownBackend => "lb_unknown_backend",
+            DropReason::NatTableFull => "nat_table_full",
         }
     }
 }
@@ -88,10 +114,18 @@ pub enum Path {
     TtlExpired = 6,
     /// ARP request from a pod answered by the data path.
     ArpReply = 7,
+    /// Pod egress translated to the node IP (node masquerade).
+    SnatOut = 8,
+    /// A reply to a masqueraded flow translated back and delivered.
+    SnatIn = 9,
+    /// Load balancer: node IP translated to a frontend IP.
+    LbOut = 10,
+    /// Load balancer: a reply translated back to the node.
+    LbIn = 11,
 }
 
 impl Path {
-    pub const ALL: [Path; 8] = [
+    pub const ALL: [Path; 12] = [
         Path::SameNode,
         Path::ToRemoteNode,
         Path::FromRemoteNode,
@@ -100,6 +134,10 @@ impl Path {
         Path::HostToRemoteNode,
         Path::TtlExpired,
         Path::ArpReply,
+        Path::SnatOut,
+        Path::SnatIn,
+        Path::LbOut,
+        Path::LbIn,
     ];
     /// Size of the `PATHS` array.
     pub const SLOTS: u32 = 16;
@@ -114,6 +152,10 @@ impl Path {
             Path::HostToRemoteNode => "host_to_remote_node",
             Path::TtlExpired => "ttl_expired",
             Path::ArpReply => "arp_reply",
+            Path::SnatOut => "snat_out",
+            Path::SnatIn => "snat_in",
+            Path::LbOut => "lb_out",
+            Path::LbIn => "lb_in",
         }
     }
 }

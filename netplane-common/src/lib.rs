@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod counters;
 pub mod limits;
 pub mod maps;
+pub mod nat;
 
 pub use counters::{DropReason, Path};
 pub use maps::{LocalPod, NodeConfig, RouteTarget};

@@ -10,7 +10,11 @@ pub mod names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const DROPS: &str = "DROPS";
     pub const PATHS: &str = "PATHS";
-    pub const ALL: [&str; 5] = [ROUTES, LOCAL_PODS, NODE_CONFIG, DROPS, PATHS];
+    pub use crate::nat::names::*;
+    pub const ALL: [&str; 14] = [
+        ROUTES, LOCAL_PODS, NODE_CONFIG, DROPS, PATHS, NAT_OUT, NAT_IN, NAT_CONFIG, SNAT_SLOTS,
+        SNAT_ALLOCS, SNAT_FREES, SNAT_FAILS, LB_BACKENDS, LB_FRONTENDS,
+    ];
 }
 
 /// Program names in the eBPF object.
@@ -23,6 +27,10 @@ pub mod programs {
     pub const TO_UPLINK: &str = "to_uplink";
     /// Optional XDP on the node uplink (early drops); off by default.
     pub const UPLINK_XDP: &str = "uplink_xdp";
+    /// Load balancer / appliance: TC ingress from the VNet (SNAT out).
+    pub const LB_FROM_VNET: &str = "lb_from_vnet";
+    /// Load balancer / appliance: TC ingress from the internet (replies).
+    pub const LB_FROM_INTERNET: &str = "lb_from_internet";
 }
 
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the

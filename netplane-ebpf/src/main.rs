@@ -5,6 +5,8 @@
 //!   anti-spoofing, same-node delivery, UDR routing to nodes.
 //! - `from_uplink`: TC ingress, node NIC: delivery to local pods.
 //! - `to_uplink`: TC egress, node NIC: the node's own traffic to pods.
+//! - `lb_from_vnet`, `lb_from_internet`: the outbound load balancer (or
+//!   appliance) translating node IPs to frontend IPs and back.
 //! - `uplink_xdp`: optional XDP on the node NIC, dropping what `from_uplink`
 //!   would drop, earlier (off by default; docs/decisions.md says why).
 #![no_std]
@@ -12,10 +14,13 @@
 
 mod arp;
 mod counters;
+mod lb;
 mod maps;
+mod nat;
 mod packet;
 mod pod;
 mod route;
+mod snat;
 mod uplink;
 
 use aya_ebpf::{
@@ -36,6 +41,16 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     uplink::to_uplink(&ctx)
+}
+
+#[classifier]
+pub fn lb_from_vnet(ctx: TcContext) -> i32 {
+    lb::lb_from_vnet(&ctx)
+}
+
+#[classifier]
+pub fn lb_from_internet(ctx: TcContext) -> i32 {
+    lb::lb_from_internet(&ctx)
 }
 
 #[xdp]

@@ -2,12 +2,16 @@
 //! them by those names; the packet-table tests fail if they drift).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netplane_common::{
     DropReason, LocalPod, NodeConfig, Path, RouteTarget,
     counters::PathCounter,
     maps::{MAX_LOCAL_PODS, MAX_ROUTES},
+    nat::{
+        FlowKey, MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse,
+        SnatSlot,
+    },
 };
 
 /// The UDR table: pod CIDR -> owner node IP.
@@ -29,3 +33,45 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::S
 /// Packets and bytes per path, per CPU.
 #[map]
 pub static PATHS: PerCpuArray<PathCounter> = PerCpuArray::with_max_entries(Path::SLOTS, 0);
+
+/// Translations by original tuple.
+#[map]
+pub static NAT_OUT: HashMap<FlowKey, NatEntry> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+
+/// Translations by reply tuple; inserting a key claims its port.
+#[map]
+pub static NAT_IN: HashMap<FlowKey, NatReverse> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+
+/// Where translated traffic goes next; slot 0.
+#[map]
+pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+/// Port blocks (SNAT IP, range), by accounting slot.
+#[map]
+pub static SNAT_SLOTS: Array<SnatSlot> = Array::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// Ports ever allocated per slot, per CPU (each CPU writes only its own
+/// count, so the sum is exact without atomics).
+#[map]
+pub static SNAT_ALLOCS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// Ports ever freed per slot: written only by the agent's collector, so
+/// allocated = allocs - frees is exact without a shared counter.
+#[map]
+pub static SNAT_FREES: Array<u64> = Array::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// New flows refused for want of a port, per slot, per CPU.
+#[map]
+pub static SNAT_FAILS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// Load balancer: backend node IP -> its first slot.
+#[map]
+pub static LB_BACKENDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// Load balancer: frontend IPs (value unused).
+#[map]
+pub static LB_FRONTENDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// Per destination and SNAT IP: where the next free port probably is.
+#[map]
+pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PORT_HINTS, 0);

@@ -76,6 +76,11 @@ pub struct Ipv4 {
     /// Source and destination in map-key form.
     pub src: u32,
     pub dst: u32,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    pub proto: u8,
+    /// Fragment offset non-zero: no L4 header here.
+    pub later_fragment: bool,
 }
 
 #[inline(always)]
@@ -91,7 +96,15 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
         return Err(DropReason::MalformedIpv4);
     }
     let (src, dst) = unsafe { (ip_key((*hdr).src_addr), ip_key((*hdr).dst_addr)) };
-    Ok(Ipv4 { hdr, src, dst })
+    let (proto, frags) = unsafe { ((*hdr).proto, u16::from_be_bytes((*hdr).frags)) };
+    Ok(Ipv4 {
+        hdr,
+        src,
+        dst,
+        l4_off: EthHdr::LEN + ihl as usize,
+        proto,
+        later_fragment: frags & 0x1fff != 0,
+    })
 }
 
 /// The TTL as seen by this hop.
@@ -122,3 +135,9 @@ pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
         (*eth).src_addr = src;
     }
 }
+
+/// Offsets of IPv4 header fields from the start of the frame.
+pub const IP_CHECK_OFF: usize = EthHdr::LEN + 10;
+pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
+pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
+pub const IP_TTL_OFF: usize = EthHdr::LEN + 8;

@@ -44,7 +44,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     if !cfg.in_cluster(ip.dst) {
-        return Err(DropReason::EgressUnavailable);
+        return crate::snat::masquerade(ctx, cfg, &ip);
     }
     let owner = route::owner_node(cfg, &ip)?;
     if let Some(verdict) = route::routed_hop(ctx, &ip) {

@@ -58,17 +58,19 @@ pub fn deliver_egress(ctx: &TcContext, eth: *mut EthHdr, pod: &LocalPod, path: P
 pub fn to_node(ctx: &TcContext, cfg: &NodeConfig, node_ip: u32, path: Path) -> i32 {
     ctx.set_mark(MARK_ROUTED);
     count(ctx, path);
+    redirect_neigh(cfg.uplink_ifindex, node_ip)
+}
+
+/// Out of `ifindex` towards the IPv4 next hop `next_hop` (map-key form);
+/// the kernel's neighbour table supplies the MACs.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32, next_hop: u32) -> i32 {
     let mut nh = bpf_redir_neigh {
         nh_family: AF_INET,
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: node_ip },
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
     };
     unsafe {
-        bpf_redirect_neigh(
-            cfg.uplink_ifindex,
-            &mut nh,
-            core::mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        ) as i32
+        bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32
     }
 }
 

@@ -30,6 +30,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let cfg = route::node_config()?;
     let ip = packet::ipv4(ctx)?;
+    if ip.dst == cfg.node_ip {
+        return crate::snat::reply_in(ctx, &ip);
+    }
     if let Some(pod) = route::local_pod(ip.dst) {
         if let Some(verdict) = route::routed_hop(ctx, &ip) {
             return Ok(verdict);

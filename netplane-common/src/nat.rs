@@ -1,0 +1,159 @@
+//! The SNAT engine's maps: one engine, two roles (the node's masquerade and
+//! the outbound load balancer), same types.
+//!
+//! A translation is two entries made together: `NAT_OUT`, keyed by the
+//! original tuple (inside address and port to the remote), and `NAT_IN`,
+//! keyed by the reply's tuple (remote to the translated address and port).
+//! Claiming a port *is* inserting its `NAT_IN` key with BPF_NOEXIST, so a
+//! port is consumed per destination (remote IP, remote port, protocol), and
+//! two CPUs can never take the same one.
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// One direction of a flow. Addresses in `maps::ip_key` form, ports in host
+/// order. ICMP echo: the identifier is the inside port; the remote port is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    pub const fn new(src_ip: u32, dst_ip: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
+        Self { src_ip, dst_ip, src_port, dst_port, proto, _pad: [0; 3] }
+    }
+}
+
+/// Connection state, enough for the timeouts.
+pub mod state {
+    /// First packet seen outbound, no reply yet (SYN sent; UDP/ICMP: new).
+    pub const NEW: u8 = 0;
+    /// Replies seen, no FIN or RST.
+    pub const ESTABLISHED: u8 = 1;
+    /// FIN or RST seen: transitory timeout; a SYN reopens it.
+    pub const CLOSING: u8 = 2;
+}
+
+/// NAT_OUT value: how the original tuple is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub nat_ip: u32,
+    pub nat_port: u16,
+    pub state: u8,
+    pub _pad: u8,
+    /// Accounting slot (index into the SNAT_* arrays) the port came from.
+    pub slot: u32,
+    pub _pad2: u32,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation and last packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// NAT_IN value: where a reply goes back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    pub orig_ip: u32,
+    pub orig_port: u16,
+    pub _pad: u16,
+}
+
+/// A block of ports on one SNAT IP: the unit of allocation and accounting.
+/// Node masquerade: one slot (node IP, port range). Load balancer: one slot
+/// per backend node per frontend IP (that node's fixed block).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatSlot {
+    pub nat_ip: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+impl SnatSlot {
+    pub const fn size(&self) -> u32 {
+        (self.port_hi as u32) - (self.port_lo as u32) + 1
+    }
+}
+
+/// NAT_CONFIG[0].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Next hop for destinations outside the node subnet (the load balancer
+    /// or the appliance), `ip_key` form; 0: none.
+    pub gateway_ip: u32,
+    /// On-link destinations (the node subnet): next hop is the destination.
+    pub subnet: u32,
+    pub subnet_mask: u32,
+    /// Load balancer: slots per backend (= frontend IPs).
+    pub slots_per_backend: u32,
+    /// Load balancer: the interface towards the internet and its next hop
+    /// (0: the destination is on-link).
+    pub outside_ifindex: u32,
+    pub outside_gateway: u32,
+    /// Load balancer: the interface towards the VNet.
+    pub inside_ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Map names.
+pub mod names {
+    pub const NAT_OUT: &str = "NAT_OUT";
+    pub const NAT_IN: &str = "NAT_IN";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
+    pub const SNAT_SLOTS: &str = "SNAT_SLOTS";
+    pub const SNAT_ALLOCS: &str = "SNAT_ALLOCS";
+    pub const SNAT_FREES: &str = "SNAT_FREES";
+    pub const SNAT_FAILS: &str = "SNAT_FAILS";
+    pub const LB_BACKENDS: &str = "LB_BACKENDS";
+    pub const LB_FRONTENDS: &str = "LB_FRONTENDS";
+    /// Not pinned: a hint, rebuilt by traffic.
+    pub const PORT_HINTS: &str = "PORT_HINTS";
+}
+
+/// Translations a node or load balancer can hold at once.
+pub const MAX_NAT_ENTRIES: u32 = 262_144;
+/// Accounting slots: 1000 backends x 16 frontend IPs would not fit a lab;
+/// this covers the lab and the validation limits' common cases.
+pub const MAX_SNAT_SLOTS: u32 = 4096;
+/// Most frontend IPs a backend's allocation tries.
+pub const MAX_FRONTENDS: u32 = 16;
+/// Destinations whose next free port is remembered (an LRU hint only).
+pub const MAX_PORT_HINTS: u32 = 65_536;
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::NatReverse {}
+    unsafe impl aya::Pod for super::SnatSlot {}
+    unsafe impl aya::Pod for super::NatConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 16);
+        assert_eq!(core::mem::size_of::<NatEntry>(), 32);
+        assert_eq!(core::mem::size_of::<NatReverse>(), 8);
+        assert_eq!(core::mem::size_of::<SnatSlot>(), 8);
+        assert_eq!(core::mem::size_of::<NatConfig>(), 32);
+    }
+
+    #[test]
+    fn slot_sizes() {
+        let s = SnatSlot { nat_ip: 0, port_lo: 1024, port_hi: 65535 };
+        assert_eq!(s.size(), 64_512);
+    }
+}

@@ -1,0 +1,67 @@
+//! The outbound load balancer (or, with userDefinedRouting, the appliance):
+//! node IPs become frontend IPs, each node using only its own port block.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use netplane_common::{DropReason, Path, nat::FlowKey};
+
+use crate::{
+    counters::{count, drop},
+    maps::{LB_BACKENDS, LB_FRONTENDS, NAT_CONFIG, NAT_IN, NAT_OUT},
+    nat::{self, Dir},
+    packet::{self, ETH_P_IP},
+    route,
+};
+
+const PASS: i32 = TC_ACT_OK;
+
+/// TC ingress on the VNet side: backends' traffic to the internet.
+pub fn lb_from_vnet(ctx: &TcContext) -> i32 {
+    try_from_vnet(ctx).unwrap_or_else(drop)
+}
+
+#[inline(always)]
+fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
+    let eth = packet::eth(ctx)?;
+    if packet::ether_type(eth) != ETH_P_IP {
+        return Ok(PASS);
+    }
+    let cfg = NAT_CONFIG.get(0).ok_or(DropReason::NoNodeConfig)?;
+    let ip = packet::ipv4(ctx)?;
+    if cfg.subnet != 0 && ip.dst & cfg.subnet_mask == cfg.subnet {
+        return Ok(PASS); // inside the VNet: for this host itself
+    }
+    let first = unsafe { LB_BACKENDS.get(&ip.src) }.copied().ok_or(DropReason::LbUnknownBackend)?;
+    let l4 = nat::l4(ctx, &ip, Dir::Out)?;
+    let e = nat::translate_out(&nat::out_key(&ip, &l4), &l4, first, cfg.slots_per_backend)?;
+    nat::rewrite(ctx, &l4, true, ip.src, e.nat_ip, l4.src_port, e.nat_port)?;
+    count(ctx, Path::LbOut);
+    let next_hop = if cfg.outside_gateway != 0 { cfg.outside_gateway } else { ip.dst };
+    Ok(route::redirect_neigh(cfg.outside_ifindex, next_hop))
+}
+
+/// TC ingress on the internet side: replies to frontend IPs go back to
+/// their node; anything else sent to a frontend IP is dropped.
+pub fn lb_from_internet(ctx: &TcContext) -> i32 {
+    try_from_internet(ctx).unwrap_or_else(drop)
+}
+
+#[inline(always)]
+fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
+    let eth = packet::eth(ctx)?;
+    if packet::ether_type(eth) != ETH_P_IP {
+        return Ok(PASS);
+    }
+    let cfg = NAT_CONFIG.get(0).ok_or(DropReason::NoNodeConfig)?;
+    let ip = packet::ipv4(ctx)?;
+    if unsafe { LB_FRONTENDS.get(&ip.dst) }.is_none() {
+        return Ok(PASS); // this host's own address
+    }
+    let l4 = nat::l4(ctx, &ip, Dir::In)?;
+    let rev = unsafe { NAT_IN.get(&nat::in_key(&ip, &l4)) }.copied().ok_or(DropReason::NatNoMapping)?;
+    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
+    if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
+        nat::touch(e, &l4, true);
+    }
+    nat::rewrite(ctx, &l4, false, ip.dst, rev.orig_ip, l4.dst_port, rev.orig_port)?;
+    count(ctx, Path::LbIn);
+    Ok(route::redirect_neigh(cfg.inside_ifindex, rev.orig_ip))
+}

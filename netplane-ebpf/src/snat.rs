@@ -1,0 +1,55 @@
+//! The node's kubenet masquerade: pod traffic leaving the cluster pod CIDR
+//! takes the node's IP, and replies find their pod again.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use netplane_common::{DropReason, NodeConfig, Path, nat::FlowKey};
+
+use crate::{
+    maps::{NAT_CONFIG, NAT_IN, NAT_OUT},
+    nat::{self, Dir},
+    packet::{self, Ipv4},
+    route,
+};
+
+/// Pod to outside the cluster: translate the source to the node IP (slot 0)
+/// and send it to its next hop: the destination itself inside the node
+/// subnet, else the gateway (load balancer or appliance).
+#[inline(always)]
+pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, DropReason> {
+    let nat = NAT_CONFIG.get(0).ok_or(DropReason::EgressUnavailable)?;
+    let on_link = nat.subnet != 0 && ip.dst & nat.subnet_mask == nat.subnet;
+    let next_hop = if on_link { ip.dst } else { nat.gateway_ip };
+    if next_hop == 0 {
+        return Err(DropReason::EgressUnavailable);
+    }
+    let l4 = nat::l4(ctx, ip, Dir::Out)?;
+    if let Some(verdict) = route::routed_hop(ctx, ip) {
+        return Ok(verdict);
+    }
+    let e = nat::translate_out(&nat::out_key(ip, &l4), &l4, 0, 1)?;
+    nat::rewrite(ctx, &l4, true, ip.src, e.nat_ip, l4.src_port, e.nat_port)?;
+    Ok(route::to_node(ctx, cfg, next_hop, Path::SnatOut))
+}
+
+/// To the node IP from the VNet: a reply to a masqueraded flow goes back to
+/// its pod; anything else is the node's own and goes to its stack (as with
+/// kubenet's iptables, where an unmatched packet is the host's).
+#[inline(always)]
+pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    let Ok(l4) = nat::l4(ctx, ip, Dir::In) else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(rev) = (unsafe { NAT_IN.get(&nat::in_key(ip, &l4)) }).copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    let pod = route::local_pod(rev.orig_ip).ok_or(DropReason::NoLocalPod)?;
+    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
+    if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
+        nat::touch(e, &l4, true);
+    }
+    if let Some(verdict) = route::routed_hop(ctx, ip) {
+        return Ok(verdict);
+    }
+    nat::rewrite(ctx, &l4, false, ip.dst, rev.orig_ip, l4.dst_port, rev.orig_port)?;
+    let eth = packet::eth(ctx)?;
+    Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn))
+}
