@@ -11,9 +11,22 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     pub const PATHS: &str = "PATHS";
     pub use crate::nat::names::*;
-    pub const ALL: [&str; 14] = [
-        ROUTES, LOCAL_PODS, NODE_CONFIG, DROPS, PATHS, NAT_OUT, NAT_IN, NAT_CONFIG, SNAT_SLOTS,
-        SNAT_ALLOCS, SNAT_FREES, SNAT_FAILS, LB_BACKENDS, LB_FRONTENDS,
+    pub const ALL: [&str; 15] = [
+        ROUTES,
+        LOCAL_PODS,
+        NODE_CONFIG,
+        DROPS,
+        PATHS,
+        NAT_OUT,
+        NAT_IN,
+        NAT_CONFIG,
+        SNAT_SLOTS,
+        SNAT_ALLOCS,
+        SNAT_FREES,
+        SNAT_FAILS,
+        LB_BACKENDS,
+        LB_FRONTENDS,
+        PORT_OWNED,
     ];
 }
 

@@ -27,7 +27,14 @@ pub struct FlowKey {
 
 impl FlowKey {
     pub const fn new(src_ip: u32, dst_ip: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
-        Self { src_ip, dst_ip, src_port, dst_port, proto, _pad: [0; 3] }
+        Self {
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        }
     }
 }
 
@@ -117,6 +124,7 @@ pub mod names {
     pub const LB_FRONTENDS: &str = "LB_FRONTENDS";
     /// Not pinned: a hint, rebuilt by traffic.
     pub const PORT_HINTS: &str = "PORT_HINTS";
+    pub const PORT_OWNED: &str = "PORT_OWNED";
 }
 
 /// Translations a node or load balancer can hold at once.
@@ -126,6 +134,11 @@ pub const MAX_NAT_ENTRIES: u32 = 262_144;
 pub const MAX_SNAT_SLOTS: u32 = 4096;
 /// Most frontend IPs a backend's allocation tries.
 pub const MAX_FRONTENDS: u32 = 16;
+/// The key of PORT_OWNED: a translated address and port, whoever the remote.
+pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
+    FlowKey::new(0, nat_ip, 0, nat_port, proto)
+}
+
 /// Destinations whose next free port is remembered (an LRU hint only).
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
@@ -153,7 +166,11 @@ mod tests {
 
     #[test]
     fn slot_sizes() {
-        let s = SnatSlot { nat_ip: 0, port_lo: 1024, port_hi: 65535 };
+        let s = SnatSlot {
+            nat_ip: 0,
+            port_lo: 1024,
+            port_hi: 65535,
+        };
         assert_eq!(s.size(), 64_512);
     }
 }

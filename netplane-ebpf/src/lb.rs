@@ -29,12 +29,18 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
     if cfg.subnet != 0 && ip.dst & cfg.subnet_mask == cfg.subnet {
         return Ok(PASS); // inside the VNet: for this host itself
     }
-    let first = unsafe { LB_BACKENDS.get(&ip.src) }.copied().ok_or(DropReason::LbUnknownBackend)?;
+    let first = unsafe { LB_BACKENDS.get(&ip.src) }
+        .copied()
+        .ok_or(DropReason::LbUnknownBackend)?;
     let l4 = nat::l4(ctx, &ip, Dir::Out)?;
     let e = nat::translate_out(&nat::out_key(&ip, &l4), &l4, first, cfg.slots_per_backend)?;
     nat::rewrite(ctx, &l4, true, ip.src, e.nat_ip, l4.src_port, e.nat_port)?;
     count(ctx, Path::LbOut);
-    let next_hop = if cfg.outside_gateway != 0 { cfg.outside_gateway } else { ip.dst };
+    let next_hop = if cfg.outside_gateway != 0 {
+        cfg.outside_gateway
+    } else {
+        ip.dst
+    };
     Ok(route::redirect_neigh(cfg.outside_ifindex, next_hop))
 }
 
@@ -56,12 +62,22 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(PASS); // this host's own address
     }
     let l4 = nat::l4(ctx, &ip, Dir::In)?;
-    let rev = unsafe { NAT_IN.get(&nat::in_key(&ip, &l4)) }.copied().ok_or(DropReason::NatNoMapping)?;
+    let rev = unsafe { NAT_IN.get(&nat::in_key(&ip, &l4)) }
+        .copied()
+        .ok_or(DropReason::NatNoMapping)?;
     let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
     if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
         nat::touch(e, &l4, true);
     }
-    nat::rewrite(ctx, &l4, false, ip.dst, rev.orig_ip, l4.dst_port, rev.orig_port)?;
+    nat::rewrite(
+        ctx,
+        &l4,
+        false,
+        ip.dst,
+        rev.orig_ip,
+        l4.dst_port,
+        rev.orig_port,
+    )?;
     count(ctx, Path::LbIn);
     Ok(route::redirect_neigh(cfg.inside_ifindex, rev.orig_ip))
 }

@@ -75,3 +75,10 @@ pub static LB_FRONTENDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 /// Per destination and SNAT IP: where the next free port probably is.
 #[map]
 pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PORT_HINTS, 0);
+
+/// Translated (address, port, protocol) in use by some flow: a packet to
+/// one that matches no flow is refused (endpoint-dependent filtering) rather
+/// than handed to the node. Set on claim; the agent's collector removes the
+/// ones no flow holds any more.
+#[map]
+pub static PORT_OWNED: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);

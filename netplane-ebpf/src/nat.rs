@@ -10,11 +10,14 @@ use aya_ebpf::{
 };
 use netplane_common::{
     DropReason,
-    nat::{FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot, state},
+    nat::{
+        FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot,
+        owned_key, state,
+    },
 };
 
 use crate::{
-    maps::{NAT_IN, NAT_OUT, PORT_HINTS, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
+    maps::{NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
     packet::{self, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, Ipv4},
 };
 
@@ -85,7 +88,13 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
             if h[0] != want {
                 return Err(DropReason::UnsupportedL4);
             }
-            Ok(L4 { proto: PROTO_ICMP, off, src_port, dst_port, tcp_flags: 0 })
+            Ok(L4 {
+                proto: PROTO_ICMP,
+                off,
+                src_port,
+                dst_port,
+                tcp_flags: 0,
+            })
         }
         _ => Err(DropReason::UnsupportedL4),
     }
@@ -127,7 +136,12 @@ pub fn touch(e: *mut NatEntry, l4: &L4, reply: bool) {
 /// slot in `first..first + count` (tried from a per-flow rotation) that has
 /// a free port for this destination.
 #[inline(always)]
-pub fn translate_out(key: &FlowKey, l4: &L4, first: u32, count: u32) -> Result<NatEntry, DropReason> {
+pub fn translate_out(
+    key: &FlowKey,
+    l4: &L4,
+    first: u32,
+    count: u32,
+) -> Result<NatEntry, DropReason> {
     if let Some(e) = NAT_OUT.get_ptr_mut(key) {
         touch(e, l4, false);
         return Ok(unsafe { *e });
@@ -153,7 +167,9 @@ pub fn translate_out(key: &FlowKey, l4: &L4, first: u32, count: u32) -> Result<N
 /// Tries to claim a port in `slot` for `key`'s destination.
 #[inline(always)]
 fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEntry>, DropReason> {
-    let Some(s) = SNAT_SLOTS.get(slot) else { return Ok(None) };
+    let Some(s) = SNAT_SLOTS.get(slot) else {
+        return Ok(None);
+    };
     let size = s.size();
     if s.nat_ip == 0 || size == 0 {
         return Ok(None);
@@ -167,7 +183,11 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     };
     let mut probe = Probe {
         key: dest,
-        rev: NatReverse { orig_ip: key.src_ip, orig_port: key.src_port, _pad: 0 },
+        rev: NatReverse {
+            orig_ip: key.src_ip,
+            orig_port: key.src_port,
+            _pad: 0,
+        },
         slot: *s,
         start,
         found: 0,
@@ -175,7 +195,12 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     // Walks every port of the slot at most once: bounded by the slot size,
     // and a free port is found whenever one exists.
     unsafe {
-        bpf_loop(size, probe_port as *mut c_void, &mut probe as *mut Probe as *mut c_void, 0);
+        bpf_loop(
+            size,
+            probe_port as *mut c_void,
+            &mut probe as *mut Probe as *mut c_void,
+            0,
+        );
     }
     if probe.found == 0 {
         return Ok(None);
@@ -211,6 +236,7 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     }
     let next = (port as u32 - s.port_lo as u32 + 1) % size;
     let _ = PORT_HINTS.insert(&dest, &next, 0);
+    let _ = PORT_OWNED.insert(&owned_key(s.nat_ip, port, key.proto), &1, 0);
     Ok(Some(entry))
 }
 
@@ -243,7 +269,8 @@ unsafe extern "C" fn probe_port(i: u32, ctx: *mut c_void) -> i64 {
 /// A cheap mix of the tuple: where a flow starts probing.
 #[inline(always)]
 fn mix(k: &FlowKey) -> u32 {
-    let mut h = k.src_ip ^ k.dst_ip.rotate_left(7) ^ ((k.src_port as u32) << 16 | k.dst_port as u32);
+    let mut h =
+        k.src_ip ^ k.dst_ip.rotate_left(7) ^ ((k.src_port as u32) << 16 | k.dst_port as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
@@ -276,23 +303,44 @@ fn port_off(l4: &L4, src: bool) -> usize {
 /// IPv4 and transport checksums. Works for CHECKSUM_PARTIAL skbs too
 /// (BPF_F_PSEUDO_HDR). Invalidates packet pointers.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, l4: &L4, src: bool, old_ip: u32, new_ip: u32, old_port: u16, new_port: u16) -> Result<(), DropReason> {
+pub fn rewrite(
+    ctx: &TcContext,
+    l4: &L4,
+    src: bool,
+    old_ip: u32,
+    new_ip: u32,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), DropReason> {
     let bad = |_| DropReason::MalformedIpv4;
     let (csum_off, flags) = l4_csum(l4);
     if old_ip != new_ip {
-        ctx.l3_csum_replace(IP_CHECK_OFF, old_ip as u64, new_ip as u64, 4).map_err(bad)?;
+        ctx.l3_csum_replace(IP_CHECK_OFF, old_ip as u64, new_ip as u64, 4)
+            .map_err(bad)?;
         if l4.proto != PROTO_ICMP {
             // The pseudo-header holds the addresses.
-            ctx.l4_csum_replace(csum_off, old_ip as u64, new_ip as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)
-                .map_err(bad)?;
+            ctx.l4_csum_replace(
+                csum_off,
+                old_ip as u64,
+                new_ip as u64,
+                flags | BPF_F_PSEUDO_HDR as u64 | 4,
+            )
+            .map_err(bad)?;
         }
         let off = if src { IP_SRC_OFF } else { IP_DST_OFF };
         ctx.store(off, &new_ip, 0).map_err(bad)?;
     }
     if old_port != new_port {
         let (o, n) = (old_port.to_be(), new_port.to_be());
-        ctx.l4_csum_replace(csum_off, o as u64, n as u64, flags | 2).map_err(bad)?;
+        ctx.l4_csum_replace(csum_off, o as u64, n as u64, flags | 2)
+            .map_err(bad)?;
         ctx.store(port_off(l4, src), &n, 0).map_err(bad)?;
     }
     Ok(())
+}
+
+/// True when some flow holds this translated address and port.
+#[inline(always)]
+pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
+    unsafe { PORT_OWNED.get(&owned_key(nat_ip, port, proto)) }.is_some()
 }

@@ -140,4 +140,3 @@ pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
 pub const IP_CHECK_OFF: usize = EthHdr::LEN + 10;
 pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
 pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
-pub const IP_TTL_OFF: usize = EthHdr::LEN + 8;

@@ -70,7 +70,12 @@ pub fn redirect_neigh(ifindex: u32, next_hop: u32) -> i32 {
         __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
     };
     unsafe {
-        bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32
+        bpf_redirect_neigh(
+            ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
     }
 }
 

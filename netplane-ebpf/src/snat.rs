@@ -31,14 +31,18 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
 }
 
 /// To the node IP from the VNet: a reply to a masqueraded flow goes back to
-/// its pod; anything else is the node's own and goes to its stack (as with
-/// kubenet's iptables, where an unmatched packet is the host's).
+/// its pod; a packet to a translated port from anyone but that flow's
+/// remote is dropped; anything else is the node's own and goes to its stack
+/// (as with kubenet's iptables, where an unmatched packet is the host's).
 #[inline(always)]
 pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok(l4) = nat::l4(ctx, ip, Dir::In) else {
         return Ok(TC_ACT_OK);
     };
     let Some(rev) = (unsafe { NAT_IN.get(&nat::in_key(ip, &l4)) }).copied() else {
+        if nat::port_owned(ip.dst, l4.dst_port, l4.proto) {
+            return Err(DropReason::NatNoMapping);
+        }
         return Ok(TC_ACT_OK);
     };
     let pod = route::local_pod(rev.orig_ip).ok_or(DropReason::NoLocalPod)?;
@@ -49,7 +53,15 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     if let Some(verdict) = route::routed_hop(ctx, ip) {
         return Ok(verdict);
     }
-    nat::rewrite(ctx, &l4, false, ip.dst, rev.orig_ip, l4.dst_port, rev.orig_port)?;
+    nat::rewrite(
+        ctx,
+        &l4,
+        false,
+        ip.dst,
+        rev.orig_ip,
+        l4.dst_port,
+        rev.orig_port,
+    )?;
     let eth = packet::eth(ctx)?;
     Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn))
 }

@@ -81,7 +81,7 @@ impl Datapath {
         Ok(prog)
     }
 
-    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+    pub fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.bpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the object"))

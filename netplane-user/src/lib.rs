@@ -8,5 +8,6 @@ pub mod lab;
 pub mod paths;
 pub mod plan;
 pub mod pods;
+pub mod snat;
 pub mod sys;
 pub mod whoami;

@@ -1,5 +1,7 @@
 //! Helpers shared by the packet-table and lab tests.
 
+pub mod world;
+
 /// Tests that need root and BPF run in CI (as root). Elsewhere they fail,
 /// loudly, unless NETPLANE_SKIP_PRIVILEGED=1 says to skip them on purpose.
 /// Returns false when the test should return early.

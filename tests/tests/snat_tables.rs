@@ -1,0 +1,434 @@
+//! The SNAT engine through BPF_PROG_TEST_RUN: forward and reverse
+//! translation with checksums checked by a real parser (etherparse), ICMP
+//! echo, unsolicited inbound, exhaustion; and the port allocator: a pool
+//! filled to 100 % with no failure before it is full, free and reuse, one
+//! port serving several destinations, exact accounting after churn.
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, PerCpuArray};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use netplane::{
+    ebpf::{Datapath, key},
+    snat,
+};
+use netplane_common::{
+    DropReason, Path,
+    maps::programs,
+    nat::{FlowKey, NatConfig, NatEntry, NatReverse, SnatSlot, names},
+};
+use netplane_tests::{privileged, world::*};
+
+const GATEWAY: [u8; 4] = [10, 224, 0, 1];
+const OTHER_REMOTE: [u8; 4] = [198, 51, 100, 99];
+
+/// node-0 with the masquerade on: node IP over `lo..=hi`.
+fn masquerading(lo: u16, hi: u16) -> Datapath {
+    let mut dp = node0_datapath();
+    let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        NatConfig {
+            gateway_ip: key(GATEWAY.into()),
+            subnet: key(Ipv4Addr::new(10, 224, 0, 0)),
+            subnet_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
+            slots_per_backend: 1,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    let mut slots: Array<_, SnatSlot> =
+        Array::try_from(dp.map(names::SNAT_SLOTS).unwrap()).unwrap();
+    slots
+        .set(
+            0,
+            SnatSlot {
+                nat_ip: key(NODE0.into()),
+                port_lo: lo,
+                port_hi: hi,
+            },
+            0,
+        )
+        .unwrap();
+    dp
+}
+
+fn tcp_port(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 7, 1000)
+        .syn();
+    let mut out = Vec::new();
+    b.write(&mut out, b"").unwrap();
+    out
+}
+
+fn udp_port(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, b"dns?").unwrap();
+    out
+}
+
+fn icmp_echo(
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    reply: bool,
+    macs: ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, 64);
+    let b = if reply {
+        b.icmpv4_echo_reply(id, 1)
+    } else {
+        b.icmpv4_echo_request(id, 1)
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").unwrap();
+    out
+}
+
+const FROM_POD_A: ([u8; 6], [u8; 6]) = (POD_A_MAC, POD_A_HOST_MAC);
+const FROM_VNET: ([u8; 6], [u8; 6]) = (PEER_NODE_MAC, UPLINK_MAC);
+
+/// What a translated frame says, checked by etherparse.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    src_port: u16,
+    dst_port: u16,
+    ttl: u8,
+}
+
+/// Parses a frame and asserts every checksum (IPv4 header, TCP/UDP with
+/// the pseudo-header, ICMP) is what a fresh computation gives.
+fn parse_checked(frame: &[u8]) -> Seen {
+    let p = SlicedPacket::from_ethernet(frame).expect("parses");
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let (src_port, dst_port) = match p.transport.expect("transport") {
+        TransportSlice::Tcp(t) => {
+            let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            (t.source_port(), t.destination_port())
+        }
+        TransportSlice::Udp(u) => {
+            if u.checksum() != 0 {
+                let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap();
+                assert_eq!(u.checksum(), want, "UDP checksum");
+            }
+            (u.source_port(), u.destination_port())
+        }
+        TransportSlice::Icmpv4(i) => {
+            let want = i.header().icmp_type.calc_checksum(i.payload());
+            assert_eq!(i.checksum(), want, "ICMP checksum");
+            let id = u16::from_be_bytes([i.bytes5to8()[0], i.bytes5to8()[1]]);
+            (id, id)
+        }
+        other => panic!("unexpected transport {other:?}"),
+    };
+    Seen {
+        src: h.source.into(),
+        dst: h.destination.into(),
+        src_port,
+        dst_port,
+        ttl: h.time_to_live,
+    }
+}
+
+fn run(dp: &mut Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let (res, out) = test_run(dp, prog, frame, 0).unwrap();
+    (res.return_value, out)
+}
+
+fn drops(dp: &mut Datapath, r: DropReason) -> u64 {
+    dp.counters().unwrap().drops_of(r)
+}
+
+/// Live translations and the allocator's count must agree, exactly.
+fn assert_accounting_exact(dp: &mut Datapath) -> u64 {
+    let out: HashMap<_, FlowKey, NatEntry> =
+        HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+    let live = out.keys().count() as u64;
+    let inn: HashMap<_, FlowKey, NatReverse> =
+        HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+    assert_eq!(
+        inn.keys().count() as u64,
+        live,
+        "claims (NAT_IN) vs translations (NAT_OUT)"
+    );
+    let allocs: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.map(names::SNAT_ALLOCS).unwrap()).unwrap();
+    let a: u64 = allocs.get(&0, 0).unwrap().iter().sum();
+    let frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES).unwrap()).unwrap();
+    let f = frees.get(&0, 0).unwrap();
+    assert_eq!(
+        a - f,
+        live,
+        "allocated (allocs {a} - frees {f}) vs live translations"
+    );
+    live
+}
+
+#[test]
+fn tcp_forward_and_reverse_translation() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let before = dp.counters().unwrap();
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&out);
+    assert_eq!(
+        (s.src, s.dst, s.dst_port, s.ttl),
+        (NODE0.into(), INTERNET.into(), 80, 63)
+    );
+    let port = s.src_port;
+    assert!((1024..=65535).contains(&port));
+    assert_eq!(
+        dp.counters().unwrap().packets_of(Path::SnatOut),
+        before.packets_of(Path::SnatOut) + 1
+    );
+
+    // The same flow again: the same port, no new allocation.
+    let (_, again) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A),
+    );
+    assert_eq!(parse_checked(&again).src_port, port);
+    assert_eq!(assert_accounting_exact(&mut dp), 1);
+
+    // The reply goes back to pod A, TTL decremented, MACs of A's veth.
+    let (v, back) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(INTERNET, 80, NODE0, port, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&back);
+    assert_eq!(
+        (s.src, s.dst, s.src_port, s.dst_port, s.ttl),
+        (INTERNET.into(), POD_A.into(), 80, 40000, 63)
+    );
+    assert_eq!(&back[0..12], &[POD_A_MAC, POD_A_HOST_MAC].concat()[..]);
+
+    // Anyone else to that port: dropped (endpoint-dependent filtering).
+    let d = drops(&mut dp, DropReason::NatNoMapping);
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(OTHER_REMOTE, 80, NODE0, port, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d + 1);
+    // The right remote from another port: dropped too.
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(INTERNET, 81, NODE0, port, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    // A port no translation holds is the node's own: up to its stack.
+    let free = if port == 22 { 23 } else { 22 };
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(INTERNET, 80, NODE0, free, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_OK);
+}
+
+#[test]
+fn udp_and_icmp_echo_translation() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &udp_port(POD_A, 5353, INTERNET, 53, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&out);
+    assert_eq!(s.src, Ipv4Addr::from(NODE0));
+    let (_, back) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &udp_port(INTERNET, 53, NODE0, s.src_port, FROM_VNET),
+    );
+    let b = parse_checked(&back);
+    assert_eq!((b.dst, b.dst_port), (POD_A.into(), 5353));
+
+    // UDP without a checksum keeps none.
+    let mut nocsum = udp_port(POD_A, 5454, INTERNET, 53, FROM_POD_A);
+    nocsum[14 + 20 + 6] = 0;
+    nocsum[14 + 20 + 7] = 0;
+    let (_, out) = run(&mut dp, programs::FROM_POD, &nocsum);
+    assert_eq!(&out[14 + 20 + 6..14 + 20 + 8], &[0, 0]);
+
+    // ICMP echo: the identifier is the port.
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &icmp_echo(POD_A, INTERNET, 777, false, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&out);
+    assert_eq!(s.src, Ipv4Addr::from(NODE0));
+    let (v, back) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &icmp_echo(INTERNET, NODE0, s.src_port, true, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let b = parse_checked(&back);
+    assert_eq!((b.dst, b.dst_port), (POD_A.into(), 777));
+    assert_eq!(assert_accounting_exact(&mut dp), 3);
+}
+
+#[test]
+fn one_port_serves_several_destinations_and_exhaustion_is_clean() {
+    if !privileged() {
+        return;
+    }
+    // A pool of exactly one port.
+    let mut dp = masquerading(50000, 50000);
+    for dst in [INTERNET, OTHER_REMOTE, [203, 0, 113, 20]] {
+        let (v, out) = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp_port(POD_A, 40000, dst, 443, FROM_POD_A),
+        );
+        assert_eq!(v, TC_ACT_REDIRECT, "to {dst:?}");
+        assert_eq!(parse_checked(&out).src_port, 50000, "to {dst:?}");
+    }
+    // A second flow to a destination that already holds the only port.
+    let d = drops(&mut dp, DropReason::NatPortsExhausted);
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40001, INTERNET, 443, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, DropReason::NatPortsExhausted), d + 1);
+    let fails: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.map(names::SNAT_FAILS).unwrap()).unwrap();
+    assert_eq!(fails.get(&0, 0).unwrap().iter().sum::<u64>(), 1);
+    // The existing flow is untouched.
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40000, INTERNET, 443, FROM_POD_A),
+    );
+    assert_eq!((v, parse_checked(&out).src_port), (TC_ACT_REDIRECT, 50000));
+    assert_eq!(assert_accounting_exact(&mut dp), 3);
+}
+
+/// Opens `n` flows from pod A to one destination, source ports from
+/// `first`; returns the translated ports of those that succeeded.
+fn open_flows(dp: &mut Datapath, first: u16, n: u16) -> (Vec<u16>, u32) {
+    let mut ports = Vec::new();
+    let mut failed = 0;
+    for i in 0..n {
+        let (v, out) = run(
+            dp,
+            programs::FROM_POD,
+            &tcp_port(POD_A, first + i, INTERNET, 80, FROM_POD_A),
+        );
+        if v == TC_ACT_REDIRECT {
+            ports.push(parse_checked(&out).src_port);
+        } else {
+            failed += 1;
+        }
+    }
+    (ports, failed)
+}
+
+#[test]
+fn the_whole_pool_is_usable_toward_one_destination() {
+    if !privileged() {
+        return;
+    }
+    // The default range: 64,512 ports, all to 203.0.113.10:80.
+    let mut dp = masquerading(1024, 65535);
+    let (ports, failed) = open_flows(&mut dp, 1, 64_512);
+    assert_eq!(failed, 0, "allocation failed before the pool was full");
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64_512);
+    // Full: the next one fails, counted.
+    let (_, failed) = open_flows(&mut dp, 64_600, 1);
+    assert_eq!(failed, 1);
+    assert_eq!(assert_accounting_exact(&mut dp), 64_512);
+}
+
+#[test]
+fn freed_ports_are_reused_and_accounting_survives_churn() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(20000, 20255); // 256 ports
+    let (ports, failed) = open_flows(&mut dp, 1000, 256);
+    assert_eq!((ports.len(), failed), (256, 0));
+    // Free every third flow, then fill again: exactly those come back.
+    let (freed, _) = snat::collect_where(&mut dp, |k, _| k.src_port % 3 == 0).unwrap();
+    assert_eq!(assert_accounting_exact(&mut dp), 256 - freed as u64);
+    let (again, failed) = open_flows(&mut dp, 5000, freed as u16);
+    assert_eq!((again.len(), failed), (freed, 0));
+    assert_eq!(assert_accounting_exact(&mut dp), 256);
+
+    // Churn: pseudo-random opens and frees, bounded; the books always balance.
+    let mut seed: u32 = 0x1234_5678;
+    let mut next_sport = 10_000u16;
+    for round in 0..40 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let modulus = 2 + seed % 5;
+        snat::collect_where(&mut dp, |k, _| {
+            u32::from(k.src_port) % modulus == round % modulus
+        })
+        .unwrap();
+        let n = (seed % 64) as u16;
+        let (_, failed) = open_flows(&mut dp, next_sport, n);
+        next_sport += n;
+        let live = assert_accounting_exact(&mut dp);
+        // A failure only when the pool is full.
+        if failed > 0 {
+            assert_eq!(
+                live, 256,
+                "round {round}: {failed} failures with {live} of 256 in use"
+            );
+        }
+    }
+}
