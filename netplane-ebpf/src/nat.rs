@@ -48,6 +48,9 @@ pub enum Dir {
     In,
 }
 
+/// Reads the transport header with bpf_skb_load_bytes: its offset depends
+/// on the IHL, and the verifier refuses packet-pointer math with an offset
+/// it cannot bound.
 #[inline(always)]
 pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
     if ip.later_fragment {
@@ -56,8 +59,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
     let off = ip.l4_off;
     match ip.proto {
         PROTO_TCP => {
-            let h = packet::ptr_at::<[u8; 14]>(ctx, off).ok_or(DropReason::MalformedIpv4)?;
-            let h = unsafe { &*h };
+            let h: [u8; 14] = ctx.load(off).map_err(|_| DropReason::MalformedIpv4)?;
             Ok(L4 {
                 proto: PROTO_TCP,
                 off,
@@ -67,8 +69,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
             })
         }
         PROTO_UDP => {
-            let h = packet::ptr_at::<[u8; 8]>(ctx, off).ok_or(DropReason::MalformedIpv4)?;
-            let h = unsafe { &*h };
+            let h: [u8; 8] = ctx.load(off).map_err(|_| DropReason::MalformedIpv4)?;
             Ok(L4 {
                 proto: PROTO_UDP,
                 off,
@@ -78,8 +79,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
             })
         }
         PROTO_ICMP => {
-            let h = packet::ptr_at::<[u8; 8]>(ctx, off).ok_or(DropReason::MalformedIpv4)?;
-            let h = unsafe { &*h };
+            let h: [u8; 8] = ctx.load(off).map_err(|_| DropReason::MalformedIpv4)?;
             let id = u16::from_be_bytes([h[4], h[5]]);
             let (want, src_port, dst_port) = match dir {
                 Dir::Out => (ICMP_ECHO_REQUEST, id, 0),

@@ -72,7 +72,6 @@ pub fn ether_type(eth: *const EthHdr) -> u16 {
 /// The IPv4 header after the Ethernet header, checked for version, IHL and
 /// total length.
 pub struct Ipv4 {
-    pub hdr: *mut Ipv4Hdr,
     /// Source and destination in map-key form.
     pub src: u32,
     pub dst: u32,
@@ -98,7 +97,6 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     let (src, dst) = unsafe { (ip_key((*hdr).src_addr), ip_key((*hdr).dst_addr)) };
     let (proto, frags) = unsafe { ((*hdr).proto, u16::from_be_bytes((*hdr).frags)) };
     Ok(Ipv4 {
-        hdr,
         src,
         dst,
         l4_off: EthHdr::LEN + ihl as usize,
@@ -107,18 +105,23 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     })
 }
 
-/// The TTL as seen by this hop.
+/// The TTL as seen by this hop (0 if the header is gone).
 #[inline(always)]
-pub fn ttl(ip: &Ipv4) -> u8 {
-    unsafe { (*ip.hdr).ttl }
+pub fn ttl(ctx: &impl Frame) -> u8 {
+    match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
+        Some(hdr) => unsafe { (*hdr).ttl },
+        None => 0,
+    }
 }
 
 /// Decrements the TTL and patches the header checksum incrementally.
-/// The caller checked `ttl > 1`.
+/// The caller checked `ttl > 1`. (The header is looked up again rather than
+/// kept: a packet pointer kept across code the compiler spills breaks the
+/// verifier.)
 #[inline(always)]
-pub fn decrement_ttl(ip: &Ipv4) {
+pub fn decrement_ttl(ctx: &impl Frame) {
+    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return };
     unsafe {
-        let hdr = ip.hdr;
         let old = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);
         (*hdr).ttl -= 1;
         let new = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);

@@ -47,7 +47,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return crate::snat::masquerade(ctx, cfg, &ip);
     }
     let owner = route::owner_node(cfg, &ip)?;
-    if let Some(verdict) = route::routed_hop(ctx, &ip) {
+    if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
     Ok(route::to_node(ctx, cfg, owner, Path::ToRemoteNode))

@@ -83,12 +83,12 @@ pub fn redirect_neigh(ifindex: u32, next_hop: u32) -> i32 {
 /// to the kernel, which drops the packet and answers ICMP time exceeded, so
 /// traceroute shows the node; otherwise decrement.
 #[inline(always)]
-pub fn routed_hop(ctx: &TcContext, ip: &Ipv4) -> Option<i32> {
-    if packet::ttl(ip) <= 1 {
+pub fn routed_hop(ctx: &TcContext) -> Option<i32> {
+    if packet::ttl(ctx) <= 1 {
         count(ctx, Path::TtlExpired);
         return Some(TC_ACT_OK);
     }
-    packet::decrement_ttl(ip);
+    packet::decrement_ttl(ctx);
     None
 }
 

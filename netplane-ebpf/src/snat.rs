@@ -22,7 +22,7 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
         return Err(DropReason::EgressUnavailable);
     }
     let l4 = nat::l4(ctx, ip, Dir::Out)?;
-    if let Some(verdict) = route::routed_hop(ctx, ip) {
+    if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
     let e = nat::translate_out(&nat::out_key(ip, &l4), &l4, 0, 1)?;
@@ -50,7 +50,7 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
         nat::touch(e, &l4, true);
     }
-    if let Some(verdict) = route::routed_hop(ctx, ip) {
+    if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
     nat::rewrite(

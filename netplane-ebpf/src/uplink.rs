@@ -34,7 +34,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return crate::snat::reply_in(ctx, &ip);
     }
     if let Some(pod) = route::local_pod(ip.dst) {
-        if let Some(verdict) = route::routed_hop(ctx, &ip) {
+        if let Some(verdict) = route::routed_hop(ctx) {
             return Ok(verdict);
         }
         return Ok(route::deliver_peer(ctx, eth, pod, Path::FromRemoteNode));

@@ -11,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -19,15 +19,15 @@ use aya::programs::TcAttachType;
 use ipnet::Ipv4Net;
 use netplane_common::{LocalPod, NodeConfig, maps::programs};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    cluster::{Cluster, NodePlan},
+    cluster::{Cluster, NodePlan, OutboundType},
     ebpf::{Datapath, key, list_routes, put_route},
     hooks::{self, Attach, Hooks},
     paths,
     pods::{self, PodRecord},
-    sys,
+    snat, sys,
 };
 
 /// How often the agent compares the pod registry and the cluster file with
@@ -69,6 +69,87 @@ struct Attached {
     host_ifname: String,
 }
 
+/// How often expired translations are collected.
+pub const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What differs between the two kinds of agent: how they apply a cluster
+/// file and what they reconcile on every tick.
+trait Role {
+    /// Applies (re-read) desired state; called at start and on reload.
+    fn apply(&mut self, dp: &mut Datapath, cluster: &Cluster) -> Result<()>;
+    /// Runs every RECONCILE_INTERVAL.
+    fn tick(&mut self, dp: &mut Datapath, hooks: &Hooks) -> Result<()>;
+    fn timeouts(&self, cluster: &Cluster) -> snat::Timeouts;
+}
+
+/// A node: routes from the cluster file, pods from the registry, the
+/// masquerade.
+struct NodeRole {
+    name: String,
+    uplink_ifindex: u32,
+    attached: StdHashMap<String, Attached>,
+}
+
+impl Role for NodeRole {
+    fn apply(&mut self, dp: &mut Datapath, cluster: &Cluster) -> Result<()> {
+        let node = cluster
+            .node(&self.name)
+            .with_context(|| format!("node {} is not in the cluster file", self.name))?;
+        set_node(dp, cluster, &node, self.uplink_ifindex)?;
+        snat::configure_node(dp, cluster, node.ip)?;
+        reconcile_routes(dp, &cluster.nodes())
+    }
+
+    fn tick(&mut self, dp: &mut Datapath, hooks: &Hooks) -> Result<()> {
+        reconcile_pods(dp, hooks, &self.name, &mut self.attached).map(|_| ())
+    }
+
+    fn timeouts(&self, cluster: &Cluster) -> snat::Timeouts {
+        snat::Timeouts::node(cluster)
+    }
+}
+
+/// The outbound load balancer, or with userDefinedRouting the appliance.
+struct LbRole {
+    inside_ifindex: u32,
+    outside_ifindex: u32,
+    /// The appliance's own outside address (it SNATs to it).
+    appliance: Option<Ipv4Addr>,
+}
+
+impl Role for LbRole {
+    fn apply(&mut self, dp: &mut Datapath, cluster: &Cluster) -> Result<()> {
+        let plan = snat::lb_plan(cluster, self.appliance);
+        snat::configure_lb(
+            dp,
+            cluster,
+            &plan,
+            self.inside_ifindex,
+            self.outside_ifindex,
+        )
+    }
+
+    fn tick(&mut self, _dp: &mut Datapath, _hooks: &Hooks) -> Result<()> {
+        Ok(())
+    }
+
+    fn timeouts(&self, cluster: &Cluster) -> snat::Timeouts {
+        match self.appliance {
+            Some(_) => snat::Timeouts::node(cluster),
+            None => snat::Timeouts::load_balancer(cluster),
+        }
+    }
+}
+
+/// Name of the load balancer's (or appliance's) agent and pin directory.
+pub fn lb_name(cluster: &Cluster) -> &'static str {
+    match cluster.outbound.kind {
+        OutboundType::LoadBalancer => "lb",
+        OutboundType::UserDefinedRouting => "appliance",
+    }
+}
+
+/// Runs a node's agent.
 pub fn run(node_name: &str, opts: &Options) -> Result<()> {
     let cluster = Cluster::load(opts.config.as_deref())?;
     for w in cluster.warnings() {
@@ -84,14 +165,13 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         .into_iter()
         .find(|i| i.ipv4.contains(&node.ip))
         .with_context(|| format!("no interface holds the node IP {}", node.ip))?;
-
-    sys::ensure_bpffs(&paths::bpffs())?;
-    let pins = paths::pins(node_name);
-    std::fs::create_dir_all(&pins)?;
-    let mut dp = Datapath::load(Some(&pins))?;
-    let hooks = Hooks::new(&pins)?;
-    set_node(&mut dp, &cluster, &node, uplink.index)?;
-    reconcile_routes(&mut dp, &cluster.nodes())?;
+    let (mut dp, hooks, pins) = load(node_name)?;
+    let mut role = NodeRole {
+        name: node_name.to_string(),
+        uplink_ifindex: uplink.index,
+        attached: StdHashMap::new(),
+    };
+    role.apply(&mut dp, &cluster)?;
 
     let mut adopted = Vec::new();
     for (prog, kind, hook) in [
@@ -120,17 +200,13 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
     } else {
         hooks.remove(hooks::UPLINK_XDP)?;
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
-
-    let mut attached = StdHashMap::new();
     // Pods an earlier agent attached are adopted in the first pass.
-    adopted.extend(reconcile_pods(&mut dp, &hooks, node_name, &mut attached)?);
+    adopted.extend(reconcile_pods(
+        &mut dp,
+        &hooks,
+        node_name,
+        &mut role.attached,
+    )?);
     let status = AgentStatus {
         node: node_name.to_string(),
         pid: std::process::id(),
@@ -138,26 +214,127 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         uplink: uplink.name.clone(),
         netns: opts.netns.clone(),
         pins: pins.display().to_string(),
-        adopted: adopted.clone(),
+        adopted,
     };
-    let status_path = paths::agent_status(node_name);
-    std::fs::create_dir_all(paths::node_dir(node_name))?;
-    std::fs::write(&status_path, serde_json::to_vec_pretty(&status)?)?;
-    info!(node = node_name, uplink = uplink.name, pins = %pins.display(), adopted = adopted.len(), "data path attached");
+    serve(dp, hooks, &status, cluster, opts, role)
+}
+
+/// Runs the load balancer's (or appliance's) agent: its inside interface
+/// holds an address of the node subnet, its outside interface the other.
+pub fn run_lb(opts: &Options) -> Result<()> {
+    let cluster = Cluster::load(opts.config.as_deref())?;
+    let name = lb_name(&cluster);
+    if let Some(ns) = &opts.netns {
+        sys::enter_netns(ns)?;
+    }
+    let subnet = cluster.network.node_subnet;
+    let ifs = sys::interfaces()?;
+    let inside = ifs
+        .iter()
+        .find(|i| i.ipv4.iter().any(|a| subnet.contains(a)))
+        .with_context(|| format!("no interface with an address in {subnet}"))?;
+    let outside = ifs
+        .iter()
+        .find(|i| i.name != "lo" && i.index != inside.index && !i.ipv4.is_empty())
+        .context("no outside interface with an address")?;
+    let appliance =
+        (cluster.outbound.kind == OutboundType::UserDefinedRouting).then(|| outside.ipv4[0]);
+    let (mut dp, hooks, pins) = load(name)?;
+    let mut role = LbRole {
+        inside_ifindex: inside.index,
+        outside_ifindex: outside.index,
+        appliance,
+    };
+    role.apply(&mut dp, &cluster)?;
+    let mut adopted = Vec::new();
+    for (prog, iface, hook) in [
+        (programs::LB_FROM_VNET, &inside.name, hooks::LB_INSIDE),
+        (programs::LB_FROM_INTERNET, &outside.name, hooks::LB_OUTSIDE),
+    ] {
+        if hooks.tc(&mut dp, prog, iface, TcAttachType::Ingress, hook)? == Attach::Adopted {
+            adopted.push(hook.to_string());
+        }
+    }
+    let status = AgentStatus {
+        node: name.to_string(),
+        pid: std::process::id(),
+        node_ip: inside.ipv4[0],
+        uplink: inside.name.clone(),
+        netns: opts.netns.clone(),
+        pins: pins.display().to_string(),
+        adopted,
+    };
+    serve(dp, hooks, &status, cluster, opts, role)
+}
+
+/// Loads the object with maps pinned (or adopted) under the agent's name.
+fn load(name: &str) -> Result<(Datapath, Hooks, PathBuf)> {
+    sys::ensure_bpffs(&paths::bpffs())?;
+    let pins = paths::pins(name);
+    std::fs::create_dir_all(&pins)?;
+    let dp = Datapath::load(Some(&pins))?;
+    let hooks = Hooks::new(&pins)?;
+    Ok((dp, hooks, pins))
+}
+
+/// The agent's life after attaching: status file, signals, reloads,
+/// reconcile ticks, collection of expired translations, and the exit.
+fn serve(
+    mut dp: Datapath,
+    hooks: Hooks,
+    status: &AgentStatus,
+    mut cluster: Cluster,
+    opts: &Options,
+    mut role: impl Role,
+) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+    let name = status.node.as_str();
+    let status_path = paths::agent_status(name);
+    std::fs::create_dir_all(paths::node_dir(name))?;
+    std::fs::write(&status_path, serde_json::to_vec_pretty(status)?)?;
+    info!(
+        agent = name,
+        uplink = status.uplink,
+        pins = status.pins,
+        adopted = status.adopted.len(),
+        "data path attached"
+    );
 
     let mut config_mtime = mtime(opts.config.as_deref());
+    let mut last_collect = Instant::now();
     let result = (|| {
         while !stop.load(Ordering::Relaxed) {
             let now = mtime(opts.config.as_deref());
             if reload.swap(false, Ordering::Relaxed) || now != config_mtime {
                 config_mtime = now;
-                if let Err(e) =
-                    reload_cluster(&mut dp, opts.config.as_deref(), node_name, uplink.index)
-                {
-                    error!("cluster file not applied, keeping the previous one: {e:#}");
+                match Cluster::load(opts.config.as_deref())
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| {
+                        role.apply(&mut dp, &c)?;
+                        Ok(c)
+                    }) {
+                    Ok(c) => {
+                        cluster = c;
+                        info!("cluster file applied");
+                    }
+                    Err(e) => error!("cluster file not applied, keeping the previous one: {e:#}"),
                 }
             }
-            reconcile_pods(&mut dp, &hooks, node_name, &mut attached)?;
+            role.tick(&mut dp, &hooks)?;
+            if last_collect.elapsed() >= COLLECT_INTERVAL {
+                last_collect = Instant::now();
+                let (expired, _) =
+                    snat::collect(&mut dp, &role.timeouts(&cluster), snat::monotonic_ns())?;
+                if expired > 0 {
+                    debug!(expired, "translations expired, ports returned");
+                }
+                snat::record_peaks(name, Path::new(&status.pins))?;
+            }
             std::thread::sleep(RECONCILE_INTERVAL);
         }
         Ok(())
@@ -165,15 +342,13 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
 
     let _ = std::fs::remove_file(&status_path);
     if opts.detach_on_exit {
-        info!(
-            node = node_name,
-            "stopping: detaching programs, removing pins"
-        );
+        info!(agent = name, "stopping: detaching programs, removing pins");
+        hooks.remove_all()?;
         drop(dp);
-        remove_dir_contents(&pins);
+        let _ = std::fs::remove_dir_all(&status.pins);
     } else {
         info!(
-            node = node_name,
+            agent = name,
             "stopping: programs stay attached, maps pinned (--detach-on-exit to remove)"
         );
     }
@@ -192,24 +367,6 @@ fn set_node(
         cluster_cidr: key(cluster.network.pod_cidr.network()),
         cluster_mask: key(cluster.network.pod_cidr.netmask()),
     })
-}
-
-/// Re-reads the cluster file and applies what changed. An invalid file, or
-/// one without this node, changes nothing.
-fn reload_cluster(
-    dp: &mut Datapath,
-    config: Option<&Path>,
-    node_name: &str,
-    uplink_ifindex: u32,
-) -> Result<()> {
-    let cluster = Cluster::load(config)?;
-    let node = cluster
-        .node(node_name)
-        .with_context(|| format!("node {node_name} is no longer in the cluster file"))?;
-    set_node(dp, &cluster, &node, uplink_ifindex)?;
-    reconcile_routes(dp, &cluster.nodes())?;
-    info!("cluster file applied");
-    Ok(())
 }
 
 fn mtime(path: Option<&Path>) -> Option<SystemTime> {
@@ -320,8 +477,4 @@ fn attach_pod(dp: &mut Datapath, hooks: &Hooks, rec: &PodRecord) -> Result<Attac
         TcAttachType::Ingress,
         &hooks::pod_hook(&rec.container_id),
     )
-}
-
-fn remove_dir_contents(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
 }

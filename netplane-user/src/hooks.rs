@@ -141,6 +141,8 @@ impl Hooks {
 pub const UPLINK_INGRESS: &str = "uplink-ingress";
 pub const UPLINK_EGRESS: &str = "uplink-egress";
 pub const UPLINK_XDP: &str = "uplink-xdp";
+pub const LB_INSIDE: &str = "lb-inside";
+pub const LB_OUTSIDE: &str = "lb-outside";
 
 pub fn pod_hook(container_id: &str) -> String {
     format!("pod-{container_id}")

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, OutboundType},
     ebpf, paths,
     sys::{self, ip_in, sysctl_in},
 };
@@ -107,7 +107,52 @@ pub fn plan(cluster: &Cluster) -> Vec<Host> {
             });
         }
     }
+    let (name, role) = match cluster.outbound.kind {
+        OutboundType::LoadBalancer => ("lb", Role::Lb),
+        OutboundType::UserDefinedRouting => ("appliance", Role::Appliance),
+    };
+    hosts.push(Host {
+        name: name.into(),
+        role,
+        netns: format!("{NETNS_PREFIX}{name}"),
+        ip: crate::snat::gateway(cluster),
+        node: None,
+    });
+    hosts.push(Host {
+        name: "inet".into(),
+        role: Role::Inet,
+        netns: format!("{NETNS_PREFIX}inet"),
+        ip: INET_IP,
+        node: None,
+    });
     hosts
+}
+
+/// The lab's internet: a /24 of documentation addresses between the
+/// outbound host and the `inet` server.
+pub const INTERNET_NET: &str = "203.0.113.0/24";
+pub const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The load balancer's (or appliance's) address on that link; the
+/// appliance translates to it.
+pub const LB_OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const APPLIANCE_OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+/// What the lab needs of a cluster file beyond its validity.
+fn lab_violations(cluster: &Cluster) -> Result<()> {
+    let inside = cluster.network.node_subnet;
+    if let Some(ip) = cluster.outbound.appliance_ip
+        && !inside.contains(&ip)
+    {
+        bail!(
+            "the lab puts the appliance on the node subnet {inside}: outbound.appliance_ip {ip} is outside it"
+        );
+    }
+    for f in &cluster.outbound.frontend_ips {
+        if [INET_IP, LB_OUTSIDE_IP, APPLIANCE_OUTSIDE_IP].contains(f) {
+            bail!("frontend IP {f} is one of the lab's own addresses");
+        }
+    }
+    Ok(())
 }
 
 fn state_path() -> PathBuf {
@@ -170,7 +215,8 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     // The agents read the same file the lab was built from.
     let cluster_copy = paths::lab_dir().join("cluster.toml");
     std::fs::write(&cluster_copy, toml::to_string(cluster)?)?;
-    let gateway = Ipv4Addr::from(u32::from(cluster.network.node_subnet.network()) + 1);
+    lab_violations(cluster)?;
+    let gateway = crate::snat::gateway(cluster);
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
         uplink_xdp: opts.uplink_xdp,
@@ -185,14 +231,17 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     save_state(&state)?;
 
     progress(&format!(
-        "VNet segment {} in {VNET_NETNS} (gateway {gateway})",
+        "VNet segment {} in {VNET_NETNS}",
         cluster.network.node_subnet
     ));
     new_netns(VNET_NETNS)?;
     ip_in(VNET_NETNS, &["link", "add", VNET_BRIDGE, "type", "bridge"])?;
-    let gw = format!("{gateway}/{}", cluster.network.node_subnet.prefix_len());
-    ip_in(VNET_NETNS, &["addr", "add", &gw, "dev", VNET_BRIDGE])?;
     ip_in(VNET_NETNS, &["link", "set", VNET_BRIDGE, "up"])?;
+    let outbound = hosts
+        .iter()
+        .find(|h| matches!(h.role, Role::Lb | Role::Appliance))
+        .expect("planned");
+    build_outbound(cluster, outbound, progress)?;
 
     let prefix = cluster.network.node_subnet.prefix_len();
     for (i, node) in nodes.iter().enumerate() {
@@ -242,11 +291,15 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
 
     // Mounted once here: agents starting together could each mount one.
     sys::ensure_bpffs(&paths::bpffs())?;
-    for node in &nodes {
-        let agent = start_agent(&state.cluster_file, &node.name, opts)?;
+    let agents = nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .chain([outbound.name.clone()]);
+    for name in agents {
+        let agent = start_agent(&state.cluster_file, &name, opts)?;
         progress(&format!(
-            "agent for {} started (pid {}, log {})",
-            node.name, agent.pid, agent.log
+            "agent for {name} started (pid {}, log {})",
+            agent.pid, agent.log
         ));
         state.agents.push(agent);
         save_state(&state)?;
@@ -269,6 +322,72 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     wait_for_pods(&hosts)?;
     progress("all pods registered in their node's data path");
     Ok(state)
+}
+
+/// The load balancer (or appliance) between the VNet and the `inet` host:
+/// inside on the VNet segment with the nodes' gateway address, outside on a
+/// link to `inet`. No kernel forwarding: its agent's programs translate and
+/// forward.
+fn build_outbound(cluster: &Cluster, host: &Host, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let ns = host.netns.as_str();
+    let inet = format!("{NETNS_PREFIX}inet");
+    let outside_ip = if host.role == Role::Lb {
+        LB_OUTSIDE_IP
+    } else {
+        APPLIANCE_OUTSIDE_IP
+    };
+    progress(&format!(
+        "{} {} (outside {outside_ip}) and inet {INET_IP}, in {ns} and {inet}",
+        host.name, host.ip
+    ));
+    new_netns(ns)?;
+    new_netns(&inet)?;
+    let port = format!("vn-{}", host.name);
+    ip_in(
+        VNET_NETNS,
+        &[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    ip_in(
+        VNET_NETNS,
+        &["link", "set", &port, "master", VNET_BRIDGE, "up"],
+    )?;
+    let inside = format!("{}/{}", host.ip, cluster.network.node_subnet.prefix_len());
+    ip_in(ns, &["addr", "add", &inside, "dev", "eth0"])?;
+    ip_in(ns, &["link", "set", "eth0", "up"])?;
+    ip_in(
+        ns,
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &inet,
+        ],
+    )?;
+    ip_in(
+        ns,
+        &["addr", "add", &format!("{outside_ip}/24"), "dev", "eth1"],
+    )?;
+    ip_in(ns, &["link", "set", "eth1", "up"])?;
+    ip_in(
+        &inet,
+        &["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"],
+    )?;
+    ip_in(&inet, &["link", "set", "eth0", "up"])?;
+    // The frontend IPs are the load balancer's: the internet routes them to it.
+    if host.role == Role::Lb {
+        for f in &cluster.outbound.frontend_ips {
+            ip_in(
+                &inet,
+                &[
+                    "route",
+                    "add",
+                    &format!("{f}/32"),
+                    "via",
+                    &LB_OUTSIDE_IP.to_string(),
+                ],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn new_netns(ns: &str) -> Result<()> {
@@ -383,14 +502,26 @@ pub fn run_cni(
     serde_json::from_str(&text).with_context(|| format!("netplane-cni printed {text}"))
 }
 
+/// Agents that are not a node's.
+const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
+
 fn start_agent(cluster_file: &str, node: &str, opts: &UpOptions) -> Result<AgentProc> {
     let exe = std::env::current_exe()?;
     let log = paths::lab_dir().join(format!("agent-{node}.log"));
     let out = std::fs::File::create(&log)?;
-    let child = Command::new(exe)
-        .args(["agent", "--config", cluster_file, "--node", node])
-        .args(["--netns", &format!("{NETNS_PREFIX}{node}")])
-        .args(opts.uplink_xdp.then_some("--uplink-xdp"))
+    let who = if OUTBOUND_AGENTS.contains(&node) {
+        ["--lb", ""]
+    } else {
+        ["--node", node]
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(["agent", "--config", cluster_file])
+        .args(who.iter().filter(|a| !a.is_empty()))
+        .args(["--netns", &format!("{NETNS_PREFIX}{node}")]);
+    if !OUTBOUND_AGENTS.contains(&node) {
+        cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -461,7 +592,12 @@ fn is_our_agent(pid: u32, node: &str) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.contains(&b"agent".as_slice()) && args.contains(&node.as_bytes())
+    let me = if OUTBOUND_AGENTS.contains(&node) {
+        b"--lb".as_slice()
+    } else {
+        node.as_bytes()
+    };
+    args.contains(&b"agent".as_slice()) && args.contains(&me)
 }
 
 /// Tears the lab down: agents (by recorded PID), namespaces, pins, state.

@@ -14,8 +14,10 @@ const SEEN_PREFIX: &str = "seen-as ";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves until `max` clients were answered or `timeout` passed (bounded,
-/// so a forgotten server ends by itself).
-pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration) -> Result<()> {
+/// so a forgotten server ends by itself). With `hold`, TCP connections are
+/// accepted and kept open, unanswered, until the timeout (for filling SNAT
+/// port pools).
+pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration, hold: bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let proto = if udp { "udp" } else { "tcp" };
     let mut answered = 0;
@@ -43,8 +45,13 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration) -> Resu
         listener.set_nonblocking(true)?;
         println!("listening on {}/tcp", listener.local_addr()?);
         let _ = std::io::stdout().flush();
-        while answered < max && Instant::now() < deadline {
+        let mut held = Vec::new();
+        while (hold || answered < max) && Instant::now() < deadline {
             match listener.accept() {
+                Ok((stream, peer)) if hold => {
+                    log(stream.local_addr()?, peer);
+                    held.push(stream);
+                }
                 Ok((mut stream, peer)) => {
                     stream.set_nonblocking(false)?;
                     stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -113,4 +120,43 @@ pub fn ask(server: SocketAddr, udp: bool, timeout: Duration) -> Result<Answer> {
         local,
         seen_as: seen.parse().context("server's answer")?,
     })
+}
+
+/// The outcome of `hold`.
+#[derive(Debug, serde::Serialize)]
+pub struct HoldReport {
+    pub server: SocketAddr,
+    pub attempted: u32,
+    pub opened: u32,
+    pub failed: u32,
+}
+
+/// Opens `count` TCP connections to `server` one after another, keeps the
+/// ones that open for `hold` after the last attempt, then closes them all.
+/// `on_done` sees the report before the connections close.
+pub fn hold(
+    server: SocketAddr,
+    count: u32,
+    connect_timeout: Duration,
+    hold: Duration,
+    on_done: impl FnOnce(&HoldReport),
+) -> Result<HoldReport> {
+    let mut open = Vec::new();
+    let mut failed = 0;
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&server, connect_timeout) {
+            Ok(s) => open.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    let report = HoldReport {
+        server,
+        attempted: count,
+        opened: open.len() as u32,
+        failed,
+    };
+    on_done(&report);
+    std::thread::sleep(hold);
+    drop(open);
+    Ok(report)
 }

@@ -18,14 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the data path of one node: load, attach, fill maps, reconcile.
+    /// Run the data path of one node (or, with --lb, of the outbound load
+    /// balancer or appliance): load, attach, fill maps, reconcile.
     Agent {
         /// Cluster file (default: the embedded default cluster).
         #[arg(long)]
         config: Option<PathBuf>,
         /// This node's name in the cluster file.
+        #[arg(long, required_unless_present = "lb", conflicts_with = "lb")]
+        node: Option<String>,
+        /// Be the outbound load balancer (outbound type loadBalancer) or the
+        /// appliance (userDefinedRouting).
         #[arg(long)]
-        node: String,
+        lb: bool,
         /// Network namespace of the node (the lab's nodes live in one).
         #[arg(long)]
         netns: Option<String>,
@@ -46,6 +51,23 @@ enum Cmd {
     /// Packet and drop counters of the running agents.
     Stats {
         /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live SNAT translations: original and translated tuples, state, age,
+    /// idle time left.
+    Nat {
+        /// A node's, or "lb" / "appliance" (default: all agents).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// SNAT port use per SNAT IP and port block: capacity, allocated, peak,
+    /// allocation failures.
+    Ports {
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
@@ -144,6 +166,25 @@ enum WhoamiCmd {
         /// Seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// TCP: accept and keep connections open, unanswered, until the
+        /// timeout.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Open COUNT TCP connections to a server and hold them (fills SNAT
+    /// port pools); prints how many opened.
+    Hold {
+        server: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        /// Seconds per connection attempt.
+        #[arg(long, default_value_t = 2)]
+        connect_timeout: u64,
+        /// Seconds to keep them open after the last attempt.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Ask a server which address it sees this client as.
     Ask {
@@ -189,6 +230,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Agent {
             config,
             node,
+            lb,
             netns,
             uplink_xdp,
             detach_on_exit,
@@ -199,11 +241,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 uplink_xdp,
                 detach_on_exit,
             };
-            netplane::agent::run(&node, &opts)?;
+            match (node, lb) {
+                (Some(node), false) => netplane::agent::run(&node, &opts)?,
+                _ => netplane::agent::run_lb(&opts)?,
+            }
         }
         Cmd::Lab { command } => return lab_cmd(command),
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Routes { node, json } => routes(node, json)?,
+        Cmd::Nat { node, json } => nat(node, json)?,
+        Cmd::Ports { node, json } => ports(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
         Cmd::Plan {
             nodes,
@@ -235,7 +282,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 udp,
                 max,
                 timeout,
-            } => whoami::serve(listen, udp, max, Duration::from_secs(timeout))?,
+                hold,
+            } => whoami::serve(listen, udp, max, Duration::from_secs(timeout), hold)?,
+            WhoamiCmd::Hold {
+                server,
+                count,
+                connect_timeout,
+                hold,
+                json,
+            } => {
+                let report = whoami::hold(
+                    server,
+                    count,
+                    Duration::from_secs(connect_timeout),
+                    Duration::from_secs(hold),
+                    |r| {
+                        if json {
+                            println!("{}", serde_json::to_string(r).expect("serializable"));
+                        } else {
+                            println!(
+                                "{} of {} connections to {} opened, {} failed",
+                                r.opened, r.attempted, r.server, r.failed
+                            );
+                        }
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    },
+                )?;
+                if report.opened == 0 {
+                    bail!("no connection to {server} opened");
+                }
+            }
             WhoamiCmd::Ask {
                 server,
                 udp,
@@ -362,6 +438,9 @@ fn pinned_nodes(node: Option<String>) -> Result<Vec<String>> {
             let mut v: Vec<String> = std::fs::read_dir(paths::bpffs())
                 .context("no agent is running (no pins under the bpffs)")?
                 .flatten()
+                // Directories only: the kernel puts maps.debug and
+                // progs.debug files in every bpffs.
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             v.sort();
@@ -425,6 +504,107 @@ fn routes(node: Option<String>, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
+        );
+    }
+    Ok(())
+}
+
+/// The cluster file the running agents use: the lab's, else the default.
+fn running_cluster() -> Result<Cluster> {
+    let lab_file = lab::load_state()
+        .ok()
+        .flatten()
+        .map(|s| PathBuf::from(s.cluster_file));
+    Ok(Cluster::load(lab_file.as_deref())?)
+}
+
+fn nat(node: Option<String>, json: bool) -> Result<()> {
+    let cluster = running_cluster()?;
+    let mut all = serde_json::Map::new();
+    for n in pinned_nodes(node)? {
+        let lb = n == netplane::agent::lb_name(&cluster);
+        let t = if lb {
+            netplane::snat::Timeouts::load_balancer(&cluster)
+        } else {
+            netplane::snat::Timeouts::node(&cluster)
+        };
+        let flows = netplane::snat::flows(&paths::pins(&n), &t)?;
+        if json {
+            all.insert(n.clone(), serde_json::to_value(&flows)?);
+            continue;
+        }
+        println!("{n}: {} translations", flows.len());
+        if flows.is_empty() {
+            continue;
+        }
+        println!(
+            "  {:<5} {:<24} {:<24} {:<24} {:<12} {:>6} {:>10}",
+            "proto", "original", "remote", "translated", "state", "age", "idle left"
+        );
+        for f in &flows {
+            println!(
+                "  {:<5} {:<24} {:<24} {:<24} {:<12} {:>5}s {:>9}s",
+                f.proto, f.original, f.remote, f.translated, f.state, f.age_s, f.idle_left_s
+            );
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "agents": all }))?
+        );
+    }
+    Ok(())
+}
+
+fn ports(node: Option<String>, json: bool) -> Result<()> {
+    let mut all = serde_json::Map::new();
+    for n in pinned_nodes(node)? {
+        let slots = netplane::snat::slot_use(&paths::pins(&n))?;
+        let peaks = netplane::snat::read_peaks(&n);
+        if json {
+            let v: Vec<_> = slots
+                .iter()
+                .map(|s| {
+                    let mut v = serde_json::to_value(s).expect("serializable");
+                    v["peak"] = peaks
+                        .get(&s.slot)
+                        .copied()
+                        .unwrap_or(s.allocated)
+                        .max(s.allocated)
+                        .into();
+                    v
+                })
+                .collect();
+            all.insert(n.clone(), serde_json::Value::Array(v));
+            continue;
+        }
+        println!("{n}");
+        println!(
+            "  {:<15} {:<12} {:>9} {:>10} {:>8} {:>9}",
+            "SNAT IP", "ports", "capacity", "allocated", "peak", "failures"
+        );
+        for s in &slots {
+            let peak = peaks
+                .get(&s.slot)
+                .copied()
+                .unwrap_or(s.allocated)
+                .max(s.allocated);
+            println!(
+                "  {:<15} {:<12} {:>9} {:>10} {:>8} {:>9}",
+                s.snat_ip.to_string(),
+                s.ports,
+                s.capacity,
+                s.allocated,
+                peak,
+                s.failures
+            );
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "agents": all }))?
         );
     }
     Ok(())
