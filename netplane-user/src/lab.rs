@@ -817,7 +817,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_lab_has_two_nodes_with_two_pods_each() {
+    fn the_default_lab_has_two_nodes_with_two_pods_each_a_load_balancer_and_inet() {
         let hosts = plan(&Cluster::load(None).unwrap());
         let names: Vec<(&str, Role, String, Option<&str>)> = hosts
             .iter()
@@ -832,6 +832,8 @@ mod tests {
                 ("node-1", Role::Node, "10.224.0.5".into(), None),
                 ("pod-1-0", Role::Pod, "10.244.1.2".into(), Some("node-1")),
                 ("pod-1-1", Role::Pod, "10.244.1.3".into(), Some("node-1")),
+                ("lb", Role::Lb, "10.224.0.1".into(), None),
+                ("inet", Role::Inet, "203.0.113.10".into(), None),
             ]
         );
         assert!(hosts.iter().all(|h| h.netns.starts_with(NETNS_PREFIX)));
