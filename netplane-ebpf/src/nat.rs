@@ -18,7 +18,7 @@ use netplane_common::{
 
 use crate::{
     maps::{NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
-    packet::{self, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, Ipv4},
+    packet::{IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF, Ipv4},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -81,13 +81,14 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
         PROTO_ICMP => {
             let h: [u8; 8] = ctx.load(off).map_err(|_| DropReason::MalformedIpv4)?;
             let id = u16::from_be_bytes([h[4], h[5]]);
-            let (want, src_port, dst_port) = match dir {
-                Dir::Out => (ICMP_ECHO_REQUEST, id, 0),
-                Dir::In => (ICMP_ECHO_REPLY, 0, id),
+            // Out: only requests start flows. In: replies match them; an
+            // echo request coming in gets a tuple no flow has.
+            let (src_port, dst_port) = match (dir, h[0]) {
+                (Dir::Out, ICMP_ECHO_REQUEST) => (id, 0),
+                (Dir::In, ICMP_ECHO_REPLY) => (0, id),
+                (Dir::In, ICMP_ECHO_REQUEST) => (id, 0),
+                _ => return Err(DropReason::UnsupportedL4),
             };
-            if h[0] != want {
-                return Err(DropReason::UnsupportedL4);
-            }
             Ok(L4 {
                 proto: PROTO_ICMP,
                 off,

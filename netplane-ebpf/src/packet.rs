@@ -120,7 +120,9 @@ pub fn ttl(ctx: &impl Frame) -> u8 {
 /// verifier.)
 #[inline(always)]
 pub fn decrement_ttl(ctx: &impl Frame) {
-    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return };
+    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return;
+    };
     unsafe {
         let old = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);
         (*hdr).ttl -= 1;

@@ -1,5 +1,6 @@
 //! Helpers shared by the packet-table and lab tests.
 
+pub mod labkit;
 pub mod world;
 
 /// Tests that need root and BPF run in CI (as root). Elsewhere they fail,

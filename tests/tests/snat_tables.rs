@@ -432,3 +432,97 @@ fn freed_ports_are_reused_and_accounting_survives_churn() {
         }
     }
 }
+
+const FRONTEND: [u8; 4] = [198, 51, 100, 10];
+
+/// The load balancer of the default cluster with 64 ports per node.
+fn load_balancer() -> Datapath {
+    let mut c = netplane::cluster::Cluster::load(None).unwrap();
+    c.outbound.allocated_outbound_ports = Some(64);
+    let plan = snat::lb_plan(&c, None);
+    let mut dp = Datapath::load(None).unwrap();
+    snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
+    dp
+}
+
+#[test]
+fn load_balancer_translates_within_each_nodes_block() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = load_balancer();
+    let from_node =
+        |src: [u8; 4], sport| tcp_port(src, sport, INTERNET, 80, (UPLINK_MAC, PEER_NODE_MAC));
+    let (v, out) = run(&mut dp, programs::LB_FROM_VNET, &from_node(NODE0, 40000));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&out);
+    assert_eq!(
+        (s.src, s.dst, s.ttl),
+        (FRONTEND.into(), INTERNET.into(), 64)
+    );
+    assert!(
+        (1024..=1087).contains(&s.src_port),
+        "node-0's block is 1024-1087: {}",
+        s.src_port
+    );
+
+    // The reply returns to node-0.
+    let reply = tcp_port(
+        INTERNET,
+        80,
+        FRONTEND,
+        s.src_port,
+        (PEER_NODE_MAC, UPLINK_MAC),
+    );
+    let (v, back) = run(&mut dp, programs::LB_FROM_INTERNET, &reply);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let b = parse_checked(&back);
+    assert_eq!((b.dst, b.dst_port), (NODE0.into(), 40000));
+
+    // Unsolicited to a frontend: dropped.
+    let d = drops(&mut dp, DropReason::NatNoMapping);
+    let stray = tcp_port(
+        OTHER_REMOTE,
+        80,
+        FRONTEND,
+        s.src_port,
+        (PEER_NODE_MAC, UPLINK_MAC),
+    );
+    assert_eq!(
+        run(&mut dp, programs::LB_FROM_INTERNET, &stray).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d + 1);
+    // Not a backend: dropped.
+    let d = drops(&mut dp, DropReason::LbUnknownBackend);
+    assert_eq!(
+        run(
+            &mut dp,
+            programs::LB_FROM_VNET,
+            &from_node([10, 224, 0, 99], 1)
+        )
+        .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&mut dp, DropReason::LbUnknownBackend), d + 1);
+    // For the load balancer itself (inside the VNet): its own stack.
+    let to_self = tcp_port(NODE0, 5, GATEWAY, 22, (UPLINK_MAC, PEER_NODE_MAC));
+    assert_eq!(run(&mut dp, programs::LB_FROM_VNET, &to_self).0, TC_ACT_OK);
+
+    // node-0 has 64 ports to this destination: 63 more open, the next fails.
+    for sport in 40001..40064 {
+        let (v, out) = run(&mut dp, programs::LB_FROM_VNET, &from_node(NODE0, sport));
+        assert_eq!(v, TC_ACT_REDIRECT, "flow {sport}");
+        assert!((1024..=1087).contains(&parse_checked(&out).src_port));
+    }
+    let d = drops(&mut dp, DropReason::NatPortsExhausted);
+    assert_eq!(
+        run(&mut dp, programs::LB_FROM_VNET, &from_node(NODE0, 40064)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(drops(&mut dp, DropReason::NatPortsExhausted), d + 1);
+    // node-1's block is its own: unaffected.
+    let (v, out) = run(&mut dp, programs::LB_FROM_VNET, &from_node(NODE1, 40000));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert!((1088..=1151).contains(&parse_checked(&out).src_port));
+}

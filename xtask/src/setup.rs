@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "tcpdump",
     "ethtool",
+    "conntrack",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,0 +1,225 @@
+//! The lab from a test: run `netplane`, take the lab (one at a time),
+//! exchange traffic, read counters.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+pub fn netplane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPLANE_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/lab-HASH -> target/debug/netplane
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("netplane");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p netplane-user --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn np(args: &[&str]) -> Output {
+    Command::new(netplane_bin())
+        .args(args)
+        .output()
+        .expect("run netplane")
+}
+
+pub fn ok(args: &[&str]) -> String {
+    let out = np(args);
+    assert!(
+        out.status.success(),
+        "netplane {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn exec(host: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["lab", "exec", host, "--"];
+    args.extend_from_slice(cmd);
+    np(&args)
+}
+
+pub fn stats(node: &str) -> Value {
+    let v: Value = serde_json::from_str(&ok(&["stats", "--node", node, "--json"])).unwrap();
+    v["nodes"][node].clone()
+}
+
+pub fn counter(stats: &Value, kind: &str, name: &str) -> u64 {
+    let (list, key) = if kind == "drop" {
+        ("drops", "reason")
+    } else {
+        ("paths", "path")
+    };
+    stats[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e[key] == name)
+        .unwrap_or_else(|| panic!("no {kind} counter {name}"))["packets"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Tears the lab down when the test ends, passed or failed.
+pub struct LabGuard;
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = np(&["lab", "down"]);
+    }
+}
+
+pub fn np_namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("np-"))
+        .map(String::from)
+        .collect()
+}
+
+/// A whoami server in `host` for one client; returns once it listens.
+pub fn whoami_server(host: &str) -> Child {
+    let bin = netplane_bin();
+    let mut child = Command::new(&bin)
+        .args([
+            "lab",
+            "exec",
+            host,
+            "--",
+            bin.to_str().unwrap(),
+            "whoami",
+            "serve",
+        ])
+        .args(["--max", "1", "--timeout", "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "server in {host}: {line:?}");
+    child.stdout = Some(reader.into_inner());
+    child
+}
+
+/// TCP from `client` to `server`; both sides must see the client's pod IP.
+pub fn assert_tcp_preserves_source(client: &str, client_ip: &str, server: &str, server_ip: &str) {
+    let srv = whoami_server(server);
+    let bin = netplane_bin();
+    let target = format!("{server_ip}:7000");
+    let out = exec(
+        client,
+        &[bin.to_str().unwrap(), "whoami", "ask", &target, "--json"],
+    );
+    let server_out = srv.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{client} -> {server}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = answer["seen_as"].as_str().unwrap();
+    assert!(
+        seen.starts_with(&format!("{client_ip}:")),
+        "{server} saw {seen}, not {client_ip}"
+    );
+    let printed = String::from_utf8_lossy(&server_out.stdout);
+    assert!(
+        printed.contains(&format!("<- {client_ip}:")),
+        "{server} printed {printed}"
+    );
+}
+
+pub fn ping(host: &str, args: &[&str]) -> Output {
+    let mut cmd = vec!["ping", "-n", "-W", "1"];
+    cmd.extend_from_slice(args);
+    exec(host, &cmd)
+}
+
+/// One lab at a time: tests in this file take turns.
+pub static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the lab for one test: clean start, torn down at the end.
+pub fn lab_up() -> (std::sync::MutexGuard<'static, ()>, LabGuard) {
+    lab_up_with(&[])
+}
+
+/// Takes the lab with extra `lab up` arguments (a `--config FILE`, say).
+pub fn lab_up_with(extra: &[&str]) -> (std::sync::MutexGuard<'static, ()>, LabGuard) {
+    let turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        np_namespaces().is_empty(),
+        "np- namespaces exist already: run `netplane lab down` first"
+    );
+    let guard = LabGuard;
+    let mut args = vec!["lab", "up"];
+    args.extend_from_slice(extra);
+    ok(&args);
+    (turn, guard)
+}
+
+/// Background traffic: a fast ping from one pod to another.
+pub fn ping_in_background(from: &str, to: &str, count: u32) -> Child {
+    Command::new(netplane_bin())
+        .args([
+            "lab",
+            "exec",
+            from,
+            "--",
+            "ping",
+            "-n",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            to,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn assert_no_loss(ping: Child, what: &str) {
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+    assert!(
+        text.contains(" 0% packet loss"),
+        "{what}: ping lost packets:\n{}",
+        tail.join("\n")
+    );
+}
+
+pub fn route_prefixes(node: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(&ok(&["routes", "--node", node, "--json"])).unwrap();
+    v["nodes"][node]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address_prefix"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,334 @@
+//! Egress through the lab: the node's masquerade and the outbound load
+//! balancer (or the appliance), seen from the `inet` server, on the wire,
+//! and in the port accounting.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use netplane::cluster::DEFAULT_CLUSTER;
+use netplane_tests::{labkit::*, privileged};
+use serde_json::Value;
+
+const INET: &str = "203.0.113.10";
+const FRONTEND: &str = "198.51.100.10";
+
+/// A whoami server on `inet` for `max` clients (TCP, or UDP).
+fn inet_server(udp: bool, max: u32) -> std::process::Child {
+    let bin = netplane_bin();
+    let mut args = vec![
+        "lab",
+        "exec",
+        "inet",
+        "--",
+        bin.to_str().unwrap(),
+        "whoami",
+        "serve",
+    ];
+    let max = max.to_string();
+    args.extend(["--max", &max, "--timeout", "20"]);
+    if udp {
+        args.push("--udp");
+    }
+    let mut child = Command::new(&bin)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "{line:?}");
+    child.stdout = Some(reader.into_inner());
+    child
+}
+
+fn ask(pod: &str, udp: bool) -> Value {
+    let bin = netplane_bin();
+    let target = format!("{INET}:7000");
+    let mut cmd = vec![bin.to_str().unwrap(), "whoami", "ask", &target, "--json"];
+    if udp {
+        cmd.push("--udp");
+    }
+    let out = exec(pod, &cmd);
+    assert!(
+        out.status.success(),
+        "{pod} -> inet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn seen_ip(answer: &Value) -> String {
+    let seen = answer["seen_as"].as_str().unwrap();
+    seen.rsplit_once(':').unwrap().0.to_string()
+}
+
+fn ports_of(agent: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&ok(&["ports", "--node", agent, "--json"])).unwrap();
+    v["agents"][agent].as_array().unwrap().clone()
+}
+
+/// A cluster file: the default with `edits` applied (each must match).
+fn cluster_file(name: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = DEFAULT_CLUSTER.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = std::env::temp_dir().join(format!("netplane-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn egress_is_translated_twice_and_replies_come_back() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    // Watch the load balancer's inside: what the VNet carries.
+    let capture = Command::new(netplane_bin())
+        .args([
+            "lab", "exec", "lb", "--", "timeout", "8", "tcpdump", "-lni", "eth0", "-c", "6",
+            "host", INET,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+
+    let tcp_server = inet_server(false, 1);
+    let tcp = ask("pod-0-0", false);
+    let printed =
+        String::from_utf8_lossy(&tcp_server.wait_with_output().unwrap().stdout).into_owned();
+    assert_eq!(seen_ip(&tcp), FRONTEND, "inet saw {tcp}");
+    assert!(
+        printed.contains(&format!("<- {FRONTEND}:")),
+        "inet printed {printed}"
+    );
+
+    let udp_server = inet_server(true, 1);
+    let udp = ask("pod-1-1", true);
+    udp_server.wait_with_output().unwrap();
+    assert_eq!(seen_ip(&udp), FRONTEND, "inet saw {udp}");
+
+    let p = exec("pod-0-1", &["ping", "-n", "-c", "2", "-W", "1", INET]);
+    assert!(
+        p.status.success(),
+        "ping: {}",
+        String::from_utf8_lossy(&p.stdout)
+    );
+
+    // Between node and load balancer: the node IP, never a pod IP.
+    let wire = String::from_utf8_lossy(&capture.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        wire.contains("IP 10.224.0.4.") || wire.contains("IP 10.224.0.4 >"),
+        "capture:\n{wire}"
+    );
+    assert!(
+        !wire.contains("10.244."),
+        "a pod address crossed the VNet:\n{wire}"
+    );
+
+    // The translations are netplane's: the kernel's conntrack has none.
+    for ns in ["np-node-0", "np-node-1", "np-lb"] {
+        let ct = Command::new("ip")
+            .args(["netns", "exec", ns, "conntrack", "-L"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&ct.stdout);
+        assert!(
+            !text.contains(INET),
+            "{ns} conntrack holds our flows:\n{text}"
+        );
+    }
+    // netplane nat shows both stages.
+    let nat: Value = serde_json::from_str(&ok(&["nat", "--json"])).unwrap();
+    let translated = |agent: &str| {
+        nat["agents"][agent]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["translated"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        translated("node-0")
+            .iter()
+            .any(|t| t.starts_with("10.224.0.4")),
+        "{nat}"
+    );
+    assert!(
+        translated("lb").iter().any(|t| t.starts_with(FRONTEND)),
+        "{nat}"
+    );
+
+    // Unsolicited from the internet to the frontend (a ping, a TCP
+    // connection to a port a flow holds): dropped and counted.
+    let before = counter(&stats("lb"), "drop", "nat_no_mapping");
+    let p = exec("inet", &["ping", "-n", "-c", "2", "-W", "1", FRONTEND]);
+    assert!(!p.status.success());
+    let held = tcp["seen_as"].as_str().unwrap().to_string();
+    let bin = netplane_bin();
+    let out = exec(
+        "inet",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            &held,
+            "--timeout",
+            "1",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an unsolicited connection to {held} got through"
+    );
+    let after = counter(&stats("lb"), "drop", "nat_no_mapping");
+    assert!(after >= before + 3, "nat_no_mapping {before} -> {after}");
+}
+
+#[test]
+fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
+    if !privileged() {
+        return;
+    }
+    let file = cluster_file(
+        "exhaust",
+        &[
+            (
+                "# allocated_outbound_ports = 1024",
+                "allocated_outbound_ports = 64",
+            ),
+            ("tcp_transitory_s = 60", "tcp_transitory_s = 2"),
+        ],
+    );
+    let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
+    let bin = netplane_bin();
+    let server = Command::new(&bin)
+        .args([
+            "lab",
+            "exec",
+            "inet",
+            "--",
+            bin.to_str().unwrap(),
+            "whoami",
+            "serve",
+            "--hold",
+            "--timeout",
+            "25",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let target = format!("{INET}:7000");
+    let mut client = Command::new(&bin)
+        .args([
+            "lab",
+            "exec",
+            "pod-0-0",
+            "--",
+            bin.to_str().unwrap(),
+            "whoami",
+            "hold",
+            &target,
+        ])
+        .args([
+            "--count",
+            "65",
+            "--connect-timeout",
+            "2",
+            "--hold",
+            "4",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (report["opened"].as_u64(), report["failed"].as_u64()),
+        (Some(64), Some(1)),
+        "{report}"
+    );
+
+    // While they are held: node-0's block on the frontend is full, exactly.
+    let lb = ports_of("lb");
+    let block = lb
+        .iter()
+        .find(|s| s["ports"] == "1024-1087")
+        .expect("node-0's block");
+    assert_eq!(block["allocated"], 64, "{block}");
+    assert_eq!(block["allocated"], block["live_entries"], "{block}");
+    assert!(block["failures"].as_u64().unwrap() >= 1, "{block}");
+    assert!(counter(&stats("lb"), "drop", "nat_ports_exhausted") >= 1);
+    let other = lb
+        .iter()
+        .find(|s| s["ports"] == "1088-1151")
+        .expect("node-1's block");
+    assert_eq!(other["allocated"], 0, "{other}");
+
+    assert!(client.wait().unwrap().success());
+    // Closed: transitory timeout (2 s), then collection returns every port.
+    wait_until("the load balancer's ports to return", || {
+        ports_of("lb")
+            .iter()
+            .all(|s| s["allocated"] == 0 && s["live_entries"] == 0)
+    });
+    wait_until("node-0's ports to return", || {
+        ports_of("node-0").iter().all(|s| s["allocated"] == 0)
+    });
+    let peak = ports_of("lb")
+        .iter()
+        .find(|s| s["ports"] == "1024-1087")
+        .unwrap()["peak"]
+        .clone();
+    assert_eq!(peak, 64);
+    drop(server);
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn user_defined_routing_leaves_through_the_appliance() {
+    if !privileged() {
+        return;
+    }
+    let file = cluster_file(
+        "udr",
+        &[
+            (
+                "type = \"loadBalancer\"",
+                "type = \"userDefinedRouting\"\nappliance_ip = \"10.224.0.250\"",
+            ),
+            ("frontend_ips = [\"198.51.100.10\"]", ""),
+        ],
+    );
+    let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    assert!(
+        st["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["role"] == "appliance" && h["ip"] == "10.224.0.250")
+    );
+    let server = inet_server(false, 1);
+    let answer = ask("pod-1-0", false);
+    server.wait_with_output().unwrap();
+    assert_eq!(
+        seen_ip(&answer),
+        "203.0.113.2",
+        "the appliance's own address: {answer}"
+    );
+    let p = exec("pod-0-0", &["ping", "-n", "-c", "1", "-W", "1", INET]);
+    assert!(p.status.success());
+    std::fs::remove_file(&file).unwrap();
+}
