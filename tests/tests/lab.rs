@@ -49,8 +49,9 @@ fn reconcile_routes_under_traffic() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// kill -9 of both agents and a restart, under a TCP stream and a ping:
-/// the pinned data path keeps forwarding and the new agents adopt it.
+/// kill -9 of every agent and a restart, under a pod-to-pod TCP stream, a
+/// translated (SNAT, both stages) TCP stream to `inet` and a ping: the
+/// pinned data path keeps forwarding and the new agents adopt it.
 #[test]
 fn agents_restart_without_loss() {
     if !privileged() {
@@ -62,40 +63,49 @@ fn agents_restart_without_loss() {
             .status
             .success()
     );
+    assert!(exec("inet", &["iperf3", "-s", "-1", "-D"]).status.success());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let stream = Command::new(netplane_bin())
-        .args([
-            "lab",
-            "exec",
-            "pod-0-0",
-            "--",
-            "iperf3",
-            "-c",
-            "10.244.1.2",
-            "-t",
-            "5",
-            "-J",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let iperf = |from: &str, to: &str| {
+        Command::new(netplane_bin())
+            .args([
+                "lab", "exec", from, "--", "iperf3", "-c", to, "-t", "5", "-J",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let pod_stream = iperf("pod-0-0", "10.244.1.2");
+    let snat_stream = iperf("pod-1-1", "203.0.113.10");
     let ping = ping_in_background("pod-0-1", "10.244.1.3", 400);
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    for node in ["node-0", "node-1"] {
-        let out = ok(&["lab", "agent-restart", node, "--kill"]);
-        for hook in ["uplink-ingress", "uplink-egress", "pod-pod-"] {
-            assert!(out.contains(hook), "{node} did not adopt {hook}: {out}");
+    for agent in ["node-0", "node-1", "lb"] {
+        let out = ok(&["lab", "agent-restart", agent, "--kill"]);
+        let hooks: &[&str] = if agent == "lb" {
+            &["lb-inside", "lb-outside"]
+        } else {
+            &["uplink-ingress", "uplink-egress", "pod-pod-"]
+        };
+        for hook in hooks {
+            assert!(out.contains(hook), "{agent} did not adopt {hook}: {out}");
         }
     }
-    let out = stream.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    assert!(v["error"].is_null(), "iperf3: {}", v["error"]);
-    for interval in v["intervals"].as_array().unwrap() {
-        let bytes = interval["sum"]["bytes"].as_u64().unwrap();
-        assert!(bytes > 0, "a one-second interval moved nothing: {interval}");
+    for (what, stream) in [
+        ("pod to pod", pod_stream),
+        ("pod to inet through SNAT", snat_stream),
+    ] {
+        let out = stream.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+        assert!(v["error"].is_null(), "{what}: iperf3: {}", v["error"]);
+        for interval in v["intervals"].as_array().unwrap() {
+            let bytes = interval["sum"]["bytes"].as_u64().unwrap();
+            assert!(
+                bytes > 0,
+                "{what}: a one-second interval moved nothing: {interval}"
+            );
+        }
     }
     assert_no_loss(ping, "pod-0-1 -> pod-1-1 across agent kills");
-    // The restarted agents still register traffic and serve new connections.
+    // The restarted agents still serve new connections.
     assert_tcp_preserves_source("pod-1-1", "10.244.1.3", "pod-0-1", "10.244.0.3");
 }
 
