@@ -61,6 +61,15 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
     if unsafe { LB_FRONTENDS.get(&ip.dst) }.is_none() {
         return Ok(PASS); // this host's own address
     }
+    match nat::icmp_error_in(ctx, &ip)? {
+        nat::Icmp::Ours(err) => {
+            nat::rewrite_icmp_error(ctx, &ip, &err)?;
+            count(ctx, Path::LbIn);
+            return Ok(route::redirect_neigh(cfg.inside_ifindex, err.rev.orig_ip));
+        }
+        nat::Icmp::NotOurs => return Err(DropReason::NatNoMapping),
+        nat::Icmp::NotAnError => {}
+    }
     let l4 = nat::l4(ctx, &ip, Dir::In)?;
     let rev = unsafe { NAT_IN.get(&nat::in_key(&ip, &l4)) }
         .copied()

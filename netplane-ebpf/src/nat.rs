@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netplane_common::{
-    DropReason,
+    DropReason, checksum,
     nat::{
         FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot,
         owned_key, state,
@@ -344,4 +344,121 @@ pub fn rewrite(
 #[inline(always)]
 pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
     unsafe { PORT_OWNED.get(&owned_key(nat_ip, port, proto)) }.is_some()
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Bytes of the quoted packet the engine reads: an option-less IPv4
+/// header and the first 8 bytes of its transport header.
+const QUOTE_LEN: usize = 28;
+
+/// An ICMP error (unreachable, fragmentation needed, time exceeded) that
+/// quotes a packet this engine translated: where it goes back to.
+pub struct IcmpError {
+    pub rev: NatReverse,
+    /// The translated address and port the quoted packet carried as source.
+    pub nat_ip: u32,
+    pub nat_port: u16,
+    /// The quoted packet's protocol.
+    pub proto: u8,
+}
+
+/// What an inbound packet is, as far as ICMP errors go.
+pub enum Icmp {
+    /// Not an ICMP error.
+    NotAnError,
+    /// An error about one of our translations.
+    Ours(IcmpError),
+    /// An error quoting something no translation made (the host's own).
+    NotOurs,
+}
+
+/// Recognises an inbound ICMP error about one of our flows.
+#[inline(always)]
+pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4) -> Result<Icmp, DropReason> {
+    if ip.proto != PROTO_ICMP || ip.later_fragment {
+        return Ok(Icmp::NotAnError);
+    }
+    let icmp_type: u8 = ctx.load(ip.l4_off).map_err(|_| DropReason::MalformedIpv4)?;
+    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+        return Ok(Icmp::NotAnError);
+    }
+    let q: [u8; QUOTE_LEN] = ctx
+        .load(ip.l4_off + 8)
+        .map_err(|_| DropReason::MalformedIpv4)?;
+    if q[0] != 0x45 {
+        return Err(DropReason::UnsupportedL4); // quoted header with options
+    }
+    let proto = q[9];
+    let src = u32::from_ne_bytes([q[12], q[13], q[14], q[15]]);
+    let dst = u32::from_ne_bytes([q[16], q[17], q[18], q[19]]);
+    // The quoted packet went out: its source is our translated side.
+    let (src_port, dst_port) = match proto {
+        PROTO_TCP | PROTO_UDP => (
+            u16::from_be_bytes([q[20], q[21]]),
+            u16::from_be_bytes([q[22], q[23]]),
+        ),
+        PROTO_ICMP => (u16::from_be_bytes([q[24], q[25]]), 0),
+        _ => return Err(DropReason::UnsupportedL4),
+    };
+    let key = FlowKey::new(dst, src, dst_port, src_port, proto);
+    Ok(match unsafe { NAT_IN.get(&key) } {
+        Some(rev) => Icmp::Ours(IcmpError {
+            rev: *rev,
+            nat_ip: src,
+            nat_port: src_port,
+            proto,
+        }),
+        None => Icmp::NotOurs,
+    })
+}
+
+/// Sends an ICMP error back to the inside: the outer destination and the
+/// quoted source (address, port, quoted header checksum) become the
+/// original ones, with the IPv4 and ICMP checksums patched. The quoted
+/// transport checksum is left as is (receivers match errors by addresses
+/// and ports). Invalidates packet pointers.
+#[inline(always)]
+pub fn rewrite_icmp_error(ctx: &TcContext, ip: &Ipv4, e: &IcmpError) -> Result<(), DropReason> {
+    let bad = |_| DropReason::MalformedIpv4;
+    let icmp_csum = ip.l4_off + 2;
+    let quote = ip.l4_off + 8;
+    // Outer destination: only the IPv4 header checksum covers it.
+    ctx.l3_csum_replace(IP_CHECK_OFF, ip.dst as u64, e.rev.orig_ip as u64, 4)
+        .map_err(bad)?;
+    ctx.store(IP_DST_OFF, &e.rev.orig_ip, 0).map_err(bad)?;
+    // Quoted source address, and the quoted header's own checksum.
+    let old_q_csum: [u8; 2] = ctx.load(quote + 10).map_err(bad)?;
+    let old_q_csum = u16::from_be_bytes(old_q_csum);
+    let (o, n) = (e.nat_ip.to_ne_bytes(), e.rev.orig_ip.to_ne_bytes());
+    let mid = checksum::update16(
+        old_q_csum,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([n[0], n[1]]),
+    );
+    let new_q_csum = checksum::update16(
+        mid,
+        u16::from_be_bytes([o[2], o[3]]),
+        u16::from_be_bytes([n[2], n[3]]),
+    );
+    ctx.l4_csum_replace(icmp_csum, e.nat_ip as u64, e.rev.orig_ip as u64, 4)
+        .map_err(bad)?;
+    ctx.store(quote + 12, &e.rev.orig_ip, 0).map_err(bad)?;
+    let (oc, nc) = (old_q_csum.to_be(), new_q_csum.to_be());
+    ctx.l4_csum_replace(icmp_csum, oc as u64, nc as u64, 2)
+        .map_err(bad)?;
+    ctx.store(quote + 10, &nc, 0).map_err(bad)?;
+    // Quoted source port (or echo identifier).
+    if e.nat_port != e.rev.orig_port {
+        let port_off = if e.proto == PROTO_ICMP {
+            quote + 24
+        } else {
+            quote + 20
+        };
+        let (op, np) = (e.nat_port.to_be(), e.rev.orig_port.to_be());
+        ctx.l4_csum_replace(icmp_csum, op as u64, np as u64, 2)
+            .map_err(bad)?;
+        ctx.store(port_off, &np, 0).map_err(bad)?;
+    }
+    Ok(())
 }

@@ -36,6 +36,19 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
 /// (as with kubenet's iptables, where an unmatched packet is the host's).
 #[inline(always)]
 pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    match nat::icmp_error_in(ctx, ip)? {
+        nat::Icmp::Ours(err) => {
+            let pod = route::local_pod(err.rev.orig_ip).ok_or(DropReason::NoLocalPod)?;
+            if let Some(verdict) = route::routed_hop(ctx) {
+                return Ok(verdict);
+            }
+            nat::rewrite_icmp_error(ctx, ip, &err)?;
+            let eth = packet::eth(ctx)?;
+            return Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn));
+        }
+        nat::Icmp::NotOurs => return Ok(TC_ACT_OK), // about the node's own traffic
+        nat::Icmp::NotAnError => {}
+    }
     let Ok(l4) = nat::l4(ctx, ip, Dir::In) else {
         return Ok(TC_ACT_OK);
     };

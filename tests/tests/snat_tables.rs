@@ -526,3 +526,73 @@ fn load_balancer_translates_within_each_nodes_block() {
     assert_eq!(v, TC_ACT_REDIRECT);
     assert!((1088..=1151).contains(&parse_checked(&out).src_port));
 }
+
+/// An ICMP port unreachable from the internet quoting `quoted` (a frame),
+/// sent to `to`.
+fn port_unreachable(from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    let quote = &quoted[14..14 + 28];
+    let b = PacketBuilder::ethernet2(PEER_NODE_MAC, UPLINK_MAC)
+        .ipv4(from, to, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ));
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
+}
+
+/// The quoted packet inside an ICMP error: (source, source port), with its
+/// header checksum checked.
+fn quoted_source(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let q = &frame[14 + 20 + 8..];
+    let h = etherparse::Ipv4HeaderSlice::from_slice(&q[..20])
+        .expect("quoted header")
+        .to_header();
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "quoted IPv4 header checksum"
+    );
+    (h.source.into(), u16::from_be_bytes([q[20], q[21]]))
+}
+
+#[test]
+fn icmp_errors_are_translated_back_with_the_quoted_header() {
+    if !privileged() {
+        return;
+    }
+    // Node stage: a pod's UDP to a closed port; the error comes back to it.
+    let mut dp = masquerading(1024, 65535);
+    let (_, sent) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &udp_port(POD_A, 5353, INTERNET, 9, FROM_POD_A),
+    );
+    let err = port_unreachable(INTERNET, NODE0, &sent);
+    let (v, back) = run(&mut dp, programs::FROM_UPLINK, &err);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let s = parse_checked(&back); // outer IPv4 and ICMP checksums
+    assert_eq!(s.dst, Ipv4Addr::from(POD_A));
+    assert_eq!(quoted_source(&back), (POD_A.into(), 5353));
+    // An error quoting nothing we translated is the node's own.
+    let (_, other) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &udp_port(POD_A, 6000, INTERNET, 9, FROM_POD_A),
+    );
+    let mut stray = port_unreachable(INTERNET, NODE0, &other);
+    stray[14 + 20 + 8 + 20] ^= 0xff; // another source port in the quote
+    let (v, _) = run(&mut dp, programs::FROM_UPLINK, &stray);
+    assert_eq!(v, TC_ACT_OK);
+
+    // Load balancer stage: back to the node with the node's port.
+    let mut lb = load_balancer();
+    let out = tcp_port(NODE0, 40000, INTERNET, 80, (UPLINK_MAC, PEER_NODE_MAC));
+    let (_, sent) = run(&mut lb, programs::LB_FROM_VNET, &out);
+    let err = port_unreachable(INTERNET, FRONTEND, &sent);
+    let (v, back) = run(&mut lb, programs::LB_FROM_INTERNET, &err);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(parse_checked(&back).dst, Ipv4Addr::from(NODE0));
+    assert_eq!(quoted_source(&back), (NODE0.into(), 40000));
+}
