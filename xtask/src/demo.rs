@@ -79,12 +79,31 @@ pub fn run() -> Result<()> {
         }
     }
 
+    section("6. Egress: pod-0-0 -> the internet host 203.0.113.10, translated twice");
+    println!("   node-0 masquerades the pod as its node IP; the load balancer SNATs the node IP");
+    println!("   to its frontend IP, using node-0's own port block.");
+    let capture = start_capture(np, "lb", "eth0", "host 203.0.113.10", 4)?;
+    exchange(np, "pod-0-0", "inet", "203.0.113.10")?;
+    println!("   what the load balancer's inside (the VNet) carried:");
+    print!("{}", indent(&finish_capture(capture)?));
+    println!("$ netplane nat");
+    print!(
+        "{}",
+        indent(&String::from_utf8_lossy(
+            &Command::new(np).arg("nat").output()?.stdout
+        ))
+    );
+    println!("$ netplane ports --node lb");
+    let ports = Command::new(np).args(["ports", "--node", "lb"]).output()?;
+    print!("{}", indent(&String::from_utf8_lossy(&ports.stdout)));
+
     println!(
         "\nThe lab stays up. Explore it:\n  \
          {np} lab status\n  \
          {np} lab exec pod-0-0 -- ping -c3 10.244.1.3\n  \
          {np} lab exec node-0 -- tcpdump -ni eth0   # pod IPs on the wire between nodes, no NAT\n  \
-         {np} stats\n\
+         {np} stats\n  \
+         {np} nat; {np} ports   # translations and SNAT port blocks\n\
          Tear it down:\n  \
          {np} lab down"
     );
@@ -93,15 +112,8 @@ pub fn run() -> Result<()> {
 
 /// tcpdump on node-1's uplink while pod-0-0 pings pod-1-0.
 fn capture_between_nodes(np: &str) -> Result<()> {
-    let args = ["tcpdump", "-ni", "eth0", "-c", "2", "-l", "icmp"];
-    println!("$ netplane lab exec node-1 -- {}", args.join(" "));
-    let dump = Command::new("timeout")
-        .args(["5", np, "lab", "exec", "node-1", "--"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(700));
+    // Two packets: the echo request and its reply.
+    let dump = start_capture(np, "node-1", "eth0", "icmp", 2)?;
     let _ = Command::new(np)
         .args([
             "lab",
@@ -115,9 +127,28 @@ fn capture_between_nodes(np: &str) -> Result<()> {
         ])
         .stdout(Stdio::null())
         .status();
-    let out = dump.wait_with_output()?;
-    print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+    print!("{}", indent(&finish_capture(dump)?));
     Ok(())
+}
+
+/// tcpdump (at most `count` packets, 5 seconds) on a lab host's interface.
+fn start_capture(np: &str, host: &str, dev: &str, filter: &str, count: u32) -> Result<Child> {
+    let count = count.to_string();
+    println!("$ netplane lab exec {host} -- tcpdump -ni {dev} -c {count} -l {filter}");
+    let dump = Command::new("timeout")
+        .args([
+            "5", np, "lab", "exec", host, "--", "tcpdump", "-ni", dev, "-c", &count, "-l",
+        ])
+        .args(filter.split(' '))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    Ok(dump)
+}
+
+fn finish_capture(dump: Child) -> Result<String> {
+    Ok(String::from_utf8_lossy(&dump.wait_with_output()?.stdout).into_owned())
 }
 
 fn section(title: &str) {
