@@ -29,7 +29,7 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
     if cfg.subnet != 0 && ip.dst & cfg.subnet_mask == cfg.subnet {
         return Ok(PASS); // inside the VNet: for this host itself
     }
-    let first = unsafe { LB_BACKENDS.get(&ip.src) }
+    let first = unsafe { LB_BACKENDS.get(ip.src) }
         .copied()
         .ok_or(DropReason::LbUnknownBackend)?;
     let l4 = nat::l4(ctx, &ip, Dir::Out)?;
@@ -58,7 +58,7 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let cfg = NAT_CONFIG.get(0).ok_or(DropReason::NoNodeConfig)?;
     let ip = packet::ipv4(ctx)?;
-    if unsafe { LB_FRONTENDS.get(&ip.dst) }.is_none() {
+    if unsafe { LB_FRONTENDS.get(ip.dst) }.is_none() {
         return Ok(PASS); // this host's own address
     }
     match nat::icmp_error_in(ctx, &ip)? {
@@ -71,11 +71,11 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
         nat::Icmp::NotAnError => {}
     }
     let l4 = nat::l4(ctx, &ip, Dir::In)?;
-    let rev = unsafe { NAT_IN.get(&nat::in_key(&ip, &l4)) }
+    let rev = unsafe { NAT_IN.get(nat::in_key(&ip, &l4)) }
         .copied()
         .ok_or(DropReason::NatNoMapping)?;
     let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
-    if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
+    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
         nat::touch(e, &l4, true);
     }
     nat::rewrite(

@@ -178,7 +178,7 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     // The reply tuple with the port left open; its destination part keys
     // the hint.
     let dest = FlowKey::new(key.dst_ip, s.nat_ip, key.dst_port, 0, key.proto);
-    let start = match unsafe { PORT_HINTS.get(&dest) } {
+    let start = match unsafe { PORT_HINTS.get(dest) } {
         Some(h) => *h % size,
         None => spread % size,
     };
@@ -220,10 +220,10 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
         created_ns: now,
         last_seen_ns: now,
     };
-    if NAT_OUT.insert(key, &entry, BPF_NOEXIST as u64).is_err() {
+    if NAT_OUT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU made this flow first (or the table is full): give the
         // port back and use theirs.
-        let _ = NAT_IN.remove(&rev_key);
+        let _ = NAT_IN.remove(rev_key);
         return match NAT_OUT.get_ptr_mut(key) {
             Some(e) => {
                 touch(e, l4, false);
@@ -236,8 +236,8 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
         unsafe { *allocs += 1 };
     }
     let next = (port as u32 - s.port_lo as u32 + 1) % size;
-    let _ = PORT_HINTS.insert(&dest, &next, 0);
-    let _ = PORT_OWNED.insert(&owned_key(s.nat_ip, port, key.proto), &1, 0);
+    let _ = PORT_HINTS.insert(dest, next, 0);
+    let _ = PORT_OWNED.insert(owned_key(s.nat_ip, port, key.proto), 1, 0);
     Ok(Some(entry))
 }
 
@@ -260,7 +260,7 @@ unsafe extern "C" fn probe_port(i: u32, ctx: *mut c_void) -> i64 {
     }
     let port = p.slot.port_lo as u32 + (p.start + i) % size;
     p.key.dst_port = port as u16;
-    if NAT_IN.insert(&p.key, &p.rev, BPF_NOEXIST as u64).is_ok() {
+    if NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64).is_ok() {
         p.found = port;
         return 1;
     }
@@ -343,7 +343,7 @@ pub fn rewrite(
 /// True when some flow holds this translated address and port.
 #[inline(always)]
 pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
-    unsafe { PORT_OWNED.get(&owned_key(nat_ip, port, proto)) }.is_some()
+    unsafe { PORT_OWNED.get(owned_key(nat_ip, port, proto)) }.is_some()
 }
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -402,7 +402,7 @@ pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4) -> Result<Icmp, DropReason> {
         _ => return Err(DropReason::UnsupportedL4),
     };
     let key = FlowKey::new(dst, src, dst_port, src_port, proto);
-    Ok(match unsafe { NAT_IN.get(&key) } {
+    Ok(match unsafe { NAT_IN.get(key) } {
         Some(rev) => Icmp::Ours(IcmpError {
             rev: *rev,
             nat_ip: src,

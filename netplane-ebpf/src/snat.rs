@@ -52,7 +52,7 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok(l4) = nat::l4(ctx, ip, Dir::In) else {
         return Ok(TC_ACT_OK);
     };
-    let Some(rev) = (unsafe { NAT_IN.get(&nat::in_key(ip, &l4)) }).copied() else {
+    let Some(rev) = (unsafe { NAT_IN.get(nat::in_key(ip, &l4)) }).copied() else {
         if nat::port_owned(ip.dst, l4.dst_port, l4.proto) {
             return Err(DropReason::NatNoMapping);
         }
@@ -60,7 +60,7 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     };
     let pod = route::local_pod(rev.orig_ip).ok_or(DropReason::NoLocalPod)?;
     let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
-    if let Some(e) = NAT_OUT.get_ptr_mut(&out) {
+    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
         nat::touch(e, &l4, true);
     }
     if let Some(verdict) = route::routed_hop(ctx) {

@@ -420,6 +420,36 @@ pub fn slot_use(pins: &FsPath) -> Result<Vec<SlotUse>> {
     Ok(v)
 }
 
+/// Where an agent keeps the peak allocation of each slot (sampled at every
+/// collection pass; `ports` shows the larger of it and the live count).
+fn peaks_path(agent: &str) -> std::path::PathBuf {
+    crate::paths::node_dir(agent).join("port-peaks.json")
+}
+
+pub fn read_peaks(agent: &str) -> std::collections::HashMap<u32, u64> {
+    std::fs::read(peaks_path(agent))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Samples allocated ports per slot into the agent's peaks file.
+pub fn record_peaks(agent: &str, pins: &FsPath) -> Result<()> {
+    let mut peaks = read_peaks(agent);
+    let mut changed = false;
+    for s in slot_use(pins)? {
+        let p = peaks.entry(s.slot).or_default();
+        if s.allocated > *p {
+            *p = s.allocated;
+            changed = true;
+        }
+    }
+    if changed {
+        std::fs::write(peaks_path(agent), serde_json::to_vec(&peaks)?)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,34 +505,4 @@ mod tests {
         assert_eq!(t.of(PROTO_TCP, state::NEW), Duration::from_secs(60));
         assert_eq!(t.of(PROTO_UDP, state::ESTABLISHED), Duration::from_secs(30));
     }
-}
-
-/// Where an agent keeps the peak allocation of each slot (sampled at every
-/// collection pass; `ports` shows the larger of it and the live count).
-fn peaks_path(agent: &str) -> std::path::PathBuf {
-    crate::paths::node_dir(agent).join("port-peaks.json")
-}
-
-pub fn read_peaks(agent: &str) -> std::collections::HashMap<u32, u64> {
-    std::fs::read(peaks_path(agent))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Samples allocated ports per slot into the agent's peaks file.
-pub fn record_peaks(agent: &str, pins: &FsPath) -> Result<()> {
-    let mut peaks = read_peaks(agent);
-    let mut changed = false;
-    for s in slot_use(pins)? {
-        let p = peaks.entry(s.slot).or_default();
-        if s.allocated > *p {
-            *p = s.allocated;
-            changed = true;
-        }
-    }
-    if changed {
-        std::fs::write(peaks_path(agent), serde_json::to_vec(&peaks)?)?;
-    }
-    Ok(())
 }

@@ -174,11 +174,13 @@ fn lab_end_to_end() {
     let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
     let hosts = st["hosts"].as_array().unwrap();
     let count = |role: &str| hosts.iter().filter(|h| h["role"] == role).count();
-    assert_eq!((count("node"), count("pod")), (2, 2 * 2), "{st}");
+    let counts = ["node", "pod", "lb", "inet"].map(count);
+    assert_eq!(counts, [2, 2 * 2, 1, 1], "{st}");
     for h in hosts {
         assert!(h["netns"].as_str().unwrap().starts_with("np-"));
         assert!(h["ip"].is_string() && h["name"].is_string());
-        assert_eq!(h["node"].is_null(), h["role"] == "node", "{h}");
+        // Only pods belong to a node.
+        assert_eq!(h["node"].is_null(), h["role"] != "pod", "{h}");
     }
     assert!(
         st["agents"]
