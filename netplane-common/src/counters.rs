@@ -44,10 +44,13 @@ pub enum DropReason {
     LbUnknownBackend = 15,
     /// The translation tables are full.
     NatTableFull = 16,
+    /// To a pod from outside the cluster (neither a pod nor the node
+    /// subnet): kubenet pods are not reachable from outside.
+    UnsolicitedToPod = 17,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::TruncatedEthernet,
         DropReason::MalformedIpv4,
         DropReason::UnsupportedProtocol,
@@ -64,6 +67,7 @@ impl DropReason {
         DropReason::UnsupportedL4,
         DropReason::LbUnknownBackend,
         DropReason::NatTableFull,
+        DropReason::UnsolicitedToPod,
     ];
     /// Size of the `DROPS` array: one slot per number, slot 0 unused.
     pub const SLOTS: u32 = 32;
@@ -87,6 +91,7 @@ impl DropReason {
             DropReason::UnsupportedL4 => "unsupported_l4",
             DropReason::LbUnknownBackend => "lb_unknown_backend",
             DropReason::NatTableFull => "nat_table_full",
+            DropReason::UnsolicitedToPod => "unsolicited_to_pod",
         }
     }
 }

@@ -22,6 +22,16 @@ pub fn node_config() -> Result<&'static NodeConfig, DropReason> {
     NODE_CONFIG.get(0).ok_or(DropReason::NoNodeConfig)
 }
 
+/// True for addresses of the node subnet (nodes and other hosts the
+/// kubenet route table serves). Without SNAT configured: any.
+#[inline(always)]
+pub fn in_node_subnet(ip: u32) -> bool {
+    match crate::maps::NAT_CONFIG.get(0) {
+        Some(n) if n.subnet != 0 => ip & n.subnet_mask == n.subnet,
+        _ => true,
+    }
+}
+
 #[inline(always)]
 pub fn local_pod(ip: u32) -> Option<&'static LocalPod> {
     unsafe { LOCAL_PODS.get(ip) }

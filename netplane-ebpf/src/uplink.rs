@@ -34,6 +34,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return crate::snat::reply_in(ctx, &ip);
     }
     if let Some(pod) = route::local_pod(ip.dst) {
+        if !cfg.in_cluster(ip.src) && !route::in_node_subnet(ip.src) {
+            return Err(DropReason::UnsolicitedToPod);
+        }
         if let Some(verdict) = route::routed_hop(ctx) {
             return Ok(verdict);
         }

@@ -596,3 +596,63 @@ fn icmp_errors_are_translated_back_with_the_quoted_header() {
     assert_eq!(parse_checked(&back).dst, Ipv4Addr::from(NODE0));
     assert_eq!(quoted_source(&back), (NODE0.into(), 40000));
 }
+
+#[test]
+fn pods_are_not_reachable_from_outside_the_cluster() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let d = drops(&mut dp, DropReason::UnsolicitedToPod);
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(INTERNET, 80, POD_A, 8080, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, DropReason::UnsolicitedToPod), d + 1);
+    // From another node's pod, and from a node: delivered.
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(REMOTE_POD, 80, POD_A, 8080, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(NODE1, 80, POD_A, 8080, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn a_syn_reopens_a_closing_flow_on_the_same_port() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let syn = tcp_port(POD_A, 41000, INTERNET, 80, FROM_POD_A);
+    let (_, out) = run(&mut dp, programs::FROM_POD, &syn);
+    let port = parse_checked(&out).src_port;
+    let state = |dp: &mut Datapath| {
+        let out: HashMap<_, FlowKey, NatEntry> =
+            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let k = FlowKey::new(key(POD_A.into()), key(INTERNET.into()), 41000, 80, 6);
+        out.get(&k, 0).unwrap().state
+    };
+    assert_eq!(state(&mut dp), netplane_common::nat::state::NEW);
+    // The reply establishes it; a FIN closes it.
+    let reply = tcp_port(INTERNET, 80, NODE0, port, FROM_VNET);
+    run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(state(&mut dp), netplane_common::nat::state::ESTABLISHED);
+    let mut fin = syn.clone();
+    fin[14 + 20 + 13] = 0x11; // FIN|ACK
+    run(&mut dp, programs::FROM_POD, &fin);
+    assert_eq!(state(&mut dp), netplane_common::nat::state::CLOSING);
+    // A new SYN on the same tuple reopens the entry and keeps the port.
+    let (_, out) = run(&mut dp, programs::FROM_POD, &syn);
+    assert_eq!(parse_checked(&out).src_port, port);
+    assert_eq!(state(&mut dp), netplane_common::nat::state::NEW);
+    assert_eq!(assert_accounting_exact(&mut dp), 1);
+}

@@ -558,46 +558,57 @@ fn nat(node: Option<String>, json: bool) -> Result<()> {
 }
 
 fn ports(node: Option<String>, json: bool) -> Result<()> {
+    let cluster = running_cluster()?;
+    let lb_name = netplane::agent::lb_name(&cluster);
     let mut all = serde_json::Map::new();
     for n in pinned_nodes(node)? {
         let slots = netplane::snat::slot_use(&paths::pins(&n))?;
         let peaks = netplane::snat::read_peaks(&n);
+        // Whose block each slot is: the load balancer's are per node.
+        let owner = |slot: u32| -> String {
+            if n != lb_name {
+                return n.clone();
+            }
+            let appliance = (lb_name == "appliance").then_some(lab::APPLIANCE_OUTSIDE_IP);
+            let plan = netplane::snat::lb_plan(&cluster, appliance);
+            plan.slots
+                .get(slot as usize)
+                .and_then(|s| s.node.clone())
+                .unwrap_or_else(|| "all nodes".into())
+        };
+        let rows: Vec<serde_json::Value> = slots
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).expect("serializable");
+                v["peak"] = peaks
+                    .get(&s.slot)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(s.allocated)
+                    .into();
+                v["block_of"] = owner(s.slot).into();
+                v
+            })
+            .collect();
         if json {
-            let v: Vec<_> = slots
-                .iter()
-                .map(|s| {
-                    let mut v = serde_json::to_value(s).expect("serializable");
-                    v["peak"] = peaks
-                        .get(&s.slot)
-                        .copied()
-                        .unwrap_or(s.allocated)
-                        .max(s.allocated)
-                        .into();
-                    v
-                })
-                .collect();
-            all.insert(n.clone(), serde_json::Value::Array(v));
+            all.insert(n.clone(), serde_json::Value::Array(rows));
             continue;
         }
         println!("{n}");
         println!(
-            "  {:<15} {:<12} {:>9} {:>10} {:>8} {:>9}",
-            "SNAT IP", "ports", "capacity", "allocated", "peak", "failures"
+            "  {:<15} {:<12} {:<10} {:>9} {:>10} {:>8} {:>9}",
+            "SNAT IP", "ports", "block of", "capacity", "allocated", "peak", "failures"
         );
-        for s in &slots {
-            let peak = peaks
-                .get(&s.slot)
-                .copied()
-                .unwrap_or(s.allocated)
-                .max(s.allocated);
+        for r in &rows {
             println!(
-                "  {:<15} {:<12} {:>9} {:>10} {:>8} {:>9}",
-                s.snat_ip.to_string(),
-                s.ports,
-                s.capacity,
-                s.allocated,
-                peak,
-                s.failures
+                "  {:<15} {:<12} {:<10} {:>9} {:>10} {:>8} {:>9}",
+                r["snat_ip"].as_str().unwrap_or("?"),
+                r["ports"].as_str().unwrap_or("?"),
+                r["block_of"].as_str().unwrap_or("?"),
+                r["capacity"],
+                r["allocated"],
+                r["peak"],
+                r["failures"]
             );
         }
     }
