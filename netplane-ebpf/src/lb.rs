@@ -1,11 +1,11 @@
 //! The outbound load balancer (or, with userDefinedRouting, the appliance):
 //! node IPs become frontend IPs, each node using only its own port block.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netplane_common::{DropReason, Path, nat::FlowKey};
+use netplane_common::{DropReason, Path};
 
 use crate::{
     counters::{count, drop},
-    maps::{LB_BACKENDS, LB_FRONTENDS, NAT_CONFIG, NAT_IN, NAT_OUT},
+    maps::{LB_BACKENDS, LB_FRONTENDS, NAT_CONFIG},
     nat::{self, Dir},
     packet::{self, ETH_P_IP},
     route,
@@ -71,22 +71,8 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
         nat::Icmp::NotAnError => {}
     }
     let l4 = nat::l4(ctx, &ip, Dir::In)?;
-    let rev = unsafe { NAT_IN.get(nat::in_key(&ip, &l4)) }
-        .copied()
-        .ok_or(DropReason::NatNoMapping)?;
-    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
-    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
-        nat::touch(e, &l4, true);
-    }
-    nat::rewrite(
-        ctx,
-        &l4,
-        false,
-        ip.dst,
-        rev.orig_ip,
-        l4.dst_port,
-        rev.orig_port,
-    )?;
+    let rev = nat::reply_of(&ip, &l4).ok_or(DropReason::NatNoMapping)?;
+    nat::untranslate(ctx, &ip, &l4, &rev)?;
     count(ctx, Path::LbIn);
     Ok(route::redirect_neigh(cfg.inside_ifindex, rev.orig_ip))
 }

@@ -113,6 +113,38 @@ pub fn in_key(ip: &Ipv4, l4: &L4) -> FlowKey {
     FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, l4.proto)
 }
 
+/// The translation a reply belongs to, if any; refreshes its flow's clock
+/// and state.
+#[inline(always)]
+pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
+    let rev = unsafe { NAT_IN.get(in_key(ip, l4)) }.copied()?;
+    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
+    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
+        touch(e, l4, true);
+    }
+    Some(rev)
+}
+
+/// Rewrites a reply's destination back to the original address and port.
+/// Invalidates packet pointers.
+#[inline(always)]
+pub fn untranslate(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    rev: &NatReverse,
+) -> Result<(), DropReason> {
+    rewrite(
+        ctx,
+        l4,
+        false,
+        ip.dst,
+        rev.orig_ip,
+        l4.dst_port,
+        rev.orig_port,
+    )
+}
+
 /// Updates an entry's clock and state for a packet; a SYN reopens a
 /// closing entry (TIME_WAIT reuse).
 #[inline(always)]

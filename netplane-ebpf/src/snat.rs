@@ -1,10 +1,10 @@
 //! The node's kubenet masquerade: pod traffic leaving the cluster pod CIDR
 //! takes the node's IP, and replies find their pod again.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netplane_common::{DropReason, NodeConfig, Path, nat::FlowKey};
+use netplane_common::{DropReason, NodeConfig, Path};
 
 use crate::{
-    maps::{NAT_CONFIG, NAT_IN, NAT_OUT},
+    maps::NAT_CONFIG,
     nat::{self, Dir},
     packet::{self, Ipv4},
     route,
@@ -52,29 +52,17 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let Ok(l4) = nat::l4(ctx, ip, Dir::In) else {
         return Ok(TC_ACT_OK);
     };
-    let Some(rev) = (unsafe { NAT_IN.get(nat::in_key(ip, &l4)) }).copied() else {
+    let Some(rev) = nat::reply_of(ip, &l4) else {
         if nat::port_owned(ip.dst, l4.dst_port, l4.proto) {
             return Err(DropReason::NatNoMapping);
         }
         return Ok(TC_ACT_OK);
     };
     let pod = route::local_pod(rev.orig_ip).ok_or(DropReason::NoLocalPod)?;
-    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
-    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
-        nat::touch(e, &l4, true);
-    }
     if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
-    nat::rewrite(
-        ctx,
-        &l4,
-        false,
-        ip.dst,
-        rev.orig_ip,
-        l4.dst_port,
-        rev.orig_port,
-    )?;
+    nat::untranslate(ctx, ip, &l4, &rev)?;
     let eth = packet::eth(ctx)?;
     Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn))
 }
