@@ -11,7 +11,6 @@ use std::{
     fs,
     io::Write as _,
     net::Ipv4Addr,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -314,17 +313,7 @@ fn run_in_netns(path: &str, argv: &[&str]) -> anyhow::Result<String> {
     let ns = fs::File::open(path)?;
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null());
-    // SAFETY: setns is async-signal-safe; the fd outlives the spawn.
-    unsafe {
-        use std::os::fd::AsRawFd as _;
-        let fd = ns.as_raw_fd();
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::spawn_in_netns(&mut cmd, &ns);
     let out = cmd.output()?;
     if !out.status.success() {
         anyhow::bail!(

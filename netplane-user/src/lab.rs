@@ -471,17 +471,7 @@ pub fn run_cni(
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; the fd outlives the spawn.
-    unsafe {
-        use std::os::fd::AsRawFd as _;
-        let fd = node_ns.as_raw_fd();
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::spawn_in_netns(&mut cmd, &node_ns);
     let mut child = cmd.spawn().context("running netplane-cni")?;
     child
         .stdin

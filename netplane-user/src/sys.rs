@@ -27,6 +27,23 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes `cmd` start inside the network namespace `ns` (a /run/netns or
+/// /proc/PID/ns/net file), as a container runtime starts a CNI plugin.
+/// `ns` must stay open until the command is spawned.
+pub fn spawn_in_netns(cmd: &mut Command, ns: &File) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe, and the fd is open at spawn time.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }

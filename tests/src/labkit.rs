@@ -89,6 +89,12 @@ pub fn np_namespaces() -> Vec<String> {
 
 /// A whoami server in `host` for one client; returns once it listens.
 pub fn whoami_server(host: &str) -> Child {
+    whoami_server_with(host, &["--max", "1", "--timeout", "15"])
+}
+
+/// A whoami server in `host` with these `whoami serve` arguments; returns
+/// once it listens.
+pub fn whoami_server_with(host: &str, serve_args: &[&str]) -> Child {
     let bin = netplane_bin();
     let mut child = Command::new(&bin)
         .args([
@@ -100,7 +106,7 @@ pub fn whoami_server(host: &str) -> Child {
             "whoami",
             "serve",
         ])
-        .args(["--max", "1", "--timeout", "15"])
+        .args(serve_args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -15,32 +15,12 @@ const FRONTEND: &str = "198.51.100.10";
 
 /// A whoami server on `inet` for `max` clients (TCP, or UDP).
 fn inet_server(udp: bool, max: u32) -> std::process::Child {
-    let bin = netplane_bin();
-    let mut args = vec![
-        "lab",
-        "exec",
-        "inet",
-        "--",
-        bin.to_str().unwrap(),
-        "whoami",
-        "serve",
-    ];
     let max = max.to_string();
-    args.extend(["--max", &max, "--timeout", "20"]);
+    let mut args = vec!["--max", &max, "--timeout", "20"];
     if udp {
         args.push("--udp");
     }
-    let mut child = Command::new(&bin)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening"), "{line:?}");
-    child.stdout = Some(reader.into_inner());
-    child
+    whoami_server_with("inet", &args)
 }
 
 fn ask(pod: &str, udp: bool) -> Value {
