@@ -20,6 +20,9 @@ pub const LB_IDLE_TIMEOUT_MIN: u32 = 4;
 pub const LB_IDLE_TIMEOUT_MAX: u32 = 120;
 pub const AKS_LB_IDLE_TIMEOUT: u32 = 30;
 
+/// Port the lab's agents serve Prometheus metrics on (at their host's IP).
+pub const LAB_METRICS_PORT: u16 = 9464;
+
 /// Default SNAT port range per SNAT IP (64,512 ports).
 pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 65535;

@@ -61,6 +61,8 @@ pub struct Options {
     /// On exit, detach every program and remove every pin. Otherwise the
     /// data path keeps running without the agent.
     pub detach_on_exit: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A pod the agent has registered in the data path, by container ID.
@@ -294,6 +296,11 @@ fn serve(
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
     let name = status.node.as_str();
+    let own = Arc::new(crate::metrics::AgentCounters::default());
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics::serve(addr, PathBuf::from(&status.pins), Arc::clone(&own))?;
+        info!(%addr, "metrics on /metrics");
+    }
     let status_path = paths::agent_status(name);
     std::fs::create_dir_all(paths::node_dir(name))?;
     std::fs::write(&status_path, serde_json::to_vec_pretty(status)?)?;
@@ -330,6 +337,8 @@ fn serve(
                 last_collect = Instant::now();
                 let (expired, _) =
                     snat::collect(&mut dp, &role.timeouts(&cluster), snat::monotonic_ns())?;
+                own.collection_runs.fetch_add(1, Ordering::Relaxed);
+                own.expired.fetch_add(expired as u64, Ordering::Relaxed);
                 if expired > 0 {
                     debug!(expired, "translations expired, ports returned");
                 }

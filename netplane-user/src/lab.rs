@@ -296,7 +296,8 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
         .map(|n| n.name.clone())
         .chain([outbound.name.clone()]);
     for name in agents {
-        let agent = start_agent(&state.cluster_file, &name, opts)?;
+        let ip = hosts.iter().find(|h| h.name == name).expect("planned").ip;
+        let agent = start_agent(&state.cluster_file, &name, ip, opts)?;
         progress(&format!(
             "agent for {name} started (pid {}, log {})",
             agent.pid, agent.log
@@ -495,7 +496,24 @@ pub fn run_cni(
 /// Agents that are not a node's.
 const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
 
-fn start_agent(cluster_file: &str, node: &str, opts: &UpOptions) -> Result<AgentProc> {
+/// Where a lab host's agent serves metrics (nodes, load balancer,
+/// appliance), reachable through `lab exec`.
+pub fn metrics_url(host: &Host) -> Option<String> {
+    matches!(host.role, Role::Node | Role::Lb | Role::Appliance).then(|| {
+        format!(
+            "http://{}:{}/metrics",
+            host.ip,
+            netplane_common::limits::LAB_METRICS_PORT
+        )
+    })
+}
+
+fn start_agent(
+    cluster_file: &str,
+    node: &str,
+    ip: Ipv4Addr,
+    opts: &UpOptions,
+) -> Result<AgentProc> {
     let exe = std::env::current_exe()?;
     let log = paths::lab_dir().join(format!("agent-{node}.log"));
     let out = std::fs::File::create(&log)?;
@@ -507,7 +525,11 @@ fn start_agent(cluster_file: &str, node: &str, opts: &UpOptions) -> Result<Agent
     let mut cmd = Command::new(exe);
     cmd.args(["agent", "--config", cluster_file])
         .args(who.iter().filter(|a| !a.is_empty()))
-        .args(["--netns", &format!("{NETNS_PREFIX}{node}")]);
+        .args(["--netns", &format!("{NETNS_PREFIX}{node}")])
+        .args([
+            "--metrics-addr",
+            &format!("{ip}:{}", netplane_common::limits::LAB_METRICS_PORT),
+        ]);
     if !OUTBOUND_AGENTS.contains(&node) {
         cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
     }
@@ -728,7 +750,13 @@ pub fn restart_agent(
     let opts = UpOptions {
         uplink_xdp: state.uplink_xdp,
     };
-    let agent = start_agent(&state.cluster_file, node, &opts)?;
+    let ip = state
+        .hosts
+        .iter()
+        .find(|h| h.name == node)
+        .context("host of the agent")?
+        .ip;
+    let agent = start_agent(&state.cluster_file, node, ip, &opts)?;
     wait_for_agent(&agent)?;
     progress(&format!("agent of {node} started (pid {})", agent.pid));
     state.agents[idx] = agent;
@@ -759,6 +787,9 @@ pub struct HostStatus {
     #[serde(flatten)]
     pub host: Host,
     pub netns_present: bool,
+    /// The agent's metrics URL (nodes and the outbound host), for `lab
+    /// exec HOST -- curl URL`.
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -786,6 +817,7 @@ pub fn status() -> Result<Status> {
             .map(|h| HostStatus {
                 host: h.clone(),
                 netns_present: sys::netns_exists(&h.netns),
+                metrics: metrics_url(h),
             })
             .collect(),
         agents: state
@@ -835,6 +867,7 @@ mod tests {
         let v = serde_json::to_value(HostStatus {
             host: h.clone(),
             netns_present: true,
+            metrics: metrics_url(h),
         })
         .unwrap();
         assert_eq!(v["name"], "pod-0-0");

@@ -5,6 +5,7 @@ pub mod cni;
 pub mod ebpf;
 pub mod hooks;
 pub mod lab;
+pub mod metrics;
 pub mod paths;
 pub mod plan;
 pub mod pods;

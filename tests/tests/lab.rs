@@ -345,3 +345,70 @@ fn invalid_file_is_refused_before_anything_is_built() {
     assert!(!std::path::Path::new("/run/netplane/bpf/node-0").exists());
     std::fs::remove_file(&bad).unwrap();
 }
+
+fn metrics(host: &str) -> String {
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    let url = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == host)
+        .unwrap()["metrics"]
+        .as_str()
+        .expect("a metrics URL")
+        .to_string();
+    let out = exec(host, &["curl", "-sf", &url]);
+    assert!(out.status.success(), "GET {url} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Every agent serves Prometheus metrics that promtool accepts, and the
+/// counters move with lab traffic.
+#[test]
+fn metrics_are_valid_and_move_with_traffic() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    for host in ["node-0", "node-1", "lb"] {
+        let text = metrics(host);
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus package; cargo xtask setup installs it)");
+        std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool on {host}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let series = "netplane_path_packets_total{path=\"to_remote_node\"}";
+    let before = sample(&metrics("node-0"), series);
+    assert!(ping("pod-0-0", &["-c", "3", "10.244.1.2"]).status.success());
+    let after = sample(&metrics("node-0"), series);
+    assert!(after >= before + 3.0, "{series}: {before} -> {after}");
+    // Egress moves the load balancer's translations and ports.
+    assert!(
+        ping("pod-0-1", &["-c", "1", "203.0.113.10"])
+            .status
+            .success()
+    );
+    let lb = metrics("lb");
+    assert!(sample(&lb, "netplane_nat_entries") >= 1.0);
+    assert!(
+        lb.contains("netplane_snat_ports_allocated{snat_ip=\"198.51.100.10\""),
+        "{lb}"
+    );
+}

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "ethtool",
     "conntrack",
+    "curl",
+    "prometheus", // for promtool, which checks the metrics format in a test
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

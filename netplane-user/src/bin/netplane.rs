@@ -42,6 +42,9 @@ enum Cmd {
         /// data path keeps running and the next agent adopts it.
         #[arg(long)]
         detach_on_exit: bool,
+        /// Serve Prometheus metrics on ADDR:PORT (/metrics).
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
     },
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
@@ -234,12 +237,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             netns,
             uplink_xdp,
             detach_on_exit,
+            metrics_addr,
         } => {
             let opts = netplane::agent::Options {
                 config,
                 netns,
                 uplink_xdp,
                 detach_on_exit,
+                metrics_addr,
             };
             match (node, lb) {
                 (Some(node), false) => netplane::agent::run(&node, &opts)?,

@@ -1,0 +1,261 @@
+//! Prometheus metrics of an agent, read from its pinned maps on every
+//! scrape: packets and bytes per path, drops per reason, live translations,
+//! SNAT ports per block, map fill, collection runs.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
+use netplane_common::{
+    LocalPod, RouteTarget,
+    maps::{MAX_LOCAL_PODS, MAX_ROUTES, names},
+    nat::{FlowKey, MAX_NAT_ENTRIES, NatEntry, NatReverse},
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{ebpf::Counters, snat};
+
+/// What the agent itself counts (the rest is in the maps).
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    pub collection_runs: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+#[derive(Debug)]
+struct DataPath {
+    pins: PathBuf,
+    own: Arc<AgentCounters>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let c = ConstCounter::new(0u64);
+    let mut family = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> std::fmt::Result {
+    let g = ConstGauge::new(0f64);
+    let mut family = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn entries(pins: &std::path::Path, name: &str) -> Option<usize> {
+    let data = MapData::from_pin(pins.join(name)).ok()?;
+    Some(match name {
+        names::ROUTES => {
+            let m = Map::LpmTrie(data);
+            LpmTrie::<_, u32, RouteTarget>::try_from(&m)
+                .ok()?
+                .keys()
+                .count()
+        }
+        names::LOCAL_PODS => {
+            let m = Map::HashMap(data);
+            HashMap::<_, u32, LocalPod>::try_from(&m)
+                .ok()?
+                .keys()
+                .count()
+        }
+        names::NAT_OUT => {
+            let m = Map::HashMap(data);
+            HashMap::<_, FlowKey, NatEntry>::try_from(&m)
+                .ok()?
+                .keys()
+                .count()
+        }
+        _ => {
+            let m = Map::HashMap(data);
+            HashMap::<_, FlowKey, NatReverse>::try_from(&m)
+                .ok()?
+                .keys()
+                .count()
+        }
+    })
+}
+
+impl Collector for DataPath {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        if let Ok(c) = Counters::read_pinned(&self.pins) {
+            let rows = |f: fn(&crate::ebpf::PathStat) -> u64| -> Vec<(Labels, u64)> {
+                c.paths
+                    .iter()
+                    .map(|p| (vec![("path", p.path.to_string())], f(p)))
+                    .collect()
+            };
+            counter(
+                &mut enc,
+                "netplane_path_packets",
+                "Packets the data path sent each way.",
+                &rows(|p| p.packets),
+            )?;
+            counter(
+                &mut enc,
+                "netplane_path_bytes",
+                "Bytes the data path sent each way.",
+                &rows(|p| p.bytes),
+            )?;
+            let drops: Vec<(Labels, u64)> = c
+                .drops
+                .iter()
+                .map(|d| {
+                    (
+                        vec![
+                            ("reason", d.reason.to_string()),
+                            ("code", d.code.to_string()),
+                        ],
+                        d.packets,
+                    )
+                })
+                .collect();
+            counter(
+                &mut enc,
+                "netplane_drops",
+                "Packets dropped, by numbered reason.",
+                &drops,
+            )?;
+        }
+        if let Ok(slots) = snat::slot_use(&self.pins) {
+            let lab = |s: &snat::SlotUse| {
+                vec![
+                    ("snat_ip", s.snat_ip.to_string()),
+                    ("ports", s.ports.clone()),
+                ]
+            };
+            let alloc: Vec<_> = slots.iter().map(|s| (lab(s), s.allocated as f64)).collect();
+            let cap: Vec<_> = slots
+                .iter()
+                .map(|s| (lab(s), f64::from(s.capacity)))
+                .collect();
+            let fails: Vec<_> = slots.iter().map(|s| (lab(s), s.failures)).collect();
+            gauge(
+                &mut enc,
+                "netplane_snat_ports_allocated",
+                "SNAT ports in use per SNAT IP and block.",
+                &alloc,
+            )?;
+            gauge(
+                &mut enc,
+                "netplane_snat_ports_capacity",
+                "SNAT ports per SNAT IP and block.",
+                &cap,
+            )?;
+            counter(
+                &mut enc,
+                "netplane_snat_allocation_failures",
+                "New flows refused for want of a port.",
+                &fails,
+            )?;
+        }
+        let nat = entries(&self.pins, names::NAT_OUT).unwrap_or(0);
+        gauge(
+            &mut enc,
+            "netplane_nat_entries",
+            "Live translations.",
+            &[(vec![], nat as f64)],
+        )?;
+        let fill: Vec<(Labels, f64)> = [
+            (names::ROUTES, MAX_ROUTES),
+            (names::LOCAL_PODS, MAX_LOCAL_PODS),
+            (names::NAT_OUT, MAX_NAT_ENTRIES),
+            (names::NAT_IN, MAX_NAT_ENTRIES),
+        ]
+        .iter()
+        .filter_map(|(name, max)| {
+            Some((
+                vec![("map", name.to_string())],
+                entries(&self.pins, name)? as f64 / f64::from(*max),
+            ))
+        })
+        .collect();
+        gauge(
+            &mut enc,
+            "netplane_map_fill_ratio",
+            "Entries over capacity, per map.",
+            &fill,
+        )?;
+        let runs = self.own.collection_runs.load(Ordering::Relaxed);
+        let expired = self.own.expired.load(Ordering::Relaxed);
+        counter(
+            &mut enc,
+            "netplane_collection_runs",
+            "Passes of the expired-translation collector.",
+            &[(vec![], runs)],
+        )?;
+        counter(
+            &mut enc,
+            "netplane_nat_expired",
+            "Translations expired and their ports returned.",
+            &[(vec![], expired)],
+        )?;
+        Ok(())
+    }
+}
+
+/// The metrics text of an agent (Prometheus text exposition format).
+pub fn render(pins: PathBuf, own: Arc<AgentCounters>) -> Result<String> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DataPath { pins, own }));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Serves GET /metrics on `addr` from a thread (in the agent's network
+/// namespace: the thread inherits it).
+pub fn serve(addr: SocketAddr, pins: PathBuf, own: Arc<AgentCounters>) -> Result<()> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("listening for metrics on {addr}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let resp = if req.url() == "/metrics" {
+                    match render(pins.clone(), Arc::clone(&own)) {
+                        Ok(body) => tiny_http::Response::from_string(body).with_header(
+                            "Content-Type: text/plain; version=0.0.4; charset=utf-8"
+                                .parse::<tiny_http::Header>()
+                                .expect("static header"),
+                        ),
+                        Err(e) => {
+                            tiny_http::Response::from_string(format!("{e:#}")).with_status_code(500)
+                        }
+                    }
+                } else {
+                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                };
+                let _ = req.respond(resp);
+            }
+        })?;
+    Ok(())
+}
