@@ -191,6 +191,12 @@ fn lab_end_to_end() {
         "{st}"
     );
 
+    // Every pod attached by the CNI plugin is in its node's data path.
+    let pods: Value = serde_json::from_str(&ok(&["pods", "--json"])).unwrap();
+    let pods = pods["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 4, "{pods:?}");
+    assert!(pods.iter().all(|p| p["in_data_path"] == true), "{pods:?}");
+
     // No kernel forwarding state: no pod routes, no bridge, no NAT rules in nodes.
     for node in ["np-node-0", "np-node-1"] {
         let routes = Command::new("ip")

@@ -76,6 +76,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Pods per node: name, IP, node, host interface, and whether the
+    /// node's data path has registered them.
+    Pods {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The route table (the UDR) each agent has loaded, as Azure shows one.
     Routes {
         #[arg(long)]
@@ -254,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Lab { command } => return lab_cmd(command),
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Routes { node, json } => routes(node, json)?,
+        Cmd::Pods { node, json } => pods(node, json)?,
         Cmd::Nat { node, json } => nat(node, json)?,
         Cmd::Ports { node, json } => ports(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
@@ -509,6 +518,54 @@ fn routes(node: Option<String>, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
+        );
+    }
+    Ok(())
+}
+
+fn pods(node: Option<String>, json: bool) -> Result<()> {
+    let cluster = running_cluster()?;
+    let nodes: Vec<String> = match node {
+        Some(n) => vec![n],
+        None => cluster.nodes().into_iter().map(|n| n.name).collect(),
+    };
+    let mut rows = Vec::new();
+    for n in &nodes {
+        let registered = netplane::ebpf::pinned_pod_ips(&paths::pins(n)).unwrap_or_default();
+        for p in netplane::pods::registered(n)? {
+            rows.push(serde_json::json!({
+                "pod": p.name,
+                "ip": p.ip.to_string(),
+                "node": p.node,
+                "interface": p.host_ifname,
+                "netns": p.netns,
+                "in_data_path": registered.contains(&p.ip),
+            }));
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "pods": rows }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<14} {:<10} {:<12} in data path",
+        "pod", "ip", "node", "interface"
+    );
+    for r in &rows {
+        println!(
+            "{:<12} {:<14} {:<10} {:<12} {}",
+            r["pod"].as_str().unwrap_or("?"),
+            r["ip"].as_str().unwrap_or("?"),
+            r["node"].as_str().unwrap_or("?"),
+            r["interface"].as_str().unwrap_or("?"),
+            if r["in_data_path"] == true {
+                "yes"
+            } else {
+                "NO"
+            }
         );
     }
     Ok(())
