@@ -662,15 +662,16 @@ fn ports(node: Option<String>, json: bool) -> Result<()> {
             "SNAT IP", "ports", "block of", "capacity", "allocated", "peak", "failures"
         );
         for r in &rows {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
             println!(
                 "  {:<15} {:<12} {:<10} {:>9} {:>10} {:>8} {:>9}",
                 r["snat_ip"].as_str().unwrap_or("?"),
                 r["ports"].as_str().unwrap_or("?"),
                 r["block_of"].as_str().unwrap_or("?"),
-                r["capacity"],
-                r["allocated"],
-                r["peak"],
-                r["failures"]
+                n("capacity"),
+                n("allocated"),
+                n("peak"),
+                n("failures")
             );
         }
     }
