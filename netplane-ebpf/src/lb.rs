@@ -29,6 +29,9 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
     if cfg.subnet != 0 && ip.dst & cfg.subnet_mask == cfg.subnet {
         return Ok(PASS); // inside the VNet: for this host itself
     }
+    if packet::multicast_or_broadcast(ip.dst) {
+        return Ok(PASS); // the segment's own chatter (IGMP, ...), not egress
+    }
     let first = unsafe { LB_BACKENDS.get(ip.src) }
         .copied()
         .ok_or(DropReason::LbUnknownBackend)?;

@@ -105,6 +105,13 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     })
 }
 
+/// 224.0.0.0/4 or 255.255.255.255 (a map-key form address).
+#[inline(always)]
+pub fn multicast_or_broadcast(ip: u32) -> bool {
+    let first = ip.to_ne_bytes()[0];
+    (224..240).contains(&first) || ip == u32::MAX
+}
+
 /// The TTL as seen by this hop (0 if the header is gone).
 #[inline(always)]
 pub fn ttl(ctx: &impl Frame) -> u8 {

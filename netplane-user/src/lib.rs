@@ -11,4 +11,5 @@ pub mod plan;
 pub mod pods;
 pub mod snat;
 pub mod sys;
+pub mod trace;
 pub mod whoami;

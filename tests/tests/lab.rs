@@ -418,3 +418,118 @@ fn metrics_are_valid_and_move_with_traffic() {
         "{lb}"
     );
 }
+
+/// `netplane trace --json`: (the hosts of its hops, its outcome, the reply's).
+fn trace(args: &[&str]) -> (Vec<String>, String, Option<String>) {
+    let mut a = vec!["trace"];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let t: Value = serde_json::from_str(&ok(&a)).unwrap();
+    let hosts = t["forward"]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            format!(
+                "{}/{}",
+                h["host"].as_str().unwrap(),
+                h["program"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let outcome = t["forward"]["outcome"].as_str().unwrap().to_string();
+    let reply = t["reply"]["outcome"].as_str().map(String::from);
+    (hosts, outcome, reply)
+}
+
+/// What the agents hold: counters, translations, ports.
+fn live_state() -> String {
+    let mut s = String::new();
+    for cmd in [
+        &["stats", "--json"][..],
+        &["nat", "--json"],
+        &["ports", "--json"],
+    ] {
+        s.push_str(&ok(cmd));
+    }
+    s
+}
+
+/// trace's walks match what the lab does, and tracing changes nothing.
+#[test]
+fn trace_matches_the_lab_and_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let before = live_state();
+    let same = trace(&["pod-0-0", "pod-0-1:7000/tcp"]);
+    let cross = trace(&["pod-0-0", "pod-1-0"]);
+    let egress = trace(&["pod-0-0", "inet:7000/tcp"]);
+    let spoofed = trace(&["pod-0-0", "pod-1-0", "--source-ip", "10.244.0.99"]);
+    assert_eq!(
+        live_state(),
+        before,
+        "tracing changed counters, translations or ports"
+    );
+
+    assert_eq!(
+        same,
+        (
+            vec!["node-0/from_pod".to_string()],
+            "delivered to pod-0-1".into(),
+            None
+        )
+    );
+    assert_eq!(
+        cross,
+        (
+            vec!["node-0/from_pod".to_string(), "node-1/from_uplink".into()],
+            "delivered to pod-1-0".into(),
+            None
+        )
+    );
+    assert_eq!(egress.0, ["node-0/from_pod", "lb/lb_from_vnet"]);
+    assert!(egress.1.contains("delivered to inet"), "{egress:?}");
+    assert_eq!(egress.2.as_deref(), Some("delivered to pod-0-0"));
+    assert_eq!(spoofed.1, "dropped at node-0: spoofed_source");
+
+    // And the lab does just that.
+    assert!(ping("pod-0-0", &["-c", "1", "10.244.1.2"]).status.success());
+    assert_tcp_preserves_source("pod-0-0", "10.244.0.2", "pod-0-1", "10.244.0.3");
+    let server = whoami_server("inet");
+    let bin = netplane_bin();
+    let out = exec(
+        "pod-0-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            "203.0.113.10:7000",
+            "--json",
+        ],
+    );
+    server.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        answer["seen_as"]
+            .as_str()
+            .unwrap()
+            .starts_with("198.51.100.10:")
+    );
+    let before = counter(&stats("node-0"), "drop", "spoofed_source");
+    assert!(
+        exec(
+            "pod-0-0",
+            &["ip", "addr", "add", "10.244.0.99/32", "dev", "eth0"]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        !ping("pod-0-0", &["-c", "1", "-I", "10.244.0.99", "10.244.1.2"])
+            .status
+            .success()
+    );
+    assert!(counter(&stats("node-0"), "drop", "spoofed_source") > before);
+}

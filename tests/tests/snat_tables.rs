@@ -505,6 +505,15 @@ fn load_balancer_translates_within_each_nodes_block() {
         TC_ACT_SHOT
     );
     assert_eq!(drops(&mut dp, DropReason::LbUnknownBackend), d + 1);
+    // Multicast on the segment (an IGMP report, say) is not egress.
+    let igmp = tcp_port(
+        [0, 0, 0, 0],
+        0,
+        [224, 0, 0, 22],
+        0,
+        (UPLINK_MAC, PEER_NODE_MAC),
+    );
+    assert_eq!(run(&mut dp, programs::LB_FROM_VNET, &igmp).0, TC_ACT_OK);
     // For the load balancer itself (inside the VNet): its own stack.
     let to_self = tcp_port(NODE0, 5, GATEWAY, 22, (UPLINK_MAC, PEER_NODE_MAC));
     assert_eq!(run(&mut dp, programs::LB_FROM_VNET, &to_self).0, TC_ACT_OK);

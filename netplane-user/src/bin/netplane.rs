@@ -76,6 +76,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A packet's walk through the lab, hop by hop, computed by the real
+    /// programs on a crafted packet against copies of the live maps.
+    Trace {
+        /// A pod (lab host name or IP).
+        from: String,
+        /// TO[:PORT[/tcp|/udp]]: a lab host or IP; no port: ICMP echo.
+        to: String,
+        /// Send with this source address instead of the pod's (spoofing).
+        #[arg(long)]
+        source_ip: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pods per node: name, IP, node, host interface, and whether the
     /// node's data path has registered them.
     Pods {
@@ -263,6 +276,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Routes { node, json } => routes(node, json)?,
         Cmd::Pods { node, json } => pods(node, json)?,
+        Cmd::Trace {
+            from,
+            to,
+            source_ip,
+            json,
+        } => {
+            let state = lab::load_state()?.context("the lab is down: run `netplane lab up`")?;
+            let t = netplane::trace::trace(&state, &from, &to, source_ip)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", t.render());
+            }
+        }
         Cmd::Nat { node, json } => nat(node, json)?,
         Cmd::Ports { node, json } => ports(node, json)?,
         Cmd::Validate { file, json } => return validate(&file, json),
