@@ -97,13 +97,21 @@ pub fn run() -> Result<()> {
     let ports = Command::new(np).args(["ports", "--node", "lb"]).output()?;
     print!("{}", indent(&String::from_utf8_lossy(&ports.stdout)));
 
+    section("7. Why it went that way: the real programs on a crafted packet, nothing changed");
+    println!("$ netplane trace pod-0-0 inet:7000/tcp");
+    let t = Command::new(np)
+        .args(["trace", "pod-0-0", "inet:7000/tcp"])
+        .output()?;
+    print!("{}", indent(&String::from_utf8_lossy(&t.stdout)));
+
     println!(
         "\nThe lab stays up. Explore it:\n  \
          {np} lab status\n  \
          {np} lab exec pod-0-0 -- ping -c3 10.244.1.3\n  \
          {np} lab exec node-0 -- tcpdump -ni eth0   # pod IPs on the wire between nodes, no NAT\n  \
          {np} stats\n  \
-         {np} nat; {np} ports   # translations and SNAT port blocks\n\
+         {np} nat; {np} ports   # translations and SNAT port blocks\n  \
+         {np} trace pod-0-1 pod-1-1:80/tcp   # any packet's walk, hop by hop\n\
          Tear it down:\n  \
          {np} lab down"
     );
