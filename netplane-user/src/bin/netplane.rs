@@ -382,6 +382,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Pretty JSON on stdout, for `--json`.
+fn print_json(v: serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn progress(line: &str) {
     eprintln!("  {line}");
 }
@@ -542,10 +548,7 @@ fn routes(node: Option<String>, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
-        );
+        print_json(serde_json::json!({ "nodes": all }))?;
     }
     Ok(())
 }
@@ -571,10 +574,7 @@ fn pods(node: Option<String>, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "pods": rows }))?
-        );
+        print_json(serde_json::json!({ "pods": rows }))?;
         return Ok(());
     }
     println!(
@@ -638,10 +638,7 @@ fn nat(node: Option<String>, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "agents": all }))?
-        );
+        print_json(serde_json::json!({ "agents": all }))?;
     }
     Ok(())
 }
@@ -703,10 +700,7 @@ fn ports(node: Option<String>, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "agents": all }))?
-        );
+        print_json(serde_json::json!({ "agents": all }))?;
     }
     Ok(())
 }
@@ -735,10 +729,7 @@ fn stats(node: Option<String>, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "nodes": all }))?
-        );
+        print_json(serde_json::json!({ "nodes": all }))?;
     }
     Ok(())
 }
