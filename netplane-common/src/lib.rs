@@ -6,6 +6,7 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod events;
 pub mod limits;
 pub mod maps;
 pub mod nat;

@@ -10,8 +10,10 @@ pub mod names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const DROPS: &str = "DROPS";
     pub const PATHS: &str = "PATHS";
-    pub use crate::nat::names::*;
-    pub const ALL: [&str; 15] = [
+    pub use crate::{events::names::*, nat::names::*};
+    /// Pinned maps (PORT_HINTS and EVENT_BUDGET are per load: a hint and a
+    /// rate limiter).
+    pub const ALL: [&str; 17] = [
         ROUTES,
         LOCAL_PODS,
         NODE_CONFIG,
@@ -27,6 +29,8 @@ pub mod names {
         LB_BACKENDS,
         LB_FRONTENDS,
         PORT_OWNED,
+        FLOW_EVENTS,
+        EVENTS_SUPPRESSED,
     ];
 }
 

@@ -12,10 +12,11 @@ pub fn count_drop(reason: DropReason) {
     }
 }
 
-/// Counts the drop and returns the TC verdict that drops.
+/// Counts the drop, reports it, and returns the TC verdict that drops.
 #[inline(always)]
-pub fn drop(reason: DropReason) -> i32 {
+pub fn drop(ctx: &TcContext, reason: DropReason) -> i32 {
     count_drop(reason);
+    crate::events::dropped(ctx, reason);
     TC_ACT_SHOT
 }
 

@@ -15,7 +15,7 @@ const PASS: i32 = TC_ACT_OK;
 
 /// TC ingress on the VNet side: backends' traffic to the internet.
 pub fn lb_from_vnet(ctx: &TcContext) -> i32 {
-    try_from_vnet(ctx).unwrap_or_else(drop)
+    try_from_vnet(ctx).unwrap_or_else(|r| drop(ctx, r))
 }
 
 #[inline(always)]
@@ -50,7 +50,7 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
 /// TC ingress on the internet side: replies to frontend IPs go back to
 /// their node; anything else sent to a frontend IP is dropped.
 pub fn lb_from_internet(ctx: &TcContext) -> i32 {
-    try_from_internet(ctx).unwrap_or_else(drop)
+    try_from_internet(ctx).unwrap_or_else(|r| drop(ctx, r))
 }
 
 #[inline(always)]

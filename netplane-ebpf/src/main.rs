@@ -14,6 +14,7 @@
 
 mod arp;
 mod counters;
+mod events;
 mod lb;
 mod maps;
 mod nat;

@@ -270,6 +270,17 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     let next = (port as u32 - s.port_lo as u32 + 1) % size;
     let _ = PORT_HINTS.insert(dest, next, 0);
     let _ = PORT_OWNED.insert(owned_key(s.nat_ip, port, key.proto), 1, 0);
+    crate::events::emit(netplane_common::events::FlowEvent {
+        kind: netplane_common::events::kind::TRANSLATION,
+        proto: key.proto,
+        src_ip: key.src_ip,
+        dst_ip: key.dst_ip,
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        nat_ip: s.nat_ip,
+        nat_port: port,
+        ..Default::default()
+    });
     Ok(Some(entry))
 }
 

@@ -1,6 +1,10 @@
 //! TC ingress on the host side of a pod's veth: everything a pod sends.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netplane_common::{DropReason, Path};
+use netplane_common::{
+    DropReason, Path,
+    events::{FlowEvent, kind},
+    nat::PROTO_TCP,
+};
 
 use crate::{
     arp,
@@ -12,7 +16,7 @@ use crate::{
 pub fn from_pod(ctx: &TcContext) -> i32 {
     match try_from_pod(ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop(reason),
+        Err(reason) => drop(ctx, reason),
     }
 }
 
@@ -35,6 +39,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         _ => return Err(DropReason::SpoofedSource),
     }
 
+    if ip.proto == PROTO_TCP && cfg.in_cluster(ip.dst) {
+        report_new_tcp(ctx, &ip);
+    }
     // Same node: kubenet bridges these (L2, TTL kept).
     if let Some(pod) = route::local_pod(ip.dst) {
         return Ok(route::deliver_peer(ctx, eth, pod, Path::SameNode));
@@ -51,4 +58,25 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(verdict);
     }
     Ok(route::to_node(ctx, cfg, owner, Path::ToRemoteNode))
+}
+
+/// A pod opening a TCP connection inside the cluster (a SYN without ACK):
+/// a new-flow event. Translated flows report their translation instead.
+#[inline(always)]
+fn report_new_tcp(ctx: &TcContext, ip: &packet::Ipv4) {
+    let Ok(h) = ctx.load::<[u8; 14]>(ip.l4_off) else {
+        return;
+    };
+    if h[13] & 0x12 != 0x02 {
+        return;
+    }
+    crate::events::emit(FlowEvent {
+        kind: kind::NEW_FLOW,
+        proto: PROTO_TCP,
+        src_ip: ip.src,
+        dst_ip: ip.dst,
+        src_port: u16::from_be_bytes([h[0], h[1]]),
+        dst_port: u16::from_be_bytes([h[2], h[3]]),
+        ..Default::default()
+    });
 }

@@ -18,7 +18,7 @@ const PASS: i32 = TC_ACT_OK;
 pub fn from_uplink(ctx: &TcContext) -> i32 {
     match try_from_uplink(ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop(reason),
+        Err(reason) => drop(ctx, reason),
     }
 }
 
@@ -54,7 +54,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
 pub fn to_uplink(ctx: &TcContext) -> i32 {
     match try_to_uplink(ctx) {
         Ok(verdict) => verdict,
-        Err(reason) => drop(reason),
+        Err(reason) => drop(ctx, reason),
     }
 }
 

@@ -312,6 +312,7 @@ fn serve(
         "data path attached"
     );
 
+    let mut events = crate::flows::EventLog::open(name, &mut dp)?;
     let mut config_mtime = mtime(opts.config.as_deref());
     let mut last_collect = Instant::now();
     let result = (|| {
@@ -333,14 +334,20 @@ fn serve(
                 }
             }
             role.tick(&mut dp, &hooks)?;
+            events.drain();
             if last_collect.elapsed() >= COLLECT_INTERVAL {
                 last_collect = Instant::now();
-                let (expired, _) =
+                let expired =
                     snat::collect(&mut dp, &role.timeouts(&cluster), snat::monotonic_ns())?;
                 own.collection_runs.fetch_add(1, Ordering::Relaxed);
-                own.expired.fetch_add(expired as u64, Ordering::Relaxed);
-                if expired > 0 {
-                    debug!(expired, "translations expired, ports returned");
+                own.expired
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                if !expired.is_empty() {
+                    debug!(
+                        expired = expired.len(),
+                        "translations expired, ports returned"
+                    );
+                    events.expired(&expired);
                 }
                 snat::record_peaks(name, Path::new(&status.pins))?;
             }

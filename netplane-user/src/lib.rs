@@ -3,6 +3,7 @@ pub mod agent;
 pub mod cluster;
 pub mod cni;
 pub mod ebpf;
+pub mod flows;
 pub mod hooks;
 pub mod lab;
 pub mod metrics;

@@ -242,8 +242,8 @@ pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
 
 /// One collection pass: flows idle past their timeout are removed and their
 /// ports returned (SNAT_FREES, which only this collector writes); owned-port
-/// marks no flow holds any more are cleared. Returns (expired, live).
-pub fn collect(dp: &mut Datapath, t: &Timeouts, now_ns: u64) -> Result<(usize, usize)> {
+/// marks no flow holds any more are cleared. Returns the expired flows.
+pub fn collect(dp: &mut Datapath, t: &Timeouts, now_ns: u64) -> Result<Vec<(FlowKey, NatEntry)>> {
     collect_where(dp, |k, e| {
         now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
     })
@@ -253,7 +253,7 @@ pub fn collect(dp: &mut Datapath, t: &Timeouts, now_ns: u64) -> Result<(usize, u
 pub fn collect_where(
     dp: &mut Datapath,
     mut expired: impl FnMut(&FlowKey, &NatEntry) -> bool,
-) -> Result<(usize, usize)> {
+) -> Result<Vec<(FlowKey, NatEntry)>> {
     let expired: Vec<(FlowKey, NatEntry)> = {
         let out: HashMap<_, FlowKey, NatEntry> = HashMap::try_from(dp.map(names::NAT_OUT)?)?;
         out.iter()
@@ -296,7 +296,7 @@ pub fn collect_where(
     for k in gone {
         owned.remove(&k).ok();
     }
-    Ok((expired.len(), live.len()))
+    Ok(expired)
 }
 
 /// A live translation, for `netplane nat`.

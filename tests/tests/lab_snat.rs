@@ -312,3 +312,70 @@ fn user_defined_routing_leaves_through_the_appliance() {
     assert!(p.status.success());
     std::fs::remove_file(&file).unwrap();
 }
+
+/// A new connection in the lab produces its events: a new flow between
+/// pods, a translation at the node and at the load balancer for egress, and
+/// drops with their reason.
+#[test]
+fn flows_show_new_flows_translations_and_drops() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let server = inet_server(false, 1);
+    ask("pod-0-0", false);
+    server.wait_with_output().unwrap();
+    let pod_server = whoami_server("pod-1-0");
+    let bin = netplane_bin();
+    let out = exec(
+        "pod-0-1",
+        &[bin.to_str().unwrap(), "whoami", "ask", "10.244.1.2:7000"],
+    );
+    assert!(out.status.success());
+    pod_server.wait_with_output().unwrap();
+    assert!(
+        exec(
+            "pod-0-0",
+            &["ip", "addr", "add", "10.244.0.99/32", "dev", "eth0"]
+        )
+        .status
+        .success()
+    );
+    let _ = exec(
+        "pod-0-0",
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "10.244.0.99",
+            "10.244.1.2",
+        ],
+    );
+
+    let events = || -> Vec<Value> {
+        ok(&["flows", "--json", "--last", "1000"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let has = |evs: &[Value], agent: &str, event: &str, f: &dyn Fn(&Value) -> bool| {
+        evs.iter()
+            .any(|e| e["agent"] == agent && e["event"] == event && f(e))
+    };
+    wait_until("the agents to log the events", || {
+        let evs = events();
+        has(&evs, "node-0", "translation", &|e| {
+            e["src"].as_str().unwrap().starts_with("10.244.0.2:")
+                && e["translated"].as_str().unwrap().starts_with("10.224.0.4:")
+        }) && has(&evs, "lb", "translation", &|e| {
+            e["translated"].as_str().unwrap().starts_with(FRONTEND)
+        }) && has(&evs, "node-0", "new_flow", &|e| {
+            e["src"].as_str().unwrap().starts_with("10.244.0.3:") && e["dst"] == "10.244.1.2:7000"
+        }) && has(&evs, "node-0", "drop", &|e| {
+            e["reason"] == "spoofed_source" && e["src"] == "10.244.0.99"
+        })
+    });
+}

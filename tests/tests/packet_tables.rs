@@ -450,3 +450,48 @@ fn uplink_xdp_table() {
         ],
     );
 }
+
+/// Drops report events through the ring buffer, rate-limited per CPU: a
+/// burst of 6,000 spoofed packets reports at most the bucket's 2,000 (plus
+/// what the elapsed time earns) and counts the rest as suppressed.
+#[test]
+fn drop_events_are_reported_and_rate_limited() {
+    use netplane_common::events::{EVENT_BURST, FlowEvent, kind, names};
+    if !privileged() {
+        return;
+    }
+    let mut dp = node0_datapath();
+    let spoofed = tcp(POD_A_MAC, POD_A_HOST_MAC, [10, 244, 0, 99], POD_B, 64);
+    let sent = 6_000u64;
+    for _ in 0..sent {
+        let (res, _) = test_run(&mut dp, programs::FROM_POD, &spoofed, 0).unwrap();
+        assert_eq!(res.return_value, TC_ACT_SHOT);
+    }
+    let suppressed: u64 = {
+        let m = dp.map(names::EVENTS_SUPPRESSED).unwrap();
+        let a: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(m).unwrap();
+        a.get(&0, 0).unwrap().iter().sum()
+    };
+    let mut ring =
+        aya::maps::RingBuf::try_from(dp.bpf.take_map(names::FLOW_EVENTS).unwrap()).unwrap();
+    let mut reported = 0u64;
+    while let Some(item) = ring.next() {
+        let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
+        assert_eq!(
+            (ev.kind, ev.code),
+            (kind::DROP, DropReason::SpoofedSource as u16)
+        );
+        assert_eq!(ev.src_ip.to_ne_bytes(), [10, 244, 0, 99]);
+        reported += 1;
+    }
+    assert_eq!(
+        reported + suppressed,
+        sent,
+        "every drop is reported or counted as suppressed"
+    );
+    assert!(reported >= EVENT_BURST, "the burst is reported: {reported}");
+    assert!(
+        suppressed > 0,
+        "the rate limit held nothing back ({reported} reported)"
+    );
+}

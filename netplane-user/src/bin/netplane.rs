@@ -89,6 +89,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Flow events: new flows, translations, drops (with reason) and
+    /// expiries, from every agent (or one).
+    Flows {
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long = "for")]
+        for_secs: Option<u64>,
+        /// Events shown from each log first.
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pods per node: name, IP, node, host interface, and whether the
     /// node's data path has registered them.
     Pods {
@@ -276,6 +294,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Routes { node, json } => routes(node, json)?,
         Cmd::Pods { node, json } => pods(node, json)?,
+        Cmd::Flows {
+            node,
+            follow,
+            for_secs,
+            last,
+            json,
+        } => {
+            let agents = pinned_nodes(node)?;
+            netplane::flows::show(
+                &agents,
+                last,
+                follow,
+                for_secs.map(Duration::from_secs),
+                &mut |v| {
+                    if json {
+                        println!("{v}");
+                    } else {
+                        println!("{}", netplane::flows::render(v));
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                },
+            )?;
+        }
         Cmd::Trace {
             from,
             to,

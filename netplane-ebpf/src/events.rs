@@ -1,0 +1,69 @@
+//! Flow events to the agent, through a ring buffer, rate-limited per CPU.
+//! Only new flows, translations and drops report: an established flow's
+//! packets never come here.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use netplane_common::{
+    DropReason,
+    events::{EVENT_BURST, EVENT_RING_BYTES, EVENTS_PER_SEC_PER_CPU, EventBudget, FlowEvent, kind},
+};
+
+use crate::packet::{ETH_P_IP, IP_SRC_OFF};
+
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Events not reported for want of budget (or ring space), per CPU.
+#[map]
+pub static EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reports an event if this CPU's budget allows.
+#[inline(always)]
+pub fn emit(mut ev: FlowEvent) {
+    let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let b = unsafe { &mut *b };
+    let earned = now.saturating_sub(b.last_ns) * EVENTS_PER_SEC_PER_CPU / 1_000_000_000;
+    if earned > 0 {
+        b.tokens = (b.tokens + earned).min(EVENT_BURST);
+        b.last_ns = now;
+    }
+    if b.tokens == 0 || {
+        ev.ts_ns = now;
+        FLOW_EVENTS.output::<FlowEvent>(&ev, 0).is_err()
+    } {
+        if let Some(s) = EVENTS_SUPPRESSED.get_ptr_mut(0) {
+            unsafe { *s += 1 };
+        }
+        return;
+    }
+    b.tokens -= 1;
+}
+
+/// A drop, with the packet's addresses when it is IPv4.
+#[inline(always)]
+pub fn dropped(ctx: &TcContext, reason: DropReason) {
+    let mut ev = FlowEvent {
+        kind: kind::DROP,
+        code: reason as u16,
+        ..Default::default()
+    };
+    let ethertype: Result<[u8; 2], _> = ctx.load(12);
+    if ethertype.is_ok_and(|t| u16::from_be_bytes(t) == ETH_P_IP)
+        && let Ok(a) = ctx.load::<[u8; 8]>(IP_SRC_OFF)
+    {
+        ev.src_ip = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        ev.dst_ip = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+        ev.proto = ctx.load::<u8>(IP_SRC_OFF - 3).unwrap_or(0);
+    }
+    emit(ev);
+}

@@ -1,0 +1,230 @@
+//! Flow events: the agent drains the data path's ring buffer (new flows,
+//! translations, drops) and adds its own (expiries) to a JSON-lines log per
+//! agent; `netplane flows` reads and follows those logs.
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Seek, SeekFrom, Write},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use netplane_common::{
+    DropReason,
+    events::{FlowEvent, kind, names},
+    nat::{FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+};
+use serde_json::{Value, json};
+
+use crate::{ebpf::Datapath, paths};
+
+/// A log is rotated (to `.1`) past this size.
+pub const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+pub fn log_path(agent: &str) -> PathBuf {
+    paths::node_dir(agent).join("flows.jsonl")
+}
+
+/// The agent's end: the ring buffer and the log it writes.
+pub struct EventLog {
+    agent: String,
+    ring: Option<RingBuf<MapData>>,
+}
+
+impl EventLog {
+    pub fn open(agent: &str, dp: &mut Datapath) -> Result<EventLog> {
+        let ring = match dp.bpf.take_map(names::FLOW_EVENTS) {
+            Some(m) => Some(RingBuf::try_from(m)?),
+            None => None,
+        };
+        Ok(EventLog {
+            agent: agent.to_string(),
+            ring,
+        })
+    }
+
+    /// Moves what the data path reported into the log.
+    pub fn drain(&mut self) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let mut lines = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                // SAFETY: the data path writes whole FlowEvents.
+                let ev: FlowEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
+                lines.push(to_json(&self.agent, &ev));
+            }
+        }
+        self.append(&lines);
+    }
+
+    /// Expired translations, as expiry events.
+    pub fn expired(&mut self, flows: &[(FlowKey, NatEntry)]) {
+        let now = crate::snat::monotonic_ns();
+        let lines: Vec<Value> = flows
+            .iter()
+            .map(|(k, e)| {
+                to_json(
+                    &self.agent,
+                    &FlowEvent {
+                        kind: kind::EXPIRY,
+                        proto: k.proto,
+                        src_ip: k.src_ip,
+                        dst_ip: k.dst_ip,
+                        src_port: k.src_port,
+                        dst_port: k.dst_port,
+                        nat_ip: e.nat_ip,
+                        nat_port: e.nat_port,
+                        ts_ns: now,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        self.append(&lines);
+    }
+
+    fn append(&self, lines: &[Value]) {
+        if lines.is_empty() {
+            return;
+        }
+        let path = log_path(&self.agent);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            let _ = std::fs::rename(&path, path.with_extension("jsonl.1"));
+        }
+        let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) else {
+            return;
+        };
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&l.to_string());
+            text.push('\n');
+        }
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+fn addr(ip: u32) -> Ipv4Addr {
+    Ipv4Addr::from(ip.to_ne_bytes())
+}
+
+fn endpoint(ip: u32, port: u16, proto: u8) -> String {
+    match proto {
+        PROTO_TCP | PROTO_UDP => format!("{}:{port}", addr(ip)),
+        _ => addr(ip).to_string(),
+    }
+}
+
+/// One event as a JSON object.
+pub fn to_json(agent: &str, ev: &FlowEvent) -> Value {
+    let proto = match ev.proto {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "other",
+    };
+    let mut v = json!({
+        "agent": agent,
+        "ts_ns": ev.ts_ns,
+        "proto": proto,
+        "src": endpoint(ev.src_ip, ev.src_port, ev.proto),
+        "dst": endpoint(ev.dst_ip, ev.dst_port, ev.proto),
+    });
+    match ev.kind {
+        kind::NEW_FLOW => v["event"] = "new_flow".into(),
+        kind::TRANSLATION => {
+            v["event"] = "translation".into();
+            v["translated"] = endpoint(ev.nat_ip, ev.nat_port, ev.proto).into();
+        }
+        kind::EXPIRY => {
+            v["event"] = "expiry".into();
+            v["translated"] = endpoint(ev.nat_ip, ev.nat_port, ev.proto).into();
+        }
+        _ => {
+            v["event"] = "drop".into();
+            v["code"] = ev.code.into();
+            v["reason"] = DropReason::ALL
+                .iter()
+                .find(|r| **r as u16 == ev.code)
+                .map_or("unknown", |r| r.name())
+                .into();
+        }
+    }
+    v
+}
+
+/// A line for people.
+pub fn render(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let what = match s("event").as_str() {
+        "translation" => format!("translated to {}", s("translated")),
+        "expiry" => format!("expired (was {})", s("translated")),
+        "drop" => format!("dropped: {} ({})", s("reason"), v["code"]),
+        _ => "new flow".into(),
+    };
+    format!(
+        "{:<9} {:<12} {:<5} {:<22} -> {:<22} {what}",
+        s("agent"),
+        s("event"),
+        s("proto"),
+        s("src"),
+        s("dst")
+    )
+}
+
+/// Reads the logs of `agents` (the last `last` events each), then with
+/// `follow` keeps printing new events until `until` (or forever).
+pub fn show(
+    agents: &[String],
+    last: usize,
+    follow: bool,
+    until: Option<Duration>,
+    out: &mut dyn FnMut(&Value),
+) -> Result<()> {
+    let mut readers: Vec<(PathBuf, u64)> = Vec::new();
+    for a in agents {
+        let path = log_path(a);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(last)..] {
+            if let Ok(v) = serde_json::from_str::<Value>(l) {
+                out(&v);
+            }
+        }
+        readers.push((path, text.len() as u64));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let deadline = until.map(|d| Instant::now() + d);
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        for (path, offset) in &mut readers {
+            let Ok(mut f) = File::open(&*path) else {
+                continue;
+            };
+            let len = f.metadata()?.len();
+            if len < *offset {
+                *offset = 0; // rotated
+            }
+            f.seek(SeekFrom::Start(*offset))?;
+            let mut reader = BufReader::new(f);
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                if !line.ends_with('\n') {
+                    break; // a line still being written
+                }
+                *offset += line.len() as u64;
+                if let Ok(v) = serde_json::from_str::<Value>(line.trim_end()) {
+                    out(&v);
+                }
+                line.clear();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
