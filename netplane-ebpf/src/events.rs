@@ -2,6 +2,7 @@
 //! Only new flows, translations and drops report: an established flow's
 //! packets never come here.
 use aya_ebpf::{
+    Global,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -13,6 +14,10 @@ use netplane_common::{
 };
 
 use crate::packet::{ETH_P_IP, IP_SRC_OFF};
+
+/// 0: report nothing (set by the loader; the benchmark compares both).
+#[unsafe(no_mangle)]
+static FLOW_EVENTS_ON: Global<u8> = Global::new(1);
 
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -27,6 +32,9 @@ pub static EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1
 /// Reports an event if this CPU's budget allows.
 #[inline(always)]
 pub fn emit(mut ev: FlowEvent) {
+    if FLOW_EVENTS_ON.load() == 0 {
+        return;
+    }
     let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };

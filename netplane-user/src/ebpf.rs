@@ -42,7 +42,14 @@ impl Datapath {
     /// Loads the object. With `pin_dir`, every map is pinned there by name,
     /// or adopted if a pin of that name exists.
     pub fn load(pin_dir: Option<&FsPath>) -> Result<Self> {
+        Self::load_with(pin_dir, true)
+    }
+
+    /// As `load`, choosing whether the programs report flow events.
+    pub fn load_with(pin_dir: Option<&FsPath>, flow_events: bool) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        let on = u8::from(flow_events);
+        loader.override_global("FLOW_EVENTS_ON", &on, true);
         let pins: Vec<(&str, PathBuf)> = pin_dir
             .map(|dir| names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
             .unwrap_or_default();
@@ -142,6 +149,26 @@ impl Datapath {
         };
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
+    }
+
+    /// Average time one run of `prog` on a fresh copy of `frame` takes,
+    /// over `runs` runs, as the kernel measures each (BPF_PROG_TEST_RUN's
+    /// own timing; one run per call, since repeated runs inside one call
+    /// see the frame as the previous run left it).
+    pub fn time(&mut self, prog: &str, frame: &[u8], runs: u32) -> Result<std::time::Duration> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut total = std::time::Duration::ZERO;
+        let program = self.classifier(prog)?;
+        for _ in 0..runs {
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            };
+            total += program.test_run(opts)?.duration;
+        }
+        Ok(total / runs.max(1))
     }
 
     /// A private copy of a running agent's data path: the object loaded

@@ -1,85 +1,8 @@
-//! The packet tables' world: node-0 (10.224.0.4) of the default cluster.
-//! Pod A 10.244.0.2 sends from the test's skb ifindex (1, lo, where
-//! BPF_PROG_TEST_RUN puts every packet); pod B 10.244.0.3 lives behind
-//! ifindex 42; node-1 (10.224.0.5) owns 10.244.1.0/24.
-use std::net::Ipv4Addr;
-
+//! The packet tables' world: netplane::fixture (node-0 with pods A and B),
+//! plus running frames through it.
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
-use etherparse::PacketBuilder;
-use ipnet::Ipv4Net;
-use netplane::ebpf::{Datapath, key, put_route};
-use netplane_common::{LocalPod, NodeConfig};
-
-pub const TC_ACT_OK: u32 = 0;
-pub const TC_ACT_SHOT: u32 = 2;
-pub const TC_ACT_REDIRECT: u32 = 7;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-
-pub const NODE0: [u8; 4] = [10, 224, 0, 4];
-pub const NODE1: [u8; 4] = [10, 224, 0, 5];
-pub const POD_A: [u8; 4] = [10, 244, 0, 2];
-pub const POD_B: [u8; 4] = [10, 244, 0, 3];
-pub const REMOTE_POD: [u8; 4] = [10, 244, 1, 5];
-pub const INTERNET: [u8; 4] = [203, 0, 113, 10];
-
-pub const POD_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-pub const POD_A_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
-pub const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
-pub const POD_B_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0b];
-pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x04];
-pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 2, 0x05];
-
-/// A TCP segment with a payload.
-pub fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src, dst, ttl)
-        .tcp(40000, 8080, 1, 64000);
-    let mut out = Vec::new();
-    b.write(&mut out, b"hello netplane").unwrap();
-    out
-}
-
-/// node-0's data path with routes and pods A and B registered.
-pub fn node0_datapath() -> Datapath {
-    let mut dp = Datapath::load(None).expect("load object");
-    dp.set_node(NodeConfig {
-        node_ip: key(NODE0.into()),
-        uplink_ifindex: 1,
-        cluster_cidr: key(Ipv4Addr::new(10, 244, 0, 0)),
-        cluster_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
-    })
-    .unwrap();
-    {
-        let mut routes = dp.routes_map().unwrap();
-        put_route(
-            &mut routes,
-            "10.244.0.0/24".parse::<Ipv4Net>().unwrap(),
-            NODE0.into(),
-        )
-        .unwrap();
-        put_route(
-            &mut routes,
-            "10.244.1.0/24".parse::<Ipv4Net>().unwrap(),
-            NODE1.into(),
-        )
-        .unwrap();
-    }
-    let mut pods = dp.pods_map().unwrap();
-    let a = LocalPod {
-        ifindex: 1,
-        pod_mac: POD_A_MAC,
-        host_mac: POD_A_HOST_MAC,
-    };
-    let b = LocalPod {
-        ifindex: 42,
-        pod_mac: POD_B_MAC,
-        host_mac: POD_B_HOST_MAC,
-    };
-    pods.insert(key(POD_A.into()), a, 0).unwrap();
-    pods.insert(key(POD_B.into()), b, 0).unwrap();
-    dp
-}
+use netplane::ebpf::Datapath;
+pub use netplane::fixture::*;
 
 /// A `struct __sk_buff` prefix for ctx_in: len, pkt_type (must be 0), mark.
 pub fn skb_ctx(mark: u32) -> [u8; 12] {

@@ -168,3 +168,70 @@ fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
     )?;
     Ok(r)
 }
+
+/// `cargo xtask bench-flows`: what reporting flow events costs, per program
+/// run, with the programs built to report and not to (same run, interleaved
+/// rounds, the kernel's own timing of each run).
+pub fn flows(rounds: usize) -> Result<()> {
+    let np = netplane_bin();
+    let out = Command::new(&np)
+        .args([
+            "bench-flow-events",
+            "--rounds",
+            &rounds.to_string(),
+            "--runs",
+            "20000",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-flow-events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cases: Value = serde_json::from_slice(&out.stdout)?;
+    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
+        .trim()
+        .to_string();
+    let mut r = String::new();
+    writeln!(r, "# Flow events: cost per program run\n")?;
+    writeln!(
+        r,
+        "`cargo xtask bench-flows`: `from_pod` on node-0's world (netplane-user/src/fixture.rs) through \
+         BPF_PROG_TEST_RUN, 20,000 runs per case and round, {rounds} interleaved rounds, with the programs \
+         loaded to report flow events and not to (`FLOW_EVENTS_ON`); ns per run as the kernel times each \
+         run; kernel {kernel}, shared machine.\n"
+    )?;
+    writeln!(
+        r,
+        "| case | events on: min / median / max | events off: min / median / max | ratio of medians |"
+    )?;
+    writeln!(r, "|---|---|---|---|")?;
+    for c in cases.as_array().context("cases")? {
+        let v = |k: &str| -> Vec<f64> {
+            c[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect()
+        };
+        let (on, off) = (stats(v("events_on")), stats(v("events_off")));
+        writeln!(
+            r,
+            "| {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} |",
+            c["name"].as_str().unwrap_or("?"),
+            on.0,
+            on.1,
+            on.2,
+            off.0,
+            off.1,
+            off.2,
+            on.1 / off.1
+        )?;
+    }
+    println!("{r}");
+    let path = workspace_root().join("docs/bench/flows.md");
+    std::fs::write(&path, r)?;
+    eprintln!("written to {}", path.display());
+    Ok(())
+}

@@ -30,6 +30,11 @@ enum Cmd {
     },
     /// cargo fmt --check and both clippy passes (-D warnings).
     Lint,
+    /// Measure what flow events cost per program run (docs/bench/flows.md).
+    BenchFlows {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Measure TC only against TC + XDP on the uplinks (docs/decisions.md).
     BenchAttach {
         #[arg(long, default_value_t = 5)]
@@ -63,6 +68,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lint => {
             setup::run()?;
             lint()
+        }
+        Cmd::BenchFlows { rounds } => {
+            setup::run()?;
+            build()?;
+            bench::flows(rounds.max(1))
         }
         Cmd::BenchAttach { rounds } => {
             setup::run()?;

@@ -107,6 +107,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks of the loaded programs (BPF_PROG_TEST_RUN); see
+    /// `cargo xtask bench-flows`.
+    #[command(hide = true)]
+    BenchFlowEvents {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Runs per case and round.
+        #[arg(long, default_value_t = 20_000)]
+        runs: u32,
+    },
     /// Pods per node: name, IP, node, host interface, and whether the
     /// node's data path has registered them.
     Pods {
@@ -294,6 +304,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Stats { node, json } => stats(node, json)?,
         Cmd::Routes { node, json } => routes(node, json)?,
         Cmd::Pods { node, json } => pods(node, json)?,
+        Cmd::BenchFlowEvents { rounds, runs } => {
+            let cases = netplane::bench::flow_events(rounds.max(1), runs.max(1))?;
+            println!("{}", serde_json::to_string(&cases)?);
+        }
         Cmd::Flows {
             node,
             follow,
