@@ -1,6 +1,7 @@
 //! The outbound load balancer (or, with userDefinedRouting, the appliance):
 //! node IPs become frontend IPs, each node using only its own port block.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_log_ebpf::warn;
 use netplane_common::{DropReason, Path};
 
 use crate::{
@@ -36,7 +37,18 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
         .copied()
         .ok_or(DropReason::LbUnknownBackend)?;
     let l4 = nat::l4(ctx, &ip, Dir::Out)?;
-    let e = nat::translate_out(&nat::out_key(&ip, &l4), &l4, first, cfg.slots_per_backend)?;
+    let e = nat::translate_out(&nat::out_key(&ip, &l4), &l4, first, cfg.slots_per_backend)
+        .inspect_err(|r| {
+            if *r == DropReason::NatPortsExhausted {
+                warn!(
+                    ctx,
+                    "backend {:i} has no SNAT port left toward {:i}:{}",
+                    u32::from_be(ip.src),
+                    u32::from_be(ip.dst),
+                    l4.dst_port
+                );
+            }
+        })?;
     nat::rewrite(ctx, &l4, true, ip.src, e.nat_ip, l4.src_port, e.nat_port)?;
     count(ctx, Path::LbOut);
     let next_hop = if cfg.outside_gateway != 0 {

@@ -1,5 +1,6 @@
 //! TC ingress on the host side of a pod's veth: everything a pod sends.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_log_ebpf::debug;
 use netplane_common::{
     DropReason, Path,
     events::{FlowEvent, kind},
@@ -36,7 +37,15 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match route::local_pod(ip.src) {
         Some(pod) if pod.ifindex == ifindex => {}
-        _ => return Err(DropReason::SpoofedSource),
+        _ => {
+            debug!(
+                ctx,
+                "spoofed source {:i} on ifindex {}",
+                u32::from_be(ip.src),
+                ifindex
+            );
+            return Err(DropReason::SpoofedSource);
+        }
     }
 
     if ip.proto == PROTO_TCP && cfg.in_cluster(ip.dst) {

@@ -1,6 +1,7 @@
 //! The node's kubenet masquerade: pod traffic leaving the cluster pod CIDR
 //! takes the node's IP, and replies find their pod again.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_log_ebpf::warn;
 use netplane_common::{DropReason, NodeConfig, Path};
 
 use crate::{
@@ -25,7 +26,16 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
     if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
-    let e = nat::translate_out(&nat::out_key(ip, &l4), &l4, 0, 1)?;
+    let e = nat::translate_out(&nat::out_key(ip, &l4), &l4, 0, 1).inspect_err(|r| {
+        if *r == DropReason::NatPortsExhausted {
+            warn!(
+                ctx,
+                "no SNAT port left toward {:i}:{}",
+                u32::from_be(ip.dst),
+                l4.dst_port
+            );
+        }
+    })?;
     nat::rewrite(ctx, &l4, true, ip.src, e.nat_ip, l4.src_port, e.nat_port)?;
     Ok(route::to_node(ctx, cfg, next_hop, Path::SnatOut))
 }

@@ -63,6 +63,14 @@ pub struct Options {
     pub detach_on_exit: bool,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Level of the programs' own messages (aya-log) in the agent's log.
+    pub bpf_log_level: Option<aya_log::Level>,
+}
+
+impl Options {
+    fn log_level(&self) -> aya_log::Level {
+        self.bpf_log_level.unwrap_or(aya_log::Level::Info)
+    }
 }
 
 /// A pod the agent has registered in the data path, by container ID.
@@ -167,7 +175,7 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         .into_iter()
         .find(|i| i.ipv4.contains(&node.ip))
         .with_context(|| format!("no interface holds the node IP {}", node.ip))?;
-    let (mut dp, hooks, pins) = load(node_name)?;
+    let (mut dp, hooks, pins) = load(node_name, opts.log_level())?;
     let mut role = NodeRole {
         name: node_name.to_string(),
         uplink_ifindex: uplink.index,
@@ -241,7 +249,7 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         .context("no outside interface with an address")?;
     let appliance =
         (cluster.outbound.kind == OutboundType::UserDefinedRouting).then(|| outside.ipv4[0]);
-    let (mut dp, hooks, pins) = load(name)?;
+    let (mut dp, hooks, pins) = load(name, opts.log_level())?;
     let mut role = LbRole {
         inside_ifindex: inside.index,
         outside_ifindex: outside.index,
@@ -270,11 +278,11 @@ pub fn run_lb(opts: &Options) -> Result<()> {
 }
 
 /// Loads the object with maps pinned (or adopted) under the agent's name.
-fn load(name: &str) -> Result<(Datapath, Hooks, PathBuf)> {
+fn load(name: &str, log_level: aya_log::Level) -> Result<(Datapath, Hooks, PathBuf)> {
     sys::ensure_bpffs(&paths::bpffs())?;
     let pins = paths::pins(name);
     std::fs::create_dir_all(&pins)?;
-    let dp = Datapath::load(Some(&pins))?;
+    let dp = Datapath::load_for_agent(&pins, log_level)?;
     let hooks = Hooks::new(&pins)?;
     Ok((dp, hooks, pins))
 }
@@ -313,6 +321,14 @@ fn serve(
     );
 
     let mut events = crate::flows::EventLog::open(name, &mut dp)?;
+    // The programs' own messages, into this log (tracing picks up `log`).
+    let mut bpf_log = match aya_log::EbpfLogger::init(&mut dp.bpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("no eBPF log: {e}");
+            None
+        }
+    };
     let mut config_mtime = mtime(opts.config.as_deref());
     let mut last_collect = Instant::now();
     let result = (|| {
@@ -335,6 +351,9 @@ fn serve(
             }
             role.tick(&mut dp, &hooks)?;
             events.drain();
+            if let Some(l) = bpf_log.as_mut() {
+                l.flush();
+            }
             if last_collect.elapsed() >= COLLECT_INTERVAL {
                 last_collect = Instant::now();
                 let expired =

@@ -47,9 +47,25 @@ impl Datapath {
 
     /// As `load`, choosing whether the programs report flow events.
     pub fn load_with(pin_dir: Option<&FsPath>, flow_events: bool) -> Result<Self> {
+        Self::load_opts(pin_dir, flow_events, aya_log::Level::Info)
+    }
+
+    /// As `load`, for an agent: the programs' own log (aya-log) at
+    /// `log_level`; the default, info, keeps debug messages off.
+    pub fn load_for_agent(pin_dir: &FsPath, log_level: aya_log::Level) -> Result<Self> {
+        Self::load_opts(Some(pin_dir), true, log_level)
+    }
+
+    fn load_opts(
+        pin_dir: Option<&FsPath>,
+        flow_events: bool,
+        log_level: aya_log::Level,
+    ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         let on = u8::from(flow_events);
         loader.override_global("FLOW_EVENTS_ON", &on, true);
+        let level = log_level as u8;
+        loader.override_global(aya_log::LEVEL, &level, true);
         let pins: Vec<(&str, PathBuf)> = pin_dir
             .map(|dir| names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
             .unwrap_or_default();

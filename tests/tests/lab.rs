@@ -285,6 +285,13 @@ fn lab_end_to_end() {
     let p = ping("pod-0-0", &["-c", "3", "-I", "10.244.0.99", "10.244.1.2"]);
     assert!(!p.status.success(), "a spoofed ping was answered");
     let spoof_after = counter(&stats("node-0"), "drop", "spoofed_source");
+    // The program's debug message about it stays off by default (aya-log at
+    // info): the node's log has no trace of it.
+    let log = std::fs::read_to_string("/run/netplane/lab/agent-node-0.log").unwrap();
+    assert!(
+        !log.contains("spoofed source"),
+        "debug messages are on by default:\n{log}"
+    );
     assert!(
         spoof_after >= spoof_before + 3,
         "spoofed_source {spoof_before} -> {spoof_after}"

@@ -255,6 +255,12 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
         .find(|s| s["ports"] == "1088-1151")
         .expect("node-1's block");
     assert_eq!(other["allocated"], 0, "{other}");
+    // The load balancer's program said so in its agent's log (aya-log).
+    wait_until("the eBPF warning in the load balancer's log", || {
+        std::fs::read_to_string("/run/netplane/lab/agent-lb.log").is_ok_and(|l| {
+            l.contains("backend 10.224.0.4 has no SNAT port left toward 203.0.113.10:7000")
+        })
+    });
 
     assert!(client.wait().unwrap().success());
     // Closed: transitory timeout (2 s), then collection returns every port.

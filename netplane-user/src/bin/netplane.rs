@@ -45,6 +45,11 @@ enum Cmd {
         /// Serve Prometheus metrics on ADDR:PORT (/metrics).
         #[arg(long)]
         metrics_addr: Option<SocketAddr>,
+        /// Messages of the eBPF programs in this log from this level:
+        /// error, warn, info (default; debug messages stay off the packet
+        /// path) or debug.
+        #[arg(long, value_parser = parse_level)]
+        bpf_log_level: Option<aya_log::Level>,
     },
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             uplink_xdp,
             detach_on_exit,
             metrics_addr,
+            bpf_log_level,
         } => {
             let opts = netplane::agent::Options {
                 config,
@@ -294,6 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 uplink_xdp,
                 detach_on_exit,
                 metrics_addr,
+                bpf_log_level,
             };
             match (node, lb) {
                 (Some(node), false) => netplane::agent::run(&node, &opts)?,
@@ -435,6 +442,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_level(s: &str) -> Result<aya_log::Level, String> {
+    Ok(match s {
+        "error" => aya_log::Level::Error,
+        "warn" => aya_log::Level::Warn,
+        "info" => aya_log::Level::Info,
+        "debug" => aya_log::Level::Debug,
+        "trace" => aya_log::Level::Trace,
+        other => return Err(format!("{other}: error, warn, info, debug or trace")),
+    })
 }
 
 /// Pretty JSON on stdout, for `--json`.
