@@ -64,6 +64,8 @@ pub struct LabState {
     /// Agents run with --uplink-xdp.
     #[serde(default)]
     pub uplink_xdp: bool,
+    #[serde(default)]
+    pub datapath: DataPathKind,
     pub vnet: Vnet,
     pub hosts: Vec<Host>,
     pub agents: Vec<AgentProc>,
@@ -81,6 +83,19 @@ pub struct Vnet {
 pub struct UpOptions {
     /// Agents also attach the XDP early-drop program to node uplinks.
     pub uplink_xdp: bool,
+    pub datapath: DataPathKind,
+}
+
+/// Which data path the lab's nodes and load balancer run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPathKind {
+    /// netplane's eBPF programs and agents.
+    #[default]
+    Netplane,
+    /// kubenet's classic path: CNI bridge plugin, cbr0, kernel routes,
+    /// iptables (for comparison and teaching).
+    KubenetClassic,
 }
 
 /// The hosts the lab builds for a cluster, in creation order.
@@ -220,6 +235,7 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
         uplink_xdp: opts.uplink_xdp,
+        datapath: opts.datapath,
         vnet: Vnet {
             netns: VNET_NETNS.into(),
             bridge: VNET_BRIDGE.into(),
@@ -289,6 +305,9 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
         )?;
     }
 
+    if opts.datapath == DataPathKind::KubenetClassic {
+        return build_classic(cluster, &hosts, outbound, state, progress);
+    }
     // Mounted once here: agents starting together could each mount one.
     sys::ensure_bpffs(&paths::bpffs())?;
     let agents = nodes
@@ -325,6 +344,51 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     Ok(state)
 }
 
+/// The rest of a classic kubenet lab: routes and MASQUERADE on the nodes,
+/// iptables SNAT on the load balancer, pods through the CNI bridge plugin.
+fn build_classic(
+    cluster: &Cluster,
+    hosts: &[Host],
+    outbound: &Host,
+    state: LabState,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    let nodes = cluster.nodes();
+    for node in &nodes {
+        progress(&format!(
+            "{}: kernel routes to the other pod CIDRs, iptables MASQUERADE",
+            node.name
+        ));
+        crate::classic::node(cluster, node)?;
+    }
+    progress(&format!(
+        "{}: kernel forwarding and iptables SNAT",
+        outbound.name
+    ));
+    crate::classic::outbound(cluster, outbound)?;
+    for host in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = nodes
+            .iter()
+            .find(|n| Some(&n.name) == host.node.as_ref())
+            .expect("planned");
+        progress(&format!(
+            "pod {} on {} (CNI bridge plugin ADD, cbr0)",
+            host.name, node.name
+        ));
+        new_netns(&host.netns)?;
+        let ip = crate::classic::attach_pod(host, node)?;
+        if ip != host.ip {
+            bail!(
+                "the bridge plugin gave {} the address {ip}, the lab planned {}",
+                host.name,
+                host.ip
+            );
+        }
+    }
+    progress("classic kubenet data path ready (no netplane program loaded)");
+    Ok(state)
+}
+
 /// The load balancer (or appliance) between the VNet and the `inet` host:
 /// inside on the VNet segment with the nodes' gateway address, outside on a
 /// link to `inet`. No kernel forwarding: its agent's programs translate and
@@ -355,6 +419,8 @@ fn build_outbound(cluster: &Cluster, host: &Host, progress: &mut dyn FnMut(&str)
         &["link", "set", &port, "master", VNET_BRIDGE, "up"],
     )?;
     let inside = format!("{}/{}", host.ip, cluster.network.node_subnet.prefix_len());
+    // Needed by the classic data path (kernel forwarding, iptables); the
+    // netplane one never hands a packet to this kernel to forward.
     ip_in(ns, &["addr", "add", &inside, "dev", "eth0"])?;
     ip_in(ns, &["link", "set", "eth0", "up"])?;
     ip_in(
@@ -498,8 +564,10 @@ const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
 
 /// Where a lab host's agent serves metrics (nodes, load balancer,
 /// appliance), reachable through `lab exec`.
-pub fn metrics_url(host: &Host) -> Option<String> {
-    matches!(host.role, Role::Node | Role::Lb | Role::Appliance).then(|| {
+pub fn metrics_url(host: &Host, datapath: DataPathKind) -> Option<String> {
+    (datapath == DataPathKind::Netplane
+        && matches!(host.role, Role::Node | Role::Lb | Role::Appliance))
+    .then(|| {
         format!(
             "http://{}:{}/metrics",
             host.ip,
@@ -749,6 +817,7 @@ pub fn restart_agent(
     // A killed agent leaves its status file; the new one overwrites it.
     let opts = UpOptions {
         uplink_xdp: state.uplink_xdp,
+        datapath: state.datapath,
     };
     let ip = state
         .hosts
@@ -817,7 +886,7 @@ pub fn status() -> Result<Status> {
             .map(|h| HostStatus {
                 host: h.clone(),
                 netns_present: sys::netns_exists(&h.netns),
-                metrics: metrics_url(h),
+                metrics: metrics_url(h, state.datapath),
             })
             .collect(),
         agents: state
@@ -867,7 +936,7 @@ mod tests {
         let v = serde_json::to_value(HostStatus {
             host: h.clone(),
             netns_present: true,
-            metrics: metrics_url(h),
+            metrics: metrics_url(h, DataPathKind::Netplane),
         })
         .unwrap();
         assert_eq!(v["name"], "pod-0-0");

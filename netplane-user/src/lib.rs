@@ -1,6 +1,7 @@
 //! netplane's userspace: the agent, the CLI's commands and the lab.
 pub mod agent;
 pub mod bench;
+pub mod classic;
 pub mod cluster;
 pub mod cni;
 pub mod ebpf;

@@ -385,3 +385,56 @@ fn flows_show_new_flows_translations_and_drops() {
         })
     });
 }
+
+/// The same lab with kubenet's classic data path (CNI bridge plugin, cbr0,
+/// kernel routes, iptables): the same behaviour from the pods' side, built
+/// from kernel state instead of netplane's programs.
+#[test]
+fn kubenet_classic_behaves_the_same_from_the_pods() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up_with(&["--datapath", "kubenet-classic"]);
+    // Pod to pod across nodes: routed, source kept.
+    assert_tcp_preserves_source("pod-0-1", "10.244.0.3", "pod-1-0", "10.244.1.2");
+    // Egress: the frontend IP, from node-0's block.
+    let server = inet_server(false, 1);
+    let answer = ask("pod-0-0", false);
+    server.wait_with_output().unwrap();
+    assert_eq!(seen_ip(&answer), FRONTEND);
+    let port: u16 = answer["seen_as"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert!(
+        (1024..=2047).contains(&port),
+        "node-0's block is 1024-2047: {port}"
+    );
+    // Built the classic way: a bridge, a kernel route per other node,
+    // MASQUERADE; and no netplane program anywhere.
+    let sh = |ns: &str, argv: &[&str]| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(sh("np-node-0", &["ip", "-d", "link", "show", "cbr0"]).contains("bridge"));
+    assert!(sh("np-node-0", &["ip", "route"]).contains("10.244.1.0/24 via 10.224.0.5"));
+    assert!(sh("np-node-0", &["iptables", "-t", "nat", "-S"]).contains("MASQUERADE"));
+    assert!(
+        sh("np-lb", &["iptables", "-t", "nat", "-S"])
+            .contains("--to-source 198.51.100.10:1024-2047")
+    );
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    assert!(st["agents"].as_array().unwrap().is_empty());
+    let pins = std::fs::read_dir("/run/netplane/bpf")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(pins, 0, "netplane pins in a classic lab");
+}

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "ethtool",
     "conntrack",
+    "iptables",
+    "containernetworking-plugins", // the classic kubenet lab's bridge and host-local
     "curl",
     "prometheus", // for promtool, which checks the metrics format in a test
 ];

@@ -180,6 +180,10 @@ enum LabCmd {
         /// Agents also attach the XDP early-drop program to node uplinks.
         #[arg(long)]
         uplink_xdp: bool,
+        /// netplane, or kubenet-classic (bridge, kernel routes, iptables)
+        /// to compare.
+        #[arg(long, value_enum, default_value = "netplane")]
+        datapath: lab::DataPathKind,
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
@@ -467,9 +471,16 @@ fn progress(line: &str) {
 
 fn lab_cmd(command: LabCmd) -> Result<ExitCode> {
     match command {
-        LabCmd::Up { config, uplink_xdp } => {
+        LabCmd::Up {
+            config,
+            uplink_xdp,
+            datapath,
+        } => {
             eprintln!("bringing the lab up");
-            let opts = lab::UpOptions { uplink_xdp };
+            let opts = lab::UpOptions {
+                uplink_xdp,
+                datapath,
+            };
             let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
             print_hosts(&state.hosts);
             eprintln!(
