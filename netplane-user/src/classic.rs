@@ -4,13 +4,7 @@
 //! `cbr0` bridge, kernel routes between nodes (the UDR), iptables
 //! MASQUERADE for traffic leaving the cluster pod CIDR, and the load
 //! balancer's SNAT with iptables. No netplane program is loaded.
-use std::{
-    io::Write as _,
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::{
@@ -75,32 +69,11 @@ pub fn load_balancer(cluster: &Cluster, lb: &Host) -> Result<()> {
     for (i, (node_ip, _)) in plan.backends.iter().enumerate() {
         let slot = &plan.slots[i * k];
         let src = node_ip.to_string();
+        // TCP and UDP into the node's port block; ICMP to the address.
         let to_ports = format!("{}:{}-{}", slot.nat_ip, slot.port_lo, slot.port_hi);
-        for proto in ["tcp", "udp"] {
-            iptables(
-                ns,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-o",
-                    "eth1",
-                    "-s",
-                    &src,
-                    "-p",
-                    proto,
-                    "-j",
-                    "SNAT",
-                    "--to-source",
-                    &to_ports,
-                ],
-            )?;
-        }
         let to_ip = slot.nat_ip.to_string();
-        iptables(
-            ns,
-            &[
+        for (proto, to) in [("tcp", &to_ports), ("udp", &to_ports), ("icmp", &to_ip)] {
+            let rule = [
                 "-t",
                 "nat",
                 "-A",
@@ -110,13 +83,13 @@ pub fn load_balancer(cluster: &Cluster, lb: &Host) -> Result<()> {
                 "-s",
                 &src,
                 "-p",
-                "icmp",
-                "-j",
-                "SNAT",
-                "--to-source",
-                &to_ip,
-            ],
-        )?;
+                proto,
+            ];
+            iptables(
+                ns,
+                &[&rule[..], &["-j", "SNAT", "--to-source", to]].concat(),
+            )?;
+        }
     }
     Ok(())
 }
@@ -147,13 +120,15 @@ pub fn outbound(cluster: &Cluster, host: &Host) -> Result<()> {
 }
 
 /// Attaches a pod with the CNI `bridge` plugin (cbr0, gateway .1,
-/// host-local IPAM over the node's pod CIDR), run in the node's namespace.
-pub fn attach_pod(pod: &Host, node: &NodePlan) -> Result<Ipv4Addr> {
+/// host-local IPAM over the node's pod CIDR), run in the node's namespace
+/// as kubelet runs it.
+pub fn attach_pod(pod: &Host, node: &NodePlan) -> Result<()> {
     let node_name = pod.node.as_deref().expect("pods have nodes");
-    let plugin = format!("{CNI_BIN_DIR}/bridge");
-    if !std::path::Path::new(&plugin).exists() {
+    let plugin = std::path::Path::new(CNI_BIN_DIR).join("bridge");
+    if !plugin.exists() {
         bail!(
-            "{plugin} missing: install Debian's containernetworking-plugins (cargo xtask setup does)"
+            "{} missing: install Debian's containernetworking-plugins (cargo xtask setup does)",
+            plugin.display()
         );
     }
     let conf = json!({
@@ -171,35 +146,5 @@ pub fn attach_pod(pod: &Host, node: &NodePlan) -> Result<Ipv4Addr> {
             "dataDir": paths::node_dir(node_name).join("classic-ipam").display().to_string(),
         },
     });
-    let node_ns = std::fs::File::open(format!("/run/netns/{NETNS_PREFIX}{node_name}"))?;
-    let mut cmd = Command::new(&plugin);
-    cmd.env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &pod.name)
-        .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_BIN_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    sys::spawn_in_netns(&mut cmd, &node_ns);
-    let mut child = cmd.spawn().context("running the CNI bridge plugin")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(conf.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "CNI bridge ADD for {}: {}",
-            pod.name,
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no address in the bridge plugin's result: {result}"))
+    crate::lab::cni_add(&plugin, pod, &conf)
 }

@@ -376,14 +376,7 @@ fn build_classic(
             host.name, node.name
         ));
         new_netns(&host.netns)?;
-        let ip = crate::classic::attach_pod(host, node)?;
-        if ip != host.ip {
-            bail!(
-                "the bridge plugin gave {} the address {ip}, the lab planned {}",
-                host.name,
-                host.ip
-            );
-        }
+        crate::classic::attach_pod(host, node)?;
     }
     progress("classic kubenet data path ready (no netplane program loaded)");
     Ok(state)
@@ -485,26 +478,7 @@ fn attach_pod(pod: &Host, cluster_file: &str) -> Result<()> {
         "cluster": cluster_file,
         "node": node,
     });
-    let result = run_cni(
-        node,
-        "ADD",
-        &pod.name,
-        &format!("/run/netns/{}", pod.netns),
-        &conf,
-    )?;
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        .with_context(|| format!("no address in the CNI result: {result}"))?;
-    if ip != pod.ip {
-        bail!(
-            "netplane-cni gave {} the address {ip}, the lab planned {}",
-            pod.name,
-            pod.ip
-        );
-    }
-    Ok(())
+    cni_add(&cni_plugin()?, pod, &conf)
 }
 
 /// The CNI plugin binary next to this one.
@@ -513,8 +487,34 @@ pub fn cni_plugin() -> Result<PathBuf> {
     Ok(exe.with_file_name("netplane-cni"))
 }
 
-/// Runs netplane-cni in a node's namespace, as a container runtime would.
+/// CNI ADD for a lab pod (in its own, existing namespace); the address the
+/// plugin gives must be the one the lab planned.
+pub fn cni_add(plugin: &std::path::Path, pod: &Host, conf: &serde_json::Value) -> Result<()> {
+    let node = pod.node.as_deref().expect("pods have nodes");
+    let netns = format!("/run/netns/{}", pod.netns);
+    let result = run_cni(plugin, node, "ADD", &pod.name, &netns, conf)?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .with_context(|| format!("no address in the CNI result: {result}"))?;
+    if ip != pod.ip {
+        bail!(
+            "{} gave {} the address {ip}, the lab planned {}",
+            plugin.display(),
+            pod.name,
+            pod.ip
+        );
+    }
+    Ok(())
+}
+
+/// Runs a CNI plugin in a node's namespace, as a container runtime would:
+/// CNI_* in the environment (CNI_ARGS as kubelet sends them, with
+/// IgnoreUnknown=1 so plugins that know no K8S_* keys accept them), the network configuration on stdin, the
+/// result (or the spec's error) on stdout.
 pub fn run_cni(
+    plugin: &std::path::Path,
     node: &str,
     command: &str,
     container_id: &str,
@@ -523,23 +523,25 @@ pub fn run_cni(
 ) -> Result<serde_json::Value> {
     use std::io::Write as _;
     let node_ns = std::fs::File::open(format!("/run/netns/{NETNS_PREFIX}{node}"))?;
-    let mut cmd = Command::new(cni_plugin()?);
+    let mut cmd = Command::new(plugin);
     cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", netns_path)
         .env("CNI_IFNAME", "eth0")
         .env(
             "CNI_ARGS",
-            format!("K8S_POD_NAME={container_id};K8S_POD_NAMESPACE=default"),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}"),
         )
         .env(
             "CNI_PATH",
-            cni_plugin()?.parent().unwrap_or(std::path::Path::new("/")),
+            plugin.parent().unwrap_or(std::path::Path::new("/")),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     sys::spawn_in_netns(&mut cmd, &node_ns);
-    let mut child = cmd.spawn().context("running netplane-cni")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", plugin.display()))?;
     child
         .stdin
         .take()
@@ -549,14 +551,15 @@ pub fn run_cni(
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
-            "netplane-cni {command} for {container_id} failed: {}",
+            "{} {command} for {container_id} failed: {}",
+            plugin.display(),
             text.trim()
         );
     }
     if text.trim().is_empty() {
         return Ok(serde_json::Value::Null);
     }
-    serde_json::from_str(&text).with_context(|| format!("netplane-cni printed {text}"))
+    serde_json::from_str(&text).with_context(|| format!("{} printed {text}", plugin.display()))
 }
 
 /// Agents that are not a node's.
