@@ -107,13 +107,13 @@ fn run_table(prog: &str, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in cases {
         let before = dp.counters().unwrap();
-        let (res, out) = test_run(&mut dp, prog, &c.input, 0)
+        let (verdict, out) = test_run(&mut dp, prog, &c.input, 0)
             .unwrap_or_else(|e| panic!("{}: test run failed: {e:?}", c.name));
         let after = dp.counters().unwrap();
 
         let mut problems = Vec::new();
-        if res.return_value != c.verdict {
-            problems.push(format!("verdict {} (want {})", res.return_value, c.verdict));
+        if verdict != c.verdict {
+            problems.push(format!("verdict {verdict} (want {})", c.verdict));
         }
         let want = match &c.out {
             Out::Frame(f) => f,
@@ -406,8 +406,8 @@ fn routed_mark_passes_to_uplink_untouched() {
     let mut dp = node0_datapath();
     let input = tcp(UPLINK_MAC, PEER_NODE_MAC, POD_A, REMOTE_POD, 63);
     let before = dp.counters().unwrap();
-    let (res, out) = test_run(&mut dp, programs::TO_UPLINK, &input, MARK_ROUTED).unwrap();
-    assert_eq!(res.return_value, TC_ACT_OK);
+    let (verdict, out) = test_run(&mut dp, programs::TO_UPLINK, &input, MARK_ROUTED).unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, input);
     assert_eq!(dp.counters().unwrap(), before, "counters moved");
 }
@@ -464,8 +464,8 @@ fn drop_events_are_reported_and_rate_limited() {
     let spoofed = tcp(POD_A_MAC, POD_A_HOST_MAC, [10, 244, 0, 99], POD_B, 64);
     let sent = 6_000u64;
     for _ in 0..sent {
-        let (res, _) = test_run(&mut dp, programs::FROM_POD, &spoofed, 0).unwrap();
-        assert_eq!(res.return_value, TC_ACT_SHOT);
+        let (verdict, _) = test_run(&mut dp, programs::FROM_POD, &spoofed, 0).unwrap();
+        assert_eq!(verdict, TC_ACT_SHOT);
     }
     let suppressed: u64 = {
         let m = dp.map(names::EVENTS_SUPPRESSED).unwrap();

@@ -159,8 +159,7 @@ fn parse_checked(frame: &[u8]) -> Seen {
 }
 
 fn run(dp: &mut Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-    let (res, out) = test_run(dp, prog, frame, 0).unwrap();
-    (res.return_value, out)
+    test_run(dp, prog, frame, 0).unwrap()
 }
 
 fn drops(dp: &mut Datapath, r: DropReason) -> u64 {
