@@ -188,7 +188,7 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
     );
     let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
     let bin = netplane_bin();
-    let server = Command::new(&bin)
+    let mut server = Command::new(&bin)
         .args([
             "lab",
             "exec",
@@ -278,7 +278,9 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
         .unwrap()["peak"]
         .clone();
     assert_eq!(peak, 64);
-    drop(server);
+    // The holding server would run out its timeout: end it (our child, by PID).
+    server.kill().unwrap();
+    server.wait().unwrap();
     std::fs::remove_file(&file).unwrap();
 }
 
