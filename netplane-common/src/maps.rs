@@ -48,6 +48,8 @@ pub mod programs {
     pub const LB_FROM_VNET: &str = "lb_from_vnet";
     /// Load balancer / appliance: TC ingress from the internet (replies).
     pub const LB_FROM_INTERNET: &str = "lb_from_internet";
+    /// Parse-and-redirect floor that `cargo xtask bench` times the paths against.
+    pub const BENCH_FLOOR: &str = "bench_floor";
 }
 
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the

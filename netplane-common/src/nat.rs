@@ -127,8 +127,15 @@ pub mod names {
     pub const PORT_OWNED: &str = "PORT_OWNED";
 }
 
-/// Translations a node or load balancer can hold at once.
+/// Translations a node or load balancer can hold at once, as compiled; the
+/// cluster file's `limits.nat_table_entries` sets it at load time within
+/// the range below.
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
+/// The range `limits.nat_table_entries` may take.
+pub const NAT_TABLE_ENTRIES_MIN: u32 = 1024;
+pub const NAT_TABLE_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
+/// The maps whose capacity is the NAT table size.
+pub const NAT_TABLE_MAPS: [&str; 3] = [names::NAT_OUT, names::NAT_IN, names::PORT_OWNED];
 /// Accounting slots: 1000 backends x 16 frontend IPs would not fit a lab;
 /// this covers the lab and the validation limits' common cases.
 pub const MAX_SNAT_SLOTS: u32 = 4096;

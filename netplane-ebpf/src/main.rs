@@ -9,12 +9,14 @@
 //!   appliance) translating node IPs to frontend IPs and back.
 //! - `uplink_xdp`: optional XDP on the node NIC, dropping what `from_uplink`
 //!   would drop, earlier (off by default; docs/decisions.md says why).
+//! - `bench_floor`: the benchmarks' floor (parse and redirect); never attached.
 #![no_std]
 #![no_main]
 
 mod arp;
 mod counters;
 mod events;
+mod floor;
 mod lb;
 mod maps;
 mod nat;
@@ -52,6 +54,11 @@ pub fn lb_from_vnet(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_from_internet(ctx: TcContext) -> i32 {
     lb::lb_from_internet(&ctx)
+}
+
+#[classifier]
+pub fn bench_floor(ctx: TcContext) -> i32 {
+    floor::floor(&ctx)
 }
 
 #[xdp]

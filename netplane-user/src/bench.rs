@@ -22,9 +22,19 @@ pub struct Case {
 }
 
 fn tcp_flags(src: [u8; 4], dst: [u8; 4], syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(POD_A_MAC, POD_A_HOST_MAC)
+    tcp_frame((POD_A_MAC, POD_A_HOST_MAC), (src, 40000), (dst, 8080), syn)
+}
+
+/// An Ethernet + IPv4 + TCP frame (SYN, or ACK of an open connection).
+fn tcp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+    syn: bool,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv4(src, dst, 64)
-        .tcp(40000, 8080, 1, 64000);
+        .tcp(sport, dport, 1, 64000);
     let b = if syn { b.syn() } else { b.ack(1) };
     let mut out = Vec::new();
     b.write(&mut out, b"bench").expect("writing to a Vec");
@@ -99,6 +109,99 @@ pub fn flow_events(rounds: usize, runs: u32) -> Result<Vec<Case>> {
         }
     }
     Ok(out)
+}
+
+/// One program path's cost, ns per run, one sample per round.
+#[derive(Debug, Serialize)]
+pub struct PathCost {
+    pub path: &'static str,
+    pub program: &'static str,
+    pub ns: Vec<f64>,
+}
+
+/// ns per run of each netplane path on node-0's world, and of the floor
+/// program (parse, rewrite MACs, redirect) on the cross-node frame, in
+/// interleaved rounds. New flows each get their own source port, so every
+/// run allocates.
+pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
+    let pod = (POD_A_MAC, POD_A_HOST_MAC);
+    let same_node = tcp_frame(pod, (POD_A, 40000), (POD_B, 8080), false);
+    let cross_node = tcp_frame(pod, (POD_A, 40000), (REMOTE_POD, 8080), false);
+    let snat = tcp_frame(pod, (POD_A, 40000), (INTERNET, 443), false);
+    let mut dp = datapath(false)?;
+    let (verdict, out) = dp.run(programs::FROM_POD, &snat, 0, 0)?;
+    anyhow::ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "SNAT frame not forwarded ({verdict})"
+    );
+    let translated = etherparse::SlicedPacket::from_ethernet(&out)?;
+    let Some(etherparse::TransportSlice::Tcp(t)) = translated.transport else {
+        anyhow::bail!("SNAT output is not TCP");
+    };
+    let reply = tcp_frame(
+        (PEER_NODE_MAC, UPLINK_MAC),
+        (INTERNET, 443),
+        (NODE0, t.source_port()),
+        false,
+    );
+    let mut out: Vec<PathCost> = Vec::new();
+    let mut sample = |path, program, ns: std::time::Duration| {
+        let ns = ns.as_nanos() as f64;
+        match out.iter_mut().find(|c| c.path == path) {
+            Some(c) => c.ns.push(ns),
+            None => out.push(PathCost {
+                path,
+                program,
+                ns: vec![ns],
+            }),
+        }
+    };
+    for round in 0..rounds {
+        let fixed: [(&'static str, &'static str, &[u8]); 5] = [
+            (
+                "floor: parse + redirect",
+                programs::BENCH_FLOOR,
+                &cross_node,
+            ),
+            ("same node", programs::FROM_POD, &same_node),
+            ("cross node", programs::FROM_POD, &cross_node),
+            ("SNAT established", programs::FROM_POD, &snat),
+            ("reverse NAT (reply)", programs::FROM_UPLINK, &reply),
+        ];
+        for (path, program, frame) in fixed {
+            sample(path, program, dp.time(program, frame, runs)?);
+        }
+        // A fresh destination port per round: the node's 64,512 ports
+        // toward it are never the limit.
+        let new_flows: Vec<Vec<u8>> = (0..runs.min(60_000))
+            .map(|i| {
+                let dport = 10_000 + round as u16;
+                tcp_frame(pod, (POD_A, 1024 + i as u16), (INTERNET, dport), true)
+            })
+            .collect();
+        let before = allocations(&mut dp)?;
+        let ns = dp.time_frames(programs::FROM_POD, new_flows.iter().map(Vec::as_slice))?;
+        // The case measures what it says: every run allocated a port.
+        let made = allocations(&mut dp)? - before;
+        anyhow::ensure!(
+            made == new_flows.len() as u64,
+            "{made} allocations for {} new flows",
+            new_flows.len()
+        );
+        sample("SNAT new flow (allocates a port)", programs::FROM_POD, ns);
+    }
+    Ok(out)
+}
+
+/// Ports allocated so far, all slots and CPUs.
+fn allocations(dp: &mut crate::ebpf::Datapath) -> Result<u64> {
+    let allocs: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(dp.map(names::SNAT_ALLOCS)?)?;
+    let mut total = 0;
+    for slot in allocs.iter() {
+        total += slot?.iter().sum::<u64>();
+    }
+    Ok(total)
 }
 
 pub fn median(v: &[f64]) -> f64 {

@@ -4,12 +4,16 @@
 //! `cbr0` bridge, kernel routes between nodes (the UDR), iptables
 //! MASQUERADE for traffic leaving the cluster pod CIDR, and the load
 //! balancer's SNAT with iptables. No netplane program is loaded.
+//!
+//! Also the plain routed lab (`--datapath routed`), the benchmarks' floor
+//! for the kernel: the same routes, pods on veth pairs with /32 host routes
+//! (the CNI `ptp` plugin), and no netfilter rule and no translation.
 use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::{
     cluster::{Cluster, NodePlan, OutboundType, pod_gateway},
-    lab::{Host, NETNS_PREFIX},
+    lab::{DataPathKind, Host, NETNS_PREFIX},
     paths,
     sys::{self, ip_in},
 };
@@ -23,9 +27,8 @@ fn iptables(ns: &str, rule: &[&str]) -> Result<()> {
     sys::run(&argv).map(|_| ())
 }
 
-/// A node: kernel routes to every other node's pod CIDR (the route
-/// table), and kubenet's masquerade rule.
-pub fn node(cluster: &Cluster, node: &NodePlan) -> Result<()> {
+/// A node's kernel routes to every other node's pod CIDR (the route table).
+pub fn node_routes(cluster: &Cluster, node: &NodePlan) -> Result<()> {
     let ns = format!("{NETNS_PREFIX}{}", node.name);
     for other in cluster.nodes().iter().filter(|n| n.name != node.name) {
         ip_in(
@@ -39,6 +42,12 @@ pub fn node(cluster: &Cluster, node: &NodePlan) -> Result<()> {
             ],
         )?;
     }
+    Ok(())
+}
+
+/// kubenet's masquerade rule on a node.
+pub fn node_masquerade(cluster: &Cluster, node: &NodePlan) -> Result<()> {
+    let ns = format!("{NETNS_PREFIX}{}", node.name);
     let cluster_cidr = cluster.network.pod_cidr.to_string();
     iptables(
         &ns,
@@ -119,32 +128,71 @@ pub fn outbound(cluster: &Cluster, host: &Host) -> Result<()> {
     }
 }
 
-/// Attaches a pod with the CNI `bridge` plugin (cbr0, gateway .1,
-/// host-local IPAM over the node's pod CIDR), run in the node's namespace
-/// as kubelet runs it.
-pub fn attach_pod(pod: &Host, node: &NodePlan) -> Result<()> {
+/// The plain routed lab's load balancer: kernel forwarding, a route to
+/// each node's pod CIDR via the node (as Azure's UDR would), and `inet`
+/// routing the cluster pod CIDR back to it. Nothing is translated.
+pub fn routed_outbound(cluster: &Cluster, host: &Host) -> Result<()> {
+    sys::sysctl_in(&host.netns, &["net.ipv4.ip_forward=1"])?;
+    for node in cluster.nodes() {
+        let (cidr, via) = (node.pod_cidr.to_string(), node.ip.to_string());
+        ip_in(&host.netns, &["route", "add", &cidr, "via", &via])?;
+    }
+    let outside = match host.role {
+        crate::lab::Role::Lb => crate::lab::LB_OUTSIDE_IP,
+        _ => crate::lab::APPLIANCE_OUTSIDE_IP,
+    };
+    ip_in(
+        &format!("{NETNS_PREFIX}inet"),
+        &[
+            "route",
+            "add",
+            &cluster.network.pod_cidr.to_string(),
+            "via",
+            &outside.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Attaches a pod as kubelet would, with host-local IPAM over the node's
+/// pod CIDR: kubenet's CNI `bridge` plugin (cbr0, gateway .1), or for the
+/// routed lab the `ptp` plugin (a veth pair and a /32 host route, no
+/// bridge).
+pub fn attach_pod(pod: &Host, node: &NodePlan, datapath: DataPathKind) -> Result<()> {
     let node_name = pod.node.as_deref().expect("pods have nodes");
-    let plugin = std::path::Path::new(CNI_BIN_DIR).join("bridge");
+    let routed = datapath == DataPathKind::Routed;
+    let plugin = std::path::Path::new(CNI_BIN_DIR).join(if routed { "ptp" } else { "bridge" });
     if !plugin.exists() {
         bail!(
             "{} missing: install Debian's containernetworking-plugins (cargo xtask setup does)",
             plugin.display()
         );
     }
-    let conf = json!({
-        "cniVersion": "1.0.0",
-        "name": "kubenet",
-        "type": "bridge",
-        "bridge": "cbr0",
-        "isGateway": true,
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "subnet": node.pod_cidr.to_string(),
-            "gateway": pod_gateway(node.pod_cidr).to_string(),
-            "routes": [{ "dst": "0.0.0.0/0" }],
-            "dataDir": paths::node_dir(node_name).join("classic-ipam").display().to_string(),
-        },
+    let ipam = json!({
+        "type": "host-local",
+        "subnet": node.pod_cidr.to_string(),
+        "gateway": pod_gateway(node.pod_cidr).to_string(),
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "dataDir": paths::node_dir(node_name).join("classic-ipam").display().to_string(),
     });
+    let conf = if routed {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "routed",
+            "type": "ptp",
+            "ipMasq": false,
+            "ipam": ipam,
+        })
+    } else {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "kubenet",
+            "type": "bridge",
+            "bridge": "cbr0",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": ipam,
+        })
+    };
     crate::lab::cni_add(&plugin, pod, &conf)
 }

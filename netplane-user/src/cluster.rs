@@ -118,6 +118,14 @@ pub struct Limits {
     pub max_routes: usize,
     /// Lift the route limit for experiments (warned about loudly).
     pub allow_over_route_limit: bool,
+    /// Translations each node and the load balancer can hold at once
+    /// (netplane's NAT tables; the kernel's would be nf_conntrack_max).
+    #[serde(default = "default_nat_table_entries")]
+    pub nat_table_entries: u32,
+}
+
+fn default_nat_table_entries() -> u32 {
+    netplane_common::nat::MAX_NAT_ENTRIES
 }
 
 impl Default for Limits {
@@ -125,6 +133,7 @@ impl Default for Limits {
         Self {
             max_routes: netplane_common::limits::AZURE_UDR_ROUTE_LIMIT,
             allow_over_route_limit: false,
+            nat_table_entries: default_nat_table_entries(),
         }
     }
 }
@@ -490,6 +499,18 @@ impl Cluster {
         let n = &self.network;
         if self.nodes.is_empty() {
             bad("nodes", &"[]", "a cluster needs at least one node".into());
+        }
+        let nat = self.limits.nat_table_entries;
+        let (lo, hi) = (
+            netplane_common::nat::NAT_TABLE_ENTRIES_MIN,
+            netplane_common::nat::NAT_TABLE_ENTRIES_MAX,
+        );
+        if !(lo..=hi).contains(&nat) {
+            bad(
+                "limits.nat_table_entries",
+                &nat,
+                format!("must be {lo} to {hi} translations"),
+            );
         }
         let limit = self.limits.max_routes;
         if self.nodes.len() > limit && !self.limits.allow_over_route_limit {

@@ -47,21 +47,35 @@ impl Datapath {
 
     /// As `load`, choosing whether the programs report flow events.
     pub fn load_with(pin_dir: Option<&FsPath>, flow_events: bool) -> Result<Self> {
-        Self::load_opts(pin_dir, flow_events, aya_log::Level::Info)
+        Self::load_opts(
+            pin_dir,
+            flow_events,
+            aya_log::Level::Info,
+            netplane_common::nat::MAX_NAT_ENTRIES,
+        )
     }
 
     /// As `load`, for an agent: the programs' own log (aya-log) at
-    /// `log_level`; the default, info, keeps debug messages off.
-    pub fn load_for_agent(pin_dir: &FsPath, log_level: aya_log::Level) -> Result<Self> {
-        Self::load_opts(Some(pin_dir), true, log_level)
+    /// `log_level`; the default, info, keeps debug messages off; NAT tables
+    /// of `nat_entries` translations (maps already pinned keep their size).
+    pub fn load_for_agent(
+        pin_dir: &FsPath,
+        log_level: aya_log::Level,
+        nat_entries: u32,
+    ) -> Result<Self> {
+        Self::load_opts(Some(pin_dir), true, log_level, nat_entries)
     }
 
     fn load_opts(
         pin_dir: Option<&FsPath>,
         flow_events: bool,
         log_level: aya_log::Level,
+        nat_entries: u32,
     ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        for map in netplane_common::nat::NAT_TABLE_MAPS {
+            loader.map_max_entries(map, nat_entries);
+        }
         let on = u8::from(flow_events);
         loader.override_global("FLOW_EVENTS_ON", &on, true);
         let level = log_level as u8;
@@ -74,6 +88,14 @@ impl Datapath {
         }
         let bpf = loader.load(object()).context("loading the eBPF object")?;
         Ok(Self { bpf })
+    }
+
+    /// The NAT tables' capacity as the kernel made them.
+    pub fn nat_table_entries(&mut self) -> Result<u32> {
+        let aya::maps::Map::HashMap(m) = self.map(names::NAT_OUT)? else {
+            anyhow::bail!("NAT_OUT is not a hash map");
+        };
+        Ok(m.info()?.max_entries())
     }
 
     /// A TC program, loaded into the kernel (verified) on first use.
@@ -172,17 +194,29 @@ impl Datapath {
     /// own timing; one run per call, since repeated runs inside one call
     /// see the frame as the previous run left it).
     pub fn time(&mut self, prog: &str, frame: &[u8], runs: u32) -> Result<std::time::Duration> {
+        self.time_frames(prog, std::iter::repeat_n(frame, runs as usize))
+    }
+
+    /// Average time of one run of `prog` per frame, one run per frame (for
+    /// cases where every run must see a different packet, like new flows).
+    pub fn time_frames<'f>(
+        &mut self,
+        prog: &str,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+    ) -> Result<std::time::Duration> {
         use aya::programs::{TestRun, TestRunOptions};
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut total = std::time::Duration::ZERO;
+        let mut out = Vec::new();
+        let (mut total, mut runs) = (std::time::Duration::ZERO, 0u32);
         let program = self.classifier(prog)?;
-        for _ in 0..runs {
+        for frame in frames {
+            out.resize(frame.len() + 256, 0);
             let opts = TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
                 ..Default::default()
             };
             total += program.test_run(opts)?.duration;
+            runs += 1;
         }
         Ok(total / runs.max(1))
     }
@@ -363,4 +397,147 @@ pub fn pinned_routes(pin_dir: &FsPath) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
     let map = aya::maps::Map::LpmTrie(data);
     let routes: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&map)?;
     list_routes(&routes)
+}
+
+/// Entries per BPF_MAP_*_BATCH call.
+const BATCH: usize = 4096;
+
+/// union bpf_attr, the member of the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: attr matches the kernel's layout; the caller's buffers hold
+    // `count` elements and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn raw_fd(map: &MapData) -> u32 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// A walk over a hash map in batches (BPF_MAP_LOOKUP_BATCH; aya 0.14 has
+/// no batch operations): one syscall per 4,096 entries where aya's
+/// iterator makes two per entry, which at 100k translations is CPU the
+/// pods feel. It can stop and resume, so a large table is walked a piece
+/// at a time. Not for per-CPU maps (their values are arrays).
+#[derive(Default)]
+pub struct HashWalk {
+    /// The kernel's resume token (a bucket index for hash maps).
+    token: Option<[u8; 8]>,
+    done: bool,
+}
+
+impl HashWalk {
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The next entries, at least `want` unless the walk ends first
+    /// (whole buckets come at once).
+    pub fn next<K, V>(&mut self, map: &MapData, want: usize) -> Result<Vec<(K, V)>>
+    where
+        K: aya::Pod + Default,
+        V: aya::Pod + Default,
+    {
+        let mut keys = vec![K::default(); BATCH];
+        let mut values = vec![V::default(); BATCH];
+        let mut out = Vec::new();
+        // Ask for what is still wanted (whole buckets come at once; a bucket
+        // larger than the ask is ENOSPC, and the ask grows).
+        let mut ask = 64usize;
+        while !self.done && out.len() < want {
+            ask = ask.max((want - out.len()).min(BATCH)).min(BATCH);
+            let token_in = self.token.unwrap_or_default();
+            let mut token_out = [0u8; 8];
+            let mut attr = BatchAttr {
+                in_batch: if self.token.is_some() {
+                    token_in.as_ptr() as u64
+                } else {
+                    0
+                },
+                out_batch: token_out.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: ask as u32,
+                map_fd: raw_fd(map),
+                ..Default::default()
+            };
+            let res = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let n = (attr.count as usize).min(ask);
+            match res {
+                Ok(()) => self.token = Some(token_out),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.done = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && ask < BATCH => {
+                    ask *= 2;
+                    continue;
+                }
+                Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH"),
+            }
+            out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        }
+        Ok(out)
+    }
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Every (key, value) of a hash map, in batches.
+pub fn dump_hash<K, V>(map: &MapData) -> Result<Vec<(K, V)>>
+where
+    K: aya::Pod + Default,
+    V: aya::Pod + Default,
+{
+    HashWalk::default().next(map, usize::MAX)
+}
+
+/// Deletes `keys` from a hash map in batches (BPF_MAP_DELETE_BATCH),
+/// returning which were there: a key someone else removed first is
+/// skipped, not an error.
+pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<Vec<bool>> {
+    let mut deleted = vec![false; keys.len()];
+    let mut i = 0;
+    while i < keys.len() {
+        let n = (keys.len() - i).min(BATCH);
+        let mut attr = BatchAttr {
+            keys: keys[i..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: raw_fd(map),
+            ..Default::default()
+        };
+        let res = bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr);
+        // The kernel deletes in order and stops at the first failure.
+        let ok = (attr.count as usize).min(n);
+        deleted[i..i + ok].fill(true);
+        i += ok;
+        match res {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => i += 1,
+            Err(e) => return Err(e).context("BPF_MAP_DELETE_BATCH"),
+        }
+    }
+    Ok(deleted)
 }

@@ -96,6 +96,9 @@ pub enum DataPathKind {
     /// kubenet's classic path: CNI bridge plugin, cbr0, kernel routes,
     /// iptables (for comparison and teaching).
     KubenetClassic,
+    /// Plain kernel routing and no netfilter rule anywhere (CNI ptp plugin,
+    /// kernel routes, no translation): the benchmarks' floor for the kernel.
+    Routed,
 }
 
 /// The hosts the lab builds for a cluster, in creation order.
@@ -305,7 +308,7 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
         )?;
     }
 
-    if opts.datapath == DataPathKind::KubenetClassic {
+    if opts.datapath != DataPathKind::Netplane {
         return build_classic(cluster, &hosts, outbound, state, progress);
     }
     // Mounted once here: agents starting together could each mount one.
@@ -344,8 +347,10 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     Ok(state)
 }
 
-/// The rest of a classic kubenet lab: routes and MASQUERADE on the nodes,
-/// iptables SNAT on the load balancer, pods through the CNI bridge plugin.
+/// The rest of a lab on the kernel's own data path: kubenet's classic one
+/// (routes and MASQUERADE on the nodes, iptables SNAT on the load balancer,
+/// pods through the CNI bridge plugin), or plain routing (routes only, pods
+/// through the CNI ptp plugin, no netfilter rule).
 fn build_classic(
     cluster: &Cluster,
     hosts: &[Host],
@@ -353,32 +358,55 @@ fn build_classic(
     state: LabState,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LabState> {
+    let routed = state.datapath == DataPathKind::Routed;
     let nodes = cluster.nodes();
     for node in &nodes {
         progress(&format!(
-            "{}: kernel routes to the other pod CIDRs, iptables MASQUERADE",
-            node.name
+            "{}: kernel routes to the other pod CIDRs{}",
+            node.name,
+            if routed { "" } else { ", iptables MASQUERADE" }
         ));
-        crate::classic::node(cluster, node)?;
+        crate::classic::node_routes(cluster, node)?;
+        if !routed {
+            crate::classic::node_masquerade(cluster, node)?;
+        }
     }
-    progress(&format!(
-        "{}: kernel forwarding and iptables SNAT",
-        outbound.name
-    ));
-    crate::classic::outbound(cluster, outbound)?;
+    if routed {
+        progress(&format!(
+            "{}: kernel forwarding and routes to every pod CIDR, no translation",
+            outbound.name
+        ));
+        crate::classic::routed_outbound(cluster, outbound)?;
+    } else {
+        progress(&format!(
+            "{}: kernel forwarding and iptables SNAT",
+            outbound.name
+        ));
+        crate::classic::outbound(cluster, outbound)?;
+    }
     for host in hosts.iter().filter(|h| h.role == Role::Pod) {
         let node = nodes
             .iter()
             .find(|n| Some(&n.name) == host.node.as_ref())
             .expect("planned");
         progress(&format!(
-            "pod {} on {} (CNI bridge plugin ADD, cbr0)",
-            host.name, node.name
+            "pod {} on {} ({})",
+            host.name,
+            node.name,
+            if routed {
+                "CNI ptp plugin ADD"
+            } else {
+                "CNI bridge plugin ADD, cbr0"
+            }
         ));
         new_netns(&host.netns)?;
-        crate::classic::attach_pod(host, node)?;
+        crate::classic::attach_pod(host, node, state.datapath)?;
     }
-    progress("classic kubenet data path ready (no netplane program loaded)");
+    progress(if routed {
+        "plain routed data path ready (no netfilter rule, no netplane program)"
+    } else {
+        "classic kubenet data path ready (no netplane program loaded)"
+    });
     Ok(state)
 }
 

@@ -9,6 +9,7 @@ pub mod fixture;
 pub mod flows;
 pub mod hooks;
 pub mod lab;
+pub mod loadgen;
 pub mod metrics;
 pub mod paths;
 pub mod plan;

@@ -240,63 +240,170 @@ pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
     FlowKey::new(k.dst_ip, e.nat_ip, k.dst_port, e.nat_port, k.proto)
 }
 
-/// One collection pass: flows idle past their timeout are removed and their
-/// ports returned (SNAT_FREES, which only this collector writes); owned-port
-/// marks no flow holds any more are cleared. Returns the expired flows.
+/// One whole collection pass: flows idle past their timeout are removed and
+/// their ports returned (SNAT_FREES, which only this collector writes);
+/// owned-port marks no flow holds any more are cleared. Returns the expired
+/// flows.
 pub fn collect(dp: &mut Datapath, t: &Timeouts, now_ns: u64) -> Result<Vec<(FlowKey, NatEntry)>> {
-    collect_where(dp, |k, e| {
-        now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
-    })
+    collect_where(dp, |k, e| expired_at(t, now_ns, k, e))
 }
 
-/// Removes the flows `expired` picks, returning their ports exactly.
+/// A flow idle past its timeout at `now_ns`.
+pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
+    now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
+}
+
+/// Removes the flows `expired` picks in one whole pass, returning their
+/// ports exactly.
 pub fn collect_where(
     dp: &mut Datapath,
     mut expired: impl FnMut(&FlowKey, &NatEntry) -> bool,
 ) -> Result<Vec<(FlowKey, NatEntry)>> {
-    let expired: Vec<(FlowKey, NatEntry)> = {
-        let out: HashMap<_, FlowKey, NatEntry> = HashMap::try_from(dp.map(names::NAT_OUT)?)?;
-        out.iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| expired(k, e))
-            .collect()
-    };
-    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-    for (k, e) in &expired {
-        {
-            let mut out: HashMap<_, FlowKey, NatEntry> =
-                HashMap::try_from(dp.map(names::NAT_OUT)?)?;
-            out.remove(k).ok();
+    let mut c = Collector::default();
+    c.start();
+    let mut all = Vec::new();
+    while !c.idle() {
+        all.extend(c.step(dp, usize::MAX, &mut expired)?);
+    }
+    Ok(all)
+}
+
+/// Collection a piece at a time, so that a large table costs the agent a
+/// little CPU on each tick rather than a burst the pods' traffic feels
+/// (the kernel's conntrack collects in steps the same way). A pass walks
+/// NAT_OUT removing expired flows, then, if any expired, NAT_IN to learn
+/// which translated ports are held and PORT_OWNED to clear the rest.
+#[derive(Default)]
+pub struct Collector {
+    phase: Phase,
+    walk: crate::ebpf::HashWalk,
+    expired_this_pass: bool,
+    held: HashSet<FlowKey>,
+}
+
+#[derive(Default, PartialEq, Eq, Debug)]
+enum Phase {
+    #[default]
+    Idle,
+    Expire,
+    LearnHeldPorts,
+    ClearStaleMarks,
+}
+
+impl Collector {
+    /// No pass in progress.
+    pub fn idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
+    /// Starts a pass (if none is in progress).
+    pub fn start(&mut self) {
+        if self.idle() {
+            self.enter(Phase::Expire);
+            self.expired_this_pass = false;
         }
-        let mut inn: HashMap<_, FlowKey, NatReverse> = HashMap::try_from(dp.map(names::NAT_IN)?)?;
-        if inn.remove(&reply_key(k, e)).is_ok() {
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.walk = Default::default();
+    }
+
+    /// Goes on with the pass over about `budget` entries; returns the flows
+    /// this step removed.
+    pub fn step(
+        &mut self,
+        dp: &mut Datapath,
+        budget: usize,
+        expired: &mut impl FnMut(&FlowKey, &NatEntry) -> bool,
+    ) -> Result<Vec<(FlowKey, NatEntry)>> {
+        let mut removed = Vec::new();
+        let mut left = budget;
+        while left > 0 && !self.idle() {
+            let before = left;
+            match self.phase {
+                Phase::Idle => {}
+                Phase::Expire => {
+                    let chunk: Vec<(FlowKey, NatEntry)> =
+                        self.walk.next(map_data(dp.map(names::NAT_OUT)?)?, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    let gone: Vec<_> = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
+                    remove_flows(dp, &gone)?;
+                    self.expired_this_pass |= !gone.is_empty();
+                    removed.extend(gone);
+                    if self.walk.done() {
+                        if self.expired_this_pass {
+                            self.enter(Phase::LearnHeldPorts);
+                        } else {
+                            self.enter(Phase::Idle);
+                        }
+                    }
+                }
+                Phase::LearnHeldPorts => {
+                    let chunk: Vec<(FlowKey, NatReverse)> =
+                        self.walk.next(map_data(dp.map(names::NAT_IN)?)?, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    self.held.extend(
+                        chunk
+                            .into_iter()
+                            .map(|(k, _)| owned_key(k.dst_ip, k.dst_port, k.proto)),
+                    );
+                    if self.walk.done() {
+                        self.enter(Phase::ClearStaleMarks);
+                    }
+                }
+                Phase::ClearStaleMarks => {
+                    let owned = map_data(dp.map(names::PORT_OWNED)?)?;
+                    let chunk: Vec<(FlowKey, u32)> = self.walk.next(owned, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    let stale: Vec<FlowKey> = chunk
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| !self.held.contains(k))
+                        .collect();
+                    crate::ebpf::delete_batch(owned, &stale)?;
+                    if self.walk.done() {
+                        self.held = HashSet::new();
+                        self.enter(Phase::Idle);
+                    }
+                }
+            }
+            debug_assert!(left < before || self.idle());
+        }
+        Ok(removed)
+    }
+}
+
+/// Removes translations and returns their ports: counted as freed only
+/// where this removal took the claim (NAT_IN) away.
+fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> {
+    if flows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
+    crate::ebpf::delete_batch(map_data(dp.map(names::NAT_OUT)?)?, &keys)?;
+    let replies: Vec<FlowKey> = flows.iter().map(|(k, e)| reply_key(k, e)).collect();
+    let took = crate::ebpf::delete_batch(map_data(dp.map(names::NAT_IN)?)?, &replies)?;
+    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for ((_, e), took) in flows.iter().zip(took) {
+        if took {
             *freed.entry(e.slot).or_default() += 1;
         }
     }
-    {
-        let mut frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES)?)?;
-        for (slot, n) in freed {
-            let v = frees.get(&slot, 0)?;
-            frees.set(slot, v + n, 0)?;
-        }
+    let mut frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES)?)?;
+    for (slot, n) in freed {
+        let v = frees.get(&slot, 0)?;
+        frees.set(slot, v + n, 0)?;
     }
-    let live: HashSet<FlowKey> = {
-        let inn: HashMap<_, FlowKey, NatReverse> = HashMap::try_from(dp.map(names::NAT_IN)?)?;
-        inn.keys()
-            .filter_map(Result::ok)
-            .map(|k| owned_key(k.dst_ip, k.dst_port, k.proto))
-            .collect()
-    };
-    let mut owned: HashMap<_, FlowKey, u32> = HashMap::try_from(dp.map(names::PORT_OWNED)?)?;
-    let gone: Vec<FlowKey> = owned
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !live.contains(k))
-        .collect();
-    for k in gone {
-        owned.remove(&k).ok();
+    Ok(())
+}
+
+/// The map behind a hash map, for batch reads.
+fn map_data(map: &Map) -> Result<&MapData> {
+    match map {
+        Map::HashMap(m) => Ok(m),
+        _ => anyhow::bail!("not a hash map"),
     }
-    Ok(expired)
 }
 
 /// A live translation, for `netplane nat`.
@@ -336,12 +443,10 @@ fn open_pinned(pins: &FsPath, name: &str) -> Result<MapData> {
 
 /// Live translations of a running agent, oldest first.
 pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
-    let map = Map::HashMap(open_pinned(pins, names::NAT_OUT)?);
-    let out: HashMap<_, FlowKey, NatEntry> = HashMap::try_from(&map)?;
+    let out = open_pinned(pins, names::NAT_OUT)?;
     let now = monotonic_ns();
-    let mut v: Vec<(u64, Flow)> = out
-        .iter()
-        .filter_map(Result::ok)
+    let mut v: Vec<(u64, Flow)> = crate::ebpf::dump_hash::<FlowKey, NatEntry>(&out)?
+        .into_iter()
         .map(|(k, e)| {
             let idle = now.saturating_sub(e.last_seen_ns);
             let limit = t.of(k.proto, e.state).as_nanos() as u64;
@@ -385,6 +490,12 @@ pub struct SlotUse {
 
 /// Per-slot port use of a running agent, from its pins.
 pub fn slot_use(pins: &FsPath) -> Result<Vec<SlotUse>> {
+    slot_use_counting(pins, true)
+}
+
+/// As `slot_use` from the counters alone (live_entries left 0): no walk
+/// of the translations.
+fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
     let slots_map = Map::Array(open_pinned(pins, names::SNAT_SLOTS)?);
     let slots: Array<_, SnatSlot> = Array::try_from(&slots_map)?;
     let allocs_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_ALLOCS)?);
@@ -393,10 +504,13 @@ pub fn slot_use(pins: &FsPath) -> Result<Vec<SlotUse>> {
     let fails: PerCpuArray<_, u64> = PerCpuArray::try_from(&fails_map)?;
     let frees_map = Map::Array(open_pinned(pins, names::SNAT_FREES)?);
     let frees: Array<_, u64> = Array::try_from(&frees_map)?;
-    let out_map = Map::HashMap(open_pinned(pins, names::NAT_OUT)?);
-    let out: HashMap<_, FlowKey, NatEntry> = HashMap::try_from(&out_map)?;
     let mut live: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-    for (_, e) in out.iter().filter_map(Result::ok) {
+    let flows = if count_live {
+        crate::ebpf::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
+    } else {
+        Vec::new()
+    };
+    for (_, e) in flows {
         *live.entry(e.slot).or_default() += 1;
     }
     let mut v = Vec::new();
@@ -437,7 +551,7 @@ pub fn read_peaks(agent: &str) -> std::collections::HashMap<u32, u64> {
 pub fn record_peaks(agent: &str, pins: &FsPath) -> Result<()> {
     let mut peaks = read_peaks(agent);
     let mut changed = false;
-    for s in slot_use(pins)? {
+    for s in slot_use_counting(pins, false)? {
         let p = peaks.entry(s.slot).or_default();
         if s.allocated > *p {
             *p = s.allocated;

@@ -440,3 +440,43 @@ fn kubenet_classic_behaves_the_same_from_the_pods() {
         .unwrap_or(0);
     assert_eq!(pins, 0, "netplane pins in a classic lab");
 }
+
+/// The benchmarks' floor: the same lab on plain kernel routing, with no
+/// netfilter rule anywhere and nothing translated.
+#[test]
+fn routed_lab_forwards_by_kernel_routes_alone() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up_with(&["--datapath", "routed"]);
+    assert_tcp_preserves_source("pod-0-1", "10.244.0.3", "pod-1-0", "10.244.1.2");
+    // Egress is routed, not translated: inet sees the pod itself.
+    let server = inet_server(false, 1);
+    let answer = ask("pod-0-0", false);
+    server.wait_with_output().unwrap();
+    assert_eq!(seen_ip(&answer), "10.244.0.2");
+    let sh = |ns: &str, argv: &[&str]| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for ns in ["np-node-0", "np-node-1", "np-lb"] {
+        let rules = sh(ns, &["iptables-save"]);
+        assert!(
+            !rules.lines().any(|l| l.starts_with("-A")),
+            "{ns} has netfilter rules:\n{rules}"
+        );
+    }
+    assert!(!sh("np-node-0", &["ip", "link"]).contains("cbr0"));
+    let routes = sh("np-node-0", &["ip", "route"]);
+    assert!(routes.contains("10.244.1.0/24 via 10.224.0.5"), "{routes}");
+    assert!(
+        routes.contains("10.244.0.2 dev"),
+        "ptp host route: {routes}"
+    );
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    assert!(st["agents"].as_array().unwrap().is_empty());
+}

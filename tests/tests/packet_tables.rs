@@ -396,6 +396,24 @@ fn to_uplink_table() {
     );
 }
 
+/// The benchmarks' floor program does what its name says: an IPv4 frame
+/// gets new MACs and a redirect; anything else is dropped.
+#[test]
+fn bench_floor_parses_and_redirects() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = node0_datapath();
+    let input = tcp(POD_A_MAC, POD_A_HOST_MAC, POD_A, REMOTE_POD, 64);
+    let (verdict, out) = test_run(&mut dp, programs::BENCH_FLOOR, &input, 0).unwrap();
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_ne!(out[..12], input[..12], "MACs rewritten");
+    assert_eq!(out[12..], input[12..], "nothing else touched");
+    let arp = arp_reply_to_pod_a(REMOTE_POD);
+    let (verdict, _) = test_run(&mut dp, programs::BENCH_FLOOR, &arp, 0).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+}
+
 /// A packet from_pod already routed (marked) passes the uplink's egress
 /// untouched and uncounted; without the mark it would be routed again.
 #[test]

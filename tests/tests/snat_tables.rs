@@ -389,6 +389,20 @@ fn the_whole_pool_is_usable_toward_one_destination() {
     let (_, failed) = open_flows(&mut dp, 64_600, 1);
     assert_eq!(failed, 1);
     assert_eq!(assert_accounting_exact(&mut dp), 64_512);
+    // The collector's batch read (16 batches here) sees exactly what the
+    // one-by-one iterator sees.
+    let one_by_one: std::collections::HashMap<FlowKey, NatEntry> = {
+        let out: HashMap<_, FlowKey, NatEntry> =
+            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        out.iter().map(Result::unwrap).collect()
+    };
+    let aya::maps::Map::HashMap(data) = dp.map(names::NAT_OUT).unwrap() else {
+        panic!("NAT_OUT is a hash map");
+    };
+    let batched = netplane::ebpf::dump_hash::<FlowKey, NatEntry>(data).unwrap();
+    assert_eq!(batched.len(), 64_512);
+    let batched: std::collections::HashMap<FlowKey, NatEntry> = batched.into_iter().collect();
+    assert_eq!(batched, one_by_one);
 }
 
 #[test]
@@ -665,4 +679,38 @@ fn a_syn_reopens_a_closing_flow_on_the_same_port() {
     assert_eq!(parse_checked(&out).src_port, port);
     assert_eq!(state(&mut dp), netplane_common::nat::state::NEW);
     assert_eq!(assert_accounting_exact(&mut dp), 1);
+}
+
+/// The agent's collector goes a piece per tick on large tables: a pass in
+/// small steps removes exactly what a whole pass would, returns exactly
+/// those ports, and clears the owned-port marks of the ports let go.
+#[test]
+fn collection_in_small_steps_is_exact() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let (ports, failed) = open_flows(&mut dp, 1, 20_000);
+    assert_eq!((ports.len(), failed), (20_000, 0));
+    let mut c = snat::Collector::default();
+    c.start();
+    let (mut steps, mut removed) = (0, Vec::new());
+    while !c.idle() {
+        steps += 1;
+        assert!(steps < 1000, "the pass does not end");
+        removed.extend(
+            c.step(&mut dp, 1000, &mut |k: &FlowKey, _: &NatEntry| {
+                k.src_port.is_multiple_of(2)
+            })
+            .unwrap(),
+        );
+    }
+    assert!(steps >= 20, "{steps} steps for 20,000 entries by 1,000");
+    assert_eq!(removed.len(), 10_000);
+    assert!(removed.iter().all(|(k, _)| k.src_port.is_multiple_of(2)));
+    assert_eq!(assert_accounting_exact(&mut dp), 10_000);
+    // Owned-port marks: one per port still held.
+    let owned: HashMap<_, FlowKey, u32> =
+        HashMap::try_from(dp.map(names::PORT_OWNED).unwrap()).unwrap();
+    assert_eq!(owned.keys().count(), 10_000);
 }

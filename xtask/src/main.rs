@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod report;
 mod setup;
+mod suite;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -30,6 +32,19 @@ enum Cmd {
     },
     /// cargo fmt --check and both clippy passes (-D warnings).
     Lint,
+    /// netplane (E) vs classic kubenet (K) vs plain routing (R), side by
+    /// side in interleaved rounds: docs/benchmarks.md, docs/bench/.
+    Bench {
+        /// A few-minute version: 1 s per test, conntrack up to 100k.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (each runs E, K and R back to back); 5 or more for results.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Fail when ratios fall below generous floors (report::GATE).
+        #[arg(long)]
+        gate: bool,
+    },
     /// Measure what flow events cost per program run (docs/bench/flows.md).
     BenchFlows {
         #[arg(long, default_value_t = 5)]
@@ -68,6 +83,29 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lint => {
             setup::run()?;
             lint()
+        }
+        Cmd::Bench {
+            quick,
+            rounds,
+            gate,
+        } => {
+            if rounds < 5 {
+                eprintln!(
+                    "== --rounds {rounds}: fewer than 5 rounds make weak medians; fine for a try, not for docs"
+                );
+            }
+            let rounds = rounds.max(1);
+            setup::run()?;
+            eprintln!("== build (release: the traffic generators run at full speed)");
+            cmd(
+                "cargo",
+                &["build", "--release", "-p", "netplane-user", "--bins"],
+            )?;
+            suite::run(&suite::Options {
+                quick,
+                rounds,
+                gate,
+            })
         }
         Cmd::BenchFlows { rounds } => {
             setup::run()?;

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins", // the classic kubenet lab's bridge and host-local
     "curl",
     "prometheus", // for promtool, which checks the metrics format in a test
+    "linux-perf", // the benchmark's CPU profiles
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,5 +1,10 @@
 //! `netplane`: the node agent, the lab, and the commands that look inside.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -122,6 +127,22 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         runs: u32,
     },
+    /// Per-path program costs against the floor program
+    /// (BPF_PROG_TEST_RUN); see `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchPrograms {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000)]
+        runs: u32,
+    },
+    /// Traffic generators and servers that `cargo xtask bench` runs in the
+    /// lab's pods; each ends by its own deadline and prints JSON.
+    #[command(hide = true)]
+    Loadgen {
+        #[command(subcommand)]
+        generator: Loadgen,
+    },
     /// Pods per node: name, IP, node, host interface, and whether the
     /// node's data path has registered them.
     Pods {
@@ -180,8 +201,9 @@ enum LabCmd {
         /// Agents also attach the XDP early-drop program to node uplinks.
         #[arg(long)]
         uplink_xdp: bool,
-        /// netplane, or kubenet-classic (bridge, kernel routes, iptables)
-        /// to compare.
+        /// netplane; kubenet-classic (bridge, kernel routes, iptables) to
+        /// compare; or routed (kernel routes only, no netfilter, no
+        /// translation), the benchmarks' floor.
         #[arg(long, value_enum, default_value = "netplane")]
         datapath: lab::DataPathKind,
     },
@@ -319,6 +341,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cases = netplane::bench::flow_events(rounds.max(1), runs.max(1))?;
             println!("{}", serde_json::to_string(&cases)?);
         }
+        Cmd::BenchPrograms { rounds, runs } => {
+            let costs = netplane::bench::program_costs(rounds.max(1), runs.max(1))?;
+            println!("{}", serde_json::to_string(&costs)?);
+        }
+        Cmd::Loadgen { generator } => loadgen(generator)?,
         Cmd::Flows {
             node,
             follow,
@@ -446,6 +473,131 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+enum Loadgen {
+    /// Count UDP datagrams on a port.
+    UdpSink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        secs: f64,
+        /// Stop this long after the last datagram.
+        #[arg(long, default_value_t = 500)]
+        idle_ms: u64,
+    },
+    /// Send UDP datagrams of `payload` bytes as fast as possible.
+    UdpFlood {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 18)]
+        payload: usize,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Echo UDP datagrams back.
+    UdpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Echo TCP, one connection at a time.
+    TcpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Request/response latency over one TCP connection.
+    TcpRr {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 1)]
+        size: usize,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// New TCP connections per second, one at a time.
+    TcpCrr {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long)]
+        secs: f64,
+    },
+    /// Fill a SNAT port pool toward one UDP echo server.
+    UdpFill {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 10_000)]
+        first_port: u16,
+        #[arg(long)]
+        flows: u32,
+        #[arg(long)]
+        pool: u32,
+        /// Fill levels (percent) at which allocation cost is measured.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,90,99")]
+        cost_at: Vec<f64>,
+    },
+    /// One datagram from each of `sources` ports to each port of a range.
+    UdpSpray {
+        #[arg(long)]
+        to: Ipv4Addr,
+        #[arg(long)]
+        dport_first: u16,
+        #[arg(long)]
+        dport_last: u16,
+        #[arg(long, default_value_t = 20_000)]
+        first_port: u16,
+        #[arg(long)]
+        sources: u16,
+    },
+}
+
+fn loadgen(generator: Loadgen) -> Result<()> {
+    use netplane::loadgen as g;
+    let json = match generator {
+        Loadgen::UdpSink {
+            port,
+            secs,
+            idle_ms,
+        } => serde_json::to_value(g::udp_sink(port, secs, idle_ms)?)?,
+        Loadgen::UdpFlood { to, payload, secs } => {
+            serde_json::to_value(g::udp_flood(to, payload, secs)?)?
+        }
+        Loadgen::UdpEcho { port, secs } => {
+            g::udp_echo(port, secs)?;
+            serde_json::json!({"done": true})
+        }
+        Loadgen::TcpEcho { port, secs } => {
+            g::tcp_echo(port, secs)?;
+            serde_json::json!({"done": true})
+        }
+        Loadgen::TcpRr { to, size, secs } => serde_json::to_value(g::tcp_rr(to, size, secs)?)?,
+        Loadgen::TcpCrr { to, secs } => serde_json::to_value(g::tcp_crr(to, secs)?)?,
+        Loadgen::UdpFill {
+            to,
+            first_port,
+            flows,
+            pool,
+            cost_at,
+        } => serde_json::to_value(g::udp_fill(to, first_port, flows, pool, &cost_at)?)?,
+        Loadgen::UdpSpray {
+            to,
+            dport_first,
+            dport_last,
+            first_port,
+            sources,
+        } => serde_json::to_value(g::udp_spray(
+            to,
+            (dport_first, dport_last),
+            first_port,
+            sources,
+        )?)?,
+    };
+    println!("{json}");
+    Ok(())
 }
 
 fn parse_level(s: &str) -> Result<aya_log::Level, String> {
