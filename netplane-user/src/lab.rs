@@ -256,6 +256,19 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     new_netns(VNET_NETNS)?;
     ip_in(VNET_NETNS, &["link", "add", VNET_BRIDGE, "type", "bridge"])?;
     ip_in(VNET_NETNS, &["link", "set", VNET_BRIDGE, "up"])?;
+    // The VNet segment is Azure's fabric, not a Linux host: where
+    // br_netfilter is loaded (Docker loads it), bridged frames would go
+    // through netfilter's hooks in this namespace for every data path.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sysctl_in(
+            VNET_NETNS,
+            &[
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )?;
+    }
     let outbound = hosts
         .iter()
         .find(|h| matches!(h.role, Role::Lb | Role::Appliance))

@@ -33,6 +33,15 @@ fn bad_config_matrix() {
     };
     let cases: Vec<(&str, String, &str, &str)> = vec![
         (
+            "NAT tables too small",
+            edited(
+                "allow_over_route_limit = false",
+                "allow_over_route_limit = false\nnat_table_entries = 100",
+            ),
+            "limits.nat_table_entries",
+            "must be 1024 to 4194304 translations",
+        ),
+        (
             "pod CIDR in a reserved range",
             edited(
                 "pod_cidr = \"10.244.0.0/16\"",

@@ -44,6 +44,10 @@ enum Cmd {
         /// Fail when ratios fall below generous floors (report::GATE).
         #[arg(long)]
         gate: bool,
+        /// Measure nothing: write docs/benchmarks.md, the plots and the
+        /// README table again from docs/bench/results.json.
+        #[arg(long, conflicts_with_all = ["quick", "gate"])]
+        report_only: bool,
     },
     /// Measure what flow events cost per program run (docs/bench/flows.md).
     BenchFlows {
@@ -85,9 +89,13 @@ fn run(cli: Cli) -> Result<()> {
             lint()
         }
         Cmd::Bench {
+            report_only: true, ..
+        } => report::rewrite_from_json(),
+        Cmd::Bench {
             quick,
             rounds,
             gate,
+            ..
         } => {
             if rounds < 5 {
                 eprintln!(

@@ -362,28 +362,42 @@ fn goals(results: &Value) -> Vec<(String, String, Option<bool>)> {
     out
 }
 
-pub fn write_all(results: &Value, opts: &Options) -> Result<()> {
-    let root = workspace_root();
-    let dir = root.join("docs/bench");
+pub fn write_all(results: &Value) -> Result<()> {
+    let dir = workspace_root().join("docs/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(results)? + "\n",
     )?;
+    eprintln!("written: docs/bench/results.json");
+    write_views(results)
+}
+
+/// `cargo xtask bench --report-only`: the markdown, plots and README table
+/// again from docs/bench/results.json (after editing docs/bench/notes.md,
+/// say), measuring nothing.
+pub fn rewrite_from_json() -> Result<()> {
+    let path = workspace_root().join("docs/bench/results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: run `cargo xtask bench` first", path.display()))?;
+    write_views(&serde_json::from_str(&text).context("docs/bench/results.json")?)
+}
+
+fn write_views(results: &Value) -> Result<()> {
+    let root = workspace_root();
+    let dir = root.join("docs/bench");
     plot_ratios(results, &dir.join("ratios.svg"))?;
     plot_fill(results, &dir.join("fill-curve.svg"))?;
     plot_programs(results, &dir.join("program-cost.svg"))?;
-    let md = markdown(results, opts)?;
+    let md = markdown(results)?;
     std::fs::write(root.join("docs/benchmarks.md"), &md)?;
     update_readme(results)?;
     println!("{}", headline(results));
-    eprintln!(
-        "written: docs/benchmarks.md, docs/bench/results.json, docs/bench/*.svg, README.md (headline)"
-    );
+    eprintln!("written: docs/benchmarks.md, docs/bench/*.svg, README.md (headline)");
     Ok(())
 }
 
-fn markdown(results: &Value, opts: &Options) -> Result<String> {
+fn markdown(results: &Value) -> Result<String> {
     let m = &results["machine"];
     let mut r = String::new();
     writeln!(
@@ -394,7 +408,7 @@ fn markdown(results: &Value, opts: &Options) -> Result<String> {
         r,
         "Written by `cargo xtask bench{}` on {} (commit {}). Do not edit by hand: the analysis \
          at the end comes from docs/bench/notes.md.\n",
-        if opts.quick { " --quick" } else { "" },
+        if m["quick"] == true { " --quick" } else { "" },
         m["date_utc"].as_str().unwrap_or("?"),
         m["netplane_commit"].as_str().unwrap_or("?"),
     )?;
@@ -578,7 +592,7 @@ fn markdown(results: &Value, opts: &Options) -> Result<String> {
         )?;
         writeln!(
             r,
-            "| | netplane's programs | netfilter | bridge | FIB lookups | top symbols |"
+            "| | netplane's programs | netfilter | bridges (cbr0 in K; the lab's VNet switch in all) | FIB lookups | top symbols |"
         )?;
         writeln!(r, "|---|---|---|---|---|---|")?;
         for p in profiles {
@@ -596,7 +610,7 @@ fn markdown(results: &Value, opts: &Options) -> Result<String> {
                     )
                 })
                 .collect();
-            let pct = |k: &str| format!("{:.1} %", q[k].as_f64().unwrap_or(0.0));
+            let pct = |k: &str| format!("{:.1} %", q[k].as_f64().unwrap_or(0.0) + 0.0);
             writeln!(
                 r,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -900,4 +914,99 @@ fn plot_programs(results: &Value, path: &std::path::Path) -> Result<()> {
         &rows,
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::{Options, Run};
+
+    fn samples(dp: Dp, round: usize, pps: f64) -> (Dp, usize, Samples) {
+        (dp, round, [("udp_pps_cross_node".to_string(), pps)].into())
+    }
+
+    fn run_with(fill_failures_e: f64) -> Run {
+        let fill = |failures: f64| {
+            json!({"curve": [
+                {"flows": 500, "fill_pct": 50.0, "failures": 0},
+                {"flows": 1000, "fill_pct": 100.0, "failures": failures},
+            ], "cost": []})
+        };
+        Run {
+            samples: vec![
+                samples(Dp::E, 0, 200.0),
+                samples(Dp::K, 0, 100.0),
+                samples(Dp::R, 0, 160.0),
+                samples(Dp::E, 1, 90.0),
+                samples(Dp::K, 1, 100.0),
+                samples(Dp::R, 1, 100.0),
+            ],
+            fills: vec![(Dp::E, fill(fill_failures_e)), (Dp::K, fill(37.0))],
+            programs: json!([
+                {"path": "floor: parse + redirect", "program": "bench_floor", "ns": [100.0, 100.0]},
+                {"path": "SNAT established", "program": "from_pod", "ns": [300.0, 500.0]},
+            ]),
+            profiles: Vec::new(),
+            seconds: 1.0,
+        }
+    }
+
+    fn opts() -> Options {
+        Options {
+            quick: true,
+            rounds: 2,
+            gate: true,
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_within_each_round() {
+        let r = results(&run_with(0.0), &opts()).unwrap();
+        let m = metric(&r, "udp_pps_cross_node");
+        // Round 0: 200/100 = 2.0, round 1: 90/100 = 0.9; not 145/100.
+        assert_eq!(m["ratio_EK"]["min"], 0.9);
+        assert_eq!(m["ratio_EK"]["max"], 2.0);
+        assert_eq!(m["E"]["min"], 90.0);
+        assert_eq!(m["E"]["max"], 200.0);
+        assert_eq!(m["ratio_ER"]["min"], 0.9);
+        assert_eq!(m["ratio_ER"]["max"], 1.25);
+        // Not run: absent, not zero.
+        assert!(metric(&r, "crr_pod").is_null());
+    }
+
+    #[test]
+    fn the_floor_ratio_and_the_fill_goal_come_from_the_run() {
+        let r = results(&run_with(0.0), &opts()).unwrap();
+        let est = &r["test_run_ns"][1]["vs_floor"];
+        assert_eq!(
+            (est["min"].as_f64(), est["max"].as_f64()),
+            (Some(3.0), Some(5.0))
+        );
+        let g = goals(&r);
+        let fill = g
+            .iter()
+            .find(|(name, ..)| name.contains("allocation failure"))
+            .unwrap();
+        assert_eq!(fill.2, Some(true));
+        assert!(fill.1.contains("K: 37"), "{}", fill.1);
+    }
+
+    #[test]
+    fn the_gate_fails_on_an_early_allocation_failure_and_low_ratios() {
+        let ok = results(&run_with(0.0), &opts()).unwrap();
+        // Only udp_pps is present: the other gated ratios are missing.
+        let e = gate(&ok).unwrap_err().to_string();
+        assert!(e.contains("crr_pod") && !e.contains("allocations"), "{e}");
+        let bad = results(&run_with(3.0), &opts()).unwrap();
+        let e = gate(&bad).unwrap_err().to_string();
+        assert!(e.contains("failed 3 allocations"), "{e}");
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(fmt(1234567.0), "1,234,567");
+        assert_eq!(fmt(12.34), "12.3");
+        assert_eq!(fmt(0.1234), "0.123");
+        assert_eq!(fmt(0.0), "0");
+    }
 }

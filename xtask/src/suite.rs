@@ -280,7 +280,7 @@ pub fn run(opts: &Options) -> Result<()> {
     run.programs = serde_json::from_slice(&out.stdout)?;
     run.seconds = started.elapsed().as_secs_f64();
     let results = report::results(&run, opts)?;
-    report::write_all(&results, opts)?;
+    report::write_all(&results)?;
     if opts.gate {
         report::gate(&results)?;
     }
@@ -637,7 +637,12 @@ fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Value> {
         })
         .collect();
     let share = |pred: &dyn Fn(&str) -> bool| -> f64 {
-        rows.iter().filter(|(_, s)| pred(s)).map(|(p, _)| p).sum()
+        // (A float sum of nothing is -0.0.)
+        rows.iter()
+            .filter(|(_, s)| pred(s))
+            .map(|(p, _)| p)
+            .sum::<f64>()
+            + 0.0
     };
     let top: Vec<Value> = rows
         .iter()
