@@ -418,14 +418,6 @@ fn kubenet_classic_behaves_the_same_from_the_pods() {
     );
     // Built the classic way: a bridge, a kernel route per other node,
     // MASQUERADE; and no netplane program anywhere.
-    let sh = |ns: &str, argv: &[&str]| -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     assert!(sh("np-node-0", &["ip", "-d", "link", "show", "cbr0"]).contains("bridge"));
     assert!(sh("np-node-0", &["ip", "route"]).contains("10.244.1.0/24 via 10.224.0.5"));
     assert!(sh("np-node-0", &["iptables", "-t", "nat", "-S"]).contains("MASQUERADE"));
@@ -439,6 +431,16 @@ fn kubenet_classic_behaves_the_same_from_the_pods() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(pins, 0, "netplane pins in a classic lab");
+}
+
+/// What a command prints in a lab namespace.
+fn sh(ns: &str, argv: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The benchmarks' floor: the same lab on plain kernel routing, with no
@@ -455,14 +457,6 @@ fn routed_lab_forwards_by_kernel_routes_alone() {
     let answer = ask("pod-0-0", false);
     server.wait_with_output().unwrap();
     assert_eq!(seen_ip(&answer), "10.244.0.2");
-    let sh = |ns: &str, argv: &[&str]| -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     for ns in ["np-node-0", "np-node-1", "np-lb"] {
         let rules = sh(ns, &["iptables-save"]);
         assert!(

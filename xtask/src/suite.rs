@@ -412,35 +412,9 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<Value>)>
     let mut s = Samples::new();
     let pod = format!("{SERVER_POD_IP}:{POD_PORT}");
 
-    // 64-byte frames: 18 bytes of payload + UDP, IPv4 and Ethernet headers
-    // (+ 4 of FCS on a wire).
-    let sink = server(
-        np,
-        "pod-1-0",
-        &[
-            "udp-sink",
-            "--port",
-            &UDP_PORT.to_string(),
-            "--secs",
-            &(secs + 3.0).to_string(),
-            "--idle-ms",
-            "300",
-        ],
-    )?;
+    let sink = udp_sink(np, secs)?;
     let cpu = CpuMeter::start()?;
-    client(
-        np,
-        "pod-0-0",
-        &[
-            "udp-flood",
-            "--to",
-            &format!("{SERVER_POD_IP}:{UDP_PORT}"),
-            "--payload",
-            "18",
-            "--secs",
-            &secs.to_string(),
-        ],
-    )?;
+    udp_flood(np, secs)?;
     let busy = cpu.busy_seconds()?;
     let got = finish(sink)?;
     let pps = got["packets_per_second"].as_f64().context("sink")?;
@@ -509,6 +483,37 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<Value>)>
     Ok((s, fill))
 }
 
+/// The UDP sink in pod-1-0, ending a little after the flood.
+fn udp_sink(np: &str, secs: f64) -> Result<Child> {
+    let secs = (secs + 3.0).to_string();
+    let port = UDP_PORT.to_string();
+    server(
+        np,
+        "pod-1-0",
+        &[
+            "udp-sink",
+            "--port",
+            &port,
+            "--secs",
+            &secs,
+            "--idle-ms",
+            "300",
+        ],
+    )
+}
+
+/// 64-byte frames pod-0-0 → pod-1-0 for `secs`: 18 bytes of payload plus
+/// UDP, IPv4 and Ethernet headers (+ 4 of FCS on a wire).
+fn udp_flood(np: &str, secs: f64) -> Result<Value> {
+    let to = format!("{SERVER_POD_IP}:{UDP_PORT}");
+    let secs = secs.to_string();
+    client(
+        np,
+        "pod-0-0",
+        &["udp-flood", "--to", &to, "--payload", "18", "--secs", &secs],
+    )
+}
+
 fn tcp_echo_args(port: u16, secs: f64) -> Vec<String> {
     [
         "tcp-echo",
@@ -564,19 +569,7 @@ fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Value> {
     let secs = opts.secs();
     let data = workspace_root().join(format!("target/bench/perf-{}.data", dp.letter()));
     let data = data.to_str().context("utf-8 path")?.to_string();
-    let sink = server(
-        np,
-        "pod-1-0",
-        &[
-            "udp-sink",
-            "--port",
-            &UDP_PORT.to_string(),
-            "--secs",
-            &(secs + 3.0).to_string(),
-            "--idle-ms",
-            "300",
-        ],
-    )?;
+    let sink = udp_sink(np, secs)?;
     let record = Command::new("perf")
         .args([
             "record",
@@ -595,19 +588,7 @@ fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Value> {
         .stderr(Stdio::null())
         .spawn()
         .context("perf (package linux-perf)")?;
-    let flood = client(
-        np,
-        "pod-0-0",
-        &[
-            "udp-flood",
-            "--to",
-            &format!("{SERVER_POD_IP}:{UDP_PORT}"),
-            "--payload",
-            "18",
-            "--secs",
-            &secs.to_string(),
-        ],
-    );
+    let flood = udp_flood(np, secs);
     let recorded = record.wait_with_output()?;
     finish(sink)?;
     flood?;
