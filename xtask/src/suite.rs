@@ -299,6 +299,8 @@ fn conntrack_levels(opts: &Options) -> Vec<(u32, &'static str, &'static str)> {
         .collect()
 }
 
+/// Brings a lab up and waits for the machine to settle before anything is
+/// measured.
 fn lab_up_for(np: &str, dp: Dp, cluster: &std::path::Path) -> Result<()> {
     let up = Command::new(np)
         .args(["lab", "up", "--datapath", dp.lab_arg(), "--config"])
@@ -306,6 +308,39 @@ fn lab_up_for(np: &str, dp: Dp, cluster: &std::path::Path) -> Result<()> {
         .output()?;
     if !up.status.success() {
         bail!("lab up: {}", String::from_utf8_lossy(&up.stderr));
+    }
+    settle()
+}
+
+/// CPU use (in CPUs) below which the machine counts as quiet.
+const QUIET_CPUS: f64 = 0.25;
+/// The longest wait for quiet.
+const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Waits until the machine is quiet. A namespace the previous lab left
+/// is cleaned up by the kernel after `lab down` returns, in a kworker: with
+/// a million conntrack entries that is seconds of CPU, and it would land
+/// on whichever data path is measured next.
+fn settle() -> Result<()> {
+    let started = Instant::now();
+    let window = Duration::from_millis(500);
+    loop {
+        let cpu = CpuMeter::start()?;
+        std::thread::sleep(window);
+        let used = cpu.busy_seconds()? / window.as_secs_f64();
+        if used < QUIET_CPUS {
+            break;
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            eprintln!(
+                "   the machine is still busy ({used:.2} CPUs) after {SETTLE_LIMIT:?}: measuring anyway"
+            );
+            break;
+        }
+    }
+    let waited = started.elapsed().as_secs_f64();
+    if waited > 2.0 {
+        eprintln!("   waited {waited:.0} s for the machine to settle");
     }
     Ok(())
 }
