@@ -647,7 +647,10 @@ fn headline(results: &Value) -> String {
             "64 B UDP pod → pod across nodes, packets/s ↑",
         ),
         ("tcp_rr_p99_us", "TCP request/response p99, µs ↓"),
-        ("crr_snat", "new TCP connections/s through SNAT ↑"),
+        (
+            "crr_snat",
+            "new TCP connections/s pod → inet through SNAT (R: untranslated) ↑",
+        ),
         ("iperf_1", "iperf3 1 stream, Gbit/s ↑"),
     ] {
         let x = metric(results, name);
@@ -663,6 +666,26 @@ fn headline(results: &Value) -> String {
             rat("ratio_ER")
         );
     }
+    // The port pool's exactness, from the fill curve.
+    let at_full = |dp: &str| -> String {
+        results["fill_curve"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["datapath"] == dp))
+            .and_then(|c| c["points"].as_array())
+            .and_then(|p| {
+                p.iter()
+                    .filter(|p| p["fill_pct"].as_f64().is_some_and(|f| f <= 100.0))
+                    .filter_map(|p| median(&p["failures"]))
+                    .reduce(f64::max)
+            })
+            .map_or("–".into(), fmt)
+    };
+    let _ = writeln!(
+        t,
+        "| SNAT flows failed before the pool is full ({BENCH_POOL} ports) ↓ | {} | {} | – | | |",
+        at_full("E"),
+        at_full("K")
+    );
     t
 }
 
