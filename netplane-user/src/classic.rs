@@ -137,10 +137,6 @@ pub fn routed_outbound(cluster: &Cluster, host: &Host) -> Result<()> {
         let (cidr, via) = (node.pod_cidr.to_string(), node.ip.to_string());
         ip_in(&host.netns, &["route", "add", &cidr, "via", &via])?;
     }
-    let outside = match host.role {
-        crate::lab::Role::Lb => crate::lab::LB_OUTSIDE_IP,
-        _ => crate::lab::APPLIANCE_OUTSIDE_IP,
-    };
     ip_in(
         &format!("{NETNS_PREFIX}inet"),
         &[
@@ -148,7 +144,7 @@ pub fn routed_outbound(cluster: &Cluster, host: &Host) -> Result<()> {
             "add",
             &cluster.network.pod_cidr.to_string(),
             "via",
-            &outside.to_string(),
+            &crate::lab::outside_ip(host).to_string(),
         ],
     )?;
     Ok(())

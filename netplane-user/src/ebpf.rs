@@ -92,10 +92,15 @@ impl Datapath {
 
     /// The NAT tables' capacity as the kernel made them.
     pub fn nat_table_entries(&mut self) -> Result<u32> {
-        let aya::maps::Map::HashMap(m) = self.map(names::NAT_OUT)? else {
-            anyhow::bail!("NAT_OUT is not a hash map");
-        };
-        Ok(m.info()?.max_entries())
+        Ok(self.hash_map_data(names::NAT_OUT)?.info()?.max_entries())
+    }
+
+    /// A hash map's own handle, for the batch operations below.
+    pub fn hash_map_data(&mut self, name: &str) -> Result<&MapData> {
+        match self.map(name)? {
+            aya::maps::Map::HashMap(m) => Ok(m),
+            _ => anyhow::bail!("{name} is not a hash map"),
+        }
     }
 
     /// A TC program, loaded into the kernel (verified) on first use.

@@ -430,11 +430,7 @@ fn build_classic(
 fn build_outbound(cluster: &Cluster, host: &Host, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let ns = host.netns.as_str();
     let inet = format!("{NETNS_PREFIX}inet");
-    let outside_ip = if host.role == Role::Lb {
-        LB_OUTSIDE_IP
-    } else {
-        APPLIANCE_OUTSIDE_IP
-    };
+    let outside_ip = outside_ip(host);
     progress(&format!(
         "{} {} (outside {outside_ip}) and inet {INET_IP}, in {ns} and {inet}",
         host.name, host.ip
@@ -489,6 +485,15 @@ fn build_outbound(cluster: &Cluster, host: &Host, progress: &mut dyn FnMut(&str)
         }
     }
     Ok(())
+}
+
+/// The load balancer's (or appliance's) address on the link to `inet`.
+pub fn outside_ip(host: &Host) -> Ipv4Addr {
+    if host.role == Role::Lb {
+        LB_OUTSIDE_IP
+    } else {
+        APPLIANCE_OUTSIDE_IP
+    }
 }
 
 fn new_netns(ns: &str) -> Result<()> {

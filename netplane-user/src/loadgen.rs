@@ -77,15 +77,7 @@ pub fn udp_flood(to: SocketAddrV4, payload: usize, secs: f64) -> Result<UdpFlood
         iov_base: data.as_ptr() as *mut _,
         iov_len: data.len(),
     };
-    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
-        .map(|_| {
-            // SAFETY: an all-zero mmsghdr is valid; the iovec outlives it.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = &mut iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| mmsg(&mut iov, None)).collect();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let (mut sent, mut refused) = (0u64, 0u64);
@@ -370,18 +362,8 @@ pub fn udp_spray(
                 iov_base: data.as_ptr() as *mut _,
                 iov_len: data.len(),
             };
-            let mut msgs: Vec<libc::mmsghdr> = chunk
-                .iter()
-                .map(|d| {
-                    // SAFETY: zeroed mmsghdr is valid; name and iovec outlive it.
-                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    m.msg_hdr.msg_name = d as *const _ as *mut _;
-                    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                    m.msg_hdr.msg_iov = &mut iov;
-                    m.msg_hdr.msg_iovlen = 1;
-                    m
-                })
-                .collect();
+            let mut msgs: Vec<libc::mmsghdr> =
+                chunk.iter().map(|d| mmsg(&mut iov, Some(d))).collect();
             let mut done = 0usize;
             // Bounded: each message is sent or refused once.
             while done < msgs.len() {
@@ -420,6 +402,21 @@ fn median_u64(v: &[u64]) -> f64 {
     s[s.len() / 2] as f64
 }
 
+/// One message of a sendmmsg/recvmmsg batch: one buffer, and for
+/// unconnected sends its destination. The caller keeps `iov`, its buffer
+/// and `to` alive while the header is in use.
+fn mmsg(iov: *mut libc::iovec, to: Option<&libc::sockaddr_in>) -> libc::mmsghdr {
+    // SAFETY: an all-zero mmsghdr is a valid empty message.
+    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    m.msg_hdr.msg_iov = iov;
+    m.msg_hdr.msg_iovlen = 1;
+    if let Some(to) = to {
+        m.msg_hdr.msg_name = to as *const libc::sockaddr_in as *mut _;
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    }
+    m
+}
+
 fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_DATAGRAM]]) -> Result<usize> {
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -428,16 +425,7 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_DATAGRAM]]) -> Result<usize
             iov_len: b.len(),
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: zeroed mmsghdr is valid; the iovec outlives it.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            m
-        })
-        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs.iter_mut().map(|iov| mmsg(iov, None)).collect();
     // SAFETY: msgs points at live buffers; the socket's read timeout bounds
     // the wait.
     let n = unsafe {

@@ -240,21 +240,16 @@ pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
     FlowKey::new(k.dst_ip, e.nat_ip, k.dst_port, e.nat_port, k.proto)
 }
 
-/// One whole collection pass: flows idle past their timeout are removed and
-/// their ports returned (SNAT_FREES, which only this collector writes);
-/// owned-port marks no flow holds any more are cleared. Returns the expired
-/// flows.
-pub fn collect(dp: &mut Datapath, t: &Timeouts, now_ns: u64) -> Result<Vec<(FlowKey, NatEntry)>> {
-    collect_where(dp, |k, e| expired_at(t, now_ns, k, e))
-}
-
 /// A flow idle past its timeout at `now_ns`.
 pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
     now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
 }
 
-/// Removes the flows `expired` picks in one whole pass, returning their
-/// ports exactly.
+/// One whole collection pass: the flows `expired` picks are removed and
+/// their ports returned exactly (SNAT_FREES, which only this collector
+/// writes); owned-port marks no flow holds any more are cleared. Returns
+/// the removed flows. The agent runs the same pass a piece per tick
+/// (`Collector`).
 pub fn collect_where(
     dp: &mut Datapath,
     mut expired: impl FnMut(&FlowKey, &NatEntry) -> bool,
@@ -325,7 +320,7 @@ impl Collector {
                 Phase::Idle => {}
                 Phase::Expire => {
                     let chunk: Vec<(FlowKey, NatEntry)> =
-                        self.walk.next(map_data(dp.map(names::NAT_OUT)?)?, left)?;
+                        self.walk.next(dp.hash_map_data(names::NAT_OUT)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     let gone: Vec<_> = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
                     remove_flows(dp, &gone)?;
@@ -341,7 +336,7 @@ impl Collector {
                 }
                 Phase::LearnHeldPorts => {
                     let chunk: Vec<(FlowKey, NatReverse)> =
-                        self.walk.next(map_data(dp.map(names::NAT_IN)?)?, left)?;
+                        self.walk.next(dp.hash_map_data(names::NAT_IN)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     self.held.extend(
                         chunk
@@ -353,7 +348,7 @@ impl Collector {
                     }
                 }
                 Phase::ClearStaleMarks => {
-                    let owned = map_data(dp.map(names::PORT_OWNED)?)?;
+                    let owned = dp.hash_map_data(names::PORT_OWNED)?;
                     let chunk: Vec<(FlowKey, u32)> = self.walk.next(owned, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     let stale: Vec<FlowKey> = chunk
@@ -381,9 +376,9 @@ fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> 
         return Ok(());
     }
     let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
-    crate::ebpf::delete_batch(map_data(dp.map(names::NAT_OUT)?)?, &keys)?;
+    crate::ebpf::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
     let replies: Vec<FlowKey> = flows.iter().map(|(k, e)| reply_key(k, e)).collect();
-    let took = crate::ebpf::delete_batch(map_data(dp.map(names::NAT_IN)?)?, &replies)?;
+    let took = crate::ebpf::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
     let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for ((_, e), took) in flows.iter().zip(took) {
         if took {
@@ -396,14 +391,6 @@ fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> 
         frees.set(slot, v + n, 0)?;
     }
     Ok(())
-}
-
-/// The map behind a hash map, for batch reads.
-fn map_data(map: &Map) -> Result<&MapData> {
-    match map {
-        Map::HashMap(m) => Ok(m),
-        _ => anyhow::bail!("not a hash map"),
-    }
 }
 
 /// A live translation, for `netplane nat`.

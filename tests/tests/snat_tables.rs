@@ -396,9 +396,7 @@ fn the_whole_pool_is_usable_toward_one_destination() {
             HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
         out.iter().map(Result::unwrap).collect()
     };
-    let aya::maps::Map::HashMap(data) = dp.map(names::NAT_OUT).unwrap() else {
-        panic!("NAT_OUT is a hash map");
-    };
+    let data = dp.hash_map_data(names::NAT_OUT).unwrap();
     let batched = netplane::ebpf::dump_hash::<FlowKey, NatEntry>(data).unwrap();
     assert_eq!(batched.len(), 64_512);
     let batched: std::collections::HashMap<FlowKey, NatEntry> = batched.into_iter().collect();

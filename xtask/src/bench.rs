@@ -116,9 +116,10 @@ fn iperf(np: &str, args: &[&str]) -> Result<Value> {
     Ok(v)
 }
 
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+/// min, median and max; None for no samples.
+pub fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2], v[v.len() - 1])
+    Some((*v.first()?, v[v.len() / 2], *v.last()?))
 }
 
 fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
@@ -151,7 +152,7 @@ fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
                 .filter(|(m, _)| *m == mode)
                 .map(|(_, s)| get(s))
                 .collect();
-            let (min, med, max) = stats(v);
+            let (min, med, max) = stats(v).context("no samples")?;
             writeln!(
                 r,
                 "| {name} | {} | {min:.2} | {med:.2} | {max:.2} |",
@@ -215,7 +216,10 @@ pub fn flows(rounds: usize) -> Result<()> {
                 .filter_map(Value::as_f64)
                 .collect()
         };
-        let (on, off) = (stats(v("events_on")), stats(v("events_off")));
+        let (on, off) = (
+            stats(v("events_on")).context("no samples")?,
+            stats(v("events_off")).context("no samples")?,
+        );
         writeln!(
             r,
             "| {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} |",

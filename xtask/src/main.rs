@@ -211,7 +211,12 @@ fn count_before(s: &str, label: &str) -> u64 {
 
 /// `netplane lab status --json` says the lab is up.
 pub fn lab_is_up() -> bool {
-    Command::new(netplane_bin())
+    lab_is_up_with(&netplane_bin())
+}
+
+/// As `lab_is_up`, asking a given netplane binary.
+pub fn lab_is_up_with(netplane: &std::path::Path) -> bool {
+    Command::new(netplane)
         .args(["lab", "status", "--json"])
         .output()
         .ok()

@@ -17,11 +17,11 @@ use crate::{
 /// min / median / max of some samples.
 fn spread(mut v: Vec<f64>) -> Value {
     v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return Value::Null;
+    let n = v.len();
+    match crate::bench::stats(v) {
+        Some((min, median, max)) => json!({"min": min, "median": median, "max": max, "n": n}),
+        None => Value::Null,
     }
-    v.sort_by(f64::total_cmp);
-    json!({"min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1], "n": v.len()})
 }
 
 fn median(v: &Value) -> Option<f64> {

@@ -197,7 +197,7 @@ pub struct Run {
 pub fn run(opts: &Options) -> Result<()> {
     let np = release_bin();
     let np = np.to_str().context("utf-8 path")?;
-    if lab_up(np) {
+    if crate::lab_is_up_with(std::path::Path::new(np)) {
         eprintln!("== a lab is up: taking it down for the benchmark");
         crate::cmd(np, &["lab", "down"])?;
     }
@@ -430,15 +430,6 @@ impl Drop for RaisedSysctl {
 /// The release build: the traffic generators run at full speed.
 pub fn release_bin() -> std::path::PathBuf {
     workspace_root().join("target/release/netplane")
-}
-
-fn lab_up(np: &str) -> bool {
-    Command::new(np)
-        .args(["lab", "status", "--json"])
-        .output()
-        .ok()
-        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-        .is_some_and(|v| v["up"] == true)
 }
 
 /// All tests of one round on the lab that is up.
