@@ -18,6 +18,23 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(sum)
 }
 
+/// Incremental update when an IPv4 address changes; addresses in
+/// `maps::ip_key` form (the octets as they sit in the packet).
+#[inline(always)]
+pub fn update_addr(check: u16, old: u32, new: u32) -> u16 {
+    let (o, n) = (old.to_ne_bytes(), new.to_ne_bytes());
+    let mid = update16(
+        check,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([n[0], n[1]]),
+    );
+    update16(
+        mid,
+        u16::from_be_bytes([o[2], o[3]]),
+        u16::from_be_bytes([n[2], n[3]]),
+    )
+}
+
 /// Full checksum of `data` (an IPv4 header with its checksum field zeroed, say).
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

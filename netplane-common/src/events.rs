@@ -50,16 +50,12 @@ pub mod names {
     pub const EVENTS_SUPPRESSED: &str = "EVENTS_SUPPRESSED";
 }
 
+kernel_abi!(FlowEvent => 32, EventBudget => 16);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::FlowEvent {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::EventBudget {}
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn event_layout() {
-        assert_eq!(core::mem::size_of::<super::FlowEvent>(), 32);
-    }
 }

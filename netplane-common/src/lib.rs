@@ -4,6 +4,15 @@
 //! here; so are the numbered drop reasons, the path counters and the limits.
 #![no_std]
 
+/// Fails the build when a type shared with the kernel changes size: the
+/// eBPF programs and userspace read the same bytes, so a size change must
+/// be a decision, not an accident.
+macro_rules! kernel_abi {
+    ($($ty:ty => $size:literal),+ $(,)?) => {
+        $( const _: () = assert!(core::mem::size_of::<$ty>() == $size); )+
+    };
+}
+
 pub mod checksum;
 pub mod counters;
 pub mod events;

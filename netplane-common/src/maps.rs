@@ -108,10 +108,15 @@ impl NodeConfig {
     }
 }
 
+kernel_abi!(LocalPod => 16, RouteTarget => 4, NodeConfig => 16);
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::LocalPod {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::RouteTarget {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::NodeConfig {}
 }
 
@@ -130,12 +135,5 @@ mod tests {
         assert!(cfg.in_cluster(ip_key([10, 244, 7, 9])));
         assert!(!cfg.in_cluster(ip_key([10, 245, 0, 1])));
         assert!(!cfg.in_cluster(ip_key([10, 224, 0, 5])));
-    }
-
-    #[test]
-    fn layouts_match_what_the_kernel_side_reads() {
-        assert_eq!(core::mem::size_of::<LocalPod>(), 16);
-        assert_eq!(core::mem::size_of::<RouteTarget>(), 4);
-        assert_eq!(core::mem::size_of::<NodeConfig>(), 16);
     }
 }

@@ -15,6 +15,8 @@ const ARPOP_REPLY: u16 = 2;
 #[inline(always)]
 pub fn answer(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let arp = packet::ptr_at::<ArpHdr>(ctx, EthHdr::LEN).ok_or(DropReason::ArpNotRequest)?;
+    // SAFETY: ptr_at checked the ARP header is in bounds, and no helper
+    // runs while `a` is used.
     let a = unsafe { &mut *arp };
     if a.htype() != ARPHRD_ETHER
         || a.ptype() != packet::ETH_P_IP
@@ -26,6 +28,7 @@ pub fn answer(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         return Err(DropReason::ArpNotRequest);
     }
     // Only a pod of this node, asking from its own veth, gets an answer.
+    // SAFETY: the skb pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let pod = match route::local_pod(ip_key(a.spa())) {
         Some(pod) if pod.ifindex == ifindex => pod,
@@ -41,5 +44,6 @@ pub fn answer(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     a.set_tpa(asker_ip);
     packet::set_macs(eth, asker_mac, pod.host_mac);
     count(ctx, Path::ArpReply);
+    // SAFETY: a helper call with plain integer arguments.
     Ok(unsafe { bpf_redirect(pod.ifindex, 0) as i32 })
 }

@@ -17,5 +17,6 @@ pub fn floor(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     packet::set_macs(eth, [0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]);
+    // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect(FLOOR_IFINDEX, 0) as i32 }
 }

@@ -19,7 +19,7 @@ mod events;
 mod floor;
 mod lb;
 mod maps;
-mod nat;
+mod masquerade;
 mod packet;
 mod pod;
 mod route;
@@ -72,6 +72,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// SAFETY: the kernel reads the license from this section by name; nothing
+// else shares the symbol.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

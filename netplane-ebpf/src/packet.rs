@@ -66,6 +66,7 @@ pub fn eth(ctx: &impl Frame) -> Result<*mut EthHdr, DropReason> {
 /// The Ethernet type as a host-order number.
 #[inline(always)]
 pub fn ether_type(eth: *const EthHdr) -> u16 {
+    // SAFETY: `eth` came from `eth()`, which checked the header is in bounds.
     u16::from_be(unsafe { (*eth).ether_type })
 }
 
@@ -85,6 +86,7 @@ pub struct Ipv4 {
 #[inline(always)]
 pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     let hdr = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(DropReason::MalformedIpv4)?;
+    // SAFETY: ptr_at checked that the whole fixed header is in bounds.
     let (version, ihl, tot_len) = unsafe { ((*hdr).version(), (*hdr).ihl(), (*hdr).tot_len()) };
     let frame_len = ctx.frame_len();
     if version != 4
@@ -94,14 +96,21 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     {
         return Err(DropReason::MalformedIpv4);
     }
-    let (src, dst) = unsafe { (ip_key((*hdr).src_addr), ip_key((*hdr).dst_addr)) };
-    let (proto, frags) = unsafe { ((*hdr).proto, u16::from_be_bytes((*hdr).frags)) };
+    // SAFETY: as above; nothing has moved the packet since.
+    let (src, dst, proto, frags) = unsafe {
+        (
+            ip_key((*hdr).src_addr),
+            ip_key((*hdr).dst_addr),
+            (*hdr).proto,
+            u16::from_be_bytes((*hdr).frags),
+        )
+    };
     Ok(Ipv4 {
         src,
         dst,
         l4_off: EthHdr::LEN + ihl as usize,
         proto,
-        later_fragment: frags & 0x1fff != 0,
+        later_fragment: frags & ip::FRAG_OFFSET_MASK != 0,
     })
 }
 
@@ -116,6 +125,7 @@ pub fn multicast_or_broadcast(ip: u32) -> bool {
 #[inline(always)]
 pub fn ttl(ctx: &impl Frame) -> u8 {
     match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
+        // SAFETY: ptr_at checked the header is in bounds.
         Some(hdr) => unsafe { (*hdr).ttl },
         None => 0,
     }
@@ -130,6 +140,8 @@ pub fn decrement_ttl(ctx: &impl Frame) {
     let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
         return;
     };
+    // SAFETY: ptr_at checked the header is in bounds; the caller checked
+    // ttl > 1, so the decrement cannot wrap.
     unsafe {
         let old = u16::from_be_bytes([(*hdr).ttl, (*hdr).proto]);
         (*hdr).ttl -= 1;
@@ -142,13 +154,58 @@ pub fn decrement_ttl(ctx: &impl Frame) {
 /// Sets the Ethernet addresses for delivery on a link.
 #[inline(always)]
 pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
+    // SAFETY: `eth` came from `eth()` after the last helper that could move
+    // the packet, so it is in bounds.
     unsafe {
         (*eth).dst_addr = dst;
         (*eth).src_addr = src;
     }
 }
 
-/// Offsets of IPv4 header fields from the start of the frame.
-pub const IP_CHECK_OFF: usize = EthHdr::LEN + 10;
-pub const IP_SRC_OFF: usize = EthHdr::LEN + 12;
-pub const IP_DST_OFF: usize = EthHdr::LEN + 16;
+/// IPv4 header fields, as offsets from the start of the frame (the
+/// programs only rewrite headers that follow an Ethernet header).
+pub mod ip {
+    use network_types::eth::EthHdr;
+    pub const PROTO: usize = EthHdr::LEN + 9;
+    pub const CHECK: usize = EthHdr::LEN + 10;
+    pub const SRC: usize = EthHdr::LEN + 12;
+    pub const DST: usize = EthHdr::LEN + 16;
+    /// The flags and fragment offset field's offset bits.
+    pub const FRAG_OFFSET_MASK: u16 = 0x1fff;
+}
+
+/// TCP header fields, as offsets from the start of the TCP header, and flags.
+pub mod tcp {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const FLAGS: usize = 13;
+    pub const CHECK: usize = 16;
+    /// Bytes read to get the ports and the flags.
+    pub const HEAD: usize = 14;
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// UDP header fields, as offsets from the start of the UDP header.
+pub mod udp {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const CHECK: usize = 6;
+    pub const LEN: usize = 8;
+}
+
+/// ICMP header fields (offsets from the start of the ICMP header) and types.
+pub mod icmp {
+    pub const TYPE: usize = 0;
+    pub const CHECK: usize = 2;
+    /// Echo identifier; for errors, the quoted packet starts at [`QUOTE`].
+    pub const ECHO_ID: usize = 4;
+    pub const QUOTE: usize = 8;
+    pub const HEAD: usize = 8;
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+}

@@ -10,7 +10,7 @@ use netplane_common::{
 use crate::{
     arp,
     counters::{count, drop},
-    packet::{self, ETH_P_ARP, ETH_P_IP},
+    packet::{self, ETH_P_ARP, ETH_P_IP, tcp},
     route,
 };
 
@@ -34,6 +34,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 
     // Anti-spoofing: the source must be a pod of this node, sending from its
     // own veth.
+    // SAFETY: the skb pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     match route::local_pod(ip.src) {
         Some(pod) if pod.ifindex == ifindex => {}
@@ -60,7 +61,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     if !cfg.in_cluster(ip.dst) {
-        return crate::snat::masquerade(ctx, cfg, &ip);
+        return crate::masquerade::masquerade(ctx, cfg, &ip);
     }
     let owner = route::owner_node(cfg, &ip)?;
     if let Some(verdict) = route::routed_hop(ctx) {
@@ -73,10 +74,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 /// a new-flow event. Translated flows report their translation instead.
 #[inline(always)]
 fn report_new_tcp(ctx: &TcContext, ip: &packet::Ipv4) {
-    let Ok(h) = ctx.load::<[u8; 14]>(ip.l4_off) else {
+    let Ok(h) = ctx.load::<[u8; tcp::HEAD]>(ip.l4_off) else {
         return;
     };
-    if h[13] & 0x12 != 0x02 {
+    if h[tcp::FLAGS] & (tcp::SYN | tcp::ACK) != tcp::SYN {
         return;
     }
     crate::events::emit(FlowEvent {
@@ -84,8 +85,8 @@ fn report_new_tcp(ctx: &TcContext, ip: &packet::Ipv4) {
         proto: PROTO_TCP,
         src_ip: ip.src,
         dst_ip: ip.dst,
-        src_port: u16::from_be_bytes([h[0], h[1]]),
-        dst_port: u16::from_be_bytes([h[2], h[3]]),
+        src_port: u16::from_be_bytes([h[tcp::SRC_PORT], h[tcp::SRC_PORT + 1]]),
+        dst_port: u16::from_be_bytes([h[tcp::DST_PORT], h[tcp::DST_PORT + 1]]),
         ..Default::default()
     });
 }

@@ -27,13 +27,15 @@ pub fn node_config() -> Result<&'static NodeConfig, DropReason> {
 #[inline(always)]
 pub fn in_node_subnet(ip: u32) -> bool {
     match crate::maps::NAT_CONFIG.get(0) {
-        Some(n) if n.subnet != 0 => ip & n.subnet_mask == n.subnet,
+        Some(n) if n.subnet != 0 => n.on_link(ip),
         _ => true,
     }
 }
 
 #[inline(always)]
 pub fn local_pod(ip: u32) -> Option<&'static LocalPod> {
+    // SAFETY: the agent replaces values whole; a reader sees an old or a new
+    // one, both valid.
     unsafe { LOCAL_PODS.get(ip) }
 }
 
@@ -49,6 +51,7 @@ pub fn route_owner(ip: u32) -> Option<u32> {
 pub fn deliver_peer(ctx: &TcContext, eth: *mut EthHdr, pod: &LocalPod, path: Path) -> i32 {
     packet::set_macs(eth, pod.pod_mac, pod.host_mac);
     count(ctx, path);
+    // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect_peer(pod.ifindex, 0) as i32 }
 }
 
@@ -58,6 +61,7 @@ pub fn deliver_peer(ctx: &TcContext, eth: *mut EthHdr, pod: &LocalPod, path: Pat
 pub fn deliver_egress(ctx: &TcContext, eth: *mut EthHdr, pod: &LocalPod, path: Path) -> i32 {
     packet::set_macs(eth, pod.pod_mac, pod.host_mac);
     count(ctx, path);
+    // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect(pod.ifindex, 0) as i32 }
 }
 
@@ -79,6 +83,7 @@ pub fn redirect_neigh(ifindex: u32, next_hop: u32) -> i32 {
         nh_family: AF_INET,
         __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
     };
+    // SAFETY: `nh` lives on the stack for the call and its size is passed.
     unsafe {
         bpf_redirect_neigh(
             ifindex,

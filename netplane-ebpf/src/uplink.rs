@@ -31,7 +31,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let cfg = route::node_config()?;
     let ip = packet::ipv4(ctx)?;
     if ip.dst == cfg.node_ip {
-        return crate::snat::reply_in(ctx, &ip);
+        return crate::masquerade::reply_in(ctx, &ip);
     }
     if let Some(pod) = route::local_pod(ip.dst) {
         if !cfg.in_cluster(ip.src) && !route::in_node_subnet(ip.src) {
@@ -60,6 +60,7 @@ pub fn to_uplink(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: the skb pointer is valid for the whole program run.
     if unsafe { (*ctx.skb.skb).mark } == MARK_ROUTED {
         return Ok(PASS); // routed by from_pod, already has its next hop
     }

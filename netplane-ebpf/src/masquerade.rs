@@ -1,0 +1,57 @@
+//! The node's kubenet masquerade: pod traffic leaving the cluster pod CIDR
+//! takes the node's IP, and replies find their pod again.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use netplane_common::{DropReason, NodeConfig, Path};
+
+use crate::{
+    maps::NAT_CONFIG,
+    packet::{self, Ipv4},
+    route,
+    snat::{self, Reply, Restore, Target},
+};
+
+/// The node has one accounting slot: its IP and port range.
+const NODE_TARGET: Target = Target { first: 0, count: 1 };
+
+/// Pod to outside the cluster: translate the source to the node IP and send
+/// it to its next hop: the destination itself inside the node subnet, else
+/// the gateway (load balancer or appliance). As in Linux, the TTL is checked
+/// when forwarding, before the source NAT.
+#[inline(always)]
+pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, DropReason> {
+    let nat = NAT_CONFIG.get(0).ok_or(DropReason::EgressUnavailable)?;
+    let next_hop = if nat.on_link(ip.dst) {
+        ip.dst
+    } else {
+        nat.gateway_ip
+    };
+    if next_hop == 0 {
+        return Err(DropReason::EgressUnavailable);
+    }
+    if let Some(verdict) = route::routed_hop(ctx) {
+        return Ok(verdict);
+    }
+    snat::egress(ctx, ip, NODE_TARGET)?;
+    Ok(route::to_node(ctx, cfg, next_hop, Path::SnatOut))
+}
+
+/// To the node IP from the VNet: a reply to a masqueraded flow goes back to
+/// its pod; a packet to a translated port from anyone but that flow's
+/// remote is dropped; anything else is the node's own and goes to its stack
+/// (as with kubenet's iptables, where an unmatched packet is the host's).
+#[inline(always)]
+pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    let mut restore = Restore::default();
+    match snat::ingress(ctx, ip, &mut restore)? {
+        Reply::Translated => {}
+        Reply::Unsolicited => return Err(DropReason::NatNoMapping),
+        Reply::NotTranslated | Reply::Unparsed(_) => return Ok(TC_ACT_OK),
+    };
+    let pod = route::local_pod(restore.orig.orig_ip).ok_or(DropReason::NoLocalPod)?;
+    if let Some(verdict) = route::routed_hop(ctx) {
+        return Ok(verdict);
+    }
+    restore.apply(ctx, ip)?;
+    let eth = packet::eth(ctx)?;
+    Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn))
+}

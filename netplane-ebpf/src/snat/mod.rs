@@ -1,0 +1,132 @@
+//! The SNAT engine: one engine, two roles (the node's masquerade and the
+//! outbound load balancer or appliance). A role says where a new flow may
+//! take its port from (a [`Target`]) and what to do with the packet after
+//! [`egress`] or [`ingress`]; the engine does the rest.
+//!
+//! - `l4`: the transport fields a translation is keyed by;
+//! - `table`: finding, creating (port claim) and refreshing translations;
+//! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes.
+mod l4;
+mod rewrite;
+mod table;
+
+use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::warn;
+use netplane_common::{DropReason, nat::NatReverse};
+
+use self::{
+    l4::{Dir, L4},
+    rewrite::{Endpoint, IcmpError, Side},
+};
+use crate::packet::Ipv4;
+
+/// Where a new flow may take its port from: `count` accounting slots from
+/// `first` (the node: its one slot; the load balancer: a backend's block on
+/// each frontend IP).
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// Translates an outbound packet's source: its flow's translation, found or
+/// made with a free port from `target`, then the rewrite with checksums.
+/// Invalidates packet pointers.
+#[inline(always)]
+pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReason> {
+    let l4 = l4::parse(ctx, ip, Dir::Out)?;
+    let e = table::translate_out(&l4.key(ip), &l4, target).inspect_err(|r| {
+        if *r == DropReason::NatPortsExhausted {
+            warn!(
+                ctx,
+                "{:i} has no SNAT port left toward {:i}:{}",
+                u32::from_be(ip.src),
+                u32::from_be(ip.dst),
+                l4.dst_port
+            );
+        }
+    })?;
+    rewrite::endpoint(
+        ctx,
+        &l4,
+        Side::Source,
+        Endpoint::new(ip.src, l4.src_port),
+        Endpoint::new(e.nat_ip, e.nat_port),
+    )
+}
+
+/// What an inbound packet to a translated address is.
+pub enum Reply {
+    /// A reply of a translated flow, or an ICMP error quoting one: the
+    /// [`Restore`] passed to [`ingress`] says how to send it back.
+    Translated,
+    /// To an address and port some flow holds, but not from that flow's
+    /// remote (endpoint-dependent filtering drops it).
+    Unsolicited,
+    /// Nothing this engine translated.
+    NotTranslated,
+    /// Not a protocol the engine translates (or a non-first fragment).
+    Unparsed(DropReason),
+}
+
+/// How to give a reply its original destination back. A plain struct with
+/// every field set, filled in place: an enum with payloads of different
+/// sizes makes LLVM copy undefined bytes, which the verifier refuses.
+#[derive(Clone, Copy, Default)]
+pub struct Restore {
+    /// The inside address and port the packet goes back to.
+    pub orig: NatReverse,
+    /// A flow's reply: its destination is rewritten.
+    l4: L4,
+    /// An ICMP error: its outer destination and quoted source are rewritten.
+    icmp_error: bool,
+    quoted: IcmpError,
+}
+
+impl Restore {
+    /// Rewrites the destination (and, for an ICMP error, the quoted source)
+    /// back to the original address and port. Invalidates packet pointers.
+    #[inline(always)]
+    pub fn apply(&self, ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
+        if self.icmp_error {
+            return rewrite::icmp_error(ctx, ip, &self.quoted);
+        }
+        rewrite::endpoint(
+            ctx,
+            &self.l4,
+            Side::Destination,
+            Endpoint::new(ip.dst, self.l4.dst_port),
+            Endpoint::new(self.orig.orig_ip, self.orig.orig_port),
+        )
+    }
+}
+
+/// Classifies an inbound packet to a translated address and, for a
+/// translated one, fills `restore`; refreshes the flow it belongs to.
+/// Nothing is rewritten until [`Restore::apply`].
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Reply, DropReason> {
+    match rewrite::icmp_error_in(ctx, ip)? {
+        rewrite::Icmp::Ours(e) => {
+            restore.orig = e.rev;
+            restore.icmp_error = true;
+            restore.quoted = e;
+            return Ok(Reply::Translated);
+        }
+        rewrite::Icmp::NotOurs => return Ok(Reply::NotTranslated),
+        rewrite::Icmp::NotAnError => {}
+    }
+    let l4 = match l4::parse(ctx, ip, Dir::In) {
+        Ok(l4) => l4,
+        Err(reason) => return Ok(Reply::Unparsed(reason)),
+    };
+    Ok(match table::reply_of(ip, &l4) {
+        Some(rev) => {
+            restore.orig = rev;
+            restore.l4 = l4;
+            Reply::Translated
+        }
+        None if table::port_owned(ip.dst, l4.dst_port, l4.proto) => Reply::Unsolicited,
+        None => Reply::NotTranslated,
+    })
+}

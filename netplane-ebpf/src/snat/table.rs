@@ -1,0 +1,224 @@
+//! Translations: found by tuple, made by claiming a port, refreshed by
+//! every packet. A translation is two entries made together (NAT_OUT by the
+//! original tuple, NAT_IN by the reply tuple); claiming a port *is*
+//! inserting its NAT_IN key with BPF_NOEXIST (docs/decisions.md).
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+};
+use netplane_common::{
+    DropReason,
+    events::{FlowEvent, kind},
+    nat::{FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, SnatSlot, owned_key, state},
+};
+
+use super::{L4, Target};
+use crate::{
+    counters::bump,
+    maps::{NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
+    packet::{Ipv4, tcp},
+};
+
+/// The translation a reply belongs to, if any; refreshes its flow's clock
+/// and state.
+#[inline(always)]
+pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
+    // SAFETY: the value is copied out at once; the map is a plain hash map
+    // whose values the programs only replace whole.
+    let rev = unsafe { NAT_IN.get(l4.key(ip)) }.copied()?;
+    let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
+    if let Some(e) = NAT_OUT.get_ptr_mut(out) {
+        touch(e, l4, true);
+    }
+    Some(rev)
+}
+
+/// True when some flow holds this translated address and port.
+#[inline(always)]
+pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { PORT_OWNED.get(owned_key(nat_ip, port, proto)) }.is_some()
+}
+
+/// Updates an entry's clock and state for a packet; a SYN reopens a
+/// closing entry (TIME_WAIT reuse).
+#[inline(always)]
+fn touch(e: *mut NatEntry, l4: &L4, reply: bool) {
+    let is_tcp = l4.proto == PROTO_TCP;
+    let f = l4.tcp_flags;
+    // SAFETY: `e` is a live value pointer from a map lookup; entries are
+    // removed only by the agent, and the kernel keeps the element's memory
+    // valid for the rest of this program run (RCU).
+    unsafe {
+        (*e).last_seen_ns = bpf_ktime_get_ns();
+        let st = (*e).state;
+        (*e).state = if is_tcp && f & (tcp::FIN | tcp::RST) != 0 {
+            state::CLOSING
+        } else if is_tcp && !reply && f & tcp::SYN != 0 && f & tcp::ACK == 0 {
+            if st == state::CLOSING { state::NEW } else { st }
+        } else if reply && st == state::NEW {
+            state::ESTABLISHED
+        } else {
+            st
+        };
+    }
+}
+
+/// The translation of an outbound flow: found, or made from the first
+/// slot of the target (tried from a per-flow rotation) that has a free
+/// port for this destination.
+#[inline(always)]
+pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry, DropReason> {
+    if let Some(e) = NAT_OUT.get_ptr_mut(key) {
+        touch(e, l4, false);
+        // SAFETY: as in `touch`.
+        return Ok(unsafe { *e });
+    }
+    let spread = mix(key);
+    let mut i = 0;
+    while i < MAX_FRONTENDS {
+        if i >= target.count {
+            break;
+        }
+        let slot = target.first + (spread.wrapping_add(i)) % target.count;
+        if let Some(e) = claim(key, l4, slot, spread)? {
+            return Ok(e);
+        }
+        i += 1;
+    }
+    bump(&SNAT_FAILS, target.first);
+    Err(DropReason::NatPortsExhausted)
+}
+
+/// Tries to claim a port in `slot` for `key`'s destination.
+#[inline(always)]
+fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEntry>, DropReason> {
+    let Some(s) = SNAT_SLOTS.get(slot) else {
+        return Ok(None);
+    };
+    let size = s.size();
+    if s.nat_ip == 0 || size == 0 {
+        return Ok(None);
+    }
+    // The reply tuple with the port left open; its destination part keys
+    // the hint.
+    let dest = FlowKey::new(key.dst_ip, s.nat_ip, key.dst_port, 0, key.proto);
+    // SAFETY: the hint is copied out at once; any value is safe (it is
+    // reduced modulo the slot size).
+    let start = match unsafe { PORT_HINTS.get(dest) } {
+        Some(h) => *h % size,
+        None => spread % size,
+    };
+    let mut probe = Probe {
+        key: dest,
+        rev: NatReverse {
+            orig_ip: key.src_ip,
+            orig_port: key.src_port,
+            _pad: 0,
+        },
+        slot: *s,
+        start,
+        found: 0,
+    };
+    // Walks every port of the slot at most once: bounded by the slot size,
+    // and a free port is found whenever one exists.
+    // SAFETY: `probe_port` has the callback signature bpf_loop expects, and
+    // `probe` outlives the call.
+    unsafe {
+        bpf_loop(
+            size,
+            probe_port as *mut c_void,
+            &mut probe as *mut Probe as *mut c_void,
+            0,
+        );
+    }
+    if probe.found == 0 {
+        return Ok(None);
+    }
+    let port = probe.found as u16;
+    let mut rev_key = dest;
+    rev_key.dst_port = port;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = NatEntry {
+        nat_ip: s.nat_ip,
+        nat_port: port,
+        state: state::NEW,
+        _pad: 0,
+        slot,
+        _pad2: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    if NAT_OUT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        // Another CPU made this flow first (or the table is full): give the
+        // port back and use theirs.
+        let _ = NAT_IN.remove(rev_key);
+        return match NAT_OUT.get_ptr_mut(key) {
+            Some(e) => {
+                touch(e, l4, false);
+                // SAFETY: as in `touch`.
+                Ok(Some(unsafe { *e }))
+            }
+            None => Err(DropReason::NatTableFull),
+        };
+    }
+    bump(&SNAT_ALLOCS, slot);
+    let next = (port as u32 - s.port_lo as u32 + 1) % size;
+    let _ = PORT_HINTS.insert(dest, next, 0);
+    let _ = PORT_OWNED.insert(owned_key(s.nat_ip, port, key.proto), 1, 0);
+    crate::events::emit(FlowEvent {
+        kind: kind::TRANSLATION,
+        proto: key.proto,
+        src_ip: key.src_ip,
+        dst_ip: key.dst_ip,
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        nat_ip: s.nat_ip,
+        nat_port: port,
+        ..Default::default()
+    });
+    Ok(Some(entry))
+}
+
+#[repr(C)]
+struct Probe {
+    key: FlowKey,
+    rev: NatReverse,
+    slot: SnatSlot,
+    start: u32,
+    found: u32,
+}
+
+/// bpf_loop callback: claims port (start + i) of the slot if no flow to the
+/// same destination holds it. Returns 1 to stop.
+unsafe extern "C" fn probe_port(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `claim` gave it, to a live
+    // `Probe` on its stack.
+    let p = unsafe { &mut *(ctx as *mut Probe) };
+    let size = p.slot.size();
+    if size == 0 {
+        return 1;
+    }
+    let port = p.slot.port_lo as u32 + (p.start + i) % size;
+    p.key.dst_port = port as u16;
+    if NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64).is_ok() {
+        p.found = port;
+        return 1;
+    }
+    0
+}
+
+/// A cheap mix of the tuple: where a flow starts probing.
+#[inline(always)]
+fn mix(k: &FlowKey) -> u32 {
+    let mut h =
+        k.src_ip ^ k.dst_ip.rotate_left(7) ^ ((k.src_port as u32) << 16 | k.dst_port as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^ (h >> 16)
+}
