@@ -1,20 +1,22 @@
-//! netplane's userspace: the agent, the CLI's commands and the lab.
+//! netplane's userspace, in layers (each a folder):
+//!
+//! - `datapath`: the eBPF object loaded, its maps typed, hooks pinned and
+//!   adopted, test runs, the raw bpf() calls;
+//! - `agent`: a node's or the load balancer's agent (roles, reconcile, SNAT
+//!   configuration and collection, flow events, metrics);
+//! - `config`: the cluster file, AKS's validation rules, address planning;
+//! - `cni`: the CNI plugin and the registry it shares with the agent;
+//! - `lab`: the cluster built in network namespaces (topology, the
+//!   netplane, classic and routed builders, agents, trace);
+//! - `tools`: small programs for lab traffic (whoami).
+//!
+//! `paths` (where state lives) and `sys` (namespaces, interfaces, commands)
+//! serve them all.
 pub mod agent;
-pub mod bench;
-pub mod classic;
-pub mod cluster;
 pub mod cni;
-pub mod ebpf;
-pub mod fixture;
-pub mod flows;
-pub mod hooks;
+pub mod config;
+pub mod datapath;
 pub mod lab;
-pub mod loadgen;
-pub mod metrics;
 pub mod paths;
-pub mod plan;
-pub mod pods;
-pub mod snat;
 pub mod sys;
-pub mod trace;
-pub mod whoami;
+pub mod tools;

@@ -1,6 +1,12 @@
-//! Helpers shared by the packet-table and lab tests.
+//! What the tests and the benchmark share: node-0's packet-table world
+//! (`fixture`), running frames through it (`world`), the lab helpers
+//! (`labkit`), the per-program cost measurement (`program_cost`) and the
+//! traffic generators (`loadgen`, run as `netplane-bench loadgen`).
 
+pub mod fixture;
 pub mod labkit;
+pub mod loadgen;
+pub mod program_cost;
 pub mod world;
 
 /// Tests that need root and BPF run in CI (as root). Elsewhere they fail,

@@ -1,7 +1,8 @@
-//! The packet tables' world: netplane::fixture (node-0 with pods A and B),
+//! The packet tables' world: crate::fixture (node-0 with pods A and B),
 //! plus running frames through it.
-use netplane::ebpf::Datapath;
-pub use netplane::fixture::*;
+use netplane::datapath::Datapath;
+
+pub use crate::fixture::*;
 
 /// Runs one frame through a program (TC with an skb mark, or XDP) and
 /// returns the verdict and the output frame.

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use netplane::cluster::DEFAULT_CLUSTER;
+use netplane::config::cluster::DEFAULT_CLUSTER;
 use netplane_tests::privileged;
 use serde_json::Value;
 

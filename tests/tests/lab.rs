@@ -338,7 +338,7 @@ fn invalid_file_is_refused_before_anything_is_built() {
     let _turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
     assert!(np_namespaces().is_empty());
     let bad = std::env::temp_dir().join(format!("netplane-bad-{}.toml", std::process::id()));
-    let text = netplane::cluster::DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 5");
+    let text = netplane::config::cluster::DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 5");
     std::fs::write(&bad, text).unwrap();
     let bad_path = bad.to_str().unwrap();
     for args in [

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use netplane::cluster::DEFAULT_CLUSTER;
+use netplane::config::cluster::DEFAULT_CLUSTER;
 use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
 
@@ -257,9 +257,8 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
     assert_eq!(other["allocated"], 0, "{other}");
     // The load balancer's program said so in its agent's log (aya-log).
     wait_until("the eBPF warning in the load balancer's log", || {
-        std::fs::read_to_string("/run/netplane/lab/agent-lb.log").is_ok_and(|l| {
-            l.contains("backend 10.224.0.4 has no SNAT port left toward 203.0.113.10:7000")
-        })
+        std::fs::read_to_string("/run/netplane/lab/agent-lb.log")
+            .is_ok_and(|l| l.contains("10.224.0.4 has no SNAT port left toward 203.0.113.10:7000"))
     });
 
     assert!(client.wait().unwrap().success());

@@ -494,6 +494,8 @@ fn drop_events_are_reported_and_rate_limited() {
         aya::maps::RingBuf::try_from(dp.bpf.take_map(names::FLOW_EVENTS).unwrap()).unwrap();
     let mut reported = 0u64;
     while let Some(item) = ring.next() {
+        // SAFETY: the programs write whole FlowEvents into the ring; the
+        // read is unaligned-safe and FlowEvent is plain data.
         let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) };
         assert_eq!(
             (ev.kind, ev.code),

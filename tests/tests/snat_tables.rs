@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, PerCpuArray};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use netplane::{
-    ebpf::{Datapath, key},
-    snat,
+    agent::snat,
+    datapath::{Datapath, LoadOptions, key},
 };
 use netplane_common::{
     DropReason, Path,
@@ -397,7 +397,7 @@ fn the_whole_pool_is_usable_toward_one_destination() {
         out.iter().map(Result::unwrap).collect()
     };
     let data = dp.hash_map_data(names::NAT_OUT).unwrap();
-    let batched = netplane::ebpf::dump_hash::<FlowKey, NatEntry>(data).unwrap();
+    let batched = netplane::datapath::dump_hash::<FlowKey, NatEntry>(data).unwrap();
     assert_eq!(batched.len(), 64_512);
     let batched: std::collections::HashMap<FlowKey, NatEntry> = batched.into_iter().collect();
     assert_eq!(batched, one_by_one);
@@ -450,10 +450,10 @@ const FRONTEND: [u8; 4] = [198, 51, 100, 10];
 
 /// The load balancer of the default cluster with 64 ports per node.
 fn load_balancer() -> Datapath {
-    let mut c = netplane::cluster::Cluster::load(None).unwrap();
+    let mut c = netplane::config::cluster::Cluster::load(None).unwrap();
     c.outbound.allocated_outbound_ports = Some(64);
     let plan = snat::lb_plan(&c, None);
-    let mut dp = Datapath::load(None).unwrap();
+    let mut dp = Datapath::load(&LoadOptions::default()).unwrap();
     snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
     dp
 }

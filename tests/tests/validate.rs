@@ -1,7 +1,7 @@
 //! The cluster file's rules: a matrix of broken files, each expected to be
 //! refused with exactly one named rule; malformed input never panics; the
 //! `validate` command's exit code and JSON.
-use netplane::cluster::{Cluster, ConfigError, DEFAULT_CLUSTER, Violation};
+use netplane::config::cluster::{Cluster, ConfigError, DEFAULT_CLUSTER, Violation};
 
 /// The default file with `from` replaced by `to` (which must occur).
 fn edited(from: &str, to: &str) -> String {

@@ -175,9 +175,9 @@ fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {
 /// rounds, the kernel's own timing of each run).
 pub fn flows(rounds: usize) -> Result<()> {
     let np = netplane_bin();
-    let out = Command::new(&np)
+    let out = Command::new(crate::bench_bin_beside(np.to_str().context("utf-8 path")?))
         .args([
-            "bench-flow-events",
+            "flow-events",
             "--rounds",
             &rounds.to_string(),
             "--runs",
@@ -186,7 +186,7 @@ pub fn flows(rounds: usize) -> Result<()> {
         .output()?;
     if !out.status.success() {
         bail!(
-            "bench-flow-events: {}",
+            "netplane-bench flow-events: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -105,10 +105,7 @@ fn run(cli: Cli) -> Result<()> {
             let rounds = rounds.max(1);
             setup::run()?;
             eprintln!("== build (release: the traffic generators run at full speed)");
-            cmd(
-                "cargo",
-                &["build", "--release", "-p", "netplane-user", "--bins"],
-            )?;
+            cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
             suite::run(&suite::Options {
                 quick,
                 rounds,
@@ -158,10 +155,26 @@ pub fn netplane_bin() -> std::path::PathBuf {
     workspace_root().join("target/debug/netplane")
 }
 
+/// The benchmark's tools (`netplane-bench`), built beside `netplane`.
+pub fn bench_bin_beside(netplane: &str) -> String {
+    format!("{netplane}-bench")
+}
+
 fn build() -> Result<()> {
     eprintln!("== build");
-    cmd("cargo", &["build", "-p", "netplane-user", "--bins"])
+    cmd("cargo", &BUILD_BINS)
 }
+
+/// `netplane`, `netplane-cni` and the benchmark's `netplane-bench`.
+const BUILD_BINS: [&str; 7] = [
+    "build",
+    "-p",
+    "netplane-user",
+    "--bins",
+    "-p",
+    "netplane-tests",
+    "--bins",
+];
 
 fn test(args: &[String]) -> Result<()> {
     // The lab tests need the np- namespaces to themselves.

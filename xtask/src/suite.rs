@@ -271,11 +271,14 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.rounds.to_string(),
         if opts.quick { "5000" } else { "20000" },
     );
-    let out = Command::new(np)
-        .args(["bench-programs", "--rounds", &rounds, "--runs", runs])
+    let out = Command::new(crate::bench_bin_beside(np))
+        .args(["programs", "--rounds", &rounds, "--runs", runs])
         .output()?;
     if !out.status.success() {
-        bail!("bench-programs: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "netplane-bench programs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     run.programs = serde_json::from_slice(&out.stdout)?;
     run.seconds = started.elapsed().as_secs_f64();
@@ -809,7 +812,8 @@ fn in_netns(host: &str, cpu: &str, argv: &[&str]) -> Command {
 /// A loadgen server on the server CPU; it ends by its own deadline, or is
 /// stopped by PID.
 fn server<S: AsRef<str>>(np: &str, host: &str, args: &[S]) -> Result<Child> {
-    let mut argv = vec![np, "loadgen"];
+    let bench = crate::bench_bin_beside(np);
+    let mut argv = vec![bench.as_str(), "loadgen"];
     argv.extend(args.iter().map(AsRef::as_ref));
     let child = in_netns(host, SERVER_CPU, &argv)
         .stdout(Stdio::piped())
@@ -832,7 +836,8 @@ fn stop(mut child: Child) {
 
 /// A loadgen client on the client CPU; returns its JSON.
 fn client(np: &str, host: &str, args: &[&str]) -> Result<Value> {
-    let mut argv = vec![np, "loadgen"];
+    let bench = crate::bench_bin_beside(np);
+    let mut argv = vec![bench.as_str(), "loadgen"];
     argv.extend_from_slice(args);
     let out = in_netns(host, CLIENT_CPU, &argv).output()?;
     if !out.status.success() {

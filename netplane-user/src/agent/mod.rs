@@ -3,6 +3,9 @@
 //! by diffs, and survives its own restarts: maps and program attachments
 //! are pinned, so traffic flows while no agent runs, and a new agent adopts
 //! them (hooks.rs).
+pub mod flows;
+pub mod metrics;
+pub mod snat;
 use std::{
     collections::HashMap as StdHashMap,
     net::Ipv4Addr,
@@ -22,12 +25,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    cluster::{Cluster, NodePlan, OutboundType},
-    ebpf::{Datapath, key, list_routes, put_route},
-    hooks::{self, Attach, Hooks},
-    paths,
-    pods::{self, PodRecord},
-    snat, sys,
+    cni::registry::{self as pods, PodRecord},
+    config::{Cluster, NodePlan, OutboundType},
+    datapath::{
+        Datapath, LoadOptions,
+        hooks::{self, Attach, Hooks},
+        key, list_routes, put_route,
+    },
+    paths, sys,
 };
 
 /// How often the agent compares the pod registry and the cluster file with
@@ -292,7 +297,12 @@ fn load(
     let pins = paths::pins(name);
     std::fs::create_dir_all(&pins)?;
     let want = cluster.limits.nat_table_entries;
-    let mut dp = Datapath::load_for_agent(&pins, log_level, want)?;
+    let mut dp = Datapath::load(&LoadOptions {
+        pin_dir: Some(pins.clone()),
+        log_level,
+        nat_entries: want,
+        ..LoadOptions::default()
+    })?;
     // Adopted maps keep the size they were made with.
     let have = dp.nat_table_entries()?;
     if have != want {
@@ -323,9 +333,9 @@ fn serve(
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
     let name = status.node.as_str();
-    let own = Arc::new(crate::metrics::AgentCounters::default());
+    let own = Arc::new(crate::agent::metrics::AgentCounters::default());
     if let Some(addr) = opts.metrics_addr {
-        crate::metrics::serve(addr, PathBuf::from(&status.pins), Arc::clone(&own))?;
+        crate::agent::metrics::serve(addr, PathBuf::from(&status.pins), Arc::clone(&own))?;
         info!(%addr, "metrics on /metrics");
     }
     let status_path = paths::agent_status(name);
@@ -339,7 +349,7 @@ fn serve(
         "data path attached"
     );
 
-    let mut events = crate::flows::EventLog::open(name, &mut dp)?;
+    let mut events = crate::agent::flows::EventLog::open(name, &mut dp)?;
     // The programs' own messages, into this log (tracing picks up `log`).
     let mut bpf_log = match aya_log::EbpfLogger::init(&mut dp.bpf) {
         Ok(l) => Some(l),

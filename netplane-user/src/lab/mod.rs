@@ -4,6 +4,8 @@
 //!
 //! Safety: everything lives in `np-` namespaces the lab creates; nothing is
 //! added to the root namespace; `down` removes it all and is idempotent.
+pub mod classic;
+pub mod trace;
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
@@ -15,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cluster::{Cluster, OutboundType},
-    ebpf, paths,
+    config::{Cluster, OutboundType},
+    datapath, paths,
     sys::{self, ip_in, sysctl_in},
 };
 
@@ -133,7 +135,7 @@ pub fn plan(cluster: &Cluster) -> Vec<Host> {
         name: name.into(),
         role,
         netns: format!("{NETNS_PREFIX}{name}"),
-        ip: crate::snat::gateway(cluster),
+        ip: crate::agent::snat::gateway(cluster),
         node: None,
     });
     hosts.push(Host {
@@ -234,7 +236,7 @@ fn build(cluster: &Cluster, opts: &UpOptions, progress: &mut dyn FnMut(&str)) ->
     let cluster_copy = paths::lab_dir().join("cluster.toml");
     std::fs::write(&cluster_copy, toml::to_string(cluster)?)?;
     lab_violations(cluster)?;
-    let gateway = crate::snat::gateway(cluster);
+    let gateway = crate::agent::snat::gateway(cluster);
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
         uplink_xdp: opts.uplink_xdp,
@@ -379,9 +381,9 @@ fn build_classic(
             node.name,
             if routed { "" } else { ", iptables MASQUERADE" }
         ));
-        crate::classic::node_routes(cluster, node)?;
+        crate::lab::classic::node_routes(cluster, node)?;
         if !routed {
-            crate::classic::node_masquerade(cluster, node)?;
+            crate::lab::classic::node_masquerade(cluster, node)?;
         }
     }
     if routed {
@@ -389,13 +391,13 @@ fn build_classic(
             "{}: kernel forwarding and routes to every pod CIDR, no translation",
             outbound.name
         ));
-        crate::classic::routed_outbound(cluster, outbound)?;
+        crate::lab::classic::routed_outbound(cluster, outbound)?;
     } else {
         progress(&format!(
             "{}: kernel forwarding and iptables SNAT",
             outbound.name
         ));
-        crate::classic::outbound(cluster, outbound)?;
+        crate::lab::classic::outbound(cluster, outbound)?;
     }
     for host in hosts.iter().filter(|h| h.role == Role::Pod) {
         let node = nodes
@@ -413,7 +415,7 @@ fn build_classic(
             }
         ));
         new_netns(&host.netns)?;
-        crate::classic::attach_pod(host, node, state.datapath)?;
+        crate::lab::classic::attach_pod(host, node, state.datapath)?;
     }
     progress(if routed {
         "plain routed data path ready (no netfilter rule, no netplane program)"
@@ -690,7 +692,7 @@ fn wait_for_pods(hosts: &[Host]) -> Result<()> {
     for pod in hosts.iter().filter(|h| h.role == Role::Pod) {
         let node = pod.node.as_deref().expect("pods have nodes");
         loop {
-            if ebpf::pinned_pod_ips(&paths::pins(node)).is_ok_and(|ips| ips.contains(&pod.ip)) {
+            if datapath::pinned_pod_ips(&paths::pins(node)).is_ok_and(|ips| ips.contains(&pod.ip)) {
                 break;
             }
             if Instant::now() > deadline {

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::{
-    cluster::{Cluster, NodePlan, OutboundType, pod_gateway},
+    config::cluster::{Cluster, NodePlan, OutboundType, pod_gateway},
     lab::{DataPathKind, Host, NETNS_PREFIX},
     paths,
     sys::{self, ip_in},
@@ -73,7 +73,7 @@ pub fn node_masquerade(cluster: &Cluster, node: &NodePlan) -> Result<()> {
 pub fn load_balancer(cluster: &Cluster, lb: &Host) -> Result<()> {
     let ns = lb.netns.as_str();
     sys::sysctl_in(ns, &["net.ipv4.ip_forward=1"])?;
-    let plan = crate::snat::lb_plan(cluster, None);
+    let plan = crate::agent::snat::lb_plan(cluster, None);
     let k = plan.slots_per_backend as usize;
     for (i, (node_ip, _)) in plan.backends.iter().enumerate() {
         let slot = &plan.slots[i * k];

@@ -11,7 +11,9 @@ use netplane_common::{
 };
 use serde::Serialize;
 
-use crate::{ebpf::key, fixture::*};
+use netplane::datapath::{Datapath, key};
+
+use crate::fixture::*;
 
 #[derive(Debug, Serialize)]
 pub struct Case {
@@ -41,7 +43,7 @@ fn tcp_frame(
     out
 }
 
-fn datapath(events: bool) -> Result<crate::ebpf::Datapath> {
+fn datapath(events: bool) -> Result<Datapath> {
     let mut dp = node0_datapath_with(events);
     let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG)?)?;
     cfg.set(
@@ -194,7 +196,7 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
 }
 
 /// Ports allocated so far, all slots and CPUs.
-fn allocations(dp: &mut crate::ebpf::Datapath) -> Result<u64> {
+fn allocations(dp: &mut Datapath) -> Result<u64> {
     let allocs: aya::maps::PerCpuArray<_, u64> =
         aya::maps::PerCpuArray::try_from(dp.map(names::SNAT_ALLOCS)?)?;
     let mut total = 0;

@@ -13,7 +13,7 @@ use aya::programs::{
     tc::SchedClassifierLink,
 };
 
-use crate::ebpf::Datapath;
+use super::{Datapath, sys::detach_pinned};
 
 /// Where a node's link pins live, under its map pins.
 pub fn links_dir(pins: &Path) -> PathBuf {
@@ -146,56 +146,4 @@ pub const LB_OUTSIDE: &str = "lb-outside";
 
 pub fn pod_hook(container_id: &str) -> String {
     format!("pod-{container_id}")
-}
-
-/// BPF_OBJ_GET on a pinned link, then BPF_LINK_DETACH: the program leaves
-/// its hook at once. (aya 0.14 exposes neither for a pinned link.)
-fn detach_pinned(pin: &Path) -> std::io::Result<()> {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let path = CString::new(pin.as_os_str().as_bytes())?;
-    // union bpf_attr, the obj_get member: pathname, bpf_fd, file_flags.
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-    }
-    let attr = ObjGet {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-    };
-    // SAFETY: attr outlives the call and matches the kernel's layout.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGet,
-            std::mem::size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    // union bpf_attr, the link_detach member: link_fd.
-    let link_fd: u32 = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &link_fd as *const u32,
-            std::mem::size_of::<u32>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -15,8 +15,8 @@ use netplane_common::{
 use serde::Serialize;
 
 use crate::{
-    cluster::Cluster,
-    ebpf::{Counters, Datapath, addr, key},
+    config::Cluster,
+    datapath::{Counters, Datapath, addr, key},
     lab::{self, Host, LabState, Role},
     paths,
 };

@@ -18,7 +18,7 @@ use netplane_common::{
 };
 use serde_json::{Value, json};
 
-use crate::{ebpf::Datapath, paths};
+use crate::{datapath::Datapath, paths};
 
 /// A log is rotated (to `.1`) past this size.
 pub const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
@@ -64,7 +64,7 @@ impl EventLog {
 
     /// Expired translations, as expiry events.
     pub fn expired(&mut self, flows: &[(FlowKey, NatEntry)]) {
-        let now = crate::snat::monotonic_ns();
+        let now = crate::agent::snat::monotonic_ns();
         let lines: Vec<Value> = flows
             .iter()
             .map(|(k, e)| {

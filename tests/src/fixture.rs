@@ -9,7 +9,7 @@ use etherparse::PacketBuilder;
 use ipnet::Ipv4Net;
 use netplane_common::{LocalPod, NodeConfig};
 
-use crate::ebpf::{Datapath, key, put_route};
+use netplane::datapath::{Datapath, LoadOptions, key, put_route};
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -48,7 +48,11 @@ pub fn node0_datapath() -> Datapath {
 
 /// node-0, choosing whether the programs report flow events.
 pub fn node0_datapath_with(flow_events: bool) -> Datapath {
-    let mut dp = Datapath::load_with(None, flow_events).expect("load object");
+    let mut dp = Datapath::load(&LoadOptions {
+        flow_events,
+        ..LoadOptions::default()
+    })
+    .expect("load object");
     dp.set_node(NodeConfig {
         node_ip: key(NODE0.into()),
         uplink_ifindex: 1,

@@ -12,8 +12,8 @@ use netplane_common::nat::{
 use serde::Serialize;
 
 use crate::{
-    cluster::{Cluster, OutboundType},
-    ebpf::{Datapath, addr, key},
+    config::{Cluster, OutboundType},
+    datapath::{Datapath, addr, key},
 };
 
 /// Idle timeouts by state and protocol.
@@ -271,7 +271,7 @@ pub fn collect_where(
 #[derive(Default)]
 pub struct Collector {
     phase: Phase,
-    walk: crate::ebpf::HashWalk,
+    walk: crate::datapath::HashWalk,
     expired_this_pass: bool,
     held: HashSet<FlowKey>,
 }
@@ -356,7 +356,7 @@ impl Collector {
                         .map(|(k, _)| k)
                         .filter(|k| !self.held.contains(k))
                         .collect();
-                    crate::ebpf::delete_batch(owned, &stale)?;
+                    crate::datapath::delete_batch(owned, &stale)?;
                     if self.walk.done() {
                         self.held = HashSet::new();
                         self.enter(Phase::Idle);
@@ -376,9 +376,9 @@ fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> 
         return Ok(());
     }
     let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
-    crate::ebpf::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
+    crate::datapath::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
     let replies: Vec<FlowKey> = flows.iter().map(|(k, e)| reply_key(k, e)).collect();
-    let took = crate::ebpf::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
+    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
     let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for ((_, e), took) in flows.iter().zip(took) {
         if took {
@@ -432,7 +432,7 @@ fn open_pinned(pins: &FsPath, name: &str) -> Result<MapData> {
 pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
     let out = open_pinned(pins, names::NAT_OUT)?;
     let now = monotonic_ns();
-    let mut v: Vec<(u64, Flow)> = crate::ebpf::dump_hash::<FlowKey, NatEntry>(&out)?
+    let mut v: Vec<(u64, Flow)> = crate::datapath::dump_hash::<FlowKey, NatEntry>(&out)?
         .into_iter()
         .map(|(k, e)| {
             let idle = now.saturating_sub(e.last_seen_ns);
@@ -493,7 +493,7 @@ fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
     let frees: Array<_, u64> = Array::try_from(&frees_map)?;
     let mut live: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let flows = if count_live {
-        crate::ebpf::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
+        crate::datapath::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
     } else {
         Vec::new()
     };

@@ -7,6 +7,7 @@
 //! Network configuration (stdin):
 //! `{"cniVersion":"1.0.0","name":"netplane","type":"netplane-cni",
 //!   "cluster":"/path/cluster.toml","node":"node-0"}`
+pub mod registry;
 use std::{
     fs,
     io::Write as _,
@@ -19,9 +20,9 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::json;
 
+use self::registry::{self as pods, PodRecord};
 use crate::{
-    cluster::{Cluster, pod_gateway},
-    pods::{self, PodRecord},
+    config::cluster::{Cluster, pod_gateway},
     sys,
 };
 

@@ -24,7 +24,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{ebpf::Counters, snat};
+use super::snat;
+use crate::datapath::Counters;
 
 /// What the agent itself counts (the rest is in the maps).
 #[derive(Debug, Default)]
@@ -106,7 +107,7 @@ fn entries(pins: &std::path::Path, name: &str) -> Option<usize> {
 impl Collector for DataPath {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         if let Ok(c) = Counters::read_pinned(&self.pins) {
-            let rows = |f: fn(&crate::ebpf::PathStat) -> u64| -> Vec<(Labels, u64)> {
+            let rows = |f: fn(&crate::datapath::PathStat) -> u64| -> Vec<(Labels, u64)> {
                 c.paths
                     .iter()
                     .map(|p| (vec![("path", p.path.to_string())], f(p)))

@@ -1,0 +1,64 @@
+//! `netplane agent`: one node's (or the load balancer's) data path.
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Cluster file (default: the embedded default cluster).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name in the cluster file.
+    #[arg(long, required_unless_present = "lb", conflicts_with = "lb")]
+    node: Option<String>,
+    /// Be the outbound load balancer (outbound type loadBalancer) or the
+    /// appliance (userDefinedRouting).
+    #[arg(long)]
+    lb: bool,
+    /// Network namespace of the node (the lab's nodes live in one).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Also attach the XDP early-drop program to the uplink (see
+    /// docs/decisions.md for its cost).
+    #[arg(long)]
+    uplink_xdp: bool,
+    /// On exit, detach the programs and remove the pins. Without it the
+    /// data path keeps running and the next agent adopts it.
+    #[arg(long)]
+    detach_on_exit: bool,
+    /// Serve Prometheus metrics on ADDR:PORT (/metrics).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Messages of the eBPF programs in this log from this level:
+    /// error, warn, info (default; debug messages stay off the packet
+    /// path) or debug.
+    #[arg(long, value_parser = parse_level)]
+    bpf_log_level: Option<aya_log::Level>,
+}
+
+pub fn run(args: AgentArgs) -> Result<()> {
+    let opts = netplane::agent::Options {
+        config: args.config,
+        netns: args.netns,
+        uplink_xdp: args.uplink_xdp,
+        detach_on_exit: args.detach_on_exit,
+        metrics_addr: args.metrics_addr,
+        bpf_log_level: args.bpf_log_level,
+    };
+    match args.node {
+        Some(node) if !args.lb => netplane::agent::run(&node, &opts),
+        _ => netplane::agent::run_lb(&opts),
+    }
+}
+
+fn parse_level(s: &str) -> Result<aya_log::Level, String> {
+    Ok(match s {
+        "error" => aya_log::Level::Error,
+        "warn" => aya_log::Level::Warn,
+        "info" => aya_log::Level::Info,
+        "debug" => aya_log::Level::Debug,
+        "trace" => aya_log::Level::Trace,
+        other => return Err(format!("{other}: error, warn, info, debug or trace")),
+    })
+}

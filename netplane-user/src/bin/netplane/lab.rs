@@ -1,0 +1,146 @@
+//! `netplane lab`: the cluster built in network namespaces on this machine.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use netplane::lab;
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Build the cluster: VNet, nodes with agents, pods.
+    Up {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Agents also attach the XDP early-drop program to node uplinks.
+        #[arg(long)]
+        uplink_xdp: bool,
+        /// netplane; kubenet-classic (bridge, kernel routes, iptables) to
+        /// compare; or routed (kernel routes only, no netfilter, no
+        /// translation), the benchmarks' floor.
+        #[arg(long, value_enum, default_value = "netplane")]
+        datapath: lab::DataPathKind,
+    },
+    /// Remove everything the lab made (idempotent, also after a crash).
+    Down,
+    /// Apply an edited cluster file (default: the lab's own copy) to the
+    /// running agents: routes are added and removed one by one.
+    Reload {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stop a node's agent and start a new one, which adopts the pinned data
+    /// path while traffic flows.
+    AgentRestart {
+        node: String,
+        /// SIGKILL instead of SIGTERM (a crash).
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Hosts, namespaces and agents.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a lab host (name or IP).
+    Exec {
+        host: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+pub fn run(command: LabCmd) -> Result<ExitCode> {
+    match command {
+        LabCmd::Up {
+            config,
+            uplink_xdp,
+            datapath,
+        } => {
+            eprintln!("bringing the lab up");
+            let opts = lab::UpOptions {
+                uplink_xdp,
+                datapath,
+            };
+            let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
+            print_hosts(&state.hosts);
+            eprintln!(
+                "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
+            );
+        }
+        LabCmd::Reload { config } => {
+            lab::reload(config.as_deref())?;
+            eprintln!("cluster file applied; agents reconcile their routes");
+        }
+        LabCmd::AgentRestart { node, kill } => {
+            let st = lab::restart_agent(&node, kill, &mut |l| progress(l))?;
+            println!(
+                "agent of {} running as pid {}; adopted: {}",
+                st.node,
+                st.pid,
+                st.adopted.join(", ")
+            );
+        }
+        LabCmd::Down => {
+            lab::down(&mut |l| progress(l))?;
+            eprintln!("lab is down");
+        }
+        LabCmd::Status { json } => {
+            let st = lab::status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else if !st.up {
+                println!("lab is down");
+            } else {
+                print_hosts(&st.hosts.iter().map(|h| h.host.clone()).collect::<Vec<_>>());
+                for h in st.hosts.iter().filter(|h| !h.netns_present) {
+                    println!("MISSING namespace {} of {}", h.host.netns, h.host.name);
+                }
+                println!();
+                for a in &st.agents {
+                    let state = if a.running { "running" } else { "NOT RUNNING" };
+                    println!(
+                        "agent {:<8} pid {:<8} {state:<12} log {}",
+                        a.node, a.pid, a.log
+                    );
+                }
+            }
+        }
+        LabCmd::Exec { host, command } => {
+            let state = lab::load_state()?.context("the lab is down: run `netplane lab up`")?;
+            let Some(h) = lab::find_host(&state, &host) else {
+                let names: Vec<&str> = state.hosts.iter().map(|h| h.name.as_str()).collect();
+                bail!("no lab host {host}; hosts: {}", names.join(", "));
+            };
+            use std::os::unix::process::CommandExt as _;
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &h.netns])
+                .args(&command)
+                .exec();
+            bail!("running {command:?} in {}: {err}", h.netns);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(line: &str) {
+    eprintln!("  {line}");
+}
+
+fn print_hosts(hosts: &[lab::Host]) {
+    println!(
+        "{:<10} {:<6} {:<14} {:<8} netns",
+        "host", "role", "ip", "node"
+    );
+    for h in hosts {
+        let role = serde_json::to_value(h.role).ok();
+        let role = role.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
+        println!(
+            "{:<10} {:<6} {:<14} {:<8} {}",
+            h.name,
+            role,
+            h.ip,
+            h.node.as_deref().unwrap_or("-"),
+            h.netns
+        );
+    }
+}

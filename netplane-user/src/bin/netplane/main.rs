@@ -1,0 +1,121 @@
+//! `netplane`: the node agent, the lab, and the commands that look inside.
+//! One file per command: its arguments, what it does, and its typed rows
+//! (`table` renders them; the same rows serialize for `--json`).
+mod agent;
+mod flows;
+mod lab;
+mod nat;
+mod plan;
+mod pods;
+mod ports;
+mod routes;
+mod select;
+mod stats;
+mod table;
+mod trace;
+mod validate;
+mod whoami;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::select::Select;
+
+#[derive(Parser)]
+#[command(
+    name = "netplane",
+    version,
+    about = "kubenet networking, as AKS runs it, in eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the data path of one node (or, with --lb, of the outbound load
+    /// balancer or appliance): load, attach, fill maps, reconcile.
+    Agent(agent::AgentArgs),
+    /// The lab: the cluster built in network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCmd,
+    },
+    /// Packet and drop counters of the running agents.
+    Stats(Select),
+    /// Live SNAT translations: original and translated tuples, state, age,
+    /// idle time left.
+    Nat(Select),
+    /// SNAT port use per SNAT IP and port block: capacity, allocated, peak,
+    /// allocation failures.
+    Ports(Select),
+    /// A packet's walk through the lab, hop by hop, computed by the real
+    /// programs on a crafted packet against copies of the live maps.
+    Trace(trace::TraceArgs),
+    /// Flow events: new flows, translations, drops (with reason) and
+    /// expiries, from every agent (or one).
+    Flows(flows::FlowsArgs),
+    /// Pods per node: name, IP, node, host interface, and whether the
+    /// node's data path has registered them.
+    Pods(Select),
+    /// The route table (the UDR) each agent has loaded, as Azure shows one.
+    Routes(Select),
+    /// Check a cluster file against AKS's rules; all errors at once.
+    Validate(validate::ValidateArgs),
+    /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
+    Plan(plan::PlanArgs),
+    /// Address echo for lab traffic: the server tells each client the
+    /// address it saw.
+    Whoami {
+        #[command(subcommand)]
+        command: whoami::WhoamiCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    // Piped into `head`, a CLI should stop quietly, not panic.
+    // SAFETY: setting a signal disposition to default at start-up, before
+    // any other thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Agent(args) => agent::run(args)?,
+        Cmd::Lab { command } => return lab::run(command),
+        Cmd::Stats(select) => stats::run(&select)?,
+        Cmd::Nat(select) => nat::run(&select)?,
+        Cmd::Ports(select) => ports::run(&select)?,
+        Cmd::Trace(args) => trace::run(args)?,
+        Cmd::Flows(args) => flows::run(args)?,
+        Cmd::Pods(select) => pods::run(&select)?,
+        Cmd::Routes(select) => routes::run(&select)?,
+        Cmd::Validate(args) => return validate::run(args),
+        Cmd::Plan(args) => plan::run(args)?,
+        Cmd::Whoami { command } => whoami::run(command)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

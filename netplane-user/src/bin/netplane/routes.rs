@@ -1,0 +1,90 @@
+//! `netplane routes`: the route table (UDR) each agent loaded, as Azure
+//! shows one.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::Result;
+use netplane::{config::Cluster, datapath::pinned_routes, lab, paths};
+use netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
+use serde::Serialize;
+
+use crate::{
+    select::Select,
+    table::{self, Column, Row, left},
+};
+
+#[derive(Serialize)]
+struct RouteRow {
+    address_prefix: String,
+    next_hop_type: &'static str,
+    next_hop_ip: String,
+    node: String,
+}
+
+impl Row for RouteRow {
+    const COLUMNS: &'static [Column] = &[
+        left("address prefix", 18),
+        left("next hop type", 17),
+        left("next hop IP", 15),
+        left("node", 0),
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.address_prefix.clone(),
+            self.next_hop_type.to_string(),
+            self.next_hop_ip.clone(),
+            self.node.clone(),
+        ]
+    }
+}
+
+#[derive(Serialize)]
+struct RouteTable {
+    routes: Vec<RouteRow>,
+    count: usize,
+    limit: usize,
+}
+
+pub fn run(select: &Select) -> Result<()> {
+    // Owner names from the lab's cluster file, when there is a lab.
+    let names: Vec<(Ipv4Addr, String)> = lab::load_state()
+        .ok()
+        .flatten()
+        .and_then(|s| Cluster::load(Some(std::path::Path::new(&s.cluster_file))).ok())
+        .map(|c| c.nodes().into_iter().map(|n| (n.ip, n.name)).collect())
+        .unwrap_or_default();
+    let owner = |ip| {
+        names
+            .iter()
+            .find(|(i, _)| *i == ip)
+            .map_or("-".to_string(), |(_, n)| n.clone())
+    };
+    let mut all = BTreeMap::new();
+    for n in select.agents()? {
+        let routes: Vec<RouteRow> = pinned_routes(&paths::pins(&n))?
+            .into_iter()
+            .map(|(cidr, ip)| RouteRow {
+                address_prefix: cidr.to_string(),
+                next_hop_type: "VirtualAppliance",
+                next_hop_ip: ip.to_string(),
+                node: owner(ip),
+            })
+            .collect();
+        if !select.json {
+            println!("{n}: {} of {AZURE_UDR_ROUTE_LIMIT} routes", routes.len());
+            table::print("  ", &routes);
+        }
+        let count = routes.len();
+        all.insert(
+            n,
+            RouteTable {
+                routes,
+                count,
+                limit: AZURE_UDR_ROUTE_LIMIT,
+            },
+        );
+    }
+    if select.json {
+        table::print_json(&serde_json::json!({ "nodes": all }))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The data path as userspace sees it: the compiled eBPF object, loaded
+//! with one options struct; typed map access (`maps`); hooks, pins and link
+//! adoption (`hooks`); test runs (`testrun`); the raw bpf() calls aya lacks
+//! (`sys`).
+pub mod hooks;
+pub mod maps;
+pub mod sys;
+mod testrun;
+
+pub use maps::{
+    Counters, DropStat, PathStat, list_routes, pinned_pod_ips, pinned_routes, put_route,
+};
+use std::{net::Ipv4Addr, path::PathBuf};
+pub use sys::{HashWalk, delete_batch, dump_hash};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData},
+    programs::{SchedClassifier, Xdp},
+};
+use netplane_common::{
+    LocalPod, NodeConfig, RouteTarget,
+    maps::{ip_key, names},
+};
+
+/// The object built by build.rs, aligned as the ELF parser wants.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane"))
+}
+
+/// An IPv4 address in the maps' key form.
+pub fn key(ip: Ipv4Addr) -> u32 {
+    ip_key(ip.octets())
+}
+
+/// The address behind a map key.
+pub fn addr(key: u32) -> Ipv4Addr {
+    Ipv4Addr::from(key.to_ne_bytes())
+}
+
+/// How to load the object.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Pin every map here by name, or adopt the pin of that name if it
+    /// exists (an agent's maps outlive it). None: private maps.
+    pub pin_dir: Option<PathBuf>,
+    /// Whether the programs report flow events (the benchmark compares).
+    pub flow_events: bool,
+    /// The programs' own log (aya-log) from this level; info keeps debug
+    /// messages off the packet path.
+    pub log_level: aya_log::Level,
+    /// Capacity of the NAT tables (maps already pinned keep their size).
+    pub nat_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            pin_dir: None,
+            flow_events: true,
+            log_level: aya_log::Level::Info,
+            nat_entries: netplane_common::nat::MAX_NAT_ENTRIES,
+        }
+    }
+}
+
+/// The loaded object: programs plus maps, optionally pinned in a directory
+/// (reused if the pins already exist).
+pub struct Datapath {
+    pub bpf: Ebpf,
+}
+
+impl Datapath {
+    /// Loads the object as `opts` says.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for map in netplane_common::nat::NAT_TABLE_MAPS {
+            loader.map_max_entries(map, opts.nat_entries);
+        }
+        let on = u8::from(opts.flow_events);
+        loader.override_global("FLOW_EVENTS_ON", &on, true);
+        let level = opts.log_level as u8;
+        loader.override_global(aya_log::LEVEL, &level, true);
+        let pins: Vec<(&str, PathBuf)> = opts
+            .pin_dir
+            .as_deref()
+            .map(|dir| names::ALL.iter().map(|n| (*n, dir.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let bpf = loader.load(object()).context("loading the eBPF object")?;
+        Ok(Self { bpf })
+    }
+
+    /// The NAT tables' capacity as the kernel made them.
+    pub fn nat_table_entries(&mut self) -> Result<u32> {
+        Ok(self.hash_map_data(names::NAT_OUT)?.info()?.max_entries())
+    }
+
+    /// A hash map's own handle, for the batch operations below.
+    pub fn hash_map_data(&mut self, name: &str) -> Result<&MapData> {
+        match self.map(name)? {
+            aya::maps::Map::HashMap(m) => Ok(m),
+            _ => anyhow::bail!("{name} is not a hash map"),
+        }
+    }
+
+    /// A TC program, loaded into the kernel (verified) on first use.
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .bpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    /// An XDP program, loaded on first use.
+    pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .bpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(prog)
+    }
+
+    pub fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    pub fn set_node(&mut self, cfg: NodeConfig) -> Result<()> {
+        let mut arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
+        arr.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn node(&mut self) -> Result<NodeConfig> {
+        let arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
+        Ok(arr.get(&0, 0)?)
+    }
+
+    pub fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, u32, RouteTarget>> {
+        Ok(LpmTrie::try_from(self.map(names::ROUTES)?)?)
+    }
+
+    pub fn pods_map(&mut self) -> Result<HashMap<&mut MapData, u32, LocalPod>> {
+        Ok(HashMap::try_from(self.map(names::LOCAL_PODS)?)?)
+    }
+
+    pub fn counters(&mut self) -> Result<Counters> {
+        Counters::read(&self.bpf)
+    }
+}

@@ -1,0 +1,129 @@
+//! Test runs (BPF_PROG_TEST_RUN): one frame through a loaded program, its
+//! timing, and private copies of a running agent's maps for `trace`.
+use std::path::Path as FsPath;
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
+use netplane_common::{LocalPod, NodeConfig, RouteTarget, maps::names};
+
+use super::{Datapath, LoadOptions};
+
+impl Datapath {
+    /// Runs one frame through a program with BPF_PROG_TEST_RUN: a TC
+    /// program gets an skb with `mark` arriving on `ifindex` (0: lo, which
+    /// must then be in the caller's network namespace). Returns the verdict
+    /// and the frame as the program left it.
+    pub fn run(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct __sk_buff up to ifindex: len, pkt_type (zero), mark, ...,
+        // ifindex at byte 40.
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let is_xdp = matches!(self.bpf.program(prog), Some(aya::programs::Program::Xdp(_)));
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: if is_xdp { None } else { Some(&ctx) },
+            ..Default::default()
+        };
+        let res = if is_xdp {
+            self.xdp(prog)?.test_run(opts)?
+        } else {
+            self.classifier(prog)?.test_run(opts)?
+        };
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Average time one run of `prog` on a fresh copy of `frame` takes,
+    /// over `runs` runs, as the kernel measures each (BPF_PROG_TEST_RUN's
+    /// own timing; one run per call, since repeated runs inside one call
+    /// see the frame as the previous run left it).
+    pub fn time(&mut self, prog: &str, frame: &[u8], runs: u32) -> Result<std::time::Duration> {
+        self.time_frames(prog, std::iter::repeat_n(frame, runs as usize))
+    }
+
+    /// Average time of one run of `prog` per frame, one run per frame (for
+    /// cases where every run must see a different packet, like new flows).
+    pub fn time_frames<'f>(
+        &mut self,
+        prog: &str,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+    ) -> Result<std::time::Duration> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = Vec::new();
+        let (mut total, mut runs) = (std::time::Duration::ZERO, 0u32);
+        let program = self.classifier(prog)?;
+        for frame in frames {
+            out.resize(frame.len() + 256, 0);
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            };
+            total += program.test_run(opts)?.duration;
+            runs += 1;
+        }
+        Ok(total / runs.max(1))
+    }
+
+    /// A private copy of a running agent's data path: the object loaded
+    /// anew, its maps filled from the agent's pins. Running packets through
+    /// it changes nothing the agent uses (counters and translations land in
+    /// the copy).
+    pub fn snapshot(pins: &FsPath) -> Result<Datapath> {
+        use netplane_common::nat::{self, FlowKey, NatConfig, NatEntry, NatReverse, SnatSlot};
+        let mut dp = Datapath::load(&LoadOptions::default())?;
+        let open = |n: &str| {
+            MapData::from_pin(pins.join(n)).with_context(|| format!("opening pinned {n}"))
+        };
+        macro_rules! copy_hash {
+            ($name:expr, $k:ty, $v:ty) => {{
+                let src = aya::maps::Map::HashMap(open($name)?);
+                let src: HashMap<_, $k, $v> = HashMap::try_from(&src)?;
+                let mut dst: HashMap<_, $k, $v> = HashMap::try_from(dp.map($name)?)?;
+                for e in src.iter() {
+                    let (k, v) = e?;
+                    dst.insert(k, v, 0)?;
+                }
+            }};
+        }
+        macro_rules! copy_array {
+            ($name:expr, $v:ty) => {{
+                let src = aya::maps::Map::Array(open($name)?);
+                let src: Array<_, $v> = Array::try_from(&src)?;
+                let mut dst: Array<_, $v> = Array::try_from(dp.map($name)?)?;
+                for i in 0..src.len() {
+                    dst.set(i, src.get(&i, 0)?, 0)?;
+                }
+            }};
+        }
+        copy_hash!(names::LOCAL_PODS, u32, LocalPod);
+        copy_hash!(names::LB_BACKENDS, u32, u32);
+        copy_hash!(names::LB_FRONTENDS, u32, u32);
+        copy_hash!(nat::names::NAT_OUT, FlowKey, NatEntry);
+        copy_hash!(nat::names::NAT_IN, FlowKey, NatReverse);
+        copy_hash!(nat::names::PORT_OWNED, FlowKey, u32);
+        copy_array!(names::NODE_CONFIG, NodeConfig);
+        copy_array!(nat::names::NAT_CONFIG, NatConfig);
+        copy_array!(nat::names::SNAT_SLOTS, SnatSlot);
+        {
+            let src = aya::maps::Map::LpmTrie(open(names::ROUTES)?);
+            let src: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&src)?;
+            let mut dst = dp.routes_map()?;
+            for e in src.iter() {
+                let (k, v) = e?;
+                dst.insert(&k, v, 0)?;
+            }
+        }
+        Ok(dp)
+    }
+}

@@ -1,0 +1,2 @@
+//! Small programs for lab traffic.
+pub mod whoami;
