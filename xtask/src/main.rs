@@ -166,11 +166,10 @@ fn build() -> Result<()> {
 }
 
 /// `netplane`, `netplane-cni` and the benchmark's `netplane-bench`.
-const BUILD_BINS: [&str; 7] = [
+const BUILD_BINS: [&str; 6] = [
     "build",
     "-p",
     "netplane-user",
-    "--bins",
     "-p",
     "netplane-tests",
     "--bins",
