@@ -1,18 +1,8 @@
 //! Counting: drops per numbered reason and packets per path, per CPU.
-use aya_ebpf::{bindings::TC_ACT_SHOT, maps::PerCpuArray, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use netplane_common::{DropReason, Path};
 
-use crate::maps::{DROPS, PATHS};
-
-/// Adds one to slot `index` of a per-CPU counter array.
-#[inline(always)]
-pub fn bump(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(slot) = map.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot: this program run is its only writer, and
-        // the pointer came from a successful lookup.
-        unsafe { *slot += 1 };
-    }
-}
+use crate::maps::{DROPS, PATHS, bump};
 
 /// Counts a drop.
 #[inline(always)]
@@ -32,7 +22,8 @@ pub fn drop(ctx: &TcContext, reason: DropReason) -> i32 {
 #[inline(always)]
 pub fn count(ctx: &TcContext, path: Path) {
     if let Some(slot) = PATHS.get_ptr_mut(path as u32) {
-        // SAFETY: as in `bump`.
+        // SAFETY: a per-CPU slot: this program run is its only writer, and
+        // the pointer came from a successful lookup.
         unsafe {
             (*slot).packets += 1;
             (*slot).bytes += ctx.len() as u64;

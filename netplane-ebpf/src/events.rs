@@ -14,7 +14,7 @@ use netplane_common::{
 };
 
 use crate::{
-    counters::bump,
+    maps::bump,
     packet::{ETH_P_IP, ip},
 };
 

@@ -82,3 +82,13 @@ pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(M
 /// ones no flow holds any more.
 #[map]
 pub static PORT_OWNED: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+
+/// Adds one to slot `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot: this program run is its only writer, and
+        // the pointer came from a successful lookup.
+        unsafe { *slot += 1 };
+    }
+}

@@ -6,7 +6,8 @@ use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
 
 /// A route added and removed by editing the cluster file while traffic to
-/// another node flows: the routes change one by one, the traffic loses nothing.
+/// another node flows: the routes change one by one, the traffic loses
+/// nothing; an invalid file changes nothing; an edit alone is noticed.
 #[test]
 fn reconcile_routes_under_traffic() {
     if !privileged() {
@@ -46,6 +47,26 @@ fn reconcile_routes_under_traffic() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("network.max_pods"));
     assert_eq!(route_prefixes("node-0"), ["10.244.0.0/24", "10.244.1.0/24"]);
+
+    // The agents watch their cluster file: an edit alone (no SIGHUP, no
+    // `lab reload`) is applied, whether written in place or renamed over
+    // the file as editors do.
+    let live = "/run/netplane/lab/cluster.toml";
+    std::fs::write(live, &with_node2).unwrap();
+    for node in ["node-0", "node-1"] {
+        wait_until(&format!("{node} to add 10.244.2.0/24 on an edit"), || {
+            route_prefixes(node).contains(&"10.244.2.0/24".to_string())
+        });
+    }
+    let renamed = format!("{live}.edit");
+    std::fs::write(&renamed, &original).unwrap();
+    std::fs::rename(&renamed, live).unwrap();
+    for node in ["node-0", "node-1"] {
+        wait_until(
+            &format!("{node} to remove 10.244.2.0/24 on a rename"),
+            || route_prefixes(node) == ["10.244.0.0/24", "10.244.1.0/24"],
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

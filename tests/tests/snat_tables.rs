@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, PerCpuArray};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use netplane::{
-    agent::snat,
+    agent::{collector, snat},
+    config::outbound::lb_plan,
     datapath::{Datapath, LoadOptions, key},
 };
 use netplane_common::{
@@ -412,7 +413,7 @@ fn freed_ports_are_reused_and_accounting_survives_churn() {
     let (ports, failed) = open_flows(&mut dp, 1000, 256);
     assert_eq!((ports.len(), failed), (256, 0));
     // Free every third flow, then fill again: exactly those come back.
-    let freed = snat::collect_where(&mut dp, |k, _| k.src_port % 3 == 0)
+    let freed = collector::collect_where(&mut dp, |k, _| k.src_port % 3 == 0)
         .unwrap()
         .len();
     assert_eq!(assert_accounting_exact(&mut dp), 256 - freed as u64);
@@ -428,7 +429,7 @@ fn freed_ports_are_reused_and_accounting_survives_churn() {
         seed ^= seed >> 17;
         seed ^= seed << 5;
         let modulus = 2 + seed % 5;
-        snat::collect_where(&mut dp, |k, _| {
+        collector::collect_where(&mut dp, |k, _| {
             u32::from(k.src_port) % modulus == round % modulus
         })
         .unwrap();
@@ -452,7 +453,7 @@ const FRONTEND: [u8; 4] = [198, 51, 100, 10];
 fn load_balancer() -> Datapath {
     let mut c = netplane::config::cluster::Cluster::load(None).unwrap();
     c.outbound.allocated_outbound_ports = Some(64);
-    let plan = snat::lb_plan(&c, None);
+    let plan = lb_plan(&c, None);
     let mut dp = Datapath::load(&LoadOptions::default()).unwrap();
     snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
     dp
@@ -690,7 +691,7 @@ fn collection_in_small_steps_is_exact() {
     let mut dp = masquerading(1024, 65535);
     let (ports, failed) = open_flows(&mut dp, 1, 20_000);
     assert_eq!((ports.len(), failed), (20_000, 0));
-    let mut c = snat::Collector::default();
+    let mut c = collector::Collector::default();
     c.start();
     let (mut steps, mut removed) = (0, Vec::new());
     while !c.idle() {

@@ -6,9 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
-mod report;
 mod setup;
-mod suite;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -41,7 +39,7 @@ enum Cmd {
         /// Rounds (each runs E, K and R back to back); 5 or more for results.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Fail when ratios fall below generous floors (report::GATE).
+        /// Fail when ratios fall below generous floors (bench/gate.rs).
         #[arg(long)]
         gate: bool,
         /// Measure nothing: write docs/benchmarks.md, the plots and the
@@ -90,7 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench {
             report_only: true, ..
-        } => report::rewrite_from_json(),
+        } => bench::report::rewrite_from_json(),
         Cmd::Bench {
             quick,
             rounds,
@@ -106,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             eprintln!("== build (release: the traffic generators run at full speed)");
             cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
-            suite::run(&suite::Options {
+            bench::run(&bench::Options {
                 quick,
                 rounds,
                 gate,
@@ -115,12 +113,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BenchFlows { rounds } => {
             setup::run()?;
             build()?;
-            bench::flows(rounds.max(1))
+            bench::extra::flows(rounds.max(1))
         }
         Cmd::BenchAttach { rounds } => {
             setup::run()?;
             build()?;
-            bench::attach(rounds.max(1))
+            bench::extra::attach(rounds.max(1))
         }
     }
 }

@@ -16,7 +16,7 @@ use netplane_common::{
 
 use super::{L4, Target};
 use crate::{
-    counters::bump,
+    maps::bump,
     maps::{NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
     packet::{Ipv4, tcp},
 };

@@ -45,11 +45,14 @@ impl EventLog {
         })
     }
 
+    /// The ring buffer, for the caller to wait on (the agent wraps it in
+    /// an `AsyncFd`); `drain` then reads it.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
     /// Moves what the data path reported into the log.
-    pub fn drain(&mut self) {
-        let Some(ring) = self.ring.as_mut() else {
-            return;
-        };
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         let mut lines = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() >= std::mem::size_of::<FlowEvent>() {
@@ -64,7 +67,7 @@ impl EventLog {
 
     /// Expired translations, as expiry events.
     pub fn expired(&mut self, flows: &[(FlowKey, NatEntry)]) {
-        let now = crate::agent::snat::monotonic_ns();
+        let now = super::collector::monotonic_ns();
         let lines: Vec<Value> = flows
             .iter()
             .map(|(k, e)| {

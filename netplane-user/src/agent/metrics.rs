@@ -2,7 +2,6 @@
 //! scrape: packets and bytes per path, drops per reason, live translations,
 //! SNAT ports per block, map fill, collection runs.
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::{
         Arc,
@@ -10,7 +9,7 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use netplane_common::{
     LocalPod, RouteTarget,
@@ -24,7 +23,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::snat;
+use super::nat_view::{self, SlotUse};
 use crate::datapath::Counters;
 
 /// What the agent itself counts (the rest is in the maps).
@@ -145,8 +144,8 @@ impl Collector for DataPath {
                 &drops,
             )?;
         }
-        if let Ok(slots) = snat::slot_use(&self.pins) {
-            let lab = |s: &snat::SlotUse| {
+        if let Ok(slots) = nat_view::slot_use(&self.pins) {
+            let lab = |s: &SlotUse| {
                 vec![
                     ("snat_ip", s.snat_ip.to_string()),
                     ("ports", s.ports.clone()),
@@ -231,32 +230,33 @@ pub fn render(pins: PathBuf, own: Arc<AgentCounters>) -> Result<String> {
     Ok(out)
 }
 
-/// Serves GET /metrics on `addr` from a thread (in the agent's network
-/// namespace: the thread inherits it).
-pub fn serve(addr: SocketAddr, pins: PathBuf, own: Arc<AgentCounters>) -> Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("listening for metrics on {addr}"))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let resp = if req.url() == "/metrics" {
-                    match render(pins.clone(), Arc::clone(&own)) {
-                        Ok(body) => tiny_http::Response::from_string(body).with_header(
-                            "Content-Type: text/plain; version=0.0.4; charset=utf-8"
-                                .parse::<tiny_http::Header>()
-                                .expect("static header"),
-                        ),
-                        Err(e) => {
-                            tiny_http::Response::from_string(format!("{e:#}")).with_status_code(500)
-                        }
-                    }
-                } else {
-                    tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
-                };
-                let _ = req.respond(resp);
+/// Serves GET /metrics on `listener` (bound in the agent's network
+/// namespace) until the runtime ends.
+pub async fn serve(listener: tokio::net::TcpListener, pins: PathBuf, own: Arc<AgentCounters>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (pins, own) = (pins.clone(), Arc::clone(&own));
+            async move {
+                match render(pins, own) {
+                    Ok(body) => (
+                        axum::http::StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(e) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        format!("{e:#}"),
+                    ),
+                }
             }
-        })?;
-    Ok(())
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("metrics server: {e}");
+    }
 }

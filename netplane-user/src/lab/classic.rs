@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::{
     config::cluster::{Cluster, NodePlan, OutboundType, pod_gateway},
-    lab::{DataPathKind, Host, NETNS_PREFIX},
+    lab::topology::{DataPathKind, Host, NETNS_PREFIX, outside_ip},
     paths,
     sys::{self, ip_in},
 };
@@ -73,7 +73,7 @@ pub fn node_masquerade(cluster: &Cluster, node: &NodePlan) -> Result<()> {
 pub fn load_balancer(cluster: &Cluster, lb: &Host) -> Result<()> {
     let ns = lb.netns.as_str();
     sys::sysctl_in(ns, &["net.ipv4.ip_forward=1"])?;
-    let plan = crate::agent::snat::lb_plan(cluster, None);
+    let plan = crate::config::outbound::lb_plan(cluster, None);
     let k = plan.slots_per_backend as usize;
     for (i, (node_ip, _)) in plan.backends.iter().enumerate() {
         let slot = &plan.slots[i * k];
@@ -144,7 +144,7 @@ pub fn routed_outbound(cluster: &Cluster, host: &Host) -> Result<()> {
             "add",
             &cluster.network.pod_cidr.to_string(),
             "via",
-            &crate::lab::outside_ip(host).to_string(),
+            &outside_ip(host).to_string(),
         ],
     )?;
     Ok(())
@@ -190,5 +190,5 @@ pub fn attach_pod(pod: &Host, node: &NodePlan, datapath: DataPathKind) -> Result
             "ipam": ipam,
         })
     };
-    crate::lab::cni_add(&plugin, pod, &conf)
+    super::cni::cni_add(&plugin, pod, &conf)
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     config::Cluster,
     datapath::{Counters, Datapath, addr, key},
-    lab::{self, Host, LabState, Role},
+    lab::topology::{Host, LabState, Role, find_host},
     paths,
 };
 
@@ -59,7 +59,7 @@ pub fn parse_target(state: &LabState, s: &str) -> Result<(Ipv4Addr, u16, Proto)>
 }
 
 fn resolve(state: &LabState, who: &str) -> Result<Ipv4Addr> {
-    if let Some(h) = lab::find_host(state, who) {
+    if let Some(h) = find_host(state, who) {
         return Ok(h.ip);
     }
     who.parse()
@@ -404,7 +404,7 @@ impl World<'_> {
 /// Traces a packet from a pod (optionally with a spoofed source address)
 /// to a target, and back if it was translated.
 pub fn trace(state: &LabState, from: &str, to: &str, source_ip: Option<Ipv4Addr>) -> Result<Trace> {
-    let pod = lab::find_host(state, from).with_context(|| format!("no lab host {from}"))?;
+    let pod = find_host(state, from).with_context(|| format!("no lab host {from}"))?;
     if pod.role != Role::Pod {
         bail!("{from} is a {:?}: traces start at a pod", pod.role);
     }

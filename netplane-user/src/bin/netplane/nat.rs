@@ -5,8 +5,9 @@ use anyhow::Result;
 use netplane::{
     agent::{
         lb_name,
-        snat::{self, Flow, Timeouts},
+        nat_view::{self, Flow},
     },
+    config::outbound::Timeouts,
     paths,
 };
 
@@ -47,7 +48,7 @@ pub fn run(select: &Select) -> Result<()> {
         } else {
             Timeouts::node(&cluster)
         };
-        let flows = snat::flows(&paths::pins(&n), &t)?;
+        let flows = nat_view::flows(&paths::pins(&n), &t)?;
         if !select.json {
             println!("{n}: {} translations", flows.len());
             if !flows.is_empty() {

@@ -5,8 +5,9 @@ use anyhow::Result;
 use netplane::{
     agent::{
         lb_name,
-        snat::{self, SlotUse},
+        nat_view::{self, SlotUse},
     },
+    config::outbound::lb_plan,
     lab, paths,
 };
 use serde::Serialize;
@@ -53,10 +54,10 @@ pub fn run(select: &Select) -> Result<()> {
     let cluster = running_cluster()?;
     let lb = lb_name(&cluster);
     let appliance = (lb == "appliance").then_some(lab::APPLIANCE_OUTSIDE_IP);
-    let plan = snat::lb_plan(&cluster, appliance);
+    let plan = lb_plan(&cluster, appliance);
     let mut all = BTreeMap::new();
     for n in select.agents()? {
-        let peaks = snat::read_peaks(&n);
+        let peaks = nat_view::read_peaks(&n);
         // Whose block each slot is: the load balancer's are per node.
         let owner = |slot: u32| -> String {
             if n != lb {
@@ -67,7 +68,7 @@ pub fn run(select: &Select) -> Result<()> {
                 .and_then(|s| s.node.clone())
                 .unwrap_or_else(|| "all nodes".into())
         };
-        let rows: Vec<PortRow> = snat::slot_use(&paths::pins(&n))?
+        let rows: Vec<PortRow> = nat_view::slot_use(&paths::pins(&n))?
             .into_iter()
             .map(|s| PortRow {
                 peak: peaks.get(&s.slot).copied().unwrap_or(0).max(s.allocated),

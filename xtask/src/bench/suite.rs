@@ -1,200 +1,46 @@
-//! `cargo xtask bench`: netplane (E) against classic kubenet (K) and plain
-//! kernel routing (R) on the same lab topology, side by side in one run:
-//! every round brings each data path up in turn (the order rotates), runs
-//! the same traffic with client and server pinned to fixed CPUs, and takes
-//! it down. Writes docs/bench/results.json, docs/benchmarks.md, SVG plots
-//! in docs/bench/, and the README's headline table.
+//! The measuring half of `cargo xtask bench`: every round brings each data
+//! path up in turn (the order rotates), runs the same traffic with client
+//! and server pinned to fixed CPUs, and takes it down. Produces a `Run`.
 use std::{
-    collections::BTreeMap,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+
 use serde_json::Value;
 
-use crate::{report, workspace_root};
+use super::{
+    Options,
+    model::{
+        BENCH_POOL, CONNTRACK_CAPACITY, CONNTRACK_LEVELS, Dp, FillRun, Profile,
+        QUICK_CONNTRACK_MAX, Run, Samples, Symbol,
+    },
+};
 
-/// The data paths, by the letter the issue and the report use.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum Dp {
-    E,
-    K,
-    R,
-}
+use crate::workspace_root;
 
-impl Dp {
-    pub const ALL: [Dp; 3] = [Dp::E, Dp::K, Dp::R];
-    pub fn letter(self) -> &'static str {
-        match self {
-            Dp::E => "E",
-            Dp::K => "K",
-            Dp::R => "R",
-        }
-    }
-    fn lab_arg(self) -> &'static str {
-        match self {
-            Dp::E => "netplane",
-            Dp::K => "kubenet-classic",
-            Dp::R => "routed",
-        }
-    }
-    pub fn describe(self) -> &'static str {
-        match self {
-            Dp::E => "netplane (eBPF)",
-            Dp::K => "classic kubenet (bridge, kernel routes, iptables)",
-            Dp::R => "plain kernel routing (no netfilter, no translation)",
-        }
-    }
-}
-
-/// What each metric is: name, unit, higher is better, what it measures.
-pub struct MetricDef {
-    pub name: &'static str,
-    pub unit: &'static str,
-    pub higher_is_better: bool,
-    pub what: &'static str,
-}
-
-pub const METRICS: &[MetricDef] = &[
-    MetricDef {
-        name: "udp_pps_cross_node",
-        unit: "packets/s",
-        higher_is_better: true,
-        what: "64-byte UDP frames pod-0-0 → pod-1-0 across nodes, delivered to the socket",
-    },
-    MetricDef {
-        name: "udp_cpu_ns_per_packet",
-        unit: "ns",
-        higher_is_better: false,
-        what: "CPU time of the whole machine per delivered UDP packet",
-    },
-    MetricDef {
-        name: "tcp_rr_p50_us",
-        unit: "µs",
-        higher_is_better: false,
-        what: "TCP 1-byte request/response across nodes, median",
-    },
-    MetricDef {
-        name: "tcp_rr_p99_us",
-        unit: "µs",
-        higher_is_better: false,
-        what: "TCP 1-byte request/response across nodes, 99th percentile",
-    },
-    MetricDef {
-        name: "crr_pod",
-        unit: "connections/s",
-        higher_is_better: true,
-        what: "new TCP connections pod → pod across nodes (connect, 1 byte each way, close)",
-    },
-    MetricDef {
-        name: "crr_pod_failures",
-        unit: "failures",
-        higher_is_better: false,
-        what: "connections of crr_pod that failed or took over 500 ms",
-    },
-    MetricDef {
-        name: "crr_snat",
-        unit: "connections/s",
-        higher_is_better: true,
-        what: "new TCP connections pod → inet through both SNAT stages (R: routed, untranslated)",
-    },
-    MetricDef {
-        name: "crr_snat_failures",
-        unit: "failures",
-        higher_is_better: false,
-        what: "connections of crr_snat that failed or took over 500 ms",
-    },
-    MetricDef {
-        name: "iperf_1",
-        unit: "Gbit/s",
-        higher_is_better: true,
-        what: "iperf3, 1 TCP stream pod → pod across nodes",
-    },
-    MetricDef {
-        name: "iperf_1_cpu_s_per_gbit",
-        unit: "CPU s/Gbit",
-        higher_is_better: false,
-        what: "CPU time of the whole machine per Gbit moved by iperf_1",
-    },
-    MetricDef {
-        name: "iperf_4",
-        unit: "Gbit/s",
-        higher_is_better: true,
-        what: "iperf3, 4 TCP streams pod → pod across nodes",
-    },
-    MetricDef {
-        name: "iperf_4_cpu_s_per_gbit",
-        unit: "CPU s/Gbit",
-        higher_is_better: false,
-        what: "CPU time of the whole machine per Gbit moved by iperf_4",
-    },
-];
-
-/// Live-entry levels of the conntrack-scale runs and their metric names
-/// (`--quick` stops at 100k).
-pub const CONNTRACK_LEVELS: &[(u32, &str, &str)] = &[
-    (10_000, "ct_10k_rr_p50_us", "ct_10k_rr_p99_us"),
-    (100_000, "ct_100k_rr_p50_us", "ct_100k_rr_p99_us"),
-    (1_000_000, "ct_1m_rr_p50_us", "ct_1m_rr_p99_us"),
-];
-const QUICK_CONNTRACK_MAX: u32 = 100_000;
-
-/// Room for 1M live flows and what else runs: netplane's NAT tables in the
-/// conntrack lab (limits.nat_table_entries), and the kernel's
-/// nf_conntrack_max, raised for the run and restored after.
-pub const CONNTRACK_CAPACITY: u32 = 1_100_000;
-
-pub const CONNTRACK_NOTE: &str = "For the 1M level the conntrack lab's cluster file sets \
-     `limits.nat_table_entries = 1100000` (netplane's default is 262,144), and the benchmark \
-     raises the host's `net.netfilter.nf_conntrack_max` to 1,100,000 for the run (restored \
-     after; new namespaces take their maximum from it). The kernel's conntrack hash keeps its \
-     boot-time bucket count (`nf_conntrack_buckets`), as it would on a node whose admin raised \
-     only the maximum.";
+use super::traffic::{
+    CLIENT_CPU, CpuMeter, SERVER_POD_IP, client, finish, in_netns, iperf, num, server, stop,
+    sum_field, tcp_echo_args, udp_flood, udp_sink,
+};
 
 /// Destinations in `inet` (203.0.113.10): each test its own port, so that
 /// one test's translations never take another's ports.
 const INET: &str = "203.0.113.10";
+
 const CRR_SNAT_PORT: u16 = 7001;
+
 const CT_RR_PORT: u16 = 7002;
+
 const FILL_PORT: u16 = 9100;
+
 const SPRAY_DPORTS: (u16, u16) = (20_000, 20_999);
-/// Pod-to-pod server: pod-1-0.
-const SERVER_POD_IP: &str = "10.244.1.2";
+
 const POD_PORT: u16 = 7000;
-const UDP_PORT: u16 = 9000;
-/// Ports per node on the load balancer in the bench cluster: the most two
-/// nodes can have on one frontend IP (64,000 / 2).
-pub const BENCH_POOL: u32 = 32_000;
-const CLIENT_CPU: &str = "0";
-const SERVER_CPU: &str = "1";
 
-pub struct Options {
-    pub quick: bool,
-    pub rounds: usize,
-    pub gate: bool,
-}
-
-impl Options {
-    /// Seconds per traffic test.
-    fn secs(&self) -> f64 {
-        if self.quick { 1.0 } else { 3.0 }
-    }
-}
-
-/// Every sample of one round for one data path.
-pub type Samples = BTreeMap<String, f64>;
-
-pub struct Run {
-    pub samples: Vec<(Dp, usize, Samples)>,
-    pub fills: Vec<(Dp, Value)>,
-    pub programs: Value,
-    /// Where the machine's CPU went during the UDP flood, per data path.
-    pub profiles: Vec<(Dp, Value)>,
-    pub seconds: f64,
-}
-
-pub fn run(opts: &Options) -> Result<()> {
+/// Runs every round, the profiles and the program costs.
+pub fn run(opts: &Options) -> Result<Run> {
     let np = release_bin();
     let np = np.to_str().context("utf-8 path")?;
     if crate::lab_is_up_with(std::path::Path::new(np)) {
@@ -217,13 +63,7 @@ pub fn run(opts: &Options) -> Result<()> {
         None
     };
     let started = Instant::now();
-    let mut run = Run {
-        samples: Vec::new(),
-        fills: Vec::new(),
-        programs: Value::Null,
-        profiles: Vec::new(),
-        seconds: 0.0,
-    };
+    let mut run = Run::default();
     for round in 0..opts.rounds {
         for i in 0..Dp::ALL.len() {
             let dp = Dp::ALL[(round + i) % Dp::ALL.len()];
@@ -280,14 +120,9 @@ pub fn run(opts: &Options) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    run.programs = serde_json::from_slice(&out.stdout)?;
+    run.programs = serde_json::from_slice(&out.stdout).context("netplane-bench programs")?;
     run.seconds = started.elapsed().as_secs_f64();
-    let results = report::results(&run, opts)?;
-    report::write_all(&results)?;
-    if opts.gate {
-        report::gate(&results)?;
-    }
-    Ok(())
+    Ok(run)
 }
 
 fn largest_conntrack_level(opts: &Options) -> u32 {
@@ -317,6 +152,7 @@ fn lab_up_for(np: &str, dp: Dp, cluster: &std::path::Path) -> Result<()> {
 
 /// CPU use (in CPUs) below which the machine counts as quiet.
 const QUIET_CPUS: f64 = 0.25;
+
 /// The longest wait for quiet.
 const SETTLE_LIMIT: Duration = Duration::from_secs(90);
 
@@ -436,7 +272,7 @@ pub fn release_bin() -> std::path::PathBuf {
 }
 
 /// All tests of one round on the lab that is up.
-fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<Value>)> {
+fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>)> {
     let secs = opts.secs();
     let mut s = Samples::new();
     let pod = format!("{SERVER_POD_IP}:{POD_PORT}");
@@ -512,89 +348,10 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<Value>)>
     Ok((s, fill))
 }
 
-/// The UDP sink in pod-1-0, ending a little after the flood.
-fn udp_sink(np: &str, secs: f64) -> Result<Child> {
-    let secs = (secs + 3.0).to_string();
-    let port = UDP_PORT.to_string();
-    server(
-        np,
-        "pod-1-0",
-        &[
-            "udp-sink",
-            "--port",
-            &port,
-            "--secs",
-            &secs,
-            "--idle-ms",
-            "300",
-        ],
-    )
-}
-
-/// 64-byte frames pod-0-0 → pod-1-0 for `secs`: 18 bytes of payload plus
-/// UDP, IPv4 and Ethernet headers (+ 4 of FCS on a wire).
-fn udp_flood(np: &str, secs: f64) -> Result<Value> {
-    let to = format!("{SERVER_POD_IP}:{UDP_PORT}");
-    let secs = secs.to_string();
-    client(
-        np,
-        "pod-0-0",
-        &["udp-flood", "--to", &to, "--payload", "18", "--secs", &secs],
-    )
-}
-
-fn tcp_echo_args(port: u16, secs: f64) -> Vec<String> {
-    [
-        "tcp-echo",
-        "--port",
-        &port.to_string(),
-        "--secs",
-        &secs.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// iperf3 pod-0-0 → pod-1-0: Gbit/s received and CPU seconds used.
-fn iperf(streams: u32, secs: f64) -> Result<(f64, f64)> {
-    let server = in_netns("pod-1-0", SERVER_CPU, &["iperf3", "-s", "-1", "-p", "5201"])
-        .stdout(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let cpu = CpuMeter::start()?;
-    let out = in_netns(
-        "pod-0-0",
-        CLIENT_CPU,
-        &[
-            "iperf3",
-            "-c",
-            SERVER_POD_IP,
-            "-p",
-            "5201",
-            "-J",
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-        ],
-    )
-    .output()?;
-    let busy = cpu.busy_seconds()?;
-    stop(server);
-    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("iperf3: {e}");
-    }
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 result")?;
-    Ok((bps / 1e9, busy))
-}
-
 /// A whole-machine CPU profile (perf's cpu-clock: a VM has no hardware
 /// counters) while the 64-byte UDP flood runs: the top kernel symbols, and
 /// the shares of netplane's programs, netfilter and the bridge.
-fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Value> {
+fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Profile> {
     let secs = opts.secs();
     let data = workspace_root().join(format!("target/bench/perf-{}.data", dp.letter()));
     let data = data.to_str().context("utf-8 path")?.to_string();
@@ -654,26 +411,30 @@ fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Value> {
             .sum::<f64>()
             + 0.0
     };
-    let top: Vec<Value> = rows
-        .iter()
-        .take(12)
-        .map(|(p, s)| serde_json::json!({"percent": p, "symbol": s}))
-        .collect();
-    Ok(serde_json::json!({
-        "samples_of_machine": "all CPUs, cpu-clock at 1999 Hz",
-        "bpf_programs_percent": share(&|s| s.starts_with("bpf_prog_")),
-        "netfilter_percent": share(&|s| {
-            ["nf_", "ipt_", "nft_", "__nf_", "ipv4_conntrack", "nf_nat"].iter().any(|p| s.starts_with(p))
+    Ok(Profile {
+        samples_of_machine: "all CPUs, cpu-clock at 1999 Hz".into(),
+        bpf_programs_percent: share(&|s| s.starts_with("bpf_prog_")),
+        netfilter_percent: share(&|s| {
+            ["nf_", "ipt_", "nft_", "__nf_", "ipv4_conntrack", "nf_nat"]
+                .iter()
+                .any(|p| s.starts_with(p))
         }),
-        "bridge_percent": share(&|s| s.starts_with("br_") || s.starts_with("__br_")),
-        "fib_percent": share(&|s| s.starts_with("fib_") || s.starts_with("ip_route")),
-        "top": top,
-    }))
+        bridge_percent: share(&|s| s.starts_with("br_") || s.starts_with("__br_")),
+        fib_percent: share(&|s| s.starts_with("fib_") || s.starts_with("ip_route")),
+        top: rows
+            .iter()
+            .take(12)
+            .map(|(percent, symbol)| Symbol {
+                percent: *percent,
+                symbol: symbol.clone(),
+            })
+            .collect(),
+    })
 }
 
 /// The SNAT fill curve toward one destination (inet's UDP echo): the
 /// bench's whole per-node block and 2 % beyond.
-fn fill_curve(np: &str) -> Result<Value> {
+fn fill_curve(np: &str) -> Result<FillRun> {
     let flows = BENCH_POOL + BENCH_POOL / 50;
     let echo = server(
         np,
@@ -696,7 +457,7 @@ fn fill_curve(np: &str) -> Result<Value> {
         ],
     );
     stop(echo);
-    r
+    serde_json::from_value(r?).context("udp-fill output")
 }
 
 /// Request/response latency pod-0-0 → inet through SNAT with `level` live
@@ -778,106 +539,4 @@ fn live_entries(np: &str, dp: Dp) -> Result<f64> {
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout).context("netplane ports --json")?;
     Ok(sum_field(&v, "allocated"))
-}
-
-fn sum_field(v: &Value, field: &str) -> f64 {
-    match v {
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, x)| {
-                if k == field {
-                    x.as_f64().unwrap_or(0.0)
-                } else {
-                    sum_field(x, field)
-                }
-            })
-            .sum(),
-        Value::Array(a) => a.iter().map(|x| sum_field(x, field)).sum(),
-        _ => 0.0,
-    }
-}
-
-fn num(v: &Value, k: &str) -> Result<f64> {
-    v[k].as_f64().with_context(|| format!("no {k} in {v}"))
-}
-
-/// `ip netns exec np-<host> taskset -c <cpu> <argv>`.
-fn in_netns(host: &str, cpu: &str, argv: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &format!("np-{host}"), "taskset", "-c", cpu])
-        .args(argv);
-    c
-}
-
-/// A loadgen server on the server CPU; it ends by its own deadline, or is
-/// stopped by PID.
-fn server<S: AsRef<str>>(np: &str, host: &str, args: &[S]) -> Result<Child> {
-    let bench = crate::bench_bin_beside(np);
-    let mut argv = vec![bench.as_str(), "loadgen"];
-    argv.extend(args.iter().map(AsRef::as_ref));
-    let child = in_netns(host, SERVER_CPU, &argv)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(child)
-}
-
-/// Waits for a server that ends by itself, and reads its JSON.
-fn finish(child: Child) -> Result<Value> {
-    let out = child.wait_with_output()?;
-    serde_json::from_slice(&out.stdout).context("loadgen server output")
-}
-
-/// Stops a server we started (by its PID, through Child).
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A loadgen client on the client CPU; returns its JSON.
-fn client(np: &str, host: &str, args: &[&str]) -> Result<Value> {
-    let bench = crate::bench_bin_beside(np);
-    let mut argv = vec![bench.as_str(), "loadgen"];
-    argv.extend_from_slice(args);
-    let out = in_netns(host, CLIENT_CPU, &argv).output()?;
-    if !out.status.success() {
-        bail!(
-            "loadgen {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("loadgen {} output", args.join(" ")))
-}
-
-/// Busy CPU time of the whole machine (all CPUs), from /proc/stat.
-struct CpuMeter {
-    start: f64,
-}
-
-impl CpuMeter {
-    fn start() -> Result<Self> {
-        Ok(Self {
-            start: busy_seconds()?,
-        })
-    }
-    fn busy_seconds(&self) -> Result<f64> {
-        Ok(busy_seconds()? - self.start)
-    }
-}
-
-fn busy_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("/proc/stat")?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal, in USER_HZ (100 per
-    // second on Linux): busy is user + nice + system + irq + softirq (steal
-    // is the hypervisor's, not ours).
-    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
-    Ok(busy / 100.0)
 }

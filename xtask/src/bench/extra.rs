@@ -1,11 +1,13 @@
-//! `cargo xtask bench-attach`: the measurement behind the attach-point choice
-//! (docs/decisions.md): the lab's data path with TC programs only, against
-//! the same plus native XDP on the node uplinks, in interleaved rounds.
+//! The smaller measurements: `cargo xtask bench-attach`, behind the
+//! attach-point choice (docs/decisions.md): the lab's data path with TC
+//! programs only, against the same plus native XDP on the node uplinks, in
+//! interleaved rounds; and `cargo xtask bench-flows`, what flow events cost.
 use std::{fmt::Write as _, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::model::min_median_max as stats;
 use crate::{cmd, netplane_bin, workspace_root};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -114,12 +116,6 @@ fn iperf(np: &str, args: &[&str]) -> Result<Value> {
         bail!("iperf3: {e}");
     }
     Ok(v)
-}
-
-/// min, median and max; None for no samples.
-pub fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
-    v.sort_by(f64::total_cmp);
-    Some((*v.first()?, v[v.len() / 2], *v.last()?))
 }
 
 fn report(samples: &[(Mode, Sample)], rounds: usize) -> Result<String> {

@@ -1,0 +1,178 @@
+//! Collection of expired translations with exact port accounting: a pass
+//! a piece per tick (`Collector`), or whole (`collect_where`, for tests).
+use std::collections::HashSet;
+
+use anyhow::Result;
+use aya::maps::Array;
+use netplane_common::nat::{FlowKey, NatEntry, NatReverse, names, owned_key};
+
+use crate::{config::outbound::Timeouts, datapath::Datapath};
+
+/// CLOCK_MONOTONIC in ns: bpf_ktime_get_ns's clock.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The reply tuple of a translation.
+pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
+    FlowKey::new(k.dst_ip, e.nat_ip, k.dst_port, e.nat_port, k.proto)
+}
+
+/// A flow idle past its timeout at `now_ns`.
+pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
+    now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
+}
+
+/// One whole collection pass: the flows `expired` picks are removed and
+/// their ports returned exactly (SNAT_FREES, which only this collector
+/// writes); owned-port marks no flow holds any more are cleared. Returns
+/// the removed flows. The agent runs the same pass a piece per tick
+/// (`Collector`).
+pub fn collect_where(
+    dp: &mut Datapath,
+    mut expired: impl FnMut(&FlowKey, &NatEntry) -> bool,
+) -> Result<Vec<(FlowKey, NatEntry)>> {
+    let mut c = Collector::default();
+    c.start();
+    let mut all = Vec::new();
+    while !c.idle() {
+        all.extend(c.step(dp, usize::MAX, &mut expired)?);
+    }
+    Ok(all)
+}
+
+/// Collection a piece at a time, so that a large table costs the agent a
+/// little CPU on each tick rather than a burst the pods' traffic feels
+/// (the kernel's conntrack collects in steps the same way). A pass walks
+/// NAT_OUT removing expired flows, then, if any expired, NAT_IN to learn
+/// which translated ports are held and PORT_OWNED to clear the rest.
+#[derive(Default)]
+pub struct Collector {
+    phase: Phase,
+    walk: crate::datapath::HashWalk,
+    expired_this_pass: bool,
+    held: HashSet<FlowKey>,
+}
+
+#[derive(Default, PartialEq, Eq, Debug)]
+enum Phase {
+    #[default]
+    Idle,
+    Expire,
+    LearnHeldPorts,
+    ClearStaleMarks,
+}
+
+impl Collector {
+    /// No pass in progress.
+    pub fn idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
+    /// Starts a pass (if none is in progress).
+    pub fn start(&mut self) {
+        if self.idle() {
+            self.enter(Phase::Expire);
+            self.expired_this_pass = false;
+        }
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.walk = Default::default();
+    }
+
+    /// Goes on with the pass over about `budget` entries; returns the flows
+    /// this step removed.
+    pub fn step(
+        &mut self,
+        dp: &mut Datapath,
+        budget: usize,
+        expired: &mut impl FnMut(&FlowKey, &NatEntry) -> bool,
+    ) -> Result<Vec<(FlowKey, NatEntry)>> {
+        let mut removed = Vec::new();
+        let mut left = budget;
+        while left > 0 && !self.idle() {
+            let before = left;
+            match self.phase {
+                Phase::Idle => {}
+                Phase::Expire => {
+                    let chunk: Vec<(FlowKey, NatEntry)> =
+                        self.walk.next(dp.hash_map_data(names::NAT_OUT)?, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    let gone: Vec<_> = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
+                    remove_flows(dp, &gone)?;
+                    self.expired_this_pass |= !gone.is_empty();
+                    removed.extend(gone);
+                    if self.walk.done() {
+                        if self.expired_this_pass {
+                            self.enter(Phase::LearnHeldPorts);
+                        } else {
+                            self.enter(Phase::Idle);
+                        }
+                    }
+                }
+                Phase::LearnHeldPorts => {
+                    let chunk: Vec<(FlowKey, NatReverse)> =
+                        self.walk.next(dp.hash_map_data(names::NAT_IN)?, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    self.held.extend(
+                        chunk
+                            .into_iter()
+                            .map(|(k, _)| owned_key(k.dst_ip, k.dst_port, k.proto)),
+                    );
+                    if self.walk.done() {
+                        self.enter(Phase::ClearStaleMarks);
+                    }
+                }
+                Phase::ClearStaleMarks => {
+                    let owned = dp.hash_map_data(names::PORT_OWNED)?;
+                    let chunk: Vec<(FlowKey, u32)> = self.walk.next(owned, left)?;
+                    left = left.saturating_sub(chunk.len().max(1));
+                    let stale: Vec<FlowKey> = chunk
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| !self.held.contains(k))
+                        .collect();
+                    crate::datapath::delete_batch(owned, &stale)?;
+                    if self.walk.done() {
+                        self.held = HashSet::new();
+                        self.enter(Phase::Idle);
+                    }
+                }
+            }
+            debug_assert!(left < before || self.idle());
+        }
+        Ok(removed)
+    }
+}
+
+/// Removes translations and returns their ports: counted as freed only
+/// where this removal took the claim (NAT_IN) away.
+fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> {
+    if flows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
+    crate::datapath::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
+    let replies: Vec<FlowKey> = flows.iter().map(|(k, e)| reply_key(k, e)).collect();
+    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
+    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for ((_, e), took) in flows.iter().zip(took) {
+        if took {
+            *freed.entry(e.slot).or_default() += 1;
+        }
+    }
+    let mut frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES)?)?;
+    for (slot, n) in freed {
+        let v = frees.get(&slot, 0)?;
+        frees.set(slot, v + n, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! What the SNAT engine holds now, read from a running agent's pins: live
+//! translations (`netplane nat`), port use per slot (`netplane ports`,
+//! metrics) and the peaks the agent samples.
+use std::{net::Ipv4Addr, path::Path as FsPath};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use netplane_common::nat::{
+    FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot, names, state,
+};
+use serde::Serialize;
+
+use super::collector::monotonic_ns;
+use crate::{config::outbound::Timeouts, datapath::addr};
+
+/// A live translation, for `netplane nat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub proto: &'static str,
+    pub original: String,
+    pub remote: String,
+    pub translated: String,
+    pub state: &'static str,
+    pub age_s: u64,
+    pub idle_left_s: u64,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "?",
+    }
+}
+
+fn endpoint(ip: u32, port: u16, proto: u8) -> String {
+    if proto == PROTO_ICMP {
+        format!("{} id {port}", addr(ip))
+    } else {
+        format!("{}:{port}", addr(ip))
+    }
+}
+
+fn open_pinned(pins: &FsPath, name: &str) -> Result<MapData> {
+    let path = pins.join(name);
+    MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent running?)", path.display()))
+}
+
+/// Live translations of a running agent, oldest first.
+pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
+    let out = open_pinned(pins, names::NAT_OUT)?;
+    let now = monotonic_ns();
+    let mut v: Vec<(u64, Flow)> = crate::datapath::dump_hash::<FlowKey, NatEntry>(&out)?
+        .into_iter()
+        .map(|(k, e)| {
+            let idle = now.saturating_sub(e.last_seen_ns);
+            let limit = t.of(k.proto, e.state).as_nanos() as u64;
+            let flow = Flow {
+                proto: proto_name(k.proto),
+                original: endpoint(k.src_ip, k.src_port, k.proto),
+                remote: if k.proto == PROTO_ICMP {
+                    addr(k.dst_ip).to_string()
+                } else {
+                    endpoint(k.dst_ip, k.dst_port, k.proto)
+                },
+                translated: endpoint(e.nat_ip, e.nat_port, k.proto),
+                state: match e.state {
+                    state::NEW => "new",
+                    state::ESTABLISHED => "established",
+                    _ => "closing",
+                },
+                age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
+                idle_left_s: limit.saturating_sub(idle) / 1_000_000_000,
+            };
+            (e.created_ns, flow)
+        })
+        .collect();
+    v.sort_by_key(|(c, _)| *c);
+    Ok(v.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Port use of one slot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SlotUse {
+    pub slot: u32,
+    pub snat_ip: Ipv4Addr,
+    pub ports: String,
+    pub capacity: u32,
+    pub allocated: u64,
+    pub failures: u64,
+    /// Live translations holding a port of this slot (for the accounting
+    /// check: must equal `allocated`).
+    pub live_entries: u64,
+}
+
+/// Per-slot port use of a running agent, from its pins.
+pub fn slot_use(pins: &FsPath) -> Result<Vec<SlotUse>> {
+    slot_use_counting(pins, true)
+}
+
+/// As `slot_use` from the counters alone (live_entries left 0): no walk
+/// of the translations.
+fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
+    let slots_map = Map::Array(open_pinned(pins, names::SNAT_SLOTS)?);
+    let slots: Array<_, SnatSlot> = Array::try_from(&slots_map)?;
+    let allocs_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_ALLOCS)?);
+    let allocs: PerCpuArray<_, u64> = PerCpuArray::try_from(&allocs_map)?;
+    let fails_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_FAILS)?);
+    let fails: PerCpuArray<_, u64> = PerCpuArray::try_from(&fails_map)?;
+    let frees_map = Map::Array(open_pinned(pins, names::SNAT_FREES)?);
+    let frees: Array<_, u64> = Array::try_from(&frees_map)?;
+    let mut live: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    let flows = if count_live {
+        crate::datapath::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
+    } else {
+        Vec::new()
+    };
+    for (_, e) in flows {
+        *live.entry(e.slot).or_default() += 1;
+    }
+    let mut v = Vec::new();
+    for i in 0..slots.len() {
+        let s = slots.get(&i, 0)?;
+        if s.nat_ip == 0 {
+            continue;
+        }
+        let a: u64 = allocs.get(&i, 0)?.iter().sum();
+        let f: u64 = frees.get(&i, 0)?;
+        v.push(SlotUse {
+            slot: i,
+            snat_ip: addr(s.nat_ip),
+            ports: format!("{}-{}", s.port_lo, s.port_hi),
+            capacity: s.size(),
+            allocated: a.saturating_sub(f),
+            failures: fails.get(&i, 0)?.iter().sum(),
+            live_entries: live.get(&i).copied().unwrap_or(0),
+        });
+    }
+    Ok(v)
+}
+
+/// Where an agent keeps the peak allocation of each slot (sampled at every
+/// collection pass; `ports` shows the larger of it and the live count).
+fn peaks_path(agent: &str) -> std::path::PathBuf {
+    crate::paths::node_dir(agent).join("port-peaks.json")
+}
+
+pub fn read_peaks(agent: &str) -> std::collections::HashMap<u32, u64> {
+    std::fs::read(peaks_path(agent))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Samples allocated ports per slot into the agent's peaks file.
+pub fn record_peaks(agent: &str, pins: &FsPath) -> Result<()> {
+    let mut peaks = read_peaks(agent);
+    let mut changed = false;
+    for s in slot_use_counting(pins, false)? {
+        let p = peaks.entry(s.slot).or_default();
+        if s.allocated > *p {
+            *p = s.allocated;
+            changed = true;
+        }
+    }
+    if changed {
+        std::fs::write(peaks_path(agent), serde_json::to_vec(&peaks)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The agent's life after attaching, as tasks on one tokio runtime: the
+//! status file, signals, the cluster file watched by inotify (and SIGHUP),
+//! the reconcile tick, collection of expired translations, flow events from
+//! the ring buffer and the programs' log (both woken by `AsyncFd`), and one
+//! HTTP server for metrics. A current-thread runtime: the node's network
+//! namespace was entered on this thread, and one thread owns the maps.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt as _;
+use inotify::{Inotify, WatchMask};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL,
+    collector::{Collector, expired_at, monotonic_ns},
+    flows::EventLog,
+    metrics::{self, AgentCounters},
+    nat_view::record_peaks,
+    roles::Role,
+};
+use crate::{
+    config::Cluster,
+    datapath::{Datapath, hooks::Hooks},
+    paths,
+};
+
+/// Runs the agent until SIGTERM or SIGINT, then leaves the data path
+/// attached (or removes it with `--detach-on-exit`).
+pub fn serve(
+    dp: Datapath,
+    hooks: Hooks,
+    status: &AgentStatus,
+    cluster: Cluster,
+    opts: &Options,
+    role: impl Role,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")?;
+    let name = status.node.as_str();
+    let status_path = paths::agent_status(name);
+    let mut agent = Agent {
+        dp,
+        hooks,
+        cluster,
+        role,
+        opts: opts.clone(),
+        status: status.clone(),
+        own: Arc::new(AgentCounters::default()),
+        collector: Collector::default(),
+        last_collect: Instant::now(),
+    };
+    let result = runtime.block_on(agent.run());
+    let _ = std::fs::remove_file(&status_path);
+    if opts.detach_on_exit {
+        info!(agent = name, "stopping: detaching programs, removing pins");
+        agent.hooks.remove_all()?;
+        drop(agent.dp);
+        let _ = std::fs::remove_dir_all(&status.pins);
+    } else {
+        info!(
+            agent = name,
+            "stopping: programs stay attached, maps pinned (--detach-on-exit to remove)"
+        );
+    }
+    result
+}
+
+struct Agent<R> {
+    dp: Datapath,
+    hooks: Hooks,
+    cluster: Cluster,
+    role: R,
+    opts: Options,
+    status: AgentStatus,
+    own: Arc<AgentCounters>,
+    collector: Collector,
+    last_collect: Instant,
+}
+
+impl<R: Role> Agent<R> {
+    async fn run(&mut self) -> Result<()> {
+        let name = self.status.node.clone();
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        if let Some(addr) = self.opts.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            let pins = PathBuf::from(&self.status.pins);
+            tokio::spawn(metrics::serve(listener, pins, Arc::clone(&self.own)));
+            info!(%addr, "metrics on /metrics");
+        }
+        std::fs::create_dir_all(paths::node_dir(&name))?;
+        std::fs::write(
+            paths::agent_status(&name),
+            serde_json::to_vec_pretty(&self.status)?,
+        )?;
+        info!(
+            agent = name,
+            uplink = self.status.uplink,
+            pins = self.status.pins,
+            adopted = self.status.adopted.len(),
+            "data path attached"
+        );
+
+        let mut events = EventLog::open(&name, &mut self.dp)?;
+        let mut ring = events.take_ring().map(watch_fd).transpose()?;
+        // The programs' own messages, into this log (tracing picks up `log`).
+        let mut bpf_log = match aya_log::EbpfLogger::init(&mut self.dp.bpf) {
+            Ok(l) => Some(watch_fd(l)?),
+            Err(e) => {
+                warn!("no eBPF log: {e}");
+                None
+            }
+        };
+        let mut config_changes = match self.opts.config.as_deref() {
+            Some(path) => Some(watch(path)?),
+            None => None,
+        };
+        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => self.reload(),
+                Some(changed) = next_change(&mut config_changes) => {
+                    if changed {
+                        self.reload();
+                    }
+                }
+                _ = tick.tick() => self.tick(&mut events).await?,
+                ready = readable(&mut ring) => {
+                    let mut guard = ready?;
+                    events.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                ready = readable(&mut bpf_log) => {
+                    let mut guard = ready?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the cluster file and applies it; a bad file is reported
+    /// and the previous state kept.
+    fn reload(&mut self) {
+        match Cluster::load(self.opts.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                self.role.apply(&mut self.dp, &c)?;
+                Ok(c)
+            }) {
+            Ok(c) => {
+                self.cluster = c;
+                info!("cluster file applied");
+            }
+            Err(e) => error!("cluster file not applied, keeping the previous one: {e:#}"),
+        }
+    }
+
+    /// Every RECONCILE_INTERVAL: the role's reconcile, and a step of
+    /// collection (a pass starts every COLLECT_INTERVAL).
+    async fn tick(&mut self, events: &mut EventLog) -> Result<()> {
+        self.role.tick(&mut self.dp, &self.hooks)?;
+        let name = self.status.node.as_str();
+        if self.last_collect.elapsed() >= COLLECT_INTERVAL && self.collector.idle() {
+            self.last_collect = Instant::now();
+            self.collector.start();
+            self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
+            record_peaks(name, Path::new(&self.status.pins))?;
+        }
+        if !self.collector.idle() {
+            let (t, now) = (self.role.timeouts(&self.cluster), monotonic_ns());
+            let expired = self
+                .collector
+                .step(&mut self.dp, COLLECT_BUDGET, &mut |k, e| {
+                    expired_at(&t, now, k, e)
+                })?;
+            self.own
+                .expired
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            if !expired.is_empty() {
+                debug!(
+                    expired = expired.len(),
+                    "translations expired, ports returned"
+                );
+                events.expired(&expired);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cluster file's changes: inotify on its directory (editors and
+/// `mv` replace the file, so the directory is what to watch), filtered by
+/// name.
+struct ConfigWatch {
+    events: inotify::EventStream<Vec<u8>>,
+    name: OsString,
+}
+
+fn watch(path: &Path) -> Result<ConfigWatch> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .context("the cluster file has no file name")?
+        .to_os_string();
+    let inotify = Inotify::init().context("inotify")?;
+    inotify
+        .watches()
+        .add(
+            &dir,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE,
+        )
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok(ConfigWatch {
+        events: inotify.into_event_stream(vec![0u8; 4096])?,
+        name,
+    })
+}
+
+/// The next event of the watch: Some(true) when it concerns the cluster
+/// file; never resolves without a watch.
+async fn next_change(watch: &mut Option<ConfigWatch>) -> Option<bool> {
+    match watch {
+        Some(w) => match w.events.next().await {
+            Some(Ok(ev)) => Some(ev.name.is_some_and(|n| n == w.name)),
+            Some(Err(e)) => {
+                warn!("watching the cluster file: {e}");
+                Some(false)
+            }
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Registers a ring buffer (the flow events', or aya-log's) with the
+/// runtime, for readability.
+fn watch_fd<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: both callers pass an owner of its fd (aya's RingBuf holds the
+    // map's OwnedFd; EbpfLogger holds its RingBuf), which stays open and
+    // unchanged for as long as the AsyncFd owns it.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Readiness of an optional fd; never resolves without one.
+async fn readable<T: std::os::fd::AsRawFd>(
+    fd: &mut Option<AsyncFd<T>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>> {
+    match fd {
+        Some(fd) => fd.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}

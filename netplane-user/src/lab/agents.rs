@@ -1,0 +1,245 @@
+//! The agents the lab runs: started in their host's namespace, waited for,
+//! signalled to reload, restarted, and stopped by PID.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{config::Cluster, datapath, paths};
+
+use super::topology::{
+    AgentProc, DataPathKind, Host, NETNS_PREFIX, Role, UpOptions, load_state, save_state,
+};
+
+/// How long `up` waits for an agent to attach, and for pods to register.
+pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long `down` waits after SIGTERM before SIGKILL.
+pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Agents that are not a node's.
+pub(super) const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
+
+/// Where a lab host's agent serves metrics (nodes, load balancer,
+/// appliance), reachable through `lab exec`.
+pub fn metrics_url(host: &Host, datapath: DataPathKind) -> Option<String> {
+    (datapath == DataPathKind::Netplane
+        && matches!(host.role, Role::Node | Role::Lb | Role::Appliance))
+    .then(|| {
+        format!(
+            "http://{}:{}/metrics",
+            host.ip,
+            netplane_common::limits::LAB_METRICS_PORT
+        )
+    })
+}
+
+pub(super) fn start_agent(
+    cluster_file: &str,
+    node: &str,
+    ip: Ipv4Addr,
+    opts: &UpOptions,
+) -> Result<AgentProc> {
+    let exe = std::env::current_exe()?;
+    let log = paths::lab_dir().join(format!("agent-{node}.log"));
+    let out = std::fs::File::create(&log)?;
+    let who = if OUTBOUND_AGENTS.contains(&node) {
+        ["--lb", ""]
+    } else {
+        ["--node", node]
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(["agent", "--config", cluster_file])
+        .args(who.iter().filter(|a| !a.is_empty()))
+        .args(["--netns", &format!("{NETNS_PREFIX}{node}")])
+        .args([
+            "--metrics-addr",
+            &format!("{ip}:{}", netplane_common::limits::LAB_METRICS_PORT),
+        ]);
+    if !OUTBOUND_AGENTS.contains(&node) {
+        cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group: the agent outlives `lab up` and a ^C there.
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    Ok(AgentProc {
+        node: node.to_string(),
+        pid: child.id(),
+        log: log.display().to_string(),
+    })
+}
+
+use std::os::unix::process::CommandExt as _;
+
+pub(super) fn wait_for_agent(agent: &AgentProc) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    let status = paths::agent_status(&agent.node);
+    loop {
+        if let Ok(b) = std::fs::read(&status)
+            && serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+                .is_ok_and(|s| s.pid == agent.pid)
+        {
+            return Ok(());
+        }
+        if !pid_alive(agent.pid) || Instant::now() > deadline {
+            let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            bail!("agent for {} did not come up; its log:\n{log}", agent.node);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub(super) fn wait_for_pods(hosts: &[Host]) -> Result<()> {
+    let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+    for pod in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = pod.node.as_deref().expect("pods have nodes");
+        loop {
+            if datapath::pinned_pod_ips(&paths::pins(node)).is_ok_and(|ips| ips.contains(&pod.ip)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {} was not registered by the agent of {node} in time",
+                    pod.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; only count running ones.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// True when PID is a netplane agent for `node` (so a recycled PID is never
+/// signalled).
+pub(super) fn is_our_agent(pid: u32, node: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let me = if OUTBOUND_AGENTS.contains(&node) {
+        b"--lb".as_slice()
+    } else {
+        node.as_bytes()
+    };
+    args.contains(&b"agent".as_slice()) && args.contains(&me)
+}
+
+pub(super) fn stop_pid(pid: u32) {
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if pid_alive(pid) {
+        let _ = kill(p, Signal::SIGKILL);
+    }
+}
+
+/// Applies a cluster file to the running lab: validated, written over the
+/// lab's copy, and the agents told (SIGHUP) to reconcile. The lab's nodes
+/// must stay as they are; routes may come and go.
+pub fn reload(cluster_file: Option<&std::path::Path>) -> Result<()> {
+    let state = load_state()?.context("the lab is down")?;
+    let source = cluster_file.map_or_else(|| PathBuf::from(&state.cluster_file), PathBuf::from);
+    let cluster = Cluster::load(Some(&source))?;
+    for host in state.hosts.iter().filter(|h| h.role == Role::Node) {
+        match cluster.node(&host.name) {
+            Some(n) if n.ip == host.ip => {}
+            _ => bail!(
+                "{} must keep node {} with IP {}: the lab cannot move its nodes",
+                source.display(),
+                host.name,
+                host.ip
+            ),
+        }
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", state.cluster_file));
+    std::fs::write(&tmp, toml::to_string(&cluster)?)?;
+    std::fs::rename(&tmp, &state.cluster_file)?;
+    for a in &state.agents {
+        if pid_alive(a.pid) && is_our_agent(a.pid, &a.node) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(a.pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stops a node's agent (SIGTERM, or SIGKILL with `kill`) and starts a new
+/// one, which adopts the pinned data path. Returns the new agent's status.
+pub fn restart_agent(
+    node: &str,
+    kill: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<crate::agent::AgentStatus> {
+    use nix::sys::signal::Signal;
+    let mut state = load_state()?.context("the lab is down")?;
+    let idx = state
+        .agents
+        .iter()
+        .position(|a| a.node == node)
+        .with_context(|| format!("no agent for node {node} in the lab"))?;
+    let old = state.agents[idx].clone();
+    if pid_alive(old.pid) && is_our_agent(old.pid, node) {
+        let sig = if kill {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        progress(&format!(
+            "sending {sig} to the agent of {node} (pid {})",
+            old.pid
+        ));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.pid as i32), sig);
+        let deadline = Instant::now() + AGENT_STOP_TIMEOUT;
+        while pid_alive(old.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pid_alive(old.pid) {
+            bail!("the agent of {node} (pid {}) did not stop", old.pid);
+        }
+    }
+    // A killed agent leaves its status file; the new one overwrites it.
+    let opts = UpOptions {
+        uplink_xdp: state.uplink_xdp,
+        datapath: state.datapath,
+    };
+    let ip = state
+        .hosts
+        .iter()
+        .find(|h| h.name == node)
+        .context("host of the agent")?
+        .ip;
+    let agent = start_agent(&state.cluster_file, node, ip, &opts)?;
+    wait_for_agent(&agent)?;
+    progress(&format!("agent of {node} started (pid {})", agent.pid));
+    state.agents[idx] = agent;
+    save_state(&state)?;
+    let status = std::fs::read(paths::agent_status(node))?;
+    Ok(serde_json::from_slice(&status)?)
+}

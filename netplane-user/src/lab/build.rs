@@ -1,0 +1,383 @@
+//! Building the lab: the VNet segment, nodes with agents, pods through the
+//! CNI plugin, the outbound host and `inet`, for each kind of data path.
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    config::Cluster,
+    paths,
+    sys::{self, ip_in, sysctl_in},
+};
+
+use super::{
+    agents::{is_our_agent, pid_alive, start_agent, stop_pid, wait_for_agent, wait_for_pods},
+    classic,
+    cni::attach_pod,
+    topology::{
+        APPLIANCE_OUTSIDE_IP, DataPathKind, Host, INET_IP, LB_OUTSIDE_IP, LabState, NETNS_PREFIX,
+        Role, UpOptions, VNET_BRIDGE, VNET_NETNS, Vnet, lab_namespaces, load_state, new_netns,
+        outside_ip, plan, save_state,
+    },
+};
+
+/// What the lab needs of a cluster file beyond its validity.
+pub(super) fn lab_violations(cluster: &Cluster) -> Result<()> {
+    let inside = cluster.network.node_subnet;
+    if let Some(ip) = cluster.outbound.appliance_ip
+        && !inside.contains(&ip)
+    {
+        bail!(
+            "the lab puts the appliance on the node subnet {inside}: outbound.appliance_ip {ip} is outside it"
+        );
+    }
+    for f in &cluster.outbound.frontend_ips {
+        if [INET_IP, LB_OUTSIDE_IP, APPLIANCE_OUTSIDE_IP].contains(f) {
+            bail!("frontend IP {f} is one of the lab's own addresses");
+        }
+    }
+    Ok(())
+}
+
+/// Builds the lab. On any failure what was built is torn down again.
+pub fn up(
+    cluster_file: Option<&std::path::Path>,
+    opts: &UpOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    let cluster = Cluster::load(cluster_file)?;
+    for w in cluster.warnings() {
+        progress(&w);
+    }
+    if load_state()?.is_some() || !lab_namespaces()?.is_empty() {
+        bail!("a lab is already up (or left over): run `netplane lab down` first");
+    }
+    match build(&cluster, opts, progress) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            progress("failed; tearing down what was built");
+            let _ = down(&mut |_| {});
+            Err(e)
+        }
+    }
+}
+
+pub(super) fn build(
+    cluster: &Cluster,
+    opts: &UpOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    let hosts = plan(cluster);
+    let nodes = cluster.nodes();
+    std::fs::create_dir_all(paths::lab_dir())?;
+    // The agents read the same file the lab was built from.
+    let cluster_copy = paths::lab_dir().join("cluster.toml");
+    std::fs::write(&cluster_copy, toml::to_string(cluster)?)?;
+    lab_violations(cluster)?;
+    let gateway = crate::config::outbound::gateway(cluster);
+    let mut state = LabState {
+        cluster_file: cluster_copy.display().to_string(),
+        uplink_xdp: opts.uplink_xdp,
+        datapath: opts.datapath,
+        vnet: Vnet {
+            netns: VNET_NETNS.into(),
+            bridge: VNET_BRIDGE.into(),
+            gateway,
+        },
+        hosts: hosts.clone(),
+        agents: Vec::new(),
+    };
+    save_state(&state)?;
+
+    progress(&format!(
+        "VNet segment {} in {VNET_NETNS}",
+        cluster.network.node_subnet
+    ));
+    new_netns(VNET_NETNS)?;
+    ip_in(VNET_NETNS, &["link", "add", VNET_BRIDGE, "type", "bridge"])?;
+    ip_in(VNET_NETNS, &["link", "set", VNET_BRIDGE, "up"])?;
+    // The VNet segment is Azure's fabric, not a Linux host: where
+    // br_netfilter is loaded (Docker loads it), bridged frames would go
+    // through netfilter's hooks in this namespace for every data path.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sysctl_in(
+            VNET_NETNS,
+            &[
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )?;
+    }
+    let outbound = hosts
+        .iter()
+        .find(|h| matches!(h.role, Role::Lb | Role::Appliance))
+        .expect("planned");
+    build_outbound(cluster, outbound, progress)?;
+
+    let prefix = cluster.network.node_subnet.prefix_len();
+    for (i, node) in nodes.iter().enumerate() {
+        let ns = format!("{NETNS_PREFIX}{}", node.name);
+        progress(&format!(
+            "node {} {} (pod CIDR {}) in {ns}",
+            node.name, node.ip, node.pod_cidr
+        ));
+        new_netns(&ns)?;
+        // Forwarding only so the kernel can answer TTL expiry with ICMP;
+        // netplane's programs do the forwarding itself.
+        sysctl_in(
+            &ns,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        let port = format!("vn-{i}");
+        ip_in(
+            VNET_NETNS,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        ip_in(
+            VNET_NETNS,
+            &["link", "set", &port, "master", VNET_BRIDGE, "up"],
+        )?;
+        ip_in(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{prefix}", node.ip),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            &ns,
+            &["route", "add", "default", "via", &gateway.to_string()],
+        )?;
+    }
+
+    if opts.datapath != DataPathKind::Netplane {
+        return build_classic(cluster, &hosts, outbound, state, progress);
+    }
+    // Mounted once here: agents starting together could each mount one.
+    sys::ensure_bpffs(&paths::bpffs())?;
+    let agents = nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .chain([outbound.name.clone()]);
+    for name in agents {
+        let ip = hosts.iter().find(|h| h.name == name).expect("planned").ip;
+        let agent = start_agent(&state.cluster_file, &name, ip, opts)?;
+        progress(&format!(
+            "agent for {name} started (pid {}, log {})",
+            agent.pid, agent.log
+        ));
+        state.agents.push(agent);
+        save_state(&state)?;
+    }
+    for agent in &state.agents {
+        wait_for_agent(agent)?;
+    }
+
+    for host in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = nodes
+            .iter()
+            .find(|n| Some(&n.name) == host.node.as_ref())
+            .expect("planned");
+        progress(&format!(
+            "pod {} {} on {} (netplane-cni ADD)",
+            host.name, host.ip, node.name
+        ));
+        attach_pod(host, &state.cluster_file)?;
+    }
+    wait_for_pods(&hosts)?;
+    progress("all pods registered in their node's data path");
+    Ok(state)
+}
+
+/// The rest of a lab on the kernel's own data path: kubenet's classic one
+/// (routes and MASQUERADE on the nodes, iptables SNAT on the load balancer,
+/// pods through the CNI bridge plugin), or plain routing (routes only, pods
+/// through the CNI ptp plugin, no netfilter rule).
+pub(super) fn build_classic(
+    cluster: &Cluster,
+    hosts: &[Host],
+    outbound: &Host,
+    state: LabState,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    let routed = state.datapath == DataPathKind::Routed;
+    let nodes = cluster.nodes();
+    for node in &nodes {
+        progress(&format!(
+            "{}: kernel routes to the other pod CIDRs{}",
+            node.name,
+            if routed { "" } else { ", iptables MASQUERADE" }
+        ));
+        classic::node_routes(cluster, node)?;
+        if !routed {
+            classic::node_masquerade(cluster, node)?;
+        }
+    }
+    if routed {
+        progress(&format!(
+            "{}: kernel forwarding and routes to every pod CIDR, no translation",
+            outbound.name
+        ));
+        classic::routed_outbound(cluster, outbound)?;
+    } else {
+        progress(&format!(
+            "{}: kernel forwarding and iptables SNAT",
+            outbound.name
+        ));
+        classic::outbound(cluster, outbound)?;
+    }
+    for host in hosts.iter().filter(|h| h.role == Role::Pod) {
+        let node = nodes
+            .iter()
+            .find(|n| Some(&n.name) == host.node.as_ref())
+            .expect("planned");
+        progress(&format!(
+            "pod {} on {} ({})",
+            host.name,
+            node.name,
+            if routed {
+                "CNI ptp plugin ADD"
+            } else {
+                "CNI bridge plugin ADD, cbr0"
+            }
+        ));
+        new_netns(&host.netns)?;
+        classic::attach_pod(host, node, state.datapath)?;
+    }
+    progress(if routed {
+        "plain routed data path ready (no netfilter rule, no netplane program)"
+    } else {
+        "classic kubenet data path ready (no netplane program loaded)"
+    });
+    Ok(state)
+}
+
+/// The load balancer (or appliance) between the VNet and the `inet` host:
+/// inside on the VNet segment with the nodes' gateway address, outside on a
+/// link to `inet`. No kernel forwarding: its agent's programs translate and
+/// forward.
+pub(super) fn build_outbound(
+    cluster: &Cluster,
+    host: &Host,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let ns = host.netns.as_str();
+    let inet = format!("{NETNS_PREFIX}inet");
+    let outside_ip = outside_ip(host);
+    progress(&format!(
+        "{} {} (outside {outside_ip}) and inet {INET_IP}, in {ns} and {inet}",
+        host.name, host.ip
+    ));
+    new_netns(ns)?;
+    new_netns(&inet)?;
+    let port = format!("vn-{}", host.name);
+    ip_in(
+        VNET_NETNS,
+        &[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    ip_in(
+        VNET_NETNS,
+        &["link", "set", &port, "master", VNET_BRIDGE, "up"],
+    )?;
+    let inside = format!("{}/{}", host.ip, cluster.network.node_subnet.prefix_len());
+    // Needed by the classic data path (kernel forwarding, iptables); the
+    // netplane one never hands a packet to this kernel to forward.
+    ip_in(ns, &["addr", "add", &inside, "dev", "eth0"])?;
+    ip_in(ns, &["link", "set", "eth0", "up"])?;
+    ip_in(
+        ns,
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &inet,
+        ],
+    )?;
+    ip_in(
+        ns,
+        &["addr", "add", &format!("{outside_ip}/24"), "dev", "eth1"],
+    )?;
+    ip_in(ns, &["link", "set", "eth1", "up"])?;
+    ip_in(
+        &inet,
+        &["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"],
+    )?;
+    ip_in(&inet, &["link", "set", "eth0", "up"])?;
+    // The frontend IPs are the load balancer's: the internet routes them to it.
+    if host.role == Role::Lb {
+        for f in &cluster.outbound.frontend_ips {
+            ip_in(
+                &inet,
+                &[
+                    "route",
+                    "add",
+                    &format!("{f}/32"),
+                    "via",
+                    &LB_OUTSIDE_IP.to_string(),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Tears the lab down: agents (by recorded PID), namespaces, pins, state.
+/// Safe to run any number of times, also after a crash.
+pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut agents: Vec<(String, u32)> = Vec::new();
+    if let Ok(Some(state)) = load_state() {
+        agents.extend(state.agents.iter().map(|a| (a.node.clone(), a.pid)));
+    }
+    // Agents whose status outlived a lost state file.
+    if let Ok(entries) = std::fs::read_dir(paths::run_dir().join("nodes")) {
+        for e in entries.flatten() {
+            let node = e.file_name().to_string_lossy().into_owned();
+            if let Ok(b) = std::fs::read(paths::agent_status(&node))
+                && let Ok(s) = serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+            {
+                agents.push((node, s.pid));
+            }
+        }
+    }
+    agents.sort();
+    agents.dedup();
+    for (node, pid) in &agents {
+        if pid_alive(*pid) && is_our_agent(*pid, node) {
+            progress(&format!("stopping agent of {node} (pid {pid})"));
+            stop_pid(*pid);
+        }
+    }
+    for ns in lab_namespaces()? {
+        progress(&format!("deleting namespace {ns}"));
+        sys::run(&["ip", "netns", "del", &ns])?;
+    }
+    let bpffs = paths::bpffs();
+    if let Ok(entries) = std::fs::read_dir(&bpffs) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    // Mounts may be stacked (agents started by hand at the same moment).
+    while sys::is_bpffs(&bpffs) {
+        nix::mount::umount(&bpffs).with_context(|| format!("unmounting {}", bpffs.display()))?;
+    }
+    for dir in [paths::run_dir().join("nodes"), paths::lab_dir(), bpffs] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir(paths::run_dir());
+    Ok(())
+}
