@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod layering;
 mod setup;
 
 #[derive(Parser)]
@@ -237,6 +238,8 @@ pub fn lab_is_up_with(netplane: &std::path::Path) -> bool {
 fn lint() -> Result<()> {
     eprintln!("== fmt");
     cmd("cargo", &["fmt", "--all", "--check"])?;
+    eprintln!("== layering (no two modules import each other)");
+    layering::check(&workspace_root())?;
     eprintln!("== clippy (workspace without the eBPF crate)");
     cmd(
         "cargo",

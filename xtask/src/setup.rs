@@ -1,5 +1,5 @@
 //! One idempotent setup step: what a fresh machine of this kind lacks for
-//! building the eBPF object and running the lab (DESIGN.md §4).
+//! building the eBPF object and running the lab (docs/decisions.md §23).
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};

@@ -96,6 +96,7 @@ pub fn status() -> Result<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Cluster;
 
     #[test]
     fn the_default_lab_has_two_nodes_with_two_pods_each_a_load_balancer_and_inet() {

@@ -194,7 +194,7 @@ pub fn flows(rounds: usize) -> Result<()> {
     writeln!(r, "# Flow events: cost per program run\n")?;
     writeln!(
         r,
-        "`cargo xtask bench-flows`: `from_pod` on node-0's world (netplane-user/src/fixture.rs) through \
+        "`cargo xtask bench-flows`: `from_pod` on node-0's world (tests/src/fixture.rs) through \
          BPF_PROG_TEST_RUN, 20,000 runs per case and round, {rounds} interleaved rounds, with the programs \
          loaded to report flow events and not to (`FLOW_EVENTS_ON`); ns per run as the kernel times each \
          run; kernel {kernel}, shared machine.\n"
