@@ -27,11 +27,32 @@ pub const LAB_METRICS_PORT: u16 = 9464;
 pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 65535;
 
-/// Default conntrack timeouts, seconds.
-pub const TCP_ESTABLISHED_TIMEOUT_S: u32 = 30 * 60;
-pub const TCP_TRANSITORY_TIMEOUT_S: u32 = 60;
+/// The node stage's timeouts, seconds: a kubenet node's Linux conntrack
+/// with kube-proxy's settings (docs/snat.md cites each).
+/// kube-proxy `conntrack.tcpEstablishedTimeout`: 24 h.
+pub const TCP_ESTABLISHED_TIMEOUT_S: u32 = 86_400;
+/// kube-proxy `conntrack.tcpCloseWaitTimeout`: 1 h.
+pub const TCP_CLOSE_WAIT_TIMEOUT_S: u32 = 3_600;
+/// Linux `nf_conntrack_tcp_timeout_time_wait`.
+pub const TCP_TIME_WAIT_TIMEOUT_S: u32 = 120;
+/// Linux `nf_conntrack_tcp_timeout_close` (after an RST).
+pub const TCP_CLOSE_TIMEOUT_S: u32 = 10;
+/// Linux `nf_conntrack_tcp_timeout_fin_wait`.
+pub const TCP_FIN_WAIT_TIMEOUT_S: u32 = 120;
+/// Linux `nf_conntrack_tcp_timeout_syn_sent`.
+pub const TCP_SYN_SENT_TIMEOUT_S: u32 = 120;
+/// Linux `nf_conntrack_udp_timeout` (one direction seen).
 pub const UDP_TIMEOUT_S: u32 = 30;
+/// Linux `nf_conntrack_udp_timeout_stream` (both directions seen).
+pub const UDP_STREAM_TIMEOUT_S: u32 = 120;
+/// Linux `nf_conntrack_icmp_timeout`.
 pub const ICMP_TIMEOUT_S: u32 = 30;
+
+/// Azure's load balancer releases a SNAT port this long after it saw a FIN
+/// (Azure docs, "SNAT port release") ...
+pub const LB_FIN_RELEASE_S: u32 = 240;
+/// ... and this long after an RST.
+pub const LB_RST_RELEASE_S: u32 = 15;
 
 /// Most pods per node AKS allows (kubenet and Azure CNI alike).
 pub const MAX_PODS_PER_NODE_AKS: u32 = 250;

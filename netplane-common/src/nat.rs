@@ -42,30 +42,80 @@ impl FlowKey {
     }
 }
 
-/// Connection state, enough for the timeouts.
-pub mod state {
-    /// First packet seen outbound, no reply yet (SYN sent; UDP/ICMP: new).
-    pub const NEW: u8 = 0;
-    /// Replies seen, no FIN or RST.
-    pub const ESTABLISHED: u8 = 1;
-    /// FIN or RST seen: transitory timeout; a SYN reopens it.
-    pub const CLOSING: u8 = 2;
-}
-
-/// NAT_OUT value: how the original tuple is translated.
+/// NAT_OUT value: how the original tuple is translated, and what the flow
+/// has shown of its life. Each flag is a byte of its own, only ever set
+/// (or all cleared together when a SYN reopens a closed tuple): a packet on
+/// one CPU cannot overwrite a flag another CPU has just set, as a shared
+/// state byte rewritten on every packet could.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
     pub nat_ip: u32,
     pub nat_port: u16,
-    pub state: u8,
-    pub _pad: u8,
+    /// A reply was seen (TCP: the SYN-ACK; UDP: traffic both ways).
+    pub replied: u8,
+    /// The inside sent a FIN.
+    pub fin_out: u8,
     /// Accounting slot (index into the SNAT_* arrays) the port came from.
     pub slot: u32,
-    pub _pad2: u32,
+    /// The remote sent a FIN.
+    pub fin_in: u8,
+    /// Either side sent an RST.
+    pub rst: u8,
+    pub _pad: u16,
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation and last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
+}
+
+/// Where a flow is in its life, from its flags: what its timeout depends
+/// on (Linux conntrack's TCP states, coarsened to what decides a timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No reply yet (TCP: SYN sent; UDP and ICMP: one direction).
+    New,
+    /// Replies seen (UDP: a stream), no FIN or RST.
+    Established,
+    /// The inside sent a FIN, the remote not yet.
+    FinWait,
+    /// The remote sent a FIN, the inside not yet.
+    CloseWait,
+    /// Both sent a FIN.
+    TimeWait,
+    /// An RST was seen.
+    Close,
+}
+
+impl Phase {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::New => "new",
+            Phase::Established => "established",
+            Phase::FinWait => "fin_wait",
+            Phase::CloseWait => "close_wait",
+            Phase::TimeWait => "time_wait",
+            Phase::Close => "close",
+        }
+    }
+}
+
+impl NatEntry {
+    /// The flow's phase (only TCP sets the closing flags).
+    pub const fn phase(&self) -> Phase {
+        if self.rst != 0 {
+            Phase::Close
+        } else if self.fin_out != 0 && self.fin_in != 0 {
+            Phase::TimeWait
+        } else if self.fin_in != 0 {
+            Phase::CloseWait
+        } else if self.fin_out != 0 {
+            Phase::FinWait
+        } else if self.replied != 0 {
+            Phase::Established
+        } else {
+            Phase::New
+        }
+    }
 }
 
 /// NAT_IN value: where a reply goes back to.

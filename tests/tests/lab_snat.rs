@@ -183,7 +183,13 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
                 "# allocated_outbound_ports = 1024",
                 "allocated_outbound_ports = 64",
             ),
-            ("tcp_transitory_s = 60", "tcp_transitory_s = 2"),
+            // Short closing timers at both stages (an experiment: warned).
+            ("fin_release_s = 240", "fin_release_s = 2"),
+            ("rst_release_s = 15", "rst_release_s = 2"),
+            ("tcp_syn_sent_s = 120", "tcp_syn_sent_s = 2"),
+            ("tcp_fin_wait_s = 120", "tcp_fin_wait_s = 2"),
+            ("tcp_time_wait_s = 120", "tcp_time_wait_s = 2"),
+            ("tcp_close_s = 10", "tcp_close_s = 2"),
         ],
     );
     let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
@@ -262,7 +268,8 @@ fn a_nodes_port_block_fills_exactly_and_empties_on_expiry() {
     });
 
     assert!(client.wait().unwrap().success());
-    // Closed: transitory timeout (2 s), then collection returns every port.
+    // Closed: the FIN's release timer (2 s here), then collection returns
+    // every port.
     wait_until("the load balancer's ports to return", || {
         ports_of("lb")
             .iter()
@@ -472,4 +479,151 @@ fn routed_lab_forwards_by_kernel_routes_alone() {
     );
     let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
     assert!(st["agents"].as_array().unwrap().is_empty());
+}
+
+/// The load balancer's flows as `netplane nat --json` shows them.
+fn lb_flows() -> Vec<Value> {
+    let v: Value = serde_json::from_str(&ok(&["nat", "--node", "lb", "--json"])).unwrap();
+    v["agents"]["lb"].as_array().unwrap().clone()
+}
+
+fn find_flow<'a>(
+    flows: &'a [Value],
+    proto: &str,
+    from_node: &str,
+    states: &[&str],
+) -> Option<&'a Value> {
+    flows.iter().find(|f| {
+        f["proto"] == proto
+            && f["original"].as_str().unwrap().starts_with(from_node)
+            && states.contains(&f["state"].as_str().unwrap())
+    })
+}
+
+/// Azure's SNAT port release at the load balancer, its timers shortened for
+/// the test (an experiment, which every command warns about): after an RST
+/// the port goes `rst_release_s` later, after a FIN `fin_release_s` later,
+/// an idle TCP or UDP flow at the idle timeout. `netplane nat` shows each
+/// flow's phase and time left, and `netplane ports` the ports coming back.
+#[test]
+fn the_load_balancer_releases_ports_on_azures_timers() {
+    if !privileged() {
+        return;
+    }
+    let file = cluster_file(
+        "release",
+        &[
+            ("fin_release_s = 240", "fin_release_s = 8"),
+            ("rst_release_s = 15", "rst_release_s = 2"),
+            (
+                "idle_timeout_minutes = 30",
+                "idle_timeout_minutes = 30\nexperiment_idle_timeout_s = 14",
+            ),
+        ],
+    );
+    let warned = np(&["validate", file.to_str().unwrap()]);
+    assert!(warned.status.success());
+    let text = String::from_utf8_lossy(&warned.stdout);
+    assert!(
+        text.contains("experiment_idle_timeout_s = 14") && text.contains("rst_release_s = 2"),
+        "{text}"
+    );
+    let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
+    let t0 = std::time::Instant::now();
+    let mut tcp = inet_server(false, 10);
+    let mut udp = inet_server(true, 10);
+    let mut held = whoami_server_with(
+        "inet",
+        &["--listen", "0.0.0.0:7001", "--hold", "--timeout", "40"],
+    );
+    let bin = netplane_bin();
+    let target = format!("{INET}:7000");
+    // node-0: a connection ended by an RST; node-1: one closed with FINs;
+    // node-0 again: a UDP exchange; node-1 again: a connection held idle.
+    let reset = exec(
+        "pod-0-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            &target,
+            "--reset",
+            "--json",
+        ],
+    );
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    ask("pod-1-0", false);
+    ask("pod-0-1", true);
+    let mut idle = Command::new(&bin)
+        .args([
+            "lab",
+            "exec",
+            "pod-1-1",
+            "--",
+            bin.to_str().unwrap(),
+            "whoami",
+            "hold",
+        ])
+        .args([&format!("{INET}:7001"), "--count", "1", "--hold", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (n0, n1) = ("10.224.0.4:", "10.224.0.5:");
+    let (closing, fin_states) = (&["close"][..], &["fin_wait", "close_wait", "time_wait"][..]);
+    wait_until("the four flows at the load balancer", || {
+        let f = lb_flows();
+        find_flow(&f, "tcp", n0, closing).is_some()
+            && find_flow(&f, "tcp", n1, fin_states).is_some()
+            && find_flow(&f, "udp", n0, &["established"]).is_some()
+            && find_flow(&f, "tcp", n1, &["established"]).is_some()
+    });
+    let f = lb_flows();
+    let left = |v: &Value| v["idle_left_s"].as_u64().unwrap();
+    assert!(
+        left(find_flow(&f, "tcp", n0, closing).unwrap()) <= 2,
+        "{f:?}"
+    );
+    assert!(
+        left(find_flow(&f, "tcp", n1, fin_states).unwrap()) <= 8,
+        "{f:?}"
+    );
+    assert!(
+        left(find_flow(&f, "udp", n0, &["established"]).unwrap()) <= 14,
+        "{f:?}"
+    );
+
+    eprintln!("flows seen at {:?}: {f:?}", t0.elapsed());
+    // The RST's port goes first, while the FIN's is still held...
+    wait_until("the RST's port to go", || {
+        find_flow(&lb_flows(), "tcp", n0, closing).is_none()
+    });
+    assert!(find_flow(&lb_flows(), "tcp", n1, fin_states).is_some());
+    // ... then the FIN's, while the idle ones still count down ...
+    wait_until("the FIN's port to go", || {
+        find_flow(&lb_flows(), "tcp", n1, fin_states).is_none()
+    });
+    let f = lb_flows();
+    assert!(
+        find_flow(&f, "udp", n0, &["established"]).is_some(),
+        "{f:?}"
+    );
+    assert!(
+        find_flow(&f, "tcp", n1, &["established"]).is_some(),
+        "{f:?}"
+    );
+    // ... then the idle UDP flow and the idle TCP connection (still open at
+    // both ends: without TCP reset on idle, nobody is told).
+    eprintln!("FIN's port gone at {:?}", t0.elapsed());
+    wait_until("the idle flows' ports to go", || lb_flows().is_empty());
+    eprintln!("idle ports gone at {:?}", t0.elapsed());
+    assert!(ports_of("lb").iter().all(|s| s["allocated"] == 0));
+    for child in [&mut tcp, &mut udp, &mut held, &mut idle] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    std::fs::remove_file(&file).unwrap();
 }

@@ -15,7 +15,7 @@ use netplane::{
 use netplane_common::{
     DropReason, Path,
     maps::programs,
-    nat::{FlowKey, NatConfig, NatEntry, NatReverse, SnatSlot, names},
+    nat::{FlowKey, NatConfig, NatEntry, NatReverse, Phase, SnatSlot, names},
 };
 use netplane_tests::{privileged, world::*};
 
@@ -649,8 +649,11 @@ fn pods_are_not_reachable_from_outside_the_cluster() {
     assert_eq!(v, TC_ACT_REDIRECT);
 }
 
+/// A flow's phase follows its packets in both directions (each flag set
+/// by its own packet, never rewritten by another), and a SYN reopens a
+/// closed tuple on the same port.
 #[test]
-fn a_syn_reopens_a_closing_flow_on_the_same_port() {
+fn flows_go_through_their_phases_and_a_syn_reopens_a_closed_one() {
     if !privileged() {
         return;
     }
@@ -658,25 +661,40 @@ fn a_syn_reopens_a_closing_flow_on_the_same_port() {
     let syn = tcp_port(POD_A, 41000, INTERNET, 80, FROM_POD_A);
     let (_, out) = run(&mut dp, programs::FROM_POD, &syn);
     let port = parse_checked(&out).src_port;
-    let state = |dp: &mut Datapath| {
+    let phase = |dp: &mut Datapath| {
         let out: HashMap<_, FlowKey, NatEntry> =
             HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
         let k = FlowKey::new(key(POD_A.into()), key(INTERNET.into()), 41000, 80, 6);
-        out.get(&k, 0).unwrap().state
+        out.get(&k, 0).unwrap().phase()
     };
-    assert_eq!(state(&mut dp), netplane_common::nat::state::NEW);
-    // The reply establishes it; a FIN closes it.
+    let with_flags = |frame: &[u8], flags: u8| {
+        let mut f = frame.to_vec();
+        f[14 + 20 + 13] = flags;
+        f
+    };
+    assert_eq!(phase(&mut dp), Phase::New);
+    // The reply establishes it.
     let reply = tcp_port(INTERNET, 80, NODE0, port, FROM_VNET);
     run(&mut dp, programs::FROM_UPLINK, &reply);
-    assert_eq!(state(&mut dp), netplane_common::nat::state::ESTABLISHED);
-    let mut fin = syn.clone();
-    fin[14 + 20 + 13] = 0x11; // FIN|ACK
-    run(&mut dp, programs::FROM_POD, &fin);
-    assert_eq!(state(&mut dp), netplane_common::nat::state::CLOSING);
+    assert_eq!(phase(&mut dp), Phase::Established);
+    // The remote's FIN: close-wait; the pod's data after it keeps it so.
+    run(&mut dp, programs::FROM_UPLINK, &with_flags(&reply, 0x11));
+    assert_eq!(phase(&mut dp), Phase::CloseWait);
+    run(&mut dp, programs::FROM_POD, &with_flags(&syn, 0x10));
+    assert_eq!(phase(&mut dp), Phase::CloseWait);
+    // The pod's FIN: both closed.
+    run(&mut dp, programs::FROM_POD, &with_flags(&syn, 0x11));
+    assert_eq!(phase(&mut dp), Phase::TimeWait);
+    // An RST outranks the FINs.
+    run(&mut dp, programs::FROM_UPLINK, &with_flags(&reply, 0x04));
+    assert_eq!(phase(&mut dp), Phase::Close);
     // A new SYN on the same tuple reopens the entry and keeps the port.
     let (_, out) = run(&mut dp, programs::FROM_POD, &syn);
     assert_eq!(parse_checked(&out).src_port, port);
-    assert_eq!(state(&mut dp), netplane_common::nat::state::NEW);
+    assert_eq!(phase(&mut dp), Phase::New);
+    // Only the pod's FIN: fin-wait.
+    run(&mut dp, programs::FROM_POD, &with_flags(&syn, 0x11));
+    assert_eq!(phase(&mut dp), Phase::FinWait);
     assert_eq!(assert_accounting_exact(&mut dp), 1);
 }
 

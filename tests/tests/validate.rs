@@ -345,10 +345,25 @@ fn bad_config_matrix() {
             "must be at least 1 second",
         ),
         (
-            "transitory longer than established",
-            edited("tcp_transitory_s = 60", "tcp_transitory_s = 3600"),
-            "timeouts.tcp_transitory_s",
-            "must not exceed timeouts.tcp_established_s (1800)",
+            "zero TIME_WAIT timeout",
+            edited("tcp_time_wait_s = 120", "tcp_time_wait_s = 0"),
+            "timeouts.tcp_time_wait_s",
+            "must be at least 1 second",
+        ),
+        (
+            "zero FIN release at the load balancer",
+            edited("fin_release_s = 240", "fin_release_s = 0"),
+            "outbound.fin_release_s",
+            "must be at least 1 second",
+        ),
+        (
+            "zero experimental idle timeout",
+            edited(
+                "idle_timeout_minutes = 30",
+                "idle_timeout_minutes = 30\nexperiment_idle_timeout_s = 0",
+            ),
+            "outbound.experiment_idle_timeout_s",
+            "must be at least 1 second",
         ),
         (
             "more pods than max pods in the lab",

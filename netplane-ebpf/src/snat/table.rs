@@ -11,7 +11,7 @@ use aya_ebpf::{
 use netplane_common::{
     DropReason,
     events::{FlowEvent, kind},
-    nat::{FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, SnatSlot, owned_key, state},
+    nat::{FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, SnatSlot, owned_key},
 };
 
 use super::{L4, Target};
@@ -42,27 +42,48 @@ pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
     unsafe { PORT_OWNED.get(owned_key(nat_ip, port, proto)) }.is_some()
 }
 
-/// Updates an entry's clock and state for a packet; a SYN reopens a
-/// closing entry (TIME_WAIT reuse).
+/// Updates an entry's clock and flags for a packet. A flag is only ever
+/// set, each in its own byte, so packets on two CPUs cannot undo each
+/// other's FIN or RST; a SYN (no ACK) from the inside on a closed tuple
+/// reopens it (TIME_WAIT reuse) by clearing them together.
 #[inline(always)]
 fn touch(e: *mut NatEntry, l4: &L4, reply: bool) {
-    let is_tcp = l4.proto == PROTO_TCP;
     let f = l4.tcp_flags;
     // SAFETY: `e` is a live value pointer from a map lookup; entries are
     // removed only by the agent, and the kernel keeps the element's memory
     // valid for the rest of this program run (RCU).
     unsafe {
         (*e).last_seen_ns = bpf_ktime_get_ns();
-        let st = (*e).state;
-        (*e).state = if is_tcp && f & (tcp::FIN | tcp::RST) != 0 {
-            state::CLOSING
-        } else if is_tcp && !reply && f & tcp::SYN != 0 && f & tcp::ACK == 0 {
-            if st == state::CLOSING { state::NEW } else { st }
-        } else if reply && st == state::NEW {
-            state::ESTABLISHED
-        } else {
-            st
-        };
+        if l4.proto == PROTO_TCP {
+            let closed = (*e).fin_out | (*e).fin_in | (*e).rst != 0;
+            if closed && !reply && f & (tcp::SYN | tcp::ACK) == tcp::SYN {
+                (*e).fin_out = 0;
+                (*e).fin_in = 0;
+                (*e).rst = 0;
+                (*e).replied = 0;
+            }
+            if f & tcp::RST != 0 {
+                set(&mut (*e).rst);
+            }
+            if f & tcp::FIN != 0 {
+                set(if reply {
+                    &mut (*e).fin_in
+                } else {
+                    &mut (*e).fin_out
+                });
+            }
+        }
+        if reply {
+            set(&mut (*e).replied);
+        }
+    }
+}
+
+/// Sets a flag byte, writing only when it changes.
+#[inline(always)]
+fn set(flag: &mut u8) {
+    if *flag == 0 {
+        *flag = 1;
     }
 }
 
@@ -145,12 +166,10 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     let entry = NatEntry {
         nat_ip: s.nat_ip,
         nat_port: port,
-        state: state::NEW,
-        _pad: 0,
         slot,
-        _pad2: 0,
         created_ns: now,
         last_seen_ns: now,
+        ..NatEntry::default()
     };
     if NAT_OUT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU made this flow first (or the table is full): give the

@@ -26,7 +26,7 @@ pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
 
 /// A flow idle past its timeout at `now_ns`.
 pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
-    now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e.state).as_nanos() as u64
+    now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e).as_nanos() as u64
 }
 
 /// One whole collection pass: the flows `expired` picks are removed and

@@ -5,9 +5,7 @@ use std::{net::Ipv4Addr, path::Path as FsPath};
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use netplane_common::nat::{
-    FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot, names, state,
-};
+use netplane_common::nat::{FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot, names};
 use serde::Serialize;
 
 use super::collector::monotonic_ns;
@@ -56,7 +54,7 @@ pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
         .into_iter()
         .map(|(k, e)| {
             let idle = now.saturating_sub(e.last_seen_ns);
-            let limit = t.of(k.proto, e.state).as_nanos() as u64;
+            let limit = t.of(k.proto, &e).as_nanos() as u64;
             let flow = Flow {
                 proto: proto_name(k.proto),
                 original: endpoint(k.src_ip, k.src_port, k.proto),
@@ -66,11 +64,7 @@ pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
                     endpoint(k.dst_ip, k.dst_port, k.proto)
                 },
                 translated: endpoint(e.nat_ip, e.nat_port, k.proto),
-                state: match e.state {
-                    state::NEW => "new",
-                    state::ESTABLISHED => "established",
-                    _ => "closing",
-                },
+                state: e.phase().name(),
                 age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
                 idle_left_s: limit.saturating_sub(idle) / 1_000_000_000,
             };

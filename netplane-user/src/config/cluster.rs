@@ -53,15 +53,45 @@ pub struct Outbound {
     /// loadBalancer: the frontend public IPs.
     #[serde(default)]
     pub frontend_ips: Vec<Ipv4Addr>,
-    /// loadBalancer: ports per node per frontend IP; 0 or absent means
+    /// loadBalancer: ports per node, its total over all frontend IPs; 0 or
+    /// absent means
     /// Azure's default table by backend pool size.
     pub allocated_outbound_ports: Option<u32>,
     /// loadBalancer: idle timeout of outbound flows, minutes.
     pub idle_timeout_minutes: u32,
+    /// loadBalancer: a SNAT port is released this long after a FIN (Azure:
+    /// 240 s). Another value is an experiment, and said so.
+    #[serde(default = "default_fin_release_s")]
+    pub fin_release_s: u32,
+    /// loadBalancer: ... and this long after an RST (Azure: 15 s).
+    #[serde(default = "default_rst_release_s")]
+    pub rst_release_s: u32,
+    /// For experiments only: the idle timeout in seconds, replacing
+    /// idle_timeout_minutes so that a test need not wait 4 minutes. Not an
+    /// Azure value: every command that loads such a file warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment_idle_timeout_s: Option<u32>,
     /// userDefinedRouting: the appliance every packet leaving the VNet goes to.
     pub appliance_ip: Option<Ipv4Addr>,
     /// SNAT port range of the node masquerade (and the appliance).
     pub port_range: [u16; 2],
+}
+
+fn default_fin_release_s() -> u32 {
+    limits::LB_FIN_RELEASE_S
+}
+
+fn default_rst_release_s() -> u32 {
+    limits::LB_RST_RELEASE_S
+}
+
+impl Outbound {
+    /// The load balancer's idle timeout: Azure's minutes, or an experiment's
+    /// seconds.
+    pub fn idle_timeout_s(&self) -> u32 {
+        self.experiment_idle_timeout_s
+            .unwrap_or(self.idle_timeout_minutes * 60)
+    }
 }
 
 impl Default for Outbound {
@@ -71,29 +101,49 @@ impl Default for Outbound {
             frontend_ips: vec![Ipv4Addr::new(198, 51, 100, 10)],
             allocated_outbound_ports: None,
             idle_timeout_minutes: limits::AKS_LB_IDLE_TIMEOUT,
+            fin_release_s: limits::LB_FIN_RELEASE_S,
+            rst_release_s: limits::LB_RST_RELEASE_S,
+            experiment_idle_timeout_s: None,
             appliance_ip: None,
             port_range: [limits::SNAT_PORT_MIN, limits::SNAT_PORT_MAX],
         }
     }
 }
 
-/// Conntrack idle timeouts, seconds.
+/// The node stage's timeouts, seconds: a kubenet node's Linux conntrack
+/// with kube-proxy's settings by default (docs/snat.md gives each source).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
+    /// SYN sent, no reply yet.
+    pub tcp_syn_sent_s: u32,
     pub tcp_established_s: u32,
-    /// SYN, FIN and RST states.
-    pub tcp_transitory_s: u32,
+    /// The pod sent a FIN, the remote not yet.
+    pub tcp_fin_wait_s: u32,
+    /// The remote sent a FIN, the pod not yet.
+    pub tcp_close_wait_s: u32,
+    /// Both sent a FIN.
+    pub tcp_time_wait_s: u32,
+    /// After an RST.
+    pub tcp_close_s: u32,
+    /// One direction seen.
     pub udp_s: u32,
+    /// Both directions seen.
+    pub udp_stream_s: u32,
     pub icmp_s: u32,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
+            tcp_syn_sent_s: limits::TCP_SYN_SENT_TIMEOUT_S,
             tcp_established_s: limits::TCP_ESTABLISHED_TIMEOUT_S,
-            tcp_transitory_s: limits::TCP_TRANSITORY_TIMEOUT_S,
+            tcp_fin_wait_s: limits::TCP_FIN_WAIT_TIMEOUT_S,
+            tcp_close_wait_s: limits::TCP_CLOSE_WAIT_TIMEOUT_S,
+            tcp_time_wait_s: limits::TCP_TIME_WAIT_TIMEOUT_S,
+            tcp_close_s: limits::TCP_CLOSE_TIMEOUT_S,
             udp_s: limits::UDP_TIMEOUT_S,
+            udp_stream_s: limits::UDP_STREAM_TIMEOUT_S,
             icmp_s: limits::ICMP_TIMEOUT_S,
         }
     }
@@ -240,8 +290,10 @@ impl Cluster {
         }
     }
 
-    /// Ports each node gets per frontend IP: explicit, or Azure's default
-    /// table by pool size. None when the pool is too big for the table.
+    /// Ports each node gets, in total over all frontend IPs (Azure's
+    /// allocatedOutboundPorts is per VM): explicit, or Azure's default
+    /// table by pool size, which more IPs do not raise. None when the pool
+    /// is too big for the table.
     pub fn ports_per_node(&self) -> Option<u32> {
         match self.outbound.allocated_outbound_ports {
             Some(p) if p > 0 => Some(p),
@@ -290,16 +342,34 @@ impl Cluster {
 
     /// Printed when the route limit is lifted.
     pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
         let limit = self.limits.max_routes;
         if self.nodes.len() > limit {
-            vec![format!(
+            w.push(format!(
                 "WARNING: {} nodes need {} routes, over the route table limit of {limit}; allowed only because limits.allow_over_route_limit = true. Real AKS refuses this.",
                 self.nodes.len(),
                 self.nodes.len()
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        let o = &self.outbound;
+        if let Some(s) = o.experiment_idle_timeout_s {
+            w.push(format!(
+                "WARNING: outbound.experiment_idle_timeout_s = {s}: the load balancer's idle timeout is {s} s for this experiment; Azure allows {} to {} minutes.",
+                limits::LB_IDLE_TIMEOUT_MIN,
+                limits::LB_IDLE_TIMEOUT_MAX
+            ));
+        }
+        for (field, v, azure) in [
+            ("fin_release_s", o.fin_release_s, limits::LB_FIN_RELEASE_S),
+            ("rst_release_s", o.rst_release_s, limits::LB_RST_RELEASE_S),
+        ] {
+            if v != azure {
+                w.push(format!(
+                    "WARNING: outbound.{field} = {v}: Azure releases the port after {azure} s; this is an experiment."
+                ));
+            }
+        }
+        w
     }
 }
 

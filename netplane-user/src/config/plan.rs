@@ -161,7 +161,7 @@ pub fn plan(input: Input) -> Result<Plan, String> {
     let ports64 = u64::from(ports);
     let capacity = u64::from(limits::AZURE_SNAT_PORTS_PER_FRONTEND) * k64;
     let served = capacity / ports64;
-    if served < u64::from(pool) {
+    if super::outbound::port_blocks(pool as usize, ports, k as usize).is_err() {
         problems.push(format!(
             "{k} frontend IP(s) serve {served} nodes at {ports} ports each, fewer than the pool of {pool}: add frontend IPs"
         ));
@@ -187,9 +187,9 @@ pub fn plan(input: Input) -> Result<Plan, String> {
             ),
         },
         connections_per_destination: Figure {
-            value: ports64 * k64,
+            value: ports64,
             formula: format!(
-                "ports x K = {ports} x {k} (one SNAT port per connection to the same destination IP:port)"
+                "ports = {ports}: a node's allocation is its total over all K frontend IPs (one SNAT port per TCP connection to the same destination IP:port)"
             ),
         },
         problems,
@@ -317,7 +317,9 @@ mod tests {
         .unwrap();
         assert_eq!(p.ports_per_node.value, 4000);
         assert_eq!(p.nodes_served.value, 32); // 128000 / 4000
-        assert_eq!(p.connections_per_destination.value, 8000);
+        // The node's total: more frontend IPs serve more nodes, never more
+        // ports per node.
+        assert_eq!(p.connections_per_destination.value, 4000);
         let p = plan(Input {
             allocated_outbound_ports: Some(8000),
             ..input(Mode::Kubenet, 10, 30, 0)

@@ -197,9 +197,18 @@ impl Cluster {
                     None if !ports_ok => {}
                     None => bad("nodes", &nodes, "Azure's default port table covers backend pools up to 1000 nodes: set outbound.allocated_outbound_ports".into()),
                     Some(ports) => {
-                        let capacity = u64::from(max) * o.frontend_ips.len() as u64;
-                        if nodes * u64::from(ports) > capacity {
-                            bad("outbound.allocated_outbound_ports", &ports, format!("{nodes} nodes x {ports} ports = {} > {max} x {} frontend IP(s) = {capacity}: add frontend IPs or allocate fewer ports", nodes * u64::from(ports), o.frontend_ips.len()));
+                        // The one layout the agent uses: refused here when
+                        // the nodes do not fit the frontends.
+                        if let Err(why) = super::outbound::port_blocks(
+                            self.nodes.len(),
+                            ports,
+                            o.frontend_ips.len(),
+                        ) {
+                            bad(
+                                "outbound.allocated_outbound_ports",
+                                &ports,
+                                format!("{why}: add frontend IPs or allocate fewer ports"),
+                            );
                         }
                     }
                 }
@@ -235,24 +244,29 @@ impl Cluster {
 
     fn timeout_violations(&self, bad: &mut dyn FnMut(&str, &dyn fmt::Display, String)) {
         let t = &self.timeouts;
+        let o = &self.outbound;
         for (field, v) in [
+            ("timeouts.tcp_syn_sent_s", t.tcp_syn_sent_s),
             ("timeouts.tcp_established_s", t.tcp_established_s),
-            ("timeouts.tcp_transitory_s", t.tcp_transitory_s),
+            ("timeouts.tcp_fin_wait_s", t.tcp_fin_wait_s),
+            ("timeouts.tcp_close_wait_s", t.tcp_close_wait_s),
+            ("timeouts.tcp_time_wait_s", t.tcp_time_wait_s),
+            ("timeouts.tcp_close_s", t.tcp_close_s),
             ("timeouts.udp_s", t.udp_s),
+            ("timeouts.udp_stream_s", t.udp_stream_s),
             ("timeouts.icmp_s", t.icmp_s),
+            ("outbound.fin_release_s", o.fin_release_s),
+            ("outbound.rst_release_s", o.rst_release_s),
         ] {
             if v == 0 {
                 bad(field, &v, "must be at least 1 second".into());
             }
         }
-        if t.tcp_transitory_s > t.tcp_established_s {
+        if o.experiment_idle_timeout_s == Some(0) {
             bad(
-                "timeouts.tcp_transitory_s",
-                &t.tcp_transitory_s,
-                format!(
-                    "must not exceed timeouts.tcp_established_s ({})",
-                    t.tcp_established_s
-                ),
+                "outbound.experiment_idle_timeout_s",
+                &0,
+                "must be at least 1 second".into(),
             );
         }
     }

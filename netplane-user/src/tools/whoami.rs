@@ -86,7 +86,9 @@ pub struct Answer {
     pub seen_as: SocketAddr,
 }
 
-pub fn ask(server: SocketAddr, udp: bool, timeout: Duration) -> Result<Answer> {
+/// Asks `server` which address it sees this client as. TCP: with `reset`
+/// the connection ends with an RST (SO_LINGER 0) instead of a FIN.
+pub fn ask(server: SocketAddr, udp: bool, timeout: Duration, reset: bool) -> Result<Answer> {
     let (local, reply) = if udp {
         let sock = UdpSocket::bind("0.0.0.0:0")?;
         sock.connect(server)?;
@@ -109,6 +111,14 @@ pub fn ask(server: SocketAddr, udp: bool, timeout: Duration) -> Result<Answer> {
         BufReader::new(&stream)
             .read_line(&mut line)
             .with_context(|| format!("no answer from {server}/tcp"))?;
+        if reset {
+            let abort = nix::sys::socket::sockopt::Linger;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            nix::sys::socket::setsockopt(&stream, abort, &linger).context("SO_LINGER")?;
+        }
         (stream.local_addr()?, line)
     };
     let Some(seen) = reply.trim().strip_prefix(SEEN_PREFIX) else {

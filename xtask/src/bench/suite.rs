@@ -204,7 +204,9 @@ fn one_line(s: &Samples) -> String {
 /// size.
 fn write_bench_cluster(name: &str, nat_entries: Option<u32>) -> Result<std::path::PathBuf> {
     let root = workspace_root();
-    let default = std::fs::read_to_string(root.join("netplane-user/src/default-cluster.toml"))?;
+    let path = root.join("netplane-user/src/config/default-cluster.toml");
+    let default =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let replace = |text: &str, starts: &str, with: String| -> Result<String> {
         let line = text
             .lines()

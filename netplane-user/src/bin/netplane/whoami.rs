@@ -46,6 +46,9 @@ pub enum WhoamiCmd {
         /// Seconds.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+        /// TCP: end the connection with an RST instead of a FIN.
+        #[arg(long, conflicts_with = "udp")]
+        reset: bool,
         #[arg(long)]
         json: bool,
     },
@@ -92,9 +95,10 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
             server,
             udp,
             timeout,
+            reset,
             json,
         } => {
-            let a = whoami::ask(server, udp, Duration::from_secs(timeout))?;
+            let a = whoami::ask(server, udp, Duration::from_secs(timeout), reset)?;
             if json {
                 println!("{}", serde_json::to_string(&a)?);
             } else {
