@@ -48,10 +48,15 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
         Reply::NotTranslated | Reply::Unparsed(_) => return Ok(TC_ACT_OK),
     };
     let pod = route::local_pod(restore.orig.orig_ip).ok_or(DropReason::NoLocalPod)?;
+    // Translated back before the TTL check, as Linux reverses the NAT before
+    // it forwards: a reply whose TTL runs out goes to the kernel addressed
+    // to the pod, which answers the remote with time exceeded. Handed over
+    // still addressed to the node, it would meet the node's own sockets,
+    // and an RST from the node would end the pod's connection.
+    restore.apply(ctx, ip)?;
     if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }
-    restore.apply(ctx, ip)?;
     let eth = packet::eth(ctx)?;
     Ok(route::deliver_peer(ctx, eth, pod, Path::SnatIn))
 }

@@ -118,6 +118,14 @@ struct Seen {
 
 /// Parses a frame and asserts every checksum (IPv4 header, TCP/UDP with
 /// the pseudo-header, ICMP) is what a fresh computation gives.
+/// Sets an IPv4 frame's TTL, with its header checksum.
+fn set_ttl(frame: &mut [u8], ttl: u8) {
+    frame[14 + 8] = ttl;
+    frame[14 + 10..14 + 12].fill(0);
+    let c = netplane_common::checksum::checksum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
 fn parse_checked(frame: &[u8]) -> Seen {
     let p = SlicedPacket::from_ethernet(frame).expect("parses");
     let Some(NetSlice::Ipv4(ip)) = &p.net else {
@@ -239,6 +247,21 @@ fn tcp_forward_and_reverse_translation() {
         (INTERNET.into(), POD_A.into(), 80, 40000, 63)
     );
     assert_eq!(&back[0..12], &[POD_A_MAC, POD_A_HOST_MAC].concat()[..]);
+
+    // A reply whose TTL runs out here goes to the kernel translated back
+    // (addressed to the pod, checksums right), so the kernel answers the
+    // remote with time exceeded, as a Linux node would; not addressed to
+    // the node, whose own stack would answer with an RST that ends the
+    // pod's connection.
+    let mut dying = tcp_port(INTERNET, 80, NODE0, port, FROM_VNET);
+    set_ttl(&mut dying, 1);
+    let (v, handed) = run(&mut dp, programs::FROM_UPLINK, &dying);
+    assert_eq!(v, TC_ACT_OK);
+    let s = parse_checked(&handed);
+    assert_eq!(
+        (s.src, s.dst, s.src_port, s.dst_port, s.ttl),
+        (INTERNET.into(), POD_A.into(), 80, 40000, 1)
+    );
 
     // Anyone else to that port: dropped (endpoint-dependent filtering).
     let d = drops(&mut dp, DropReason::NatNoMapping);
