@@ -91,6 +91,10 @@ numbered! {
         TruncatedL4 = 18 => "truncated_l4",
         /// A checksum or store helper refused to rewrite the packet.
         RewriteFailed = 19 => "rewrite_failed",
+        /// To a private address outside the VNet (10/8, 172.16/12,
+        /// 192.168/16, 100.64/10): Azure's system routes send it to next
+        /// hop None.
+        SystemRouteNone = 20 => "system_route_none",
     }
 }
 

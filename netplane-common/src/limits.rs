@@ -59,6 +59,17 @@ pub const MAX_PODS_PER_NODE_AKS: u32 = 250;
 /// AKS route table limit: one route per node, 400 routes.
 pub const AZURE_UDR_ROUTE_LIMIT: usize = 400;
 
+/// Azure's system routes with next hop None: private ranges outside the
+/// VNet's address space are dropped by the fabric, not sent to the
+/// internet (Azure docs, "Virtual network traffic routing", default
+/// routes). (Network address, prefix length.)
+pub const AZURE_NONE_ROUTES: [([u8; 4], u8); 4] = [
+    ([10, 0, 0, 0], 8),
+    ([172, 16, 0, 0], 12),
+    ([192, 168, 0, 0], 16),
+    ([100, 64, 0, 0], 10),
+];
+
 /// Addresses Azure keeps in every subnet: the first four and the last.
 pub const AZURE_RESERVED_PER_SUBNET: u32 = 5;
 

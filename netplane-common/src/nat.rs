@@ -162,7 +162,10 @@ pub struct NatConfig {
     pub outside_gateway: u32,
     /// Load balancer: the interface towards the VNet.
     pub inside_ifindex: u32,
-    pub _pad: u32,
+    /// The VNet's address space: private destinations outside it have no
+    /// route (Azure's system routes, next hop None).
+    pub vnet: u32,
+    pub vnet_mask: u32,
 }
 
 impl NatConfig {
@@ -171,6 +174,26 @@ impl NatConfig {
     #[inline(always)]
     pub const fn on_link(&self, ip: u32) -> bool {
         self.subnet != 0 && ip & self.subnet_mask == self.subnet
+    }
+
+    /// True for destinations Azure's system routes drop: inside one of the
+    /// private ranges of [`crate::limits::AZURE_NONE_ROUTES`] and outside
+    /// the VNet's address space.
+    #[inline(always)]
+    pub const fn next_hop_none(&self, ip: u32) -> bool {
+        if self.vnet_mask != 0 && ip & self.vnet_mask == self.vnet {
+            return false;
+        }
+        let mut i = 0;
+        while i < crate::limits::AZURE_NONE_ROUTES.len() {
+            let (net, prefix) = crate::limits::AZURE_NONE_ROUTES[i];
+            let mask = crate::maps::ip_key((u32::MAX << (32 - prefix)).to_be_bytes());
+            if ip & mask == crate::maps::ip_key(net) {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 }
 
@@ -212,7 +235,7 @@ pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
 /// Destinations whose next free port is remembered (an LRU hint only).
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
-kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 32);
+kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 36);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -231,6 +254,37 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::ip_key;
+
+    #[test]
+    fn private_ranges_outside_the_vnet_have_no_route() {
+        let cfg = NatConfig {
+            vnet: ip_key([10, 224, 0, 0]),
+            vnet_mask: ip_key([255, 240, 0, 0]),
+            ..Default::default()
+        };
+        for dropped in [
+            [10, 0, 0, 10],
+            [10, 255, 255, 255],
+            [172, 16, 0, 1],
+            [172, 31, 255, 255],
+            [192, 168, 1, 1],
+            [100, 64, 0, 1],
+            [100, 127, 255, 255],
+        ] {
+            assert!(cfg.next_hop_none(ip_key(dropped)), "{dropped:?}");
+        }
+        for routed in [
+            [10, 224, 0, 4], // the VNet
+            [10, 239, 255, 255],
+            [172, 32, 0, 1],   // just past 172.16/12
+            [100, 128, 0, 1],  // just past 100.64/10
+            [203, 0, 113, 10], // the internet
+            [9, 255, 255, 255],
+        ] {
+            assert!(!cfg.next_hop_none(ip_key(routed)), "{routed:?}");
+        }
+    }
 
     #[test]
     fn slot_sizes() {

@@ -32,6 +32,9 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
     if packet::multicast_or_broadcast(ip.dst) {
         return Ok(PASS); // the segment's own chatter (IGMP, ...), not egress
     }
+    if cfg.next_hop_none(ip.dst) {
+        return Err(DropReason::SystemRouteNone); // Azure's fabric drops it
+    }
     // SAFETY: the value is copied out at once.
     let first = unsafe { LB_BACKENDS.get(ip.src) }
         .copied()

@@ -627,3 +627,69 @@ fn the_load_balancer_releases_ports_on_azures_timers() {
     }
     std::fs::remove_file(&file).unwrap();
 }
+
+/// Azure's system routes: a private destination outside the VNet (here the
+/// service CIDR, where nothing answers yet) has next hop None. The node
+/// masquerades it as kubenet would; the fabric (the load balancer in the
+/// lab) drops it with `system_route_none` instead of translating it toward
+/// the internet. `netplane routes` shows those routes beside the UDRs.
+#[test]
+fn private_ranges_outside_the_vnet_go_nowhere() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let before = counter(&stats("lb"), "drop", "system_route_none");
+    let bin = netplane_bin();
+    for target in ["10.0.0.10:53", "192.168.1.1:53", "172.16.0.1:53"] {
+        let out = exec(
+            "pod-0-0",
+            &[
+                bin.to_str().unwrap(),
+                "whoami",
+                "ask",
+                target,
+                "--udp",
+                "--timeout",
+                "1",
+            ],
+        );
+        assert!(!out.status.success(), "{target} answered");
+    }
+    let after = counter(&stats("lb"), "drop", "system_route_none");
+    assert!(after >= before + 3, "system_route_none {before} -> {after}");
+    let nat: Value = serde_json::from_str(&ok(&["nat", "--node", "lb", "--json"])).unwrap();
+    let flows = nat["agents"]["lb"].as_array().unwrap();
+    assert!(
+        flows
+            .iter()
+            .all(|f| !f["remote"].as_str().unwrap().ends_with(":53")),
+        "translated toward the internet: {flows:?}"
+    );
+    // The internet still is reachable.
+    let mut server = inet_server(true, 1);
+    ask("pod-0-0", true);
+    server.wait().unwrap();
+
+    let routes: Value =
+        serde_json::from_str(&ok(&["routes", "--node", "node-0", "--json"])).unwrap();
+    let system = routes["nodes"]["node-0"]["system_routes"]
+        .as_array()
+        .unwrap();
+    let hop = |prefix: &str| {
+        system
+            .iter()
+            .find(|r| r["address_prefix"] == prefix)
+            .map(|r| r["next_hop_type"].as_str().unwrap().to_string())
+    };
+    assert_eq!(hop("10.224.0.0/12").as_deref(), Some("VnetLocal"));
+    for none in [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+    ] {
+        assert_eq!(hop(none).as_deref(), Some("None"), "{none}");
+    }
+    assert_eq!(hop("0.0.0.0/0").as_deref(), Some("Internet"));
+}

@@ -24,6 +24,8 @@ pub fn configure_node(dp: &mut Datapath, c: &Cluster, node_ip: Ipv4Addr) -> Resu
             gateway_ip: key(gateway(c)),
             subnet: key(subnet.network()),
             subnet_mask: key(subnet.netmask()),
+            vnet: key(c.network.vnet_cidr.network()),
+            vnet_mask: key(c.network.vnet_cidr.netmask()),
             slots_per_backend: 1,
             ..Default::default()
         },
@@ -53,6 +55,8 @@ pub fn configure_lb(
         NatConfig {
             subnet: key(subnet.network()),
             subnet_mask: key(subnet.netmask()),
+            vnet: key(c.network.vnet_cidr.network()),
+            vnet_mask: key(c.network.vnet_cidr.netmask()),
             slots_per_backend: plan.slots_per_backend,
             outside_ifindex,
             outside_gateway: 0,

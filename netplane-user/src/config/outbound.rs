@@ -3,6 +3,8 @@
 //! blocks per node.
 use std::{net::Ipv4Addr, time::Duration};
 
+use ipnet::Ipv4Net;
+
 use netplane_common::{
     limits,
     nat::{NatEntry, PROTO_TCP, PROTO_UDP, Phase},
@@ -91,6 +93,55 @@ pub fn gateway(c: &Cluster) -> Ipv4Addr {
         }
         OutboundType::UserDefinedRouting => c.outbound.appliance_ip.expect("validated"),
     }
+}
+
+/// A route of the node subnet's effective routes that is not a pod CIDR's
+/// UDR: Azure's defaults ("Default"), and with userDefinedRouting the
+/// egress route AKS requires ("User").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetRoute {
+    pub source: &'static str,
+    pub address_prefix: Ipv4Net,
+    pub next_hop_type: &'static str,
+    pub next_hop_ip: Option<Ipv4Addr>,
+}
+
+/// The effective routes beside the UDRs, as Azure shows them for a node's
+/// NIC: the VNet's address space stays in the VNet, the private ranges
+/// outside it go nowhere (next hop None; the load balancer drops them with
+/// `system_route_none`), and the rest leaves through the internet
+/// (loadBalancer) or the appliance (userDefinedRouting).
+pub fn subnet_routes(c: &Cluster) -> Vec<SubnetRoute> {
+    let mut out = vec![SubnetRoute {
+        source: "Default",
+        address_prefix: c.network.vnet_cidr,
+        next_hop_type: "VnetLocal",
+        next_hop_ip: None,
+    }];
+    for (net, prefix) in limits::AZURE_NONE_ROUTES {
+        out.push(SubnetRoute {
+            source: "Default",
+            address_prefix: Ipv4Net::new(net.into(), prefix).expect("a valid prefix"),
+            next_hop_type: "None",
+            next_hop_ip: None,
+        });
+    }
+    let any = Ipv4Net::default();
+    out.push(match (c.outbound.kind, c.outbound.appliance_ip) {
+        (OutboundType::UserDefinedRouting, Some(ip)) => SubnetRoute {
+            source: "User",
+            address_prefix: any,
+            next_hop_type: "VirtualAppliance",
+            next_hop_ip: Some(ip),
+        },
+        _ => SubnetRoute {
+            source: "Default",
+            address_prefix: any,
+            next_hop_type: "Internet",
+            next_hop_ip: None,
+        },
+    });
+    out
 }
 
 /// The load balancer's (or appliance's) port layout.

@@ -3,12 +3,16 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Result;
-use netplane::{config::Cluster, datapath::pinned_routes, lab, paths};
+use netplane::{
+    config::outbound::{SubnetRoute, subnet_routes},
+    datapath::pinned_routes,
+    paths,
+};
 use netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
 use serde::Serialize;
 
 use crate::{
-    select::Select,
+    select::{Select, running_cluster},
     table::{self, Column, Row, left},
 };
 
@@ -39,19 +43,40 @@ impl Row for RouteRow {
 
 #[derive(Serialize)]
 struct RouteTable {
+    /// The UDRs: one per node's pod CIDR.
     routes: Vec<RouteRow>,
     count: usize,
     limit: usize,
+    /// Azure's default routes (and the egress UDR of userDefinedRouting).
+    system_routes: Vec<SubnetRoute>,
+}
+
+impl Row for SubnetRoute {
+    const COLUMNS: &'static [Column] = &[
+        left("source", 8),
+        left("address prefix", 18),
+        left("next hop type", 17),
+        left("next hop IP", 0),
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.source.to_string(),
+            self.address_prefix.to_string(),
+            self.next_hop_type.to_string(),
+            self.next_hop_ip.map_or("-".into(), |ip| ip.to_string()),
+        ]
+    }
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    // Owner names from the lab's cluster file, when there is a lab.
-    let names: Vec<(Ipv4Addr, String)> = lab::load_state()
-        .ok()
-        .flatten()
-        .and_then(|s| Cluster::load(Some(std::path::Path::new(&s.cluster_file))).ok())
-        .map(|c| c.nodes().into_iter().map(|n| (n.ip, n.name)).collect())
-        .unwrap_or_default();
+    // Owner names and Azure's default routes from the running cluster file.
+    let cluster = running_cluster()?;
+    let names: Vec<(Ipv4Addr, String)> = cluster
+        .nodes()
+        .into_iter()
+        .map(|n| (n.ip, n.name))
+        .collect();
+    let system = subnet_routes(&cluster);
     let owner = |ip| {
         names
             .iter()
@@ -72,6 +97,8 @@ pub fn run(select: &Select) -> Result<()> {
         if !select.json {
             println!("{n}: {} of {AZURE_UDR_ROUTE_LIMIT} routes", routes.len());
             table::print("  ", &routes);
+            println!("  and the subnet's other effective routes:");
+            table::print("    ", &system);
         }
         let count = routes.len();
         all.insert(
@@ -80,6 +107,7 @@ pub fn run(select: &Select) -> Result<()> {
                 routes,
                 count,
                 limit: AZURE_UDR_ROUTE_LIMIT,
+                system_routes: system.clone(),
             },
         );
     }
