@@ -128,6 +128,10 @@ numbered! {
         LbOut = 10 => "lb_out",
         /// Load balancer: a reply translated back to the node.
         LbIn = 11 => "lb_in",
+        /// A pod's reply to a flow opened from outside the cluster pod CIDR
+        /// (a node, a hostNetwork pod): routed untranslated, as kubenet's
+        /// conntrack never masquerades a reply.
+        ReplyToOutside = 12 => "reply_to_outside",
     }
 }
 

@@ -10,6 +10,9 @@ pub mod names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const DROPS: &str = "DROPS";
     pub const PATHS: &str = "PATHS";
+    /// Not pinned: flows to pods opened from outside, remembered for their
+    /// replies (refreshed by traffic).
+    pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
     pub use crate::{events::names::*, nat::names::*};
     /// Pinned maps (PORT_HINTS and EVENT_BUDGET are per load: a hint and a
     /// rate limiter).
@@ -57,6 +60,11 @@ pub mod programs {
 pub const MAX_ROUTES: u32 = 1024;
 /// LOCAL_PODS capacity (above limits::MAX_PODS_PER_NODE_AKS).
 pub const MAX_LOCAL_PODS: u32 = 256;
+
+/// Flows opened toward this node's pods from outside the cluster pod CIDR
+/// (another node, a hostNetwork pod) that INBOUND_FLOWS remembers so that
+/// their replies leave untranslated; least recently used go first.
+pub const MAX_INBOUND_FLOWS: u32 = 16_384;
 
 /// skb->mark bit set on packets netplane has already routed, so the uplink's
 /// egress program lets them through instead of routing them again.

@@ -187,8 +187,9 @@ impl NatConfig {
         let mut i = 0;
         while i < crate::limits::AZURE_NONE_ROUTES.len() {
             let (net, prefix) = crate::limits::AZURE_NONE_ROUTES[i];
-            let mask = crate::maps::ip_key((u32::MAX << (32 - prefix)).to_be_bytes());
-            if ip & mask == crate::maps::ip_key(net) {
+            // Map-key form: the octets as they sit in the packet.
+            let mask = u32::from_ne_bytes((u32::MAX << (32 - prefix)).to_be_bytes());
+            if ip & mask == u32::from_ne_bytes(net) {
                 return true;
             }
             i += 1;

@@ -17,6 +17,7 @@ mod arp;
 mod counters;
 mod events;
 mod floor;
+mod inbound;
 mod lb;
 mod maps;
 mod masquerade;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use netplane_common::{
     DropReason, LocalPod, NodeConfig, Path, RouteTarget,
     counters::PathCounter,
-    maps::{MAX_LOCAL_PODS, MAX_ROUTES},
+    maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
     nat::{
         FlowKey, MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse,
         SnatSlot,
@@ -17,6 +17,12 @@ use netplane_common::{
 /// The UDR table: pod CIDR -> owner node IP.
 #[map]
 pub static ROUTES: LpmTrie<u32, RouteTarget> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// Flows opened toward this node's pods from outside the cluster pod CIDR,
+/// by the pod side's tuple -> when last seen (inbound.rs).
+#[map]
+pub static INBOUND_FLOWS: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(MAX_INBOUND_FLOWS, 0);
 
 /// Pods on this node: pod IP -> veth ifindex and MACs.
 #[map]

@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use netplane_common::{DropReason, NodeConfig, Path};
 
 use crate::{
+    inbound,
     maps::NAT_CONFIG,
     packet::{self, Ipv4},
     route,
@@ -33,6 +34,26 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
     }
     snat::egress(ctx, ip, NODE_TARGET)?;
     Ok(route::to_node(ctx, cfg, next_hop, Path::SnatOut))
+}
+
+/// Pod to outside the cluster pod CIDR: a reply to a flow a node (or a
+/// hostNetwork pod) opened goes back untranslated; anything else is
+/// masqueraded. Only node-subnet destinations can have opened one, so
+/// egress to the internet pays no extra lookup.
+#[inline(always)]
+pub fn masquerade_or_reply(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4,
+) -> Result<i32, DropReason> {
+    let on_link = NAT_CONFIG.get(0).is_some_and(|n| n.on_link(ip.dst));
+    if on_link && inbound::is_reply(ctx, ip) {
+        if let Some(verdict) = route::routed_hop(ctx) {
+            return Ok(verdict);
+        }
+        return Ok(route::to_node(ctx, cfg, ip.dst, Path::ReplyToOutside));
+    }
+    masquerade(ctx, cfg, ip)
 }
 
 /// To the node IP from the VNet: a reply to a masqueraded flow goes back to

@@ -61,7 +61,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     if !cfg.in_cluster(ip.dst) {
-        return crate::masquerade::masquerade(ctx, cfg, &ip);
+        return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
     }
     let owner = route::owner_node(cfg, &ip)?;
     if let Some(verdict) = route::routed_hop(ctx) {

@@ -34,8 +34,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return crate::masquerade::reply_in(ctx, &ip);
     }
     if let Some(pod) = route::local_pod(ip.dst) {
-        if !cfg.in_cluster(ip.src) && !route::in_node_subnet(ip.src) {
-            return Err(DropReason::UnsolicitedToPod);
+        if !cfg.in_cluster(ip.src) {
+            if !route::in_node_subnet(ip.src) {
+                return Err(DropReason::UnsolicitedToPod);
+            }
+            // A node (or hostNetwork pod) opening a flow to this pod: its
+            // replies must leave untranslated.
+            crate::inbound::opened_from_outside(ctx, &ip);
         }
         if let Some(verdict) = route::routed_hop(ctx) {
             return Ok(verdict);

@@ -561,3 +561,86 @@ fn trace_matches_the_lab_and_changes_nothing() {
     );
     assert!(counter(&stats("node-0"), "drop", "spoofed_source") > before);
 }
+
+/// A node (or a hostNetwork pod) reaching a pod on another node, as kubelet
+/// probes do: the pod sees the node's own address, and its replies go back
+/// untranslated (kubenet's conntrack never masquerades a reply), for ping
+/// and TCP alike. A pod opening a flow to a node is still masqueraded.
+#[test]
+fn a_node_reaches_a_pod_on_another_node() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let replies = |node: &str| counter(&stats(node), "path", "reply_to_outside");
+    let before = replies("node-1");
+    let out = exec("node-0", &["ping", "-c", "2", "-W", "2", "10.244.1.2"]);
+    assert!(
+        out.status.success(),
+        "node-0 -> pod-1-0: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut server = whoami_server("pod-1-0");
+    let bin = netplane_bin();
+    let answer = exec(
+        "node-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            "10.244.1.2:7000",
+            "--json",
+        ],
+    );
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert_eq!(
+        answer["seen_as"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0,
+        "10.224.0.4",
+        "{answer}"
+    );
+    server.wait().unwrap();
+    assert!(
+        replies("node-1") >= before + 3,
+        "the replies took the untranslated path"
+    );
+
+    // The other way round, a pod's own flow to a node: masqueraded.
+    let mut server = whoami_server("node-1");
+    let answer = exec(
+        "pod-0-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            "10.224.0.5:7000",
+            "--json",
+        ],
+    );
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert_eq!(
+        answer["seen_as"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0,
+        "10.224.0.4",
+        "pod-0-0 masqueraded as node-0: {answer}"
+    );
+    server.wait().unwrap();
+}
