@@ -6,6 +6,7 @@ use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, lpm_trie::Key};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use netplane_common::{
     DropReason, LocalPod, Path,
@@ -110,21 +111,14 @@ impl Copies {
     }
 }
 
-/// A frame from `src` to `dst`.
-fn frame(
-    src: Ipv4Addr,
-    sport: u16,
-    dst: Ipv4Addr,
-    dport: u16,
-    proto: Proto,
-    reply: bool,
-) -> Vec<u8> {
+/// A frame from `src` to `dst`, built once and handed from hop to hop.
+fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: Proto, reply: bool) -> Bytes {
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
         src.octets(),
         dst.octets(),
         64,
     );
-    let mut out = Vec::new();
+    let mut out = BytesMut::new().writer();
     match proto {
         Proto::Tcp => {
             let b = b.tcp(sport, dport, 1, 64240);
@@ -135,8 +129,8 @@ fn frame(
         Proto::Icmp if reply => b.icmpv4_echo_reply(dport, 1).write(&mut out, b"trace"),
         Proto::Icmp => b.icmpv4_echo_request(sport, 1).write(&mut out, b"trace"),
     }
-    .expect("writing to a Vec");
-    out
+    .expect("writing to memory");
+    out.into_inner().freeze()
 }
 
 /// Addresses and ports of a frame, for people.
@@ -228,12 +222,7 @@ impl World<'_> {
     }
 
     /// Runs `program` of `agent` on `f` and says what it decided.
-    fn hop(
-        &mut self,
-        agent: &str,
-        program: &'static str,
-        f: &[u8],
-    ) -> Result<(Hop, Vec<u8>, Next)> {
+    fn hop(&mut self, agent: &str, program: &'static str, f: &[u8]) -> Result<(Hop, Bytes, Next)> {
         let node_subnet = self.cluster.network.node_subnet;
         let dp = self.copies.get(agent)?;
         let before = dp.counters()?;
@@ -374,15 +363,15 @@ impl World<'_> {
             maps,
             packet_out: describe(&out),
         };
-        Ok((hop, out, next))
+        Ok((hop, Bytes::from(out), next))
     }
 
     fn walk(
         &mut self,
         mut agent: String,
         mut program: &'static str,
-        mut f: Vec<u8>,
-    ) -> Result<(Walk, Vec<u8>)> {
+        mut f: Bytes,
+    ) -> Result<(Walk, Bytes)> {
         let mut hops = Vec::new();
         // At most a pod's node, another node, the load balancer and back.
         for _ in 0..6 {
