@@ -48,11 +48,15 @@ pub fn node0_datapath() -> Datapath {
 
 /// node-0, choosing whether the programs report flow events.
 pub fn node0_datapath_with(flow_events: bool) -> Datapath {
-    let mut dp = Datapath::load(&LoadOptions {
+    node0_datapath_loaded(&LoadOptions {
         flow_events,
         ..LoadOptions::default()
     })
-    .expect("load object");
+}
+
+/// node-0 loaded as `opts` says (NAT table size, say).
+pub fn node0_datapath_loaded(opts: &LoadOptions) -> Datapath {
+    let mut dp = Datapath::load(opts).expect("load object");
     dp.set_node(NodeConfig {
         node_ip: key(NODE0.into()),
         uplink_ifindex: 1,

@@ -24,7 +24,10 @@ const OTHER_REMOTE: [u8; 4] = [198, 51, 100, 99];
 
 /// node-0 with the masquerade on: node IP over `lo..=hi`.
 fn masquerading(lo: u16, hi: u16) -> Datapath {
-    let mut dp = node0_datapath();
+    masquerade_on(node0_datapath(), lo, hi)
+}
+
+fn masquerade_on(mut dp: Datapath, lo: u16, hi: u16) -> Datapath {
     let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG).unwrap()).unwrap();
     cfg.set(
         0,
@@ -753,4 +756,61 @@ fn collection_in_small_steps_is_exact() {
     let owned: HashMap<_, FlowKey, u32> =
         HashMap::try_from(dp.map(names::PORT_OWNED).unwrap()).unwrap();
     assert_eq!(owned.keys().count(), 10_000);
+}
+
+/// With the NAT table full, a new flow is refused at once and counted as
+/// `nat_table_full`: not after walking the whole port range, and not as
+/// `nat_ports_exhausted` (the ports are not exhausted). Existing flows go
+/// on.
+#[test]
+fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
+    if !privileged() {
+        return;
+    }
+    let small = netplane_common::nat::NAT_TABLE_ENTRIES_MIN;
+    let dp = node0_datapath_loaded(&netplane::datapath::LoadOptions {
+        nat_entries: small,
+        ..Default::default()
+    });
+    let mut dp = masquerade_on(dp, 1024, 65535);
+    let existing = tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A);
+    let (_, out) = run(&mut dp, programs::FROM_POD, &existing);
+    let port = parse_checked(&out).src_port;
+    // Fill the reply table to its last entry, as a pod spraying
+    // destinations would.
+    {
+        let mut nat_in: HashMap<_, FlowKey, NatReverse> =
+            HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+        let mut filled = 0u32;
+        while filled < small * 2 {
+            let remote = key(Ipv4Addr::from(0xc633_6400 + filled)); // 198.51.100.0 on
+            let k = FlowKey::new(remote, key(NODE0.into()), 53, 2000, 17);
+            let rev = NatReverse {
+                orig_ip: key(POD_B.into()),
+                orig_port: 1,
+                _pad: 0,
+            };
+            if nat_in.insert(k, rev, 0).is_err() {
+                break;
+            }
+            filled += 1;
+        }
+        assert!(filled < small * 2, "the table never filled");
+    }
+    let (full, exhausted) = (
+        drops(&mut dp, DropReason::NatTableFull),
+        drops(&mut dp, DropReason::NatPortsExhausted),
+    );
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40001, INTERNET, 80, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, DropReason::NatTableFull), full + 1);
+    assert_eq!(drops(&mut dp, DropReason::NatPortsExhausted), exhausted);
+    // The existing flow keeps its translation.
+    let (v, out) = run(&mut dp, programs::FROM_POD, &existing);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(parse_checked(&out).src_port, port);
 }

@@ -142,6 +142,7 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
         slot: *s,
         start,
         found: 0,
+        full: 0,
     };
     // Walks every port of the slot at most once: bounded by the slot size,
     // and a free port is found whenever one exists.
@@ -154,6 +155,12 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
             &mut probe as *mut Probe as *mut c_void,
             0,
         );
+    }
+    if probe.full != 0 {
+        // The table itself is full: no port of any slot can help, so stop
+        // here rather than walk every port (a table-full flood must not cost
+        // the node a whole port range per packet).
+        return Err(DropReason::NatTableFull);
     }
     if probe.found == 0 {
         return Ok(None);
@@ -209,7 +216,12 @@ struct Probe {
     slot: SnatSlot,
     start: u32,
     found: u32,
+    /// Set when an insert failed for want of room, not for a taken port.
+    full: u32,
 }
+
+/// The error BPF_NOEXIST reports for a key that exists: the port is taken.
+const EEXIST: i64 = 17;
 
 /// bpf_loop callback: claims port (start + i) of the slot if no flow to the
 /// same destination holds it. Returns 1 to stop.
@@ -223,11 +235,17 @@ unsafe extern "C" fn probe_port(i: u32, ctx: *mut c_void) -> i64 {
     }
     let port = p.slot.port_lo as u32 + (p.start + i) % size;
     p.key.dst_port = port as u16;
-    if NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64).is_ok() {
-        p.found = port;
-        return 1;
+    match NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            p.found = port;
+            1
+        }
+        Err(e) if i64::from(e) == -EEXIST => 0,
+        Err(_) => {
+            p.full = 1;
+            1
+        }
     }
-    0
 }
 
 /// A cheap mix of the tuple: where a flow starts probing.
