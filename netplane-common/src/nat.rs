@@ -228,6 +228,14 @@ pub const NAT_TABLE_MAPS: [&str; 3] = [names::NAT_OUT, names::NAT_IN, names::POR
 pub const MAX_SNAT_SLOTS: u32 = 4096;
 /// Most frontend IPs a backend's allocation tries.
 pub const MAX_FRONTENDS: u32 = 16;
+/// PORT_OWNED's value is when the port was last claimed
+/// (bpf_ktime_get_ns): the collector clears only marks claimed before it
+/// began to learn which ports are held, so a port claimed during its pass
+/// keeps its mark.
+pub const fn claimed_before(claimed_ns: u64, since_ns: u64) -> bool {
+    claimed_ns < since_ns
+}
+
 /// The key of PORT_OWNED: a translated address and port, whoever the remote.
 pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
     FlowKey::new(0, nat_ip, 0, nat_port, proto)

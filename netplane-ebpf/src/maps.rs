@@ -87,7 +87,7 @@ pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(M
 /// than handed to the node. Set on claim; the agent's collector removes the
 /// ones no flow holds any more.
 #[map]
-pub static PORT_OWNED: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+pub static PORT_OWNED: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
 
 /// Adds one to slot `index` of a per-CPU counter array.
 #[inline(always)]

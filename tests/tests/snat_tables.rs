@@ -753,7 +753,7 @@ fn collection_in_small_steps_is_exact() {
     assert!(removed.iter().all(|(k, _)| k.src_port.is_multiple_of(2)));
     assert_eq!(assert_accounting_exact(&mut dp), 10_000);
     // Owned-port marks: one per port still held.
-    let owned: HashMap<_, FlowKey, u32> =
+    let owned: HashMap<_, FlowKey, u64> =
         HashMap::try_from(dp.map(names::PORT_OWNED).unwrap()).unwrap();
     assert_eq!(owned.keys().count(), 10_000);
 }
@@ -813,4 +813,54 @@ fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
     let (v, out) = run(&mut dp, programs::FROM_POD, &existing);
     assert_eq!(v, TC_ACT_REDIRECT);
     assert_eq!(parse_checked(&out).src_port, port);
+}
+
+/// A port claimed while a collection pass is under way keeps its owned-port
+/// mark: the pass learned which ports are held before that claim, and
+/// clears only marks older than its learning. Without the mark, a stranger's
+/// packet to that port would reach the node's stack instead of being
+/// dropped.
+#[test]
+fn a_port_claimed_during_a_collection_pass_keeps_its_mark() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let (old, _) = open_flows(&mut dp, 1, 50);
+    assert_eq!(old.len(), 50);
+    let mut c = collector::Collector::default();
+    c.start();
+    // Expire the old flows, then learn the held ports, a step at a time.
+    let mut steps = 0;
+    while !c.clearing_marks() {
+        steps += 1;
+        assert!(
+            steps < 1000 && !c.idle(),
+            "the pass did not reach its last phase"
+        );
+        c.step(&mut dp, 1, &mut |_: &FlowKey, _: &NatEntry| true)
+            .unwrap();
+    }
+    // A new flow claims a port now, between the pass's learning and its
+    // clearing.
+    let (_, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 45000, INTERNET, 443, FROM_POD_A),
+    );
+    let port = parse_checked(&out).src_port;
+    while !c.idle() {
+        c.step(&mut dp, 1, &mut |_: &FlowKey, _: &NatEntry| false)
+            .unwrap();
+    }
+    // A stranger's packet to that port is still refused.
+    let d = drops(&mut dp, DropReason::NatNoMapping);
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(OTHER_REMOTE, 80, NODE0, port, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_SHOT, "the new flow's port lost its mark");
+    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d + 1);
+    assert_eq!(assert_accounting_exact(&mut dp), 1);
 }

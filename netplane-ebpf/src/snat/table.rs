@@ -194,7 +194,8 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     bump(&SNAT_ALLOCS, slot);
     let next = (port as u32 - s.port_lo as u32 + 1) % size;
     let _ = PORT_HINTS.insert(dest, next, 0);
-    let _ = PORT_OWNED.insert(owned_key(s.nat_ip, port, key.proto), 1, 0);
+    let owned = owned_key(s.nat_ip, port, key.proto);
+    let _ = PORT_OWNED.insert(owned, now, 0);
     crate::events::emit(FlowEvent {
         kind: kind::TRANSLATION,
         proto: key.proto,

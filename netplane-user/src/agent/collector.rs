@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use aya::maps::Array;
-use netplane_common::nat::{FlowKey, NatEntry, NatReverse, names, owned_key};
+use netplane_common::nat::{FlowKey, NatEntry, NatReverse, claimed_before, names, owned_key};
 
 use crate::{config::outbound::Timeouts, datapath::Datapath};
 
@@ -58,6 +58,9 @@ pub struct Collector {
     walk: crate::datapath::HashWalk,
     expired_this_pass: bool,
     held: HashSet<FlowKey>,
+    /// When the walk of NAT_IN began: a mark claimed later may have been
+    /// claimed after its bucket was walked, so it is not cleared this pass.
+    held_since: u64,
 }
 
 #[derive(Default, PartialEq, Eq, Debug)]
@@ -73,6 +76,12 @@ impl Collector {
     /// No pass in progress.
     pub fn idle(&self) -> bool {
         self.phase == Phase::Idle
+    }
+
+    /// The pass is about to clear the marks of ports no flow holds (for
+    /// tests that act between the steps of a pass).
+    pub fn clearing_marks(&self) -> bool {
+        self.phase == Phase::ClearStaleMarks
     }
 
     /// Starts a pass (if none is in progress).
@@ -112,6 +121,7 @@ impl Collector {
                     removed.extend(gone);
                     if self.walk.done() {
                         if self.expired_this_pass {
+                            self.held_since = monotonic_ns();
                             self.enter(Phase::LearnHeldPorts);
                         } else {
                             self.enter(Phase::Idle);
@@ -133,12 +143,14 @@ impl Collector {
                 }
                 Phase::ClearStaleMarks => {
                     let owned = dp.hash_map_data(names::PORT_OWNED)?;
-                    let chunk: Vec<(FlowKey, u32)> = self.walk.next(owned, left)?;
+                    let chunk: Vec<(FlowKey, u64)> = self.walk.next(owned, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     let stale: Vec<FlowKey> = chunk
                         .into_iter()
+                        .filter(|(k, stamp)| {
+                            !self.held.contains(k) && claimed_before(*stamp, self.held_since)
+                        })
                         .map(|(k, _)| k)
-                        .filter(|k| !self.held.contains(k))
                         .collect();
                     crate::datapath::delete_batch(owned, &stale)?;
                     if self.walk.done() {

@@ -111,7 +111,7 @@ impl Datapath {
         copy_hash!(names::LB_FRONTENDS, u32, u32);
         copy_hash!(nat::names::NAT_OUT, FlowKey, NatEntry);
         copy_hash!(nat::names::NAT_IN, FlowKey, NatReverse);
-        copy_hash!(nat::names::PORT_OWNED, FlowKey, u32);
+        copy_hash!(nat::names::PORT_OWNED, FlowKey, u64);
         copy_array!(names::NODE_CONFIG, NodeConfig);
         copy_array!(nat::names::NAT_CONFIG, NatConfig);
         copy_array!(nat::names::SNAT_SLOTS, SnatSlot);
