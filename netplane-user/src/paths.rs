@@ -1,6 +1,6 @@
 //! Where netplane keeps its runtime state. Pins live in a bpffs mounted under
 //! /run, not /sys/fs/bpf: `ip netns exec` remounts /sys, so a pin there is
-//! not the same file inside a lab namespace (`ip netns exec` remounts /sys).
+//! not the same file inside a lab namespace.
 use std::path::PathBuf;
 
 /// Root of all runtime state; `NETPLANE_RUN_DIR` moves it (tests, parallel labs).

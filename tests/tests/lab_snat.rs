@@ -693,3 +693,48 @@ fn private_ranges_outside_the_vnet_go_nowhere() {
     }
     assert_eq!(hop("0.0.0.0/0").as_deref(), Some("Internet"));
 }
+
+/// Failure injection: the agent's port-peaks file cannot be written (a
+/// directory stands in its place). The agent says so once, keeps running,
+/// and keeps collecting: an expired translation's port still comes back.
+/// (Any collector error used to end the agent while its pinned programs
+/// went on allocating with nobody collecting.)
+#[test]
+fn the_agent_outlives_its_own_errors_and_keeps_collecting() {
+    if !privileged() {
+        return;
+    }
+    let file = cluster_file(
+        "errors",
+        &[
+            ("udp_s = 30", "udp_s = 2"),
+            ("udp_stream_s = 120", "udp_stream_s = 2"),
+        ],
+    );
+    let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
+    let peaks = "/run/netplane/nodes/node-0/port-peaks.json";
+    let _ = std::fs::remove_file(peaks);
+    std::fs::create_dir_all(format!("{peaks}/blocked")).unwrap();
+    let mut server = inet_server(true, 1);
+    ask("pod-0-0", true);
+    server.wait().unwrap();
+    wait_until("node-0's UDP translation to be collected", || {
+        ports_of("node-0").iter().all(|s| s["allocated"] == 0)
+    });
+    let log = std::fs::read_to_string("/run/netplane/lab/agent-node-0.log").unwrap();
+    assert_eq!(
+        log.matches("recording port peaks failed").count(),
+        1,
+        "said once: {log}"
+    );
+    let status: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    let agent = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == "node-0")
+        .unwrap();
+    assert_eq!(agent["running"], true, "{agent}");
+    std::fs::remove_dir_all(peaks).unwrap();
+    std::fs::remove_file(&file).unwrap();
+}

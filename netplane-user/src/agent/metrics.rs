@@ -31,6 +31,9 @@ use crate::datapath::Counters;
 pub struct AgentCounters {
     pub collection_runs: AtomicU64,
     pub expired: AtomicU64,
+    /// Failed reconcile ticks and collection steps: logged, counted, and
+    /// tried again on the next tick.
+    pub errors: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -205,6 +208,13 @@ impl Collector for DataPath {
         )?;
         let runs = self.own.collection_runs.load(Ordering::Relaxed);
         let expired = self.own.expired.load(Ordering::Relaxed);
+        let errors = self.own.errors.load(Ordering::Relaxed);
+        counter(
+            &mut enc,
+            "netplane_agent_errors",
+            "Reconcile ticks and collection steps that failed (logged, tried again next tick).",
+            &[(vec![], errors)],
+        )?;
         counter(
             &mut enc,
             "netplane_collection_runs",

@@ -5,6 +5,7 @@
 //! HTTP server for metrics. A current-thread runtime: the node's network
 //! namespace was entered on this thread, and one thread owns the maps.
 use std::{
+    collections::HashMap,
     ffi::OsString,
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
@@ -60,6 +61,7 @@ pub fn serve(
         own: Arc::new(AgentCounters::default()),
         collector: Collector::default(),
         last_collect: Instant::now(),
+        failing: HashMap::new(),
     };
     let result = runtime.block_on(agent.run());
     let _ = std::fs::remove_file(&status_path);
@@ -87,6 +89,8 @@ struct Agent<R> {
     own: Arc<AgentCounters>,
     collector: Collector,
     last_collect: Instant,
+    /// What is failing now, and how (logged once until it changes).
+    failing: HashMap<&'static str, String>,
 }
 
 impl<R: Role> Agent<R> {
@@ -143,7 +147,7 @@ impl<R: Role> Agent<R> {
                         self.reload();
                     }
                 }
-                _ = tick.tick() => self.tick(&mut events).await?,
+                _ = tick.tick() => self.tick(&mut events),
                 ready = readable(&mut ring) => {
                     let mut guard = ready?;
                     events.drain(guard.get_inner_mut());
@@ -177,15 +181,50 @@ impl<R: Role> Agent<R> {
     }
 
     /// Every RECONCILE_INTERVAL: the role's reconcile, and a step of
-    /// collection (a pass starts every COLLECT_INTERVAL).
-    async fn tick(&mut self, events: &mut EventLog) -> Result<()> {
-        self.role.tick(&mut self.dp, &self.hooks)?;
+    /// collection (a pass starts every COLLECT_INTERVAL). A failure is
+    /// logged (once until it changes), counted, and tried again next tick:
+    /// the agent ending would leave the pinned programs allocating ports
+    /// with nobody collecting them.
+    fn tick(&mut self, events: &mut EventLog) {
+        let reconciled = self.role.tick(&mut self.dp, &self.hooks);
+        self.report("reconcile", reconciled);
+        let collected = self.collect(events);
+        if collected.is_err() {
+            // Start the pass over: a step that failed midway left it unsure.
+            self.collector = Collector::default();
+        }
+        self.report("collection", collected);
+    }
+
+    /// Logs a failure when it first appears or changes, and counts each.
+    fn report(&mut self, what: &'static str, result: Result<()>) {
+        match result {
+            Ok(()) => {
+                if self.failing.remove(what).is_some() {
+                    info!("{what} works again");
+                }
+            }
+            Err(e) => {
+                self.own.errors.fetch_add(1, Ordering::Relaxed);
+                let text = format!("{e:#}");
+                if self.failing.get(what) != Some(&text) {
+                    error!("{what} failed (tried again every tick): {text}");
+                    self.failing.insert(what, text);
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, events: &mut EventLog) -> Result<()> {
         let name = self.status.node.as_str();
         if self.last_collect.elapsed() >= COLLECT_INTERVAL && self.collector.idle() {
             self.last_collect = Instant::now();
             self.collector.start();
             self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
-            record_peaks(name, Path::new(&self.status.pins))?;
+            // The peaks are for people; their failure must not stop the
+            // collection, which returns ports.
+            let peaks = record_peaks(name, Path::new(&self.status.pins));
+            self.report("recording port peaks", peaks);
         }
         if !self.collector.idle() {
             let (t, now) = (self.role.timeouts(&self.cluster), monotonic_ns());
