@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use aya::maps::Array;
-use netplane_common::nat::{FlowKey, NatEntry, NatReverse, claimed_before, names, owned_key};
+use netplane_common::nat::{
+    FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, names, owned_key,
+};
 
 use crate::{config::outbound::Timeouts, datapath::Datapath};
 
@@ -52,12 +54,26 @@ pub fn collect_where(
 /// (the kernel's conntrack collects in steps the same way). A pass walks
 /// NAT_OUT removing expired flows, then, if any expired, NAT_IN to learn
 /// which translated ports are held and PORT_OWNED to clear the rest.
+///
+/// A sweep pass (`start_sweep`, the agent's every SWEEP_EVERY passes) also
+/// finds reverse entries whose forward entry is gone: removal is two
+/// deletes, and an agent killed between them left the port claimed and
+/// counted forever. A reverse entry without its forward one in two sweeps
+/// in a row (not one claim in flight) is removed and its port returned.
 #[derive(Default)]
 pub struct Collector {
     phase: Phase,
     walk: crate::datapath::HashWalk,
     expired_this_pass: bool,
     held: HashSet<FlowKey>,
+    /// This pass is a sweep: `forward` holds NAT_OUT's keys as walked.
+    sweeping: bool,
+    forward: HashSet<FlowKey>,
+    /// Reverse entries without a forward one in the last sweep.
+    suspects: HashSet<FlowKey>,
+    next_suspects: HashSet<FlowKey>,
+    /// Orphans removed so far (for metrics and tests).
+    pub orphans_removed: u64,
     /// When the walk of NAT_IN began: a mark claimed later may have been
     /// claimed after its bucket was walked, so it is not cleared this pass.
     held_since: u64,
@@ -89,6 +105,18 @@ impl Collector {
         if self.idle() {
             self.enter(Phase::Expire);
             self.expired_this_pass = false;
+            self.sweeping = false;
+        }
+    }
+
+    /// Starts a sweep pass: a pass that also looks for orphan reverse
+    /// entries.
+    pub fn start_sweep(&mut self) {
+        if self.idle() {
+            self.start();
+            self.sweeping = true;
+            self.forward = HashSet::new();
+            self.next_suspects = HashSet::new();
         }
     }
 
@@ -115,12 +143,15 @@ impl Collector {
                     let chunk: Vec<(FlowKey, NatEntry)> =
                         self.walk.next(dp.hash_map_data(names::NAT_OUT)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
+                    if self.sweeping {
+                        self.forward.extend(chunk.iter().map(|(k, _)| *k));
+                    }
                     let gone: Vec<_> = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
                     remove_flows(dp, &gone)?;
                     self.expired_this_pass |= !gone.is_empty();
                     removed.extend(gone);
                     if self.walk.done() {
-                        if self.expired_this_pass {
+                        if self.expired_this_pass || self.sweeping {
                             self.held_since = monotonic_ns();
                             self.enter(Phase::LearnHeldPorts);
                         } else {
@@ -132,12 +163,23 @@ impl Collector {
                     let chunk: Vec<(FlowKey, NatReverse)> =
                         self.walk.next(dp.hash_map_data(names::NAT_IN)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
-                    self.held.extend(
-                        chunk
-                            .into_iter()
-                            .map(|(k, _)| owned_key(k.dst_ip, k.dst_port, k.proto)),
-                    );
+                    let mut orphans = Vec::new();
+                    for (k, rev) in chunk {
+                        if self.sweeping && !self.forward.contains(&forward_key(&k, &rev)) {
+                            if self.suspects.contains(&k) {
+                                orphans.push(k);
+                                continue;
+                            }
+                            self.next_suspects.insert(k);
+                        }
+                        self.held.insert(owned_key(k.dst_ip, k.dst_port, k.proto));
+                    }
+                    self.orphans_removed += remove_orphans(dp, &orphans)?;
                     if self.walk.done() {
+                        if self.sweeping {
+                            self.suspects = std::mem::take(&mut self.next_suspects);
+                            self.forward = HashSet::new();
+                        }
                         self.enter(Phase::ClearStaleMarks);
                     }
                 }
@@ -165,6 +207,35 @@ impl Collector {
     }
 }
 
+/// The forward (NAT_OUT) key of a reverse entry.
+fn forward_key(k: &FlowKey, rev: &NatReverse) -> FlowKey {
+    FlowKey::new(rev.orig_ip, k.src_ip, rev.orig_port, k.src_port, k.proto)
+}
+
+/// Removes reverse entries whose translation is gone and returns their
+/// ports to the slot they came from (found by address and port range).
+fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, orphans)?;
+    let slots: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
+    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (k, took) in orphans.iter().zip(took) {
+        let slot = (0..slots.len()).find(|i| {
+            slots.get(i, 0).is_ok_and(|s| {
+                s.nat_ip == k.dst_ip && (s.port_lo..=s.port_hi).contains(&k.dst_port)
+            })
+        });
+        if let (true, Some(slot)) = (took, slot) {
+            *freed.entry(slot).or_default() += 1;
+        }
+    }
+    let n = freed.values().sum();
+    add_frees(dp, freed)?;
+    Ok(n)
+}
+
 /// Removes translations and returns their ports: counted as freed only
 /// where this removal took the claim (NAT_IN) away.
 fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> {
@@ -181,6 +252,11 @@ fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> 
             *freed.entry(e.slot).or_default() += 1;
         }
     }
+    add_frees(dp, freed)
+}
+
+/// Credits freed ports to their slots (SNAT_FREES: written only here).
+fn add_frees(dp: &mut Datapath, freed: std::collections::HashMap<u32, u64>) -> Result<()> {
     let mut frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES)?)?;
     for (slot, n) in freed {
         let v = frees.get(&slot, 0)?;

@@ -86,6 +86,8 @@ impl Options {
 
 /// How often expired translations are collected.
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many passes, a sweep for orphan claims (collector.rs).
+pub const SWEEP_EVERY: u64 = 30;
 /// Entries a collection step looks at per tick: a table up to this size is
 /// collected in one tick every COLLECT_INTERVAL as before; a larger one a
 /// piece per tick (1M translations: a pass every ~6 s, each tick a few ms

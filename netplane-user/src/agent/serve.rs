@@ -22,7 +22,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL,
+    AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL, SWEEP_EVERY,
     collector::{Collector, expired_at, monotonic_ns},
     flows::EventLog,
     metrics::{self, AgentCounters},
@@ -219,8 +219,12 @@ impl<R: Role> Agent<R> {
         let name = self.status.node.as_str();
         if self.last_collect.elapsed() >= COLLECT_INTERVAL && self.collector.idle() {
             self.last_collect = Instant::now();
-            self.collector.start();
-            self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
+            let runs = self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
+            if runs % SWEEP_EVERY == 0 {
+                self.collector.start_sweep();
+            } else {
+                self.collector.start();
+            }
             // The peaks are for people; their failure must not stop the
             // collection, which returns ports.
             let peaks = record_peaks(name, Path::new(&self.status.pins));
