@@ -220,7 +220,7 @@ impl<R: Role> Agent<R> {
         if self.last_collect.elapsed() >= COLLECT_INTERVAL && self.collector.idle() {
             self.last_collect = Instant::now();
             let runs = self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
-            if runs % SWEEP_EVERY == 0 {
+            if runs.is_multiple_of(SWEEP_EVERY) {
                 self.collector.start_sweep();
             } else {
                 self.collector.start();
