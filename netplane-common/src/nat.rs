@@ -118,6 +118,31 @@ impl NatEntry {
     }
 }
 
+/// FRAGMENTS key: the datagram a fragment belongs to, as the program sees
+/// it (before its own translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_ip: u32,
+    pub dst_ip: u32,
+    /// The IP identification.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// FRAGMENTS value: the ports the datagram's first fragment carried (ICMP
+/// echo: as `FlowKey` holds them), for its later fragments, which have none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Datagrams in fragments whose ports are remembered (LRU) at each stage.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
+
 /// NAT_IN value: where a reply goes back to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -211,6 +236,8 @@ pub mod names {
     pub const LB_FRONTENDS: &str = "LB_FRONTENDS";
     /// Not pinned: a hint, rebuilt by traffic.
     pub const PORT_HINTS: &str = "PORT_HINTS";
+    /// Not pinned: fragments in flight (fragments.rs in the programs).
+    pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const PORT_OWNED: &str = "PORT_OWNED";
 }
 
@@ -245,6 +272,7 @@ pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
 kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 36);
+kernel_abi!(FragKey => 12, FragPorts => 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -258,6 +286,10 @@ mod pod {
     unsafe impl aya::Pod for super::SnatSlot {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::NatConfig {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
+    unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 #[cfg(test)]

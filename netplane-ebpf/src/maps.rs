@@ -9,8 +9,8 @@ use netplane_common::{
     counters::PathCounter,
     maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
     nat::{
-        FlowKey, MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse,
-        SnatSlot,
+        FlowKey, FragKey, FragPorts, MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES, MAX_PORT_HINTS,
+        MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
     },
 };
 
@@ -77,6 +77,12 @@ pub static LB_BACKENDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SNAT_S
 /// Load balancer: frontend IPs (value unused).
 #[map]
 pub static LB_FRONTENDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
+/// The ports of datagrams in fragments, from their first fragment, by
+/// (addresses, protocol, IP ID): later fragments are translated by them.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 /// Per destination and SNAT IP: where the next free port probably is.
 #[map]

@@ -81,6 +81,10 @@ pub struct Ipv4 {
     pub proto: u8,
     /// Fragment offset non-zero: no L4 header here.
     pub later_fragment: bool,
+    /// More fragments follow (with `later_fragment` false: a first fragment).
+    pub more_fragments: bool,
+    /// The IP identification, which ties a datagram's fragments together.
+    pub id: u16,
 }
 
 #[inline(always)]
@@ -97,12 +101,13 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
         return Err(DropReason::MalformedIpv4);
     }
     // SAFETY: as above; nothing has moved the packet since.
-    let (src, dst, proto, frags) = unsafe {
+    let (src, dst, proto, frags, id) = unsafe {
         (
             ip_key((*hdr).src_addr),
             ip_key((*hdr).dst_addr),
             (*hdr).proto,
             u16::from_be_bytes((*hdr).frags),
+            u16::from_be_bytes((*hdr).id),
         )
     };
     Ok(Ipv4 {
@@ -111,6 +116,8 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
         l4_off: EthHdr::LEN + ihl as usize,
         proto,
         later_fragment: frags & ip::FRAG_OFFSET_MASK != 0,
+        more_fragments: frags & ip::MORE_FRAGMENTS != 0,
+        id,
     })
 }
 
@@ -170,8 +177,9 @@ pub mod ip {
     pub const CHECK: usize = EthHdr::LEN + 10;
     pub const SRC: usize = EthHdr::LEN + 12;
     pub const DST: usize = EthHdr::LEN + 16;
-    /// The flags and fragment offset field's offset bits.
+    /// The flags and fragment offset field's offset bits, and the MF flag.
     pub const FRAG_OFFSET_MASK: u16 = 0x1fff;
+    pub const MORE_FRAGMENTS: u16 = 0x2000;
 }
 
 /// TCP header fields, as offsets from the start of the TCP header, and flags.

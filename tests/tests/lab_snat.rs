@@ -738,3 +738,49 @@ fn the_agent_outlives_its_own_errors_and_keeps_collecting() {
     std::fs::remove_dir_all(peaks).unwrap();
     std::fs::remove_file(&file).unwrap();
 }
+
+/// Datagrams larger than the MTU go through both SNAT stages in fragments,
+/// both ways, as on a kubenet node (whose conntrack reassembles; netplane
+/// follows each datagram's first fragment): a 4,000-byte UDP question and
+/// its 4,000-byte answer, and a 6,000-byte ping, with no fragment dropped.
+#[test]
+fn fragments_go_through_both_snat_stages_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let untracked = |agent: &str| counter(&stats(agent), "drop", "fragment_not_tracked");
+    let before = (untracked("node-0"), untracked("lb"));
+    let mut server = inet_server(true, 1);
+    let bin = netplane_bin();
+    let target = format!("{INET}:7000");
+    let out = exec(
+        "pod-0-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            &target,
+            "--udp",
+            "--size",
+            "4000",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["bytes"], 4000, "{answer}");
+    assert_eq!(seen_ip(&answer), FRONTEND);
+    server.wait().unwrap();
+    let out = ping("pod-0-0", &["-c", "2", "-W", "2", "-s", "6000", INET]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!((untracked("node-0"), untracked("lb")), before);
+}

@@ -5,7 +5,9 @@
 //!
 //! - `l4`: the transport fields a translation is keyed by;
 //! - `table`: finding, creating (port claim) and refreshing translations;
-//! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes.
+//! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes;
+//! - `fragments`: a datagram's later fragments follow its first.
+mod fragments;
 mod l4;
 mod rewrite;
 mod table;
@@ -34,6 +36,12 @@ pub struct Target {
 /// Invalidates packet pointers.
 #[inline(always)]
 pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReason> {
+    if ip.later_fragment {
+        // Its datagram's first fragment made (or found) the translation.
+        let key = fragments::tuple_of_later(ip).ok_or(DropReason::FragmentNotTracked)?;
+        let e = table::translation_of(&key).ok_or(DropReason::FragmentNotTracked)?;
+        return rewrite::address(ctx, Side::Source, ip.src, e.nat_ip);
+    }
     let l4 = l4::parse(ctx, ip, Dir::Out)?;
     let e = table::translate_out(&l4.key(ip), &l4, target).inspect_err(|r| {
         if *r == DropReason::NatPortsExhausted {
@@ -46,6 +54,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReas
             );
         }
     })?;
+    fragments::remember_first(ip, l4.src_port, l4.dst_port);
     rewrite::endpoint(
         ctx,
         &l4,
@@ -81,6 +90,8 @@ pub struct Restore {
     /// An ICMP error: its outer destination and quoted source are rewritten.
     icmp_error: bool,
     quoted: IcmpError,
+    /// A later fragment: only its destination address (no ports here).
+    address_only: bool,
 }
 
 impl Restore {
@@ -90,6 +101,9 @@ impl Restore {
     pub fn apply(&self, ctx: &TcContext, ip: &Ipv4) -> Result<(), DropReason> {
         if self.icmp_error {
             return rewrite::icmp_error(ctx, ip, &self.quoted);
+        }
+        if self.address_only {
+            return rewrite::address(ctx, Side::Destination, ip.dst, self.orig.orig_ip);
         }
         rewrite::endpoint(
             ctx,
@@ -106,6 +120,19 @@ impl Restore {
 /// Nothing is rewritten until [`Restore::apply`].
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Reply, DropReason> {
+    if ip.later_fragment {
+        let Some(key) = fragments::tuple_of_later(ip) else {
+            return Ok(Reply::Unparsed(DropReason::FragmentNotTracked));
+        };
+        return Ok(match table::reverse_of(&key) {
+            Some(rev) => {
+                restore.orig = rev;
+                restore.address_only = true;
+                Reply::Translated
+            }
+            None => Reply::NotTranslated,
+        });
+    }
     match rewrite::icmp_error_in(ctx, ip)? {
         rewrite::Icmp::Ours(e) => {
             restore.orig = e.rev;
@@ -122,6 +149,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Repl
     };
     Ok(match table::reply_of(ip, &l4) {
         Some(rev) => {
+            fragments::remember_first(ip, l4.src_port, l4.dst_port);
             restore.orig = rev;
             restore.l4 = l4;
             Reply::Translated

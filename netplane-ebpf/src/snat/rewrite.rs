@@ -62,6 +62,20 @@ fn port_off(l4: &L4, side: Side) -> usize {
     }
 }
 
+/// Rewrites one side's address alone, with the IPv4 header checksum: a
+/// later fragment has no transport header (its checksum, in the first
+/// fragment, already took the pseudo-header's change).
+#[inline(always)]
+pub fn address(ctx: &TcContext, side: Side, old: u32, new: u32) -> Result<(), DropReason> {
+    ctx.l3_csum_replace(ip::CHECK, old as u64, new as u64, 4)
+        .map_err(failed)?;
+    let off = match side {
+        Side::Source => ip::SRC,
+        Side::Destination => ip::DST,
+    };
+    ctx.store(off, &new, 0).map_err(failed)
+}
+
 /// Rewrites one side's address and port from `old` to `new`, with the IPv4
 /// and transport checksums.
 #[inline(always)]

@@ -35,6 +35,21 @@ pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
     Some(rev)
 }
 
+/// The translation of an original tuple, if any (a later fragment's, found
+/// by its first fragment's ports).
+#[inline(always)]
+pub fn translation_of(key: &FlowKey) -> Option<NatEntry> {
+    // SAFETY: the value is copied out at once.
+    unsafe { NAT_OUT.get(key) }.copied()
+}
+
+/// Where a reply tuple goes back to, if any (a later fragment's).
+#[inline(always)]
+pub fn reverse_of(key: &FlowKey) -> Option<NatReverse> {
+    // SAFETY: the value is copied out at once.
+    unsafe { NAT_IN.get(key) }.copied()
+}
+
 /// True when some flow holds this translated address and port.
 #[inline(always)]
 pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {

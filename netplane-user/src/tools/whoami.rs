@@ -29,13 +29,15 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration, hold: b
         let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}/udp"))?;
         println!("listening on {}/udp", sock.local_addr()?);
         let _ = std::io::stdout().flush();
-        let mut buf = [0u8; 1500];
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         while answered < max && Instant::now() < deadline {
             sock.set_read_timeout(Some(remaining(deadline)))?;
-            let Ok((_, peer)) = sock.recv_from(&mut buf) else {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
                 continue;
             };
-            sock.send_to(format!("{SEEN_PREFIX}{peer}\n").as_bytes(), peer)?;
+            // As long as the question: a large one (fragments) gets a large
+            // answer (fragments back).
+            sock.send_to(&padded(format!("{SEEN_PREFIX}{peer}\n"), n), peer)?;
             log(sock.local_addr()?, peer);
             answered += 1;
         }
@@ -71,6 +73,18 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration, hold: b
     Ok(())
 }
 
+/// The largest UDP datagram over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// `text`, then filler up to `len` bytes.
+fn padded(text: String, len: usize) -> Vec<u8> {
+    let mut out = text.into_bytes();
+    if out.len() < len {
+        out.resize(len, b'.');
+    }
+    out
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
@@ -84,24 +98,45 @@ pub struct Answer {
     pub proto: &'static str,
     pub local: SocketAddr,
     pub seen_as: SocketAddr,
+    /// Bytes of the answer (UDP: as many as the question's).
+    pub bytes: usize,
 }
 
-/// Asks `server` which address it sees this client as. TCP: with `reset`
-/// the connection ends with an RST (SO_LINGER 0) instead of a FIN.
-pub fn ask(server: SocketAddr, udp: bool, timeout: Duration, reset: bool) -> Result<Answer> {
-    let (local, reply) = if udp {
+/// How to ask.
+#[derive(Debug, Clone)]
+pub struct AskOptions {
+    pub udp: bool,
+    pub timeout: Duration,
+    /// TCP: end the connection with an RST instead of a FIN.
+    pub reset: bool,
+    /// UDP: the question's size in bytes (the answer comes back as large;
+    /// over the MTU both go in fragments).
+    pub size: usize,
+}
+
+/// Asks `server` which address it sees this client as.
+pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
+    let AskOptions {
+        udp,
+        timeout,
+        reset,
+        size,
+    } = opts.clone();
+    if size > MAX_DATAGRAM {
+        bail!("--size {size}: a UDP datagram holds at most {MAX_DATAGRAM} bytes");
+    }
+    let (local, reply, bytes) = if udp {
         let sock = UdpSocket::bind("0.0.0.0:0")?;
         sock.connect(server)?;
         sock.set_read_timeout(Some(timeout))?;
-        sock.send(b"who am i?\n")?;
-        let mut buf = [0u8; 256];
+        sock.send(&padded("who am i?\n".into(), size))?;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
         let n = sock
             .recv(&mut buf)
             .with_context(|| format!("no answer from {server}/udp within {timeout:?}"))?;
-        (
-            sock.local_addr()?,
-            String::from_utf8_lossy(&buf[..n]).into_owned(),
-        )
+        let line = String::from_utf8_lossy(&buf[..n]);
+        let line = line.lines().next().unwrap_or_default().to_string();
+        (sock.local_addr()?, line, n)
     } else {
         let mut stream = TcpStream::connect_timeout(&server, timeout)
             .with_context(|| format!("connecting to {server}/tcp"))?;
@@ -119,7 +154,8 @@ pub fn ask(server: SocketAddr, udp: bool, timeout: Duration, reset: bool) -> Res
             };
             nix::sys::socket::setsockopt(&stream, abort, &linger).context("SO_LINGER")?;
         }
-        (stream.local_addr()?, line)
+        let n = line.len();
+        (stream.local_addr()?, line, n)
     };
     let Some(seen) = reply.trim().strip_prefix(SEEN_PREFIX) else {
         bail!("unexpected answer from {server}: {reply:?}");
@@ -129,6 +165,7 @@ pub fn ask(server: SocketAddr, udp: bool, timeout: Duration, reset: bool) -> Res
         proto: if udp { "udp" } else { "tcp" },
         local,
         seen_as: seen.parse().context("server's answer")?,
+        bytes,
     })
 }
 

@@ -49,6 +49,10 @@ pub enum WhoamiCmd {
         /// TCP: end the connection with an RST instead of a FIN.
         #[arg(long, conflicts_with = "udp")]
         reset: bool,
+        /// UDP: the question's size in bytes; the answer is as large (over
+        /// the MTU, both travel in fragments).
+        #[arg(long, default_value_t = 0, requires = "udp")]
+        size: usize,
         #[arg(long)]
         json: bool,
     },
@@ -96,9 +100,16 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
             udp,
             timeout,
             reset,
+            size,
             json,
         } => {
-            let a = whoami::ask(server, udp, Duration::from_secs(timeout), reset)?;
+            let opts = whoami::AskOptions {
+                udp,
+                timeout: Duration::from_secs(timeout),
+                reset,
+                size,
+            };
+            let a = whoami::ask(server, &opts)?;
             if json {
                 println!("{}", serde_json::to_string(&a)?);
             } else {
