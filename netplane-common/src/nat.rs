@@ -140,6 +140,10 @@ pub struct FragPorts {
     pub dst_port: u16,
 }
 
+/// Remote ports remembered for the port-restricted filter of UDP cone
+/// flows (LRU).
+pub const MAX_CONE_PEERS: u32 = 65_536;
+
 /// Datagrams in fragments whose ports are remembered (LRU) at each stage.
 pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
 
@@ -191,6 +195,9 @@ pub struct NatConfig {
     /// route (Azure's system routes, next hop None).
     pub vnet: u32,
     pub vnet_mask: u32,
+    /// 1: UDP is port-restricted cone NAT (Azure's load balancer): one port
+    /// per inside endpoint and remote IP, whatever the remote port.
+    pub udp_cone: u32,
 }
 
 impl NatConfig {
@@ -238,6 +245,8 @@ pub mod names {
     pub const PORT_HINTS: &str = "PORT_HINTS";
     /// Not pinned: fragments in flight (fragments.rs in the programs).
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Not pinned: the remote ports UDP cone flows sent to (filtering).
+    pub const CONE_PEERS: &str = "CONE_PEERS";
     pub const PORT_OWNED: &str = "PORT_OWNED";
 }
 
@@ -271,7 +280,7 @@ pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
 /// Destinations whose next free port is remembered (an LRU hint only).
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
-kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 36);
+kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 40);
 kernel_abi!(FragKey => 12, FragPorts => 4);
 
 #[cfg(feature = "user")]

@@ -43,6 +43,7 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
     let target = Target {
         first,
         count: cfg.slots_per_backend,
+        udp_cone: cfg.udp_cone != 0,
     };
     snat::egress(ctx, &ip, target)?;
     count(ctx, Path::LbOut);
@@ -73,7 +74,7 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(PASS); // this host's own address
     }
     let mut restore = Restore::default();
-    match snat::ingress(ctx, &ip, &mut restore)? {
+    match snat::ingress(ctx, &ip, &mut restore, cfg.udp_cone != 0)? {
         Reply::Translated => {}
         Reply::Unparsed(reason) => return Err(reason),
         Reply::Unsolicited | Reply::NotTranslated => return Err(DropReason::NatNoMapping),

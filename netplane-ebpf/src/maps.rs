@@ -9,8 +9,8 @@ use netplane_common::{
     counters::PathCounter,
     maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
     nat::{
-        FlowKey, FragKey, FragPorts, MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES, MAX_PORT_HINTS,
-        MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
+        FlowKey, FragKey, FragPorts, MAX_CONE_PEERS, MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES,
+        MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
     },
 };
 
@@ -83,6 +83,12 @@ pub static LB_FRONTENDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// UDP cone flows at the load balancer: (inside address, remote address,
+/// inside port, remote port) an inside endpoint sent to -> when. Replies
+/// from other ports of that remote are refused (port-restricted).
+#[map]
+pub static CONE_PEERS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_CONE_PEERS, 0);
 
 /// Per destination and SNAT IP: where the next free port probably is.
 #[map]

@@ -12,7 +12,11 @@ use crate::{
 };
 
 /// The node has one accounting slot: its IP and port range.
-const NODE_TARGET: Target = Target { first: 0, count: 1 };
+const NODE_TARGET: Target = Target {
+    first: 0,
+    count: 1,
+    udp_cone: false,
+};
 
 /// Pod to outside the cluster: translate the source to the node IP and send
 /// it to its next hop: the destination itself inside the node subnet, else
@@ -63,7 +67,7 @@ pub fn masquerade_or_reply(
 #[inline(always)]
 pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let mut restore = Restore::default();
-    match snat::ingress(ctx, ip, &mut restore)? {
+    match snat::ingress(ctx, ip, &mut restore, false)? {
         Reply::Translated => {}
         Reply::Unsolicited => return Err(DropReason::NatNoMapping),
         Reply::NotTranslated | Reply::Unparsed(_) => return Ok(TC_ACT_OK),

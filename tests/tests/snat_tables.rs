@@ -477,8 +477,13 @@ const FRONTEND: [u8; 4] = [198, 51, 100, 10];
 
 /// The load balancer of the default cluster with 64 ports per node.
 fn load_balancer() -> Datapath {
+    load_balancer_with(64)
+}
+
+/// The load balancer of the default cluster with `ports` per node.
+fn load_balancer_with(ports: u32) -> Datapath {
     let mut c = netplane::config::cluster::Cluster::load(None).unwrap();
-    c.outbound.allocated_outbound_ports = Some(64);
+    c.outbound.allocated_outbound_ports = Some(ports);
     let plan = lb_plan(&c, None);
     let mut dp = Datapath::load(&LoadOptions::default()).unwrap();
     snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
@@ -906,4 +911,66 @@ fn an_orphan_claim_left_by_a_cut_short_removal_is_swept() {
         &tcp_port(INTERNET, cut.dst_port, NODE0, entry.nat_port, FROM_VNET),
     );
     assert_eq!(v, TC_ACT_OK);
+}
+
+/// UDP at the load balancer is Azure's port-restricted cone NAT: "one SNAT
+/// port per destination IP whatever the destination port". An inside
+/// endpoint keeps its port toward a remote IP; ports are consumed per remote
+/// IP, so UDP exhausts a block faster than TCP (a port per remote IP and
+/// port); and only ports the endpoint sent to may answer.
+#[test]
+fn udp_at_the_load_balancer_is_port_restricted_cone_nat() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = load_balancer_with(8); // node-0: ports 1024-1031
+    let from_node = (UPLINK_MAC, PEER_NODE_MAC);
+    let from_inet = (PEER_NODE_MAC, UPLINK_MAC);
+    let out = |dp: &mut Datapath, frame: Vec<u8>| {
+        let (v, f) = run(dp, programs::LB_FROM_VNET, &frame);
+        (v == TC_ACT_REDIRECT).then(|| parse_checked(&f).src_port)
+    };
+    // One endpoint to two ports of one IP: one translation, one port.
+    let a = out(&mut dp, udp_port(NODE0, 40000, INTERNET, 53, from_node)).unwrap();
+    let b = out(&mut dp, udp_port(NODE0, 40000, INTERNET, 54, from_node)).unwrap();
+    assert_eq!(a, b);
+    // Eight more endpoints to eight more ports of that IP: seven ports are
+    // left, so one fails.
+    let udp_ok = (1..=8)
+        .filter(|i| {
+            out(
+                &mut dp,
+                udp_port(NODE0, 40000 + i, INTERNET, 1000 + i, from_node),
+            )
+            .is_some()
+        })
+        .count();
+    assert_eq!(udp_ok, 7, "UDP: one port per remote IP");
+    // TCP to as many ports of that IP: each fits (a port per IP and port).
+    let tcp_ok = (0..9)
+        .filter(|i| {
+            out(
+                &mut dp,
+                tcp_port(NODE0, 50000 + i, INTERNET, 2000 + i, from_node),
+            )
+            .is_some()
+        })
+        .count();
+    assert_eq!(tcp_ok, 9, "TCP: one port per remote IP and port");
+    // Port-restricted: an answer from 54 comes back to the endpoint, one
+    // from 55 (never sent to) does not.
+    let (v, back) = run(
+        &mut dp,
+        programs::LB_FROM_INTERNET,
+        &udp_port(INTERNET, 54, FRONTEND, a, from_inet),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let r = parse_checked(&back);
+    assert_eq!((r.dst, r.dst_port, r.src_port), (NODE0.into(), 40000, 54));
+    let (v, _) = run(
+        &mut dp,
+        programs::LB_FROM_INTERNET,
+        &udp_port(INTERNET, 55, FRONTEND, a, from_inet),
+    );
+    assert_eq!(v, TC_ACT_SHOT);
 }

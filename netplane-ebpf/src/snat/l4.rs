@@ -18,6 +18,9 @@ pub struct L4 {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    /// UDP cone: the remote's real port, which the tuple above holds as 0
+    /// (one translation per remote IP, whatever its port).
+    pub remote_port: u16,
 }
 
 impl L4 {
@@ -42,7 +45,7 @@ pub enum Dir {
 /// on the IHL, and the verifier refuses packet-pointer math with an offset
 /// it cannot bound.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
+pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, DropReason> {
     if ip.later_fragment {
         return Err(DropReason::FragmentNotTracked);
     }
@@ -57,16 +60,28 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
                 src_port: be16(&h, tcp::SRC_PORT),
                 dst_port: be16(&h, tcp::DST_PORT),
                 tcp_flags: h[tcp::FLAGS],
+                remote_port: 0,
             })
         }
         PROTO_UDP => {
             let h: [u8; udp::LEN] = ctx.load(off).map_err(truncated)?;
+            let (mut src_port, mut dst_port) = (be16(&h, udp::SRC_PORT), be16(&h, udp::DST_PORT));
+            let mut remote_port = 0;
+            if cone {
+                let remote = if dir == Dir::Out {
+                    &mut dst_port
+                } else {
+                    &mut src_port
+                };
+                remote_port = core::mem::take(remote);
+            }
             Ok(L4 {
                 proto: PROTO_UDP,
                 off,
-                src_port: be16(&h, udp::SRC_PORT),
-                dst_port: be16(&h, udp::DST_PORT),
+                src_port,
+                dst_port,
                 tcp_flags: 0,
+                remote_port,
             })
         }
         PROTO_ICMP => {
@@ -86,6 +101,7 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir) -> Result<L4, DropReason> {
                 src_port,
                 dst_port,
                 tcp_flags: 0,
+                remote_port: 0,
             })
         }
         _ => Err(DropReason::UnsupportedL4),

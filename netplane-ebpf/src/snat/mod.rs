@@ -29,6 +29,9 @@ use crate::packet::Ipv4;
 pub struct Target {
     pub first: u32,
     pub count: u32,
+    /// UDP as Azure's load balancer does it: port-restricted cone NAT, one
+    /// port per inside endpoint and remote IP (`ingress` takes the same).
+    pub udp_cone: bool,
 }
 
 /// Translates an outbound packet's source: its flow's translation, found or
@@ -42,7 +45,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReas
         let e = table::translation_of(&key).ok_or(DropReason::FragmentNotTracked)?;
         return rewrite::address(ctx, Side::Source, ip.src, e.nat_ip);
     }
-    let l4 = l4::parse(ctx, ip, Dir::Out)?;
+    let l4 = l4::parse(ctx, ip, Dir::Out, target.udp_cone)?;
     let e = table::translate_out(&l4.key(ip), &l4, target).inspect_err(|r| {
         if *r == DropReason::NatPortsExhausted {
             warn!(
@@ -55,6 +58,9 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReas
         }
     })?;
     fragments::remember_first(ip, l4.src_port, l4.dst_port);
+    if target.udp_cone && l4.proto == netplane_common::nat::PROTO_UDP {
+        table::cone_peer_sent(ip, &l4);
+    }
     rewrite::endpoint(
         ctx,
         &l4,
@@ -119,7 +125,12 @@ impl Restore {
 /// translated one, fills `restore`; refreshes the flow it belongs to.
 /// Nothing is rewritten until [`Restore::apply`].
 #[inline(always)]
-pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Reply, DropReason> {
+pub fn ingress(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    restore: &mut Restore,
+    udp_cone: bool,
+) -> Result<Reply, DropReason> {
     if ip.later_fragment {
         let Some(key) = fragments::tuple_of_later(ip) else {
             return Ok(Reply::Unparsed(DropReason::FragmentNotTracked));
@@ -133,7 +144,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Repl
             None => Reply::NotTranslated,
         });
     }
-    match rewrite::icmp_error_in(ctx, ip)? {
+    match rewrite::icmp_error_in(ctx, ip, udp_cone)? {
         rewrite::Icmp::Ours(e) => {
             restore.orig = e.rev;
             restore.icmp_error = true;
@@ -143,7 +154,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4, restore: &mut Restore) -> Result<Repl
         rewrite::Icmp::NotOurs => return Ok(Reply::NotTranslated),
         rewrite::Icmp::NotAnError => {}
     }
-    let l4 = match l4::parse(ctx, ip, Dir::In) {
+    let l4 = match l4::parse(ctx, ip, Dir::In, udp_cone) {
         Ok(l4) => l4,
         Err(reason) => return Ok(Reply::Unparsed(reason)),
     };

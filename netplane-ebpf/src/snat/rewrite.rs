@@ -150,7 +150,7 @@ pub enum Icmp {
 
 /// Recognises an inbound ICMP error about one of our flows.
 #[inline(always)]
-pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4) -> Result<Icmp, DropReason> {
+pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4, udp_cone: bool) -> Result<Icmp, DropReason> {
     if ip.proto != PROTO_ICMP || ip.later_fragment {
         return Ok(Icmp::NotAnError);
     }
@@ -175,7 +175,13 @@ pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4) -> Result<Icmp, DropReason> {
         PROTO_ICMP => (be16(&q, quote::L4 + icmp::ECHO_ID), 0),
         _ => return Err(DropReason::UnsupportedL4),
     };
-    let key = FlowKey::new(dst, src, dst_port, src_port, proto);
+    // A UDP cone translation is keyed without the remote's port.
+    let remote_port = if udp_cone && proto == PROTO_UDP {
+        0
+    } else {
+        dst_port
+    };
+    let key = FlowKey::new(dst, src, remote_port, src_port, proto);
     // SAFETY: the value is copied out at once.
     Ok(match unsafe { NAT_IN.get(key) } {
         Some(rev) => Icmp::Ours(IcmpError {

@@ -11,13 +11,17 @@ use aya_ebpf::{
 use netplane_common::{
     DropReason,
     events::{FlowEvent, kind},
-    nat::{FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, SnatSlot, owned_key},
+    nat::{
+        FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, PROTO_UDP, SnatSlot, owned_key,
+    },
 };
 
 use super::{L4, Target};
 use crate::{
     maps::bump,
-    maps::{NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS},
+    maps::{
+        CONE_PEERS, NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS,
+    },
     packet::{Ipv4, tcp},
 };
 
@@ -28,11 +32,38 @@ pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
     // SAFETY: the value is copied out at once; the map is a plain hash map
     // whose values the programs only replace whole.
     let rev = unsafe { NAT_IN.get(l4.key(ip)) }.copied()?;
+    if l4.proto == PROTO_UDP && l4.remote_port != 0 && !cone_peer_known(ip, l4, &rev) {
+        return None; // port-restricted: a port of the remote it never sent to
+    }
     let out = FlowKey::new(rev.orig_ip, ip.src, rev.orig_port, l4.src_port, l4.proto);
     if let Some(e) = NAT_OUT.get_ptr_mut(out) {
         touch(e, l4, true);
     }
     Some(rev)
+}
+
+/// A UDP cone flow sent to this remote port: its replies may come back.
+#[inline(always)]
+pub fn cone_peer_sent(ip: &Ipv4, l4: &L4) {
+    let peer = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.remote_port, PROTO_UDP);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = CONE_PEERS.insert(peer, now, 0);
+}
+
+/// True when the inside endpoint behind `rev` sent to the reply's remote
+/// port.
+#[inline(always)]
+fn cone_peer_known(ip: &Ipv4, l4: &L4, rev: &NatReverse) -> bool {
+    let peer = FlowKey::new(
+        rev.orig_ip,
+        ip.src,
+        rev.orig_port,
+        l4.remote_port,
+        PROTO_UDP,
+    );
+    // SAFETY: only presence is read.
+    unsafe { CONE_PEERS.get(peer) }.is_some()
 }
 
 /// The translation of an original tuple, if any (a later fragment's, found

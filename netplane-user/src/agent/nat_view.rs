@@ -60,6 +60,9 @@ pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
                 original: endpoint(k.src_ip, k.src_port, k.proto),
                 remote: if k.proto == PROTO_ICMP {
                     addr(k.dst_ip).to_string()
+                } else if k.proto == PROTO_UDP && k.dst_port == 0 {
+                    // A UDP cone translation: any port of that remote.
+                    format!("{}:*", addr(k.dst_ip))
                 } else {
                     endpoint(k.dst_ip, k.dst_port, k.proto)
                 },

@@ -58,6 +58,8 @@ pub fn configure_lb(
             vnet: key(c.network.vnet_cidr.network()),
             vnet_mask: key(c.network.vnet_cidr.netmask()),
             slots_per_backend: plan.slots_per_backend,
+            // Azure's load balancer; an appliance is a Linux-style NAT.
+            udp_cone: u32::from(plan.udp_cone),
             outside_ifindex,
             outside_gateway: 0,
             inside_ifindex,

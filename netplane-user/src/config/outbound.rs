@@ -155,6 +155,9 @@ pub struct LbPlan {
     /// Backend node IP -> its first slot.
     pub backends: Vec<(Ipv4Addr, u32)>,
     pub slots_per_backend: u32,
+    /// UDP by Azure's port-restricted cone rule (the load balancer, not an
+    /// appliance).
+    pub udp_cone: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -244,6 +247,7 @@ pub fn lb_plan(c: &Cluster, appliance_outside: Option<Ipv4Addr>) -> LbPlan {
             }],
             backends: nodes.iter().map(|n| (n.ip, 0)).collect(),
             slots_per_backend: 1,
+            udp_cone: false,
         };
     }
     let ports = c.ports_per_node().expect("validated");
@@ -276,6 +280,7 @@ pub fn lb_plan(c: &Cluster, appliance_outside: Option<Ipv4Addr>) -> LbPlan {
         slots,
         backends,
         slots_per_backend: per_backend as u32,
+        udp_cone: true,
     }
 }
 
