@@ -66,6 +66,12 @@ pub struct NatEntry {
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation and last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// TCP: the acknowledgment number of the inside's latest packet (the
+    /// next byte it expects from the remote) and of the remote's latest
+    /// packet, in host order: an RST with exactly that sequence number is
+    /// one the receiver accepts (RFC 5961), for TCP reset on idle.
+    pub ack_out: u32,
+    pub ack_in: u32,
 }
 
 /// Where a flow is in its life, from its flags: what its timeout depends
@@ -280,7 +286,7 @@ pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
 /// Destinations whose next free port is remembered (an LRU hint only).
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
-kernel_abi!(FlowKey => 16, NatEntry => 32, NatReverse => 8, SnatSlot => 8, NatConfig => 40);
+kernel_abi!(FlowKey => 16, NatEntry => 40, NatReverse => 8, SnatSlot => 8, NatConfig => 40);
 kernel_abi!(FragKey => 12, FragPorts => 4);
 
 #[cfg(feature = "user")]

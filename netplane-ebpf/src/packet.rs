@@ -186,6 +186,7 @@ pub mod ip {
 pub mod tcp {
     pub const SRC_PORT: usize = 0;
     pub const DST_PORT: usize = 2;
+    pub const ACK_SEQ: usize = 8;
     pub const FLAGS: usize = 13;
     pub const CHECK: usize = 16;
     /// Bytes read to get the ports and the flags.

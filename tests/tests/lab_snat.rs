@@ -784,3 +784,69 @@ fn fragments_go_through_both_snat_stages_both_ways() {
     );
     assert_eq!((untracked("node-0"), untracked("lb")), before);
 }
+
+/// TCP reset on idle (AKS's outbound rule has it on): an established
+/// connection that idles out at the load balancer (the idle timeout cut to
+/// 3 s for the test) is reset at both ends, with sequence numbers each end
+/// accepts. The pod's read fails with a reset long before its own timeout,
+/// and the server in `inet` no longer holds the connection.
+#[test]
+fn the_load_balancer_resets_idle_connections_at_both_ends() {
+    if !privileged() {
+        return;
+    }
+    let file = cluster_file(
+        "reset",
+        &[(
+            "idle_timeout_minutes = 30",
+            "idle_timeout_minutes = 30\nexperiment_idle_timeout_s = 3",
+        )],
+    );
+    let (_turn, _guard) = lab_up_with(&["--config", file.to_str().unwrap()]);
+    let mut held = whoami_server_with(
+        "inet",
+        &["--listen", "0.0.0.0:7001", "--hold", "--timeout", "30"],
+    );
+    let bin = netplane_bin();
+    let started = std::time::Instant::now();
+    let out = exec(
+        "pod-0-0",
+        &[
+            bin.to_str().unwrap(),
+            "whoami",
+            "ask",
+            &format!("{INET}:7001"),
+            "--timeout",
+            "20",
+        ],
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("reset"), "the pod's read: {err}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "reset after {took:?}"
+    );
+    let established = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "np-inet",
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "( sport = :7001 )",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&established.stdout).trim(),
+        "",
+        "inet still holds the connection"
+    );
+    let _ = held.kill();
+    let _ = held.wait();
+    std::fs::remove_file(&file).unwrap();
+}

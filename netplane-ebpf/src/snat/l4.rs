@@ -18,6 +18,8 @@ pub struct L4 {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    /// TCP: the acknowledgment number (host order).
+    pub ack: u32,
     /// UDP cone: the remote's real port, which the tuple above holds as 0
     /// (one translation per remote IP, whatever its port).
     pub remote_port: u16,
@@ -60,6 +62,12 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
                 src_port: be16(&h, tcp::SRC_PORT),
                 dst_port: be16(&h, tcp::DST_PORT),
                 tcp_flags: h[tcp::FLAGS],
+                ack: u32::from_be_bytes([
+                    h[tcp::ACK_SEQ],
+                    h[tcp::ACK_SEQ + 1],
+                    h[tcp::ACK_SEQ + 2],
+                    h[tcp::ACK_SEQ + 3],
+                ]),
                 remote_port: 0,
             })
         }
@@ -81,6 +89,7 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
                 src_port,
                 dst_port,
                 tcp_flags: 0,
+                ack: 0,
                 remote_port,
             })
         }
@@ -101,6 +110,7 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
                 src_port,
                 dst_port,
                 tcp_flags: 0,
+                ack: 0,
                 remote_port: 0,
             })
         }

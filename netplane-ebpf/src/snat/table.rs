@@ -118,6 +118,13 @@ fn touch(e: *mut NatEntry, l4: &L4, reply: bool) {
                     &mut (*e).fin_out
                 });
             }
+            if f & tcp::ACK != 0 {
+                if reply {
+                    (*e).ack_in = l4.ack;
+                } else {
+                    (*e).ack_out = l4.ack;
+                }
+            }
         }
         if reply {
             set(&mut (*e).replied);

@@ -15,6 +15,7 @@ pub mod flows;
 pub mod metrics;
 pub mod nat_view;
 mod reconcile;
+mod reset;
 mod roles;
 mod serve;
 pub mod snat;

@@ -3,7 +3,10 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
-use netplane_common::NodeConfig;
+use netplane_common::{
+    NodeConfig,
+    nat::{FlowKey, NatEntry, PROTO_TCP, Phase},
+};
 
 use super::{
     reconcile::{Attached, reconcile_pods, reconcile_routes},
@@ -25,6 +28,10 @@ pub trait Role {
     /// Runs every RECONCILE_INTERVAL.
     fn tick(&mut self, dp: &mut Datapath, hooks: &Hooks) -> Result<()>;
     fn timeouts(&self, cluster: &Cluster) -> Timeouts;
+    /// Translations the collector has just removed.
+    fn expired(&mut self, _cluster: &Cluster, _flows: &[(FlowKey, NatEntry)]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A node: routes from the cluster file, pods from the registry, the
@@ -83,6 +90,22 @@ impl Role for LbRole {
             Some(_) => Timeouts::node(cluster),
             None => Timeouts::load_balancer(cluster),
         }
+    }
+
+    /// TCP reset on idle: an established flow the load balancer forgot at
+    /// its idle timeout (the other phases leave on their FIN or RST timers)
+    /// gets an RST at both ends. Not an appliance's behaviour.
+    fn expired(&mut self, cluster: &Cluster, flows: &[(FlowKey, NatEntry)]) -> Result<()> {
+        if self.appliance.is_some() || !cluster.outbound.tcp_reset_on_idle {
+            return Ok(());
+        }
+        let idle = flows
+            .iter()
+            .filter(|(k, e)| k.proto == PROTO_TCP && e.phase() == Phase::Established);
+        for (k, e) in idle {
+            super::reset::reset_both_ends(k, e)?;
+        }
+        Ok(())
     }
 }
 

@@ -246,6 +246,8 @@ impl<R: Role> Agent<R> {
                     "translations expired, ports returned"
                 );
                 events.expired(&expired);
+                let told = self.role.expired(&self.cluster, &expired);
+                self.report("telling the ends of expired flows", told);
             }
         }
         Ok(())

@@ -66,6 +66,10 @@ pub struct Outbound {
     /// loadBalancer: ... and this long after an RST (Azure: 15 s).
     #[serde(default = "default_rst_release_s")]
     pub rst_release_s: u32,
+    /// loadBalancer: when an established TCP flow idles out, send an RST to
+    /// both ends (Azure's enableTcpReset; AKS turns it on).
+    #[serde(default = "default_true")]
+    pub tcp_reset_on_idle: bool,
     /// For experiments only: the idle timeout in seconds, replacing
     /// idle_timeout_minutes so that a test need not wait 4 minutes. Not an
     /// Azure value: every command that loads such a file warns.
@@ -83,6 +87,10 @@ fn default_fin_release_s() -> u32 {
 
 fn default_rst_release_s() -> u32 {
     limits::LB_RST_RELEASE_S
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Outbound {
@@ -103,6 +111,7 @@ impl Default for Outbound {
             idle_timeout_minutes: limits::AKS_LB_IDLE_TIMEOUT,
             fin_release_s: limits::LB_FIN_RELEASE_S,
             rst_release_s: limits::LB_RST_RELEASE_S,
+            tcp_reset_on_idle: true,
             experiment_idle_timeout_s: None,
             appliance_ip: None,
             port_range: [limits::SNAT_PORT_MIN, limits::SNAT_PORT_MAX],
