@@ -44,6 +44,7 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
         first,
         count: cfg.slots_per_backend,
         udp_cone: cfg.udp_cone != 0,
+        keep_port: false,
     };
     snat::egress(ctx, &ip, target)?;
     count(ctx, Path::LbOut);

@@ -16,6 +16,7 @@ const NODE_TARGET: Target = Target {
     first: 0,
     count: 1,
     udp_cone: false,
+    keep_port: true,
 };
 
 /// Pod to outside the cluster: translate the source to the node IP and send

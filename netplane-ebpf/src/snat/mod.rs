@@ -32,6 +32,9 @@ pub struct Target {
     /// UDP as Azure's load balancer does it: port-restricted cone NAT, one
     /// port per inside endpoint and remote IP (`ingress` takes the same).
     pub udp_cone: bool,
+    /// Keep the original port when it is free, as Linux's MASQUERADE does
+    /// (the node stage); the load balancer gives ports from a block.
+    pub keep_port: bool,
 }
 
 /// Translates an outbound packet's source: its flow's translation, found or

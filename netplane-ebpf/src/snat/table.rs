@@ -157,7 +157,7 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
             break;
         }
         let slot = target.first + (spread.wrapping_add(i)) % target.count;
-        if let Some(e) = claim(key, l4, slot, spread)? {
+        if let Some(e) = claim(key, l4, slot, spread, target.keep_port)? {
             return Ok(e);
         }
         i += 1;
@@ -168,7 +168,13 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
 
 /// Tries to claim a port in `slot` for `key`'s destination.
 #[inline(always)]
-fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEntry>, DropReason> {
+fn claim(
+    key: &FlowKey,
+    l4: &L4,
+    slot: u32,
+    spread: u32,
+    keep_port: bool,
+) -> Result<Option<NatEntry>, DropReason> {
     let Some(s) = SNAT_SLOTS.get(slot) else {
         return Ok(None);
     };
@@ -179,11 +185,19 @@ fn claim(key: &FlowKey, l4: &L4, slot: u32, spread: u32) -> Result<Option<NatEnt
     // The reply tuple with the port left open; its destination part keys
     // the hint.
     let dest = FlowKey::new(key.dst_ip, s.nat_ip, key.dst_port, 0, key.proto);
-    // SAFETY: the hint is copied out at once; any value is safe (it is
-    // reduced modulo the slot size).
-    let start = match unsafe { PORT_HINTS.get(dest) } {
-        Some(h) => *h % size,
-        None => spread % size,
+    let own = u32::from(key.src_port);
+    let (lo, hi) = (u32::from(s.port_lo), u32::from(s.port_hi));
+    let start = if keep_port && (lo..=hi).contains(&own) {
+        // Linux's nf_nat tries the original port first: the walk starts
+        // there, and goes on through every other port if it is taken.
+        own - lo
+    } else {
+        // SAFETY: the hint is copied out at once; any value is safe (it is
+        // reduced modulo the slot size).
+        match unsafe { PORT_HINTS.get(dest) } {
+            Some(h) => *h % size,
+            None => spread % size,
+        }
     };
     let mut probe = Probe {
         key: dest,

@@ -57,9 +57,26 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration, hold: b
                 Ok((mut stream, peer)) => {
                     stream.set_nonblocking(false)?;
                     stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                    let mut reader = BufReader::new(&stream);
                     let mut line = String::new();
-                    let _ = BufReader::new(&stream).read_line(&mut line);
-                    let _ = stream.write_all(format!("{SEEN_PREFIX}{peer}\n").as_bytes());
+                    let _ = reader.read_line(&mut line);
+                    // "who am i? N": N bytes follow; the answer carries
+                    // their hash, so the client knows they came intact.
+                    let payload: u64 = line
+                        .split_whitespace()
+                        .nth(3)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let hash = (payload > 0)
+                        .then(|| hash_stream(&mut std::io::Read::take(&mut reader, payload)))
+                        .transpose()
+                        .ok()
+                        .flatten();
+                    let answer = match hash {
+                        Some(h) => format!("{SEEN_PREFIX}{peer} {HASH_PREFIX}{h:016x}\n"),
+                        None => format!("{SEEN_PREFIX}{peer}\n"),
+                    };
+                    let _ = stream.write_all(answer.as_bytes());
                     log(stream.local_addr()?, peer);
                     answered += 1;
                 }
@@ -71,6 +88,52 @@ pub fn serve(listen: SocketAddr, udp: bool, max: u64, timeout: Duration, hold: b
         }
     }
     Ok(())
+}
+
+const HASH_PREFIX: &str = "fnv1a=";
+
+/// FNV-1a (64 bits) of everything `r` yields: a check that a transfer's
+/// bytes arrived intact, computed the same way at both ends.
+fn hash_stream(r: &mut impl std::io::Read) -> std::io::Result<u64> {
+    let mut h = Fnv1a::default();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.0);
+        }
+        h.write(&buf[..n]);
+    }
+}
+
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// `n` bytes of a fixed pseudo-random stream (xorshift), the payload of
+/// `ask --send`.
+fn payload(n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// The largest UDP datagram over IPv4.
@@ -100,6 +163,9 @@ pub struct Answer {
     pub seen_as: SocketAddr,
     /// Bytes of the answer (UDP: as many as the question's).
     pub bytes: usize,
+    /// TCP with `send`: whether the server's hash of the bytes it read
+    /// equals the client's.
+    pub intact: Option<bool>,
 }
 
 /// How to ask.
@@ -112,6 +178,8 @@ pub struct AskOptions {
     /// UDP: the question's size in bytes (the answer comes back as large;
     /// over the MTU both go in fragments).
     pub size: usize,
+    /// TCP: send this many bytes after the question; the server hashes them.
+    pub send: usize,
 }
 
 /// Asks `server` which address it sees this client as.
@@ -121,7 +189,9 @@ pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
         timeout,
         reset,
         size,
+        send,
     } = opts.clone();
+    let mut intact: Option<bool> = None;
     if size > MAX_DATAGRAM {
         bail!("--size {size}: a UDP datagram holds at most {MAX_DATAGRAM} bytes");
     }
@@ -141,11 +211,27 @@ pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
         let mut stream = TcpStream::connect_timeout(&server, timeout)
             .with_context(|| format!("connecting to {server}/tcp"))?;
         stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(b"who am i?\n")?;
+        let mut expected = None;
+        if send > 0 {
+            let data = payload(send);
+            stream.write_all(format!("who am i? {send}\n").as_bytes())?;
+            stream.write_all(&data)?;
+            let mut h = Fnv1a::default();
+            h.write(&data);
+            expected = Some(format!("{HASH_PREFIX}{:016x}", h.0));
+        } else {
+            stream.write_all(b"who am i?\n")?;
+        }
         let mut line = String::new();
         BufReader::new(&stream)
             .read_line(&mut line)
             .with_context(|| format!("no answer from {server}/tcp"))?;
+        intact = expected.map(|h| line.split_whitespace().nth(2) == Some(h.as_str()));
+        let line = line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
         if reset {
             let abort = nix::sys::socket::sockopt::Linger;
             let linger = libc::linger {
@@ -166,6 +252,7 @@ pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
         local,
         seen_as: seen.parse().context("server's answer")?,
         bytes,
+        intact,
     })
 }
 

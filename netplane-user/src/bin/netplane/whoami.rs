@@ -53,6 +53,10 @@ pub enum WhoamiCmd {
         /// the MTU, both travel in fragments).
         #[arg(long, default_value_t = 0, requires = "udp")]
         size: usize,
+        /// TCP: send this many bytes after the question; the server answers
+        /// with their hash, and `intact` says whether it matches.
+        #[arg(long, default_value_t = 0, conflicts_with = "udp")]
+        send: usize,
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +105,7 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
             timeout,
             reset,
             size,
+            send,
             json,
         } => {
             let opts = whoami::AskOptions {
@@ -108,6 +113,7 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
                 timeout: Duration::from_secs(timeout),
                 reset,
                 size,
+                send,
             };
             let a = whoami::ask(server, &opts)?;
             if json {
