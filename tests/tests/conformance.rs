@@ -69,7 +69,6 @@ struct Scenario {
 
 const INET: &str = "203.0.113.10";
 const PORT: u16 = 7000;
-const CLOSED: u16 = 7009;
 /// Hosts that run TCP and UDP whoami servers on PORT.
 const SERVERS: [&str; 5] = ["pod-0-1", "pod-1-0", "node-0", "node-1", "inet"];
 
