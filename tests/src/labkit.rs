@@ -229,3 +229,21 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `whoami ask --json` from a lab host; panics unless it was answered.
+/// Returns the address (without the port) the server saw.
+pub fn seen_from(host: &str, target: &str) -> String {
+    let bin = netplane_bin();
+    let out = exec(
+        host,
+        &[bin.to_str().unwrap(), "whoami", "ask", target, "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{host} -> {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = answer["seen_as"].as_str().unwrap();
+    seen.rsplit_once(':').unwrap().0.to_string()
+}
