@@ -19,18 +19,38 @@ const NODE_TARGET: Target = Target {
     keep_port: true,
 };
 
-/// Pod to outside the cluster: translate the source to the node IP and send
-/// it to its next hop: the destination itself inside the node subnet, else
-/// the gateway (load balancer or appliance). As in Linux, the TTL is checked
-/// when forwarding, before the source NAT.
+/// Pod to outside the cluster pod CIDR: a reply to a flow a node (or a
+/// hostNetwork pod) opened goes back untranslated (only node-subnet
+/// destinations can have opened one, so egress to the internet pays no
+/// extra lookup); anything else is masqueraded.
 #[inline(always)]
-pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, DropReason> {
+pub fn masquerade_or_reply(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4,
+) -> Result<i32, DropReason> {
     let nat = NAT_CONFIG.get(0).ok_or(DropReason::EgressUnavailable)?;
-    let next_hop = if nat.on_link(ip.dst) {
-        ip.dst
-    } else {
-        nat.gateway_ip
-    };
+    let on_link = nat.on_link(ip.dst);
+    if on_link && inbound::is_reply(ctx, ip) {
+        if let Some(verdict) = route::routed_hop(ctx) {
+            return Ok(verdict);
+        }
+        return Ok(route::to_node(ctx, cfg, ip.dst, Path::ReplyToOutside));
+    }
+    masquerade(ctx, cfg, ip, if on_link { ip.dst } else { nat.gateway_ip })
+}
+
+/// Translates the source to the node IP and sends the packet to its next
+/// hop: the destination itself inside the node subnet, else the gateway
+/// (load balancer or appliance). As in Linux, the TTL is checked when
+/// forwarding, before the source NAT.
+#[inline(always)]
+fn masquerade(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4,
+    next_hop: u32,
+) -> Result<i32, DropReason> {
     if next_hop == 0 {
         return Err(DropReason::EgressUnavailable);
     }
@@ -39,26 +59,6 @@ pub fn masquerade(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<i32, D
     }
     snat::egress(ctx, ip, NODE_TARGET)?;
     Ok(route::to_node(ctx, cfg, next_hop, Path::SnatOut))
-}
-
-/// Pod to outside the cluster pod CIDR: a reply to a flow a node (or a
-/// hostNetwork pod) opened goes back untranslated; anything else is
-/// masqueraded. Only node-subnet destinations can have opened one, so
-/// egress to the internet pays no extra lookup.
-#[inline(always)]
-pub fn masquerade_or_reply(
-    ctx: &TcContext,
-    cfg: &NodeConfig,
-    ip: &Ipv4,
-) -> Result<i32, DropReason> {
-    let on_link = NAT_CONFIG.get(0).is_some_and(|n| n.on_link(ip.dst));
-    if on_link && inbound::is_reply(ctx, ip) {
-        if let Some(verdict) = route::routed_hop(ctx) {
-            return Ok(verdict);
-        }
-        return Ok(route::to_node(ctx, cfg, ip.dst, Path::ReplyToOutside));
-    }
-    masquerade(ctx, cfg, ip)
 }
 
 /// To the node IP from the VNet: a reply to a masqueraded flow goes back to
