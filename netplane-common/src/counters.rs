@@ -95,6 +95,10 @@ numbered! {
         /// 192.168/16, 100.64/10): Azure's system routes send it to next
         /// hop None.
         SystemRouteNone = 20 => "system_route_none",
+        /// A TCP RST or FIN with no translation: nothing to close. Linux's
+        /// conntrack calls it INVALID (a mid-stream ACK, by contrast, is
+        /// picked up) and kube-proxy drops INVALID packets.
+        TcpInvalid = 21 => "tcp_invalid",
     }
 }
 

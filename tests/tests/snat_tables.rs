@@ -974,3 +974,43 @@ fn udp_at_the_load_balancer_is_port_restricted_cone_nat() {
     );
     assert_eq!(v, TC_ACT_SHOT);
 }
+
+/// A TCP RST or FIN with no translation claims no port and is dropped as
+/// `tcp_invalid` (Linux's conntrack: INVALID, which kube-proxy drops); a
+/// mid-stream ACK with none is picked up, as Linux's loose tracking does.
+#[test]
+fn closing_a_flow_that_has_no_translation_claims_nothing() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let with_flags = |sport: u16, flags: u8| {
+        let mut f = tcp_port(POD_A, sport, INTERNET, 80, FROM_POD_A);
+        f[14 + 20 + 13] = flags;
+        // The TCP checksum covers the flags: keep it right.
+        let mut b = f.clone();
+        let sliced = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(TransportSlice::Tcp(t)) = sliced.transport else {
+            unreachable!()
+        };
+        let Some(NetSlice::Ipv4(ip)) = sliced.net else {
+            unreachable!()
+        };
+        let mut h = t.to_header();
+        h.checksum = h
+            .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+            .unwrap();
+        b[34..34 + h.header_len()].copy_from_slice(&h.to_bytes());
+        b
+    };
+    for (sport, flags) in [(41000, 0x04), (41001, 0x11), (41002, 0x14)] {
+        let d = drops(&mut dp, DropReason::TcpInvalid);
+        let (v, _) = run(&mut dp, programs::FROM_POD, &with_flags(sport, flags));
+        assert_eq!(v, TC_ACT_SHOT, "flags {flags:#x}");
+        assert_eq!(drops(&mut dp, DropReason::TcpInvalid), d + 1);
+    }
+    assert_eq!(assert_accounting_exact(&mut dp), 0);
+    let (v, _) = run(&mut dp, programs::FROM_POD, &with_flags(41003, 0x10));
+    assert_eq!(v, TC_ACT_REDIRECT, "a mid-stream ACK is picked up");
+    assert_eq!(assert_accounting_exact(&mut dp), 1);
+}

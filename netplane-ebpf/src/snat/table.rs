@@ -150,6 +150,10 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
         // SAFETY: as in `touch`.
         return Ok(unsafe { *e });
     }
+    if l4.proto == PROTO_TCP && l4.tcp_flags & (tcp::RST | tcp::FIN) != 0 {
+        // Closing a flow that has no translation: never claim a port for it.
+        return Err(DropReason::TcpInvalid);
+    }
     let spread = mix(key);
     let mut i = 0;
     while i < MAX_FRONTENDS {
