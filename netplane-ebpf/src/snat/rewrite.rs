@@ -88,19 +88,13 @@ pub fn endpoint(
 ) -> Result<(), DropReason> {
     let (csum_off, flags) = l4_csum(l4);
     if old.ip != new.ip {
-        ctx.l3_csum_replace(ip::CHECK, old.ip as u64, new.ip as u64, 4)
-            .map_err(failed)?;
         if l4.proto != PROTO_ICMP {
             // The pseudo-header holds the addresses.
             let f = flags | BPF_F_PSEUDO_HDR as u64 | 4;
             ctx.l4_csum_replace(csum_off, old.ip as u64, new.ip as u64, f)
                 .map_err(failed)?;
         }
-        let off = match side {
-            Side::Source => ip::SRC,
-            Side::Destination => ip::DST,
-        };
-        ctx.store(off, &new.ip, 0).map_err(failed)?;
+        address(ctx, side, old.ip, new.ip)?;
     }
     if old.port != new.port {
         let (o, n) = (old.port.to_be(), new.port.to_be());
@@ -204,9 +198,7 @@ pub fn icmp_error(ctx: &TcContext, ip: &Ipv4, e: &IcmpError) -> Result<(), DropR
     let icmp_csum = ip.l4_off + icmp::CHECK;
     let q = ip.l4_off + icmp::QUOTE;
     // Outer destination: only the IPv4 header checksum covers it.
-    ctx.l3_csum_replace(ip::CHECK, ip.dst as u64, e.rev.orig_ip as u64, 4)
-        .map_err(failed)?;
-    ctx.store(ip::DST, &e.rev.orig_ip, 0).map_err(failed)?;
+    address(ctx, Side::Destination, ip.dst, e.rev.orig_ip)?;
     // Quoted source address, and the quoted header's own checksum.
     let old_q_csum: [u8; 2] = ctx.load(q + quote::CHECK).map_err(failed)?;
     let old_q_csum = u16::from_be_bytes(old_q_csum);

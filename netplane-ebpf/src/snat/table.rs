@@ -29,9 +29,7 @@ use crate::{
 /// and state.
 #[inline(always)]
 pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
-    // SAFETY: the value is copied out at once; the map is a plain hash map
-    // whose values the programs only replace whole.
-    let rev = unsafe { NAT_IN.get(l4.key(ip)) }.copied()?;
+    let rev = reverse_of(&l4.key(ip))?;
     if l4.proto == PROTO_UDP && l4.remote_port != 0 && !cone_peer_known(ip, l4, &rev) {
         return None; // port-restricted: a port of the remote it never sent to
     }
@@ -74,7 +72,7 @@ pub fn translation_of(key: &FlowKey) -> Option<NatEntry> {
     unsafe { NAT_OUT.get(key) }.copied()
 }
 
-/// Where a reply tuple goes back to, if any (a later fragment's).
+/// Where a reply tuple goes back to, if any.
 #[inline(always)]
 pub fn reverse_of(key: &FlowKey) -> Option<NatReverse> {
     // SAFETY: the value is copied out at once.

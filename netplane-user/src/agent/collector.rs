@@ -220,15 +220,18 @@ fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
     }
     let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, orphans)?;
     let slots: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
+    // Read once: one syscall per slot, not per slot and orphan.
+    let slots: Vec<(u32, SnatSlot)> = (0..slots.len())
+        .filter_map(|i| Some((i, slots.get(&i, 0).ok()?)))
+        .filter(|(_, s)| s.nat_ip != 0)
+        .collect();
     let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     for (k, took) in orphans.iter().zip(took) {
-        let slot = (0..slots.len()).find(|i| {
-            slots.get(i, 0).is_ok_and(|s| {
-                s.nat_ip == k.dst_ip && (s.port_lo..=s.port_hi).contains(&k.dst_port)
-            })
-        });
-        if let (true, Some(slot)) = (took, slot) {
-            *freed.entry(slot).or_default() += 1;
+        let slot = slots
+            .iter()
+            .find(|(_, s)| s.nat_ip == k.dst_ip && (s.port_lo..=s.port_hi).contains(&k.dst_port));
+        if let (true, Some((slot, _))) = (took, slot) {
+            *freed.entry(*slot).or_default() += 1;
         }
     }
     let n = freed.values().sum();

@@ -12,14 +12,21 @@ use netplane_common::nat::{FlowKey, NatEntry};
 
 use crate::datapath::addr;
 
-/// Resets both ends of a flow the load balancer has just forgotten: the
+/// Resets both ends of each flow the load balancer has just forgotten: the
 /// backend (node IP and port) as if from the remote, and the remote as if
-/// from the frontend address and port.
-pub fn reset_both_ends(k: &FlowKey, e: &NatEntry) -> Result<()> {
-    let socket = RawSocket::open()?;
-    let (remote, backend, frontend) = (addr(k.dst_ip), addr(k.src_ip), addr(e.nat_ip));
-    socket.send_rst((remote, k.dst_port), (backend, k.src_port), e.ack_out)?;
-    socket.send_rst((frontend, e.nat_port), (remote, k.dst_port), e.ack_in)
+/// from the frontend address and port. One socket serves the batch.
+pub fn reset_both_ends<'a>(flows: impl IntoIterator<Item = &'a (FlowKey, NatEntry)>) -> Result<()> {
+    let mut socket = None;
+    for (k, e) in flows {
+        let socket = match &mut socket {
+            Some(s) => s,
+            None => socket.insert(RawSocket::open()?),
+        };
+        let (remote, backend, frontend) = (addr(k.dst_ip), addr(k.src_ip), addr(e.nat_ip));
+        socket.send_rst((remote, k.dst_port), (backend, k.src_port), e.ack_out)?;
+        socket.send_rst((frontend, e.nat_port), (remote, k.dst_port), e.ack_in)?;
+    }
+    Ok(())
 }
 
 /// An IPPROTO_RAW socket: we write the IPv4 header ourselves (the source

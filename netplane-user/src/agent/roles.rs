@@ -99,13 +99,11 @@ impl Role for LbRole {
         if self.appliance.is_some() || !cluster.outbound.tcp_reset_on_idle {
             return Ok(());
         }
-        let idle = flows
-            .iter()
-            .filter(|(k, e)| k.proto == PROTO_TCP && e.phase() == Phase::Established);
-        for (k, e) in idle {
-            super::reset::reset_both_ends(k, e)?;
-        }
-        Ok(())
+        super::reset::reset_both_ends(
+            flows
+                .iter()
+                .filter(|(k, e)| k.proto == PROTO_TCP && e.phase() == Phase::Established),
+        )
     }
 }
 
