@@ -16,7 +16,7 @@ pub mod names {
     pub use crate::{events::names::*, nat::names::*};
     /// Pinned maps (PORT_HINTS and EVENT_BUDGET are per load: a hint and a
     /// rate limiter).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         ROUTES,
         LOCAL_PODS,
         NODE_CONFIG,
@@ -29,6 +29,8 @@ pub mod names {
         SNAT_ALLOCS,
         SNAT_FREES,
         SNAT_FAILS,
+        SNAT_EVICTS,
+        EVICTION_QUEUE,
         LB_BACKENDS,
         LB_FRONTENDS,
         PORT_OWNED,

@@ -40,6 +40,12 @@ impl FlowKey {
             _pad2: 0,
         }
     }
+
+    /// The reply tuple (NAT_IN's key) of this original tuple translated to
+    /// `nat_ip:nat_port`.
+    pub const fn reply_via(&self, nat_ip: u32, nat_port: u16) -> Self {
+        Self::new(self.dst_ip, nat_ip, self.dst_port, nat_port, self.proto)
+    }
 }
 
 /// NAT_OUT value: how the original tuple is translated, and what the flow
@@ -150,6 +156,15 @@ pub struct FragPorts {
 /// flows (LRU).
 pub const MAX_CONE_PEERS: u32 = 65_536;
 
+/// Translations a full table remembers as candidates to evict (the newest,
+/// a queue that drops its oldest when full; decisions §34).
+pub const EVICTION_CANDIDATES: u32 = 16_384;
+
+/// Candidates a new flow looks at before it gives up on a full table: the
+/// bound on what a flood of new flows costs each packet (Linux's
+/// early_drop looks at a few buckets the same way).
+pub const EVICTION_TRIES: u32 = 8;
+
 /// Datagrams in fragments whose ports are remembered (LRU) at each stage.
 pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 8192;
 
@@ -245,6 +260,10 @@ pub mod names {
     pub const SNAT_ALLOCS: &str = "SNAT_ALLOCS";
     pub const SNAT_FREES: &str = "SNAT_FREES";
     pub const SNAT_FAILS: &str = "SNAT_FAILS";
+    pub const SNAT_EVICTS: &str = "SNAT_EVICTS";
+    /// The newest translations, oldest first: where a full table looks for
+    /// an unreplied flow to give up.
+    pub const EVICTION_QUEUE: &str = "EVICTION_QUEUE";
     pub const LB_BACKENDS: &str = "LB_BACKENDS";
     pub const LB_FRONTENDS: &str = "LB_FRONTENDS";
     /// Not pinned: a hint, rebuilt by traffic.

@@ -2,15 +2,15 @@
 //! them by those names; the packet-table tests fail if they drift).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
 use netplane_common::{
     DropReason, LocalPod, NodeConfig, Path, RouteTarget,
     counters::PathCounter,
     maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
     nat::{
-        FlowKey, FragKey, FragPorts, MAX_CONE_PEERS, MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES,
-        MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
+        EVICTION_CANDIDATES, FlowKey, FragKey, FragPorts, MAX_CONE_PEERS, MAX_FRAGMENTED_DATAGRAMS,
+        MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
     },
 };
 
@@ -69,6 +69,16 @@ pub static SNAT_FREES: Array<u64> = Array::with_max_entries(MAX_SNAT_SLOTS, 0);
 /// New flows refused for want of a port, per slot, per CPU.
 #[map]
 pub static SNAT_FAILS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// Ports taken back from unreplied flows to make room in a full table, per
+/// slot, per CPU: allocated = allocs - frees - evicts.
+#[map]
+pub static SNAT_EVICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SNAT_SLOTS, 0);
+
+/// The newest translations' forward keys, oldest first; pushing onto a full
+/// queue drops its oldest.
+#[map]
+pub static EVICTION_QUEUE: Queue<FlowKey> = Queue::with_max_entries(EVICTION_CANDIDATES, 0);
 
 /// Load balancer: backend node IP -> its first slot.
 #[map]

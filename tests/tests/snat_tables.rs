@@ -195,12 +195,20 @@ fn assert_accounting_exact(dp: &mut Datapath) -> u64 {
     let a: u64 = allocs.get(&0, 0).unwrap().iter().sum();
     let frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES).unwrap()).unwrap();
     let f = frees.get(&0, 0).unwrap();
+    let ev: u64 = evictions(dp);
     assert_eq!(
-        a - f,
+        a - f - ev,
         live,
-        "allocated (allocs {a} - frees {f}) vs live translations"
+        "allocated (allocs {a} - frees {f} - evictions {ev}) vs live translations"
     );
     live
+}
+
+/// Ports taken back from unreplied flows, slot 0, all CPUs.
+fn evictions(dp: &mut Datapath) -> u64 {
+    let ev: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(dp.map(names::SNAT_EVICTS).unwrap()).unwrap();
+    ev.get(&0, 0).unwrap().iter().sum()
 }
 
 #[test]
@@ -766,7 +774,8 @@ fn collection_in_small_steps_is_exact() {
 /// With the NAT table full, a new flow is refused at once and counted as
 /// `nat_table_full`: not after walking the whole port range, and not as
 /// `nat_ports_exhausted` (the ports are not exhausted). Existing flows go
-/// on.
+/// on: a table full of claims that are no unreplied flow's (answered
+/// flows, or here claims made by hand) has nothing to evict.
 #[test]
 fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
     if !privileged() {
@@ -781,8 +790,14 @@ fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
     let existing = tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A);
     let (_, out) = run(&mut dp, programs::FROM_POD, &existing);
     let port = parse_checked(&out).src_port;
-    // Fill the reply table to its last entry, as a pod spraying
-    // destinations would.
+    // Answered: never evicted.
+    let reply = tcp_port(INTERNET, 80, NODE0, port, FROM_VNET);
+    assert_eq!(
+        run(&mut dp, programs::FROM_UPLINK, &reply).0,
+        TC_ACT_REDIRECT
+    );
+    // Fill the reply table to its last entry with claims no flow is
+    // queued for.
     {
         let mut nat_in: HashMap<_, FlowKey, NatReverse> =
             HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
@@ -818,6 +833,76 @@ fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
     let (v, out) = run(&mut dp, programs::FROM_POD, &existing);
     assert_eq!(v, TC_ACT_REDIRECT);
     assert_eq!(parse_checked(&out).src_port, port);
+}
+
+/// A pod spraying new destinations cannot stop its neighbours: once the
+/// table is full, each new flow gives up the oldest unreplied one (the
+/// sprayer's own), never a flow that has been answered, and every port is
+/// counted exactly.
+#[test]
+fn a_pod_spraying_destinations_cannot_stop_its_neighbours() {
+    if !privileged() {
+        return;
+    }
+    let small = netplane_common::nat::NAT_TABLE_ENTRIES_MIN;
+    let dp = node0_datapath_loaded(&netplane::datapath::LoadOptions {
+        nat_entries: small,
+        ..Default::default()
+    });
+    let mut dp = masquerade_on(dp, 1024, 65535);
+    // Pod B sends from the same test device as pod A.
+    let mut pods = dp.pods_map().unwrap();
+    let mut b = pods.get(&key(POD_B.into()), 0).unwrap();
+    b.ifindex = 1;
+    pods.insert(key(POD_B.into()), b, 0).unwrap();
+    let from_b = (POD_B_MAC, POD_B_HOST_MAC);
+
+    // Pod B's connection, answered before the spray.
+    let answered = tcp_port(POD_B, 40000, INTERNET, 80, from_b);
+    let (_, out) = run(&mut dp, programs::FROM_POD, &answered);
+    let port = parse_checked(&out).src_port;
+    let reply = tcp_port(INTERNET, 80, NODE0, port, FROM_VNET);
+    assert_eq!(
+        run(&mut dp, programs::FROM_UPLINK, &reply).0,
+        TC_ACT_REDIRECT
+    );
+
+    // Pod A sprays 300 datagrams past the table's size, one destination each.
+    let sprayed = small + 300;
+    for i in 0..sprayed {
+        let dst = Ipv4Addr::from(0xc612_0000 + i).octets(); // 198.18.0.0 on
+        let (v, _) = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp_port(POD_A, 5000, dst, 53, FROM_POD_A),
+        );
+        assert_eq!(v, TC_ACT_REDIRECT, "datagram {i} refused");
+    }
+    // The first small - 1 fitted beside B's flow; each later one gave up
+    // one of the sprayer's own.
+    assert_eq!(evictions(&mut dp), u64::from(sprayed - (small - 1)));
+    assert_eq!(assert_accounting_exact(&mut dp), u64::from(small));
+    assert_eq!(drops(&mut dp, DropReason::NatTableFull), 0);
+
+    // Pod B opens a new connection, and its answered one goes on.
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_B, 40001, INTERNET, 443, from_b),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT, "the neighbour's new connection");
+    assert_eq!(parse_checked(&out).src, Ipv4Addr::from(NODE0));
+    let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(parse_checked(&back).dst, Ipv4Addr::from(POD_B));
+    let out: HashMap<_, FlowKey, NatEntry> =
+        HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+    let b_flows = out
+        .keys()
+        .filter(|k| k.as_ref().unwrap().src_ip == key(POD_B.into()))
+        .count();
+    assert_eq!(b_flows, 2);
+    assert_eq!(assert_accounting_exact(&mut dp), u64::from(small));
 }
 
 /// A port claimed while a collection pass is under way keeps its owned-port

@@ -5,14 +5,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, generated::bpf_loop},
 };
 use netplane_common::{
     DropReason,
     events::{FlowEvent, kind},
     nat::{
-        FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, PROTO_UDP, SnatSlot, owned_key,
+        EVICTION_TRIES, FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, PROTO_UDP,
+        SnatSlot, owned_key,
     },
 };
 
@@ -20,7 +21,8 @@ use super::{L4, Target};
 use crate::{
     maps::bump,
     maps::{
-        CONE_PEERS, NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS, SNAT_FAILS, SNAT_SLOTS,
+        CONE_PEERS, EVICTION_QUEUE, NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS,
+        SNAT_EVICTS, SNAT_FAILS, SNAT_SLOTS,
     },
     packet::{Ipv4, tcp},
 };
@@ -159,13 +161,46 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
             break;
         }
         let slot = target.first + (spread.wrapping_add(i)) % target.count;
-        if let Some(e) = claim(key, l4, slot, spread, target.keep_port)? {
+        let claimed = match claim(key, l4, slot, spread, target.keep_port) {
+            // A full table: give up an unreplied flow and try once more, so
+            // that a pod spraying destinations cannot stop its neighbours.
+            Err(DropReason::NatTableFull) if evict_unreplied() => {
+                claim(key, l4, slot, spread, target.keep_port)?
+            }
+            other => other?,
+        };
+        if let Some(e) = claimed {
             return Ok(e);
         }
         i += 1;
     }
     bump(&SNAT_FAILS, target.first);
     Err(DropReason::NatPortsExhausted)
+}
+
+/// Makes room in a full table, as Linux's early_drop does: removes the
+/// oldest of the newest translations that has seen no reply, looking at
+/// EVICTION_TRIES candidates at most. A flow that has been answered is
+/// never given up. Whoever removes the forward entry (this or the agent's
+/// collector) removes its claim and counts its port, so it is counted once.
+#[inline(always)]
+fn evict_unreplied() -> bool {
+    let mut i = 0;
+    while i < EVICTION_TRIES {
+        let Ok(Some(k)) = EVICTION_QUEUE.pop() else {
+            return false;
+        };
+        if let Some(e) = translation_of(&k)
+            && e.replied == 0
+            && NAT_OUT.remove(k).is_ok()
+        {
+            let _ = NAT_IN.remove(k.reply_via(e.nat_ip, e.nat_port));
+            bump(&SNAT_EVICTS, e.slot);
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Tries to claim a port in `slot` for `key`'s destination.
@@ -261,6 +296,8 @@ fn claim(
         };
     }
     bump(&SNAT_ALLOCS, slot);
+    // BPF_EXIST: a full queue drops its oldest candidate.
+    let _ = EVICTION_QUEUE.push(key, BPF_EXIST as u64);
     let next = (port as u32 - s.port_lo as u32 + 1) % size;
     let _ = PORT_HINTS.insert(dest, next, 0);
     let owned = owned_key(s.nat_ip, port, key.proto);

@@ -23,7 +23,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// The reply tuple of a translation.
 pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
-    FlowKey::new(k.dst_ip, e.nat_ip, k.dst_port, e.nat_port, k.proto)
+    k.reply_via(e.nat_ip, e.nat_port)
 }
 
 /// A flow idle past its timeout at `now_ns`.
@@ -146,8 +146,8 @@ impl Collector {
                     if self.sweeping {
                         self.forward.extend(chunk.iter().map(|(k, _)| *k));
                     }
-                    let gone: Vec<_> = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
-                    remove_flows(dp, &gone)?;
+                    let expired_now = chunk.into_iter().filter(|(k, e)| expired(k, e)).collect();
+                    let gone = remove_flows(dp, expired_now)?;
                     self.expired_this_pass |= !gone.is_empty();
                     removed.extend(gone);
                     if self.walk.done() {
@@ -239,23 +239,34 @@ fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
     Ok(n)
 }
 
-/// Removes translations and returns their ports: counted as freed only
-/// where this removal took the claim (NAT_IN) away.
-fn remove_flows(dp: &mut Datapath, flows: &[(FlowKey, NatEntry)]) -> Result<()> {
+/// Removes translations and returns their ports. The claim (NAT_IN) goes
+/// only with a forward entry this removal took: one the data path evicted
+/// meanwhile is its to count, and its port may already be someone else's.
+/// Returns the flows it removed.
+fn remove_flows(
+    dp: &mut Datapath,
+    flows: Vec<(FlowKey, NatEntry)>,
+) -> Result<Vec<(FlowKey, NatEntry)>> {
     if flows.is_empty() {
-        return Ok(());
+        return Ok(flows);
     }
     let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
-    crate::datapath::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
-    let replies: Vec<FlowKey> = flows.iter().map(|(k, e)| reply_key(k, e)).collect();
+    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
+    let ours: Vec<(FlowKey, NatEntry)> = flows
+        .into_iter()
+        .zip(took)
+        .filter_map(|(f, took)| took.then_some(f))
+        .collect();
+    let replies: Vec<FlowKey> = ours.iter().map(|(k, e)| reply_key(k, e)).collect();
     let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
     let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-    for ((_, e), took) in flows.iter().zip(took) {
+    for ((_, e), took) in ours.iter().zip(took) {
         if took {
             *freed.entry(e.slot).or_default() += 1;
         }
     }
-    add_frees(dp, freed)
+    add_frees(dp, freed)?;
+    Ok(ours)
 }
 
 /// Credits freed ports to their slots (SNAT_FREES: written only here).

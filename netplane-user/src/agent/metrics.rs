@@ -160,6 +160,7 @@ impl Collector for DataPath {
                 .map(|s| (lab(s), f64::from(s.capacity)))
                 .collect();
             let fails: Vec<_> = slots.iter().map(|s| (lab(s), s.failures)).collect();
+            let evicted: Vec<_> = slots.iter().map(|s| (lab(s), s.evicted)).collect();
             gauge(
                 &mut enc,
                 "netplane_snat_ports_allocated",
@@ -177,6 +178,12 @@ impl Collector for DataPath {
                 "netplane_snat_allocation_failures",
                 "New flows refused for want of a port.",
                 &fails,
+            )?;
+            counter(
+                &mut enc,
+                "netplane_snat_evictions",
+                "Unreplied flows given up to make room in a full NAT table.",
+                &evicted,
             )?;
         }
         let nat = entries(&self.pins, names::NAT_OUT).unwrap_or(0);

@@ -87,6 +87,8 @@ pub struct SlotUse {
     pub capacity: u32,
     pub allocated: u64,
     pub failures: u64,
+    /// Ports taken back from unreplied flows to make room in a full table.
+    pub evicted: u64,
     /// Live translations holding a port of this slot (for the accounting
     /// check: must equal `allocated`).
     pub live_entries: u64,
@@ -108,6 +110,8 @@ fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
     let fails: PerCpuArray<_, u64> = PerCpuArray::try_from(&fails_map)?;
     let frees_map = Map::Array(open_pinned(pins, names::SNAT_FREES)?);
     let frees: Array<_, u64> = Array::try_from(&frees_map)?;
+    let evicts_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_EVICTS)?);
+    let evicts: PerCpuArray<_, u64> = PerCpuArray::try_from(&evicts_map)?;
     let mut live: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let flows = if count_live {
         crate::datapath::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
@@ -125,13 +129,15 @@ fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
         }
         let a: u64 = allocs.get(&i, 0)?.iter().sum();
         let f: u64 = frees.get(&i, 0)?;
+        let evicted: u64 = evicts.get(&i, 0)?.iter().sum();
         v.push(SlotUse {
             slot: i,
             snat_ip: addr(s.nat_ip),
             ports: format!("{}-{}", s.port_lo, s.port_hi),
             capacity: s.size(),
-            allocated: a.saturating_sub(f),
+            allocated: a.saturating_sub(f).saturating_sub(evicted),
             failures: fails.get(&i, 0)?.iter().sum(),
+            evicted,
             live_entries: live.get(&i).copied().unwrap_or(0),
         });
     }

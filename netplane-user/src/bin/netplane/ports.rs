@@ -36,6 +36,7 @@ impl Row for PortRow {
         right("allocated", 10),
         right("peak", 8),
         right("failures", 9),
+        right("evicted", 8),
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -46,6 +47,7 @@ impl Row for PortRow {
             self.slot.allocated.to_string(),
             self.peak.to_string(),
             self.slot.failures.to_string(),
+            self.slot.evicted.to_string(),
         ]
     }
 }
