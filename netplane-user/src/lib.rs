@@ -18,5 +18,6 @@ pub mod config;
 pub mod datapath;
 pub mod lab;
 pub mod paths;
+pub mod source;
 pub mod sys;
 pub mod tools;

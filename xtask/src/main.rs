@@ -4,6 +4,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod apiserver;
 mod bench;
 mod demo;
 mod layering;
@@ -31,6 +32,9 @@ enum Cmd {
     },
     /// cargo fmt --check and both clippy passes (-D warnings).
     Lint,
+    /// Build kube-apiserver from Debian's Kubernetes source, once per
+    /// machine (target/kubernetes/), for `lab up --source kubernetes`.
+    Apiserver,
     /// netplane (E) vs classic kubenet (K) vs plain routing (R), side by
     /// side in interleaved rounds: docs/benchmarks.md, docs/bench/.
     Bench {
@@ -80,8 +84,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => {
             setup::run()?;
+            apiserver::ensure()?;
             build()?;
             test(&args)
+        }
+        Cmd::Apiserver => {
+            setup::run()?;
+            apiserver::ensure()
         }
         Cmd::Lint => {
             setup::run()?;

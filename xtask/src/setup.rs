@@ -21,8 +21,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "containernetworking-plugins", // the classic kubenet lab's bridge and host-local
     "curl",
-    "prometheus", // for promtool, which checks the metrics format in a test
-    "linux-perf", // the benchmark's CPU profiles
+    "prometheus",     // for promtool, which checks the metrics format in a test
+    "linux-perf",     // the benchmark's CPU profiles
+    "golang-1.19-go", // builds kube-apiserver from Debian's source (apiserver.rs)
+    "etcd-server",    // the lab's control plane stores its objects here
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

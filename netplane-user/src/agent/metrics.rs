@@ -34,6 +34,26 @@ pub struct AgentCounters {
     /// Failed reconcile ticks and collection steps: logged, counted, and
     /// tried again on the next tick.
     pub errors: AtomicU64,
+    /// Nodes the source listed that were not routed (each refusal once).
+    pub nodes_refused: AtomicU64,
+    /// The Kubernetes watch: 0 none (file source), 1 starting, 2 synced,
+    /// 3 resyncing, 4 disconnected; and since when (Unix seconds).
+    pub watch_state: AtomicU64,
+    pub disconnected_since: AtomicU64,
+}
+
+impl AgentCounters {
+    pub fn set_watch(&self, w: crate::source::WatchState) {
+        use crate::source::WatchState::*;
+        let (state, since) = match w {
+            Starting => (1, 0),
+            Synced => (2, 0),
+            Resyncing => (3, 0),
+            Disconnected { since } => (4, since),
+        };
+        self.watch_state.store(state, Ordering::Relaxed);
+        self.disconnected_since.store(since, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -222,6 +242,39 @@ impl Collector for DataPath {
             "Reconcile ticks and collection steps that failed (logged, tried again next tick).",
             &[(vec![], errors)],
         )?;
+        counter(
+            &mut enc,
+            "netplane_nodes_refused",
+            "Nodes the source listed that break a rule of the cluster file (the 401st route, a pod CIDR outside the cluster's) or are incomplete.",
+            &[(vec![], self.own.nodes_refused.load(Ordering::Relaxed))],
+        )?;
+        let state = self.own.watch_state.load(Ordering::Relaxed);
+        if state != 0 {
+            let states = ["starting", "synced", "resyncing", "disconnected"];
+            let rows: Vec<(Labels, f64)> = states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let on = u64::try_from(i + 1).is_ok_and(|i| i == state);
+                    (vec![("state", s.to_string())], f64::from(u8::from(on)))
+                })
+                .collect();
+            gauge(
+                &mut enc,
+                "netplane_kubernetes_watch",
+                "The Kubernetes node watch's state (1 for the current one).",
+                &rows,
+            )?;
+            gauge(
+                &mut enc,
+                "netplane_kubernetes_disconnected_since_seconds",
+                "Unix time the API server was last lost (0 while connected).",
+                &[(
+                    vec![],
+                    self.own.disconnected_since.load(Ordering::Relaxed) as f64,
+                )],
+            )?;
+        }
         counter(
             &mut enc,
             "netplane_collection_runs",

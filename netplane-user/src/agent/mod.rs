@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use aya::programs::TcAttachType;
 use netplane_common::maps::programs;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use self::reconcile::reconcile_routes;
 use self::{
@@ -39,7 +39,9 @@ use crate::{
         Datapath, LoadOptions,
         hooks::{self, Attach, Hooks},
     },
-    paths, sys,
+    paths,
+    source::{NodeSource, NodeView},
+    sys,
 };
 
 /// How often the agent compares the pod registry and the cluster file with
@@ -65,6 +67,8 @@ pub struct Options {
     /// The cluster file (None: the embedded default). Re-read on SIGHUP and
     /// when it changes.
     pub config: Option<PathBuf>,
+    /// Where the nodes come from (the cluster file, or the Kubernetes API).
+    pub source: NodeSource,
     /// Network namespace of the node (the lab's nodes live in one).
     pub netns: Option<String>,
     /// Also attach `uplink_xdp` (native XDP) to the uplink: early drops, at
@@ -105,16 +109,15 @@ pub fn lb_name(cluster: &Cluster) -> &'static str {
 
 /// Runs a node's agent.
 pub fn run(node_name: &str, opts: &Options) -> Result<()> {
-    let cluster = Cluster::load(opts.config.as_deref())?;
-    for w in cluster.warnings() {
-        warn!("{w}");
-    }
-    let node = cluster
-        .node(node_name)
-        .with_context(|| format!("node {node_name} is not in the cluster file"))?;
     if let Some(ns) = &opts.netns {
         sys::enter_netns(ns)?;
     }
+    let runtime = serve::runtime()?;
+    let (cluster, nodes) = nodes_from_source(&runtime, opts, Some(node_name))?;
+    let node = cluster.node(node_name).with_context(|| match nodes {
+        None => format!("node {node_name} is not in the cluster file"),
+        Some(_) => format!("node {node_name} was refused (see above)"),
+    })?;
     let uplink = sys::interfaces()?
         .into_iter()
         .find(|i| i.ipv4.contains(&node.ip))
@@ -170,17 +173,18 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         pins: pins.display().to_string(),
         adopted,
     };
-    serve::serve(dp, hooks, &status, cluster, opts, role)
+    serve::serve(runtime, dp, hooks, &status, cluster, nodes, opts, role)
 }
 
 /// Runs the load balancer's (or appliance's) agent: its inside interface
 /// holds an address of the node subnet, its outside interface the other.
 pub fn run_lb(opts: &Options) -> Result<()> {
-    let cluster = Cluster::load(opts.config.as_deref())?;
-    let name = lb_name(&cluster);
     if let Some(ns) = &opts.netns {
         sys::enter_netns(ns)?;
     }
+    let runtime = serve::runtime()?;
+    let (cluster, nodes) = nodes_from_source(&runtime, opts, None)?;
+    let name = lb_name(&cluster);
     let subnet = cluster.network.node_subnet;
     let ifs = sys::interfaces()?;
     let inside = ifs
@@ -218,7 +222,66 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         pins: pins.display().to_string(),
         adopted,
     };
-    serve::serve(dp, hooks, &status, cluster, opts, role)
+    serve::serve(runtime, dp, hooks, &status, cluster, nodes, opts, role)
+}
+
+/// The cluster to start with, and for the Kubernetes source the watch
+/// that goes on feeding it. The Kubernetes source waits for the initial
+/// list of nodes (and, for a node's agent, for its own node to be routable:
+/// a node gets its pod CIDR from the controller manager some time after it
+/// registers), saying what it waits for.
+fn nodes_from_source(
+    runtime: &tokio::runtime::Runtime,
+    opts: &Options,
+    own: Option<&str>,
+) -> Result<(Cluster, Option<tokio::sync::watch::Receiver<NodeView>>)> {
+    let NodeSource::Kubernetes { kubeconfig } = &opts.source else {
+        let cluster = Cluster::load(opts.config.as_deref())?;
+        for w in cluster.warnings() {
+            warn!("{w}");
+        }
+        return Ok((cluster, None));
+    };
+    let settings = Cluster::load_settings(opts.config.as_deref())?;
+    for w in settings.warnings() {
+        warn!("{w}");
+    }
+    runtime.block_on(async {
+        let client = crate::source::kubernetes::client(kubeconfig.as_deref()).await?;
+        let (tx, mut rx) = tokio::sync::watch::channel(NodeView::default());
+        tokio::spawn(crate::source::kubernetes::watch_nodes(client, tx));
+        let mut said = String::new();
+        loop {
+            rx.changed().await.context("the Kubernetes watch ended")?;
+            let view = rx.borrow_and_update().clone();
+            if !view.listed {
+                continue;
+            }
+            let (cluster, refused) = crate::source::admit(&settings, &view);
+            let waiting = match own {
+                Some(name) if cluster.node(name).is_none() => {
+                    let why = refused
+                        .iter()
+                        .find(|r| r.node == name)
+                        .map(|r| r.reason.as_str())
+                        .unwrap_or("no Node object yet");
+                    Some(format!(
+                        "waiting for node {name} in the Kubernetes API: {why}"
+                    ))
+                }
+                _ => None,
+            };
+            match waiting {
+                Some(text) => {
+                    if text != said {
+                        info!("{text}");
+                        said = text;
+                    }
+                }
+                None => return Ok((cluster, Some(rx))),
+            }
+        }
+    })
 }
 
 /// Loads the object with maps pinned (or adopted) under the agent's name.

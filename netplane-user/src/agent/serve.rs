@@ -5,7 +5,7 @@
 //! HTTP server for metrics. A current-thread runtime: the node's network
 //! namespace was entered on this thread, and one thread owns the maps.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::OsString,
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
@@ -18,6 +18,7 @@ use inotify::{Inotify, WatchMask};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
 use tracing::{debug, error, info, warn};
 
@@ -33,28 +34,42 @@ use crate::{
     config::Cluster,
     datapath::{Datapath, hooks::Hooks},
     paths,
+    source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus},
 };
 
+/// The agent's runtime: current-thread, on the thread that entered the
+/// node's network namespace (the Kubernetes client's sockets live there
+/// too).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the agent's runtime")
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then leaves the data path
-/// attached (or removes it with `--detach-on-exit`).
+/// attached (or removes it with `--detach-on-exit`). `nodes` is the
+/// Kubernetes watch, when the nodes come from the API.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
+    runtime: tokio::runtime::Runtime,
     dp: Datapath,
     hooks: Hooks,
     status: &AgentStatus,
     cluster: Cluster,
+    nodes: Option<watch::Receiver<NodeView>>,
     opts: &Options,
     role: impl Role,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the agent's runtime")?;
     let name = status.node.as_str();
     let status_path = paths::agent_status(name);
     let mut agent = Agent {
         dp,
         hooks,
+        settings: cluster.clone(),
         cluster,
+        nodes,
+        refusals_said: HashSet::new(),
         role,
         opts: opts.clone(),
         status: status.clone(),
@@ -82,7 +97,15 @@ pub fn serve(
 struct Agent<R> {
     dp: Datapath,
     hooks: Hooks,
+    /// The cluster file as last read (its nodes unused with the Kubernetes
+    /// source).
+    settings: Cluster,
+    /// What is applied: the settings with the nodes of the source.
     cluster: Cluster,
+    /// The Kubernetes watch's latest view, when the nodes come from there.
+    nodes: Option<watch::Receiver<NodeView>>,
+    /// Refused nodes already logged, with why.
+    refusals_said: HashSet<(String, String)>,
     role: R,
     opts: Options,
     status: AgentStatus,
@@ -108,6 +131,7 @@ impl<R: Role> Agent<R> {
             info!(%addr, "metrics on /metrics");
         }
         std::fs::create_dir_all(paths::node_dir(&name))?;
+        self.write_source_status();
         std::fs::write(
             paths::agent_status(&name),
             serde_json::to_vec_pretty(&self.status)?,
@@ -147,6 +171,7 @@ impl<R: Role> Agent<R> {
                         self.reload();
                     }
                 }
+                Some(()) = node_change(&mut self.nodes) => self.apply_nodes(),
                 _ = tick.tick() => self.tick(&mut events),
                 ready = readable(&mut ring) => {
                     let mut guard = ready?;
@@ -166,17 +191,108 @@ impl<R: Role> Agent<R> {
     /// Re-reads the cluster file and applies it; a bad file is reported
     /// and the previous state kept.
     fn reload(&mut self) {
-        match Cluster::load(self.opts.config.as_deref())
-            .map_err(anyhow::Error::from)
-            .and_then(|c| {
-                self.role.apply(&mut self.dp, &c)?;
-                Ok(c)
-            }) {
-            Ok(c) => {
-                self.cluster = c;
+        let path = self.opts.config.as_deref();
+        let read = match self.nodes {
+            None => Cluster::load(path),
+            Some(_) => Cluster::load_settings(path),
+        };
+        match read {
+            Ok(settings) => {
+                let previous = std::mem::replace(&mut self.settings, settings);
+                let view = self.nodes.as_ref().map(|rx| rx.borrow().clone());
+                let cluster = match view {
+                    None => self.settings.clone(),
+                    Some(view) => self.admit(&view),
+                };
+                if let Err(e) = self.role.apply(&mut self.dp, &cluster) {
+                    self.settings = previous;
+                    error!("cluster file not applied, keeping the previous one: {e:#}");
+                    return;
+                }
+                self.cluster = cluster;
                 info!("cluster file applied");
             }
             Err(e) => error!("cluster file not applied, keeping the previous one: {e:#}"),
+        }
+        self.write_source_status();
+    }
+
+    /// Applies what the Kubernetes API now says about the nodes (once its
+    /// first list is complete), held to the cluster file's rules.
+    fn apply_nodes(&mut self) {
+        let Some(rx) = self.nodes.as_mut() else {
+            return;
+        };
+        let view = rx.borrow_and_update().clone();
+        if view.listed {
+            let cluster = self.admit(&view);
+            if cluster.nodes != self.cluster.nodes {
+                match self.role.apply(&mut self.dp, &cluster) {
+                    Ok(()) => {
+                        info!(
+                            nodes = cluster.nodes.len(),
+                            "nodes from the Kubernetes API applied"
+                        );
+                        self.cluster = cluster;
+                    }
+                    Err(e) => {
+                        self.own.errors.fetch_add(1, Ordering::Relaxed);
+                        error!("nodes from the Kubernetes API not applied: {e:#}");
+                    }
+                }
+            }
+        }
+        self.write_source_status();
+    }
+
+    /// The settings with the view's nodes; refusals logged once each, and
+    /// counted.
+    fn admit(&mut self, view: &NodeView) -> Cluster {
+        let (cluster, refused) = crate::source::admit(&self.settings, view);
+        let now: HashSet<(String, String)> =
+            refused.into_iter().map(|r| (r.node, r.reason)).collect();
+        for (node, reason) in now.difference(&self.refusals_said) {
+            warn!(node, "node not routed: {reason}");
+            self.own.nodes_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.refusals_said = now;
+        cluster
+    }
+
+    /// Where the nodes came from and the watch's state, for `routes` and
+    /// the metrics.
+    fn write_source_status(&self) {
+        let status = SourceStatus {
+            source: if self.nodes.is_some() {
+                "kubernetes"
+            } else {
+                "file"
+            }
+            .into(),
+            watch: self.nodes.as_ref().map(|rx| rx.borrow().state),
+            nodes: self.cluster.nodes.iter().map(|n| n.name.clone()).collect(),
+            refused: {
+                let mut r: Vec<RefusedNode> = self
+                    .refusals_said
+                    .iter()
+                    .map(|(node, reason)| RefusedNode {
+                        node: node.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect();
+                r.sort();
+                r
+            },
+        };
+        if let Some(w) = status.watch {
+            self.own.set_watch(w);
+        }
+        let path = paths::node_dir(&self.status.node).join(SOURCE_STATUS_FILE);
+        if let Err(e) = serde_json::to_vec_pretty(&status)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(std::fs::write(&path, b)?))
+        {
+            warn!("writing {}: {e}", path.display());
         }
     }
 
@@ -296,6 +412,18 @@ async fn next_change(watch: &mut Option<ConfigWatch>) -> Option<bool> {
                 Some(false)
             }
             None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of the Kubernetes watch; never resolves without one
+/// (or once its sender is gone: the last state stays in force).
+async fn node_change(nodes: &mut Option<watch::Receiver<NodeView>>) -> Option<()> {
+    match nodes {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
         },
         None => std::future::pending().await,
     }

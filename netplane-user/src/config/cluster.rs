@@ -25,6 +25,8 @@ pub struct Cluster {
     pub network: Network,
     #[serde(default)]
     pub limits: Limits,
+    /// Empty when the nodes come from the Kubernetes API.
+    #[serde(default)]
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub outbound: Outbound,
@@ -197,7 +199,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub name: String,
@@ -266,6 +268,27 @@ pub struct NodePlan {
 impl Cluster {
     /// Reads and validates a cluster file, or the embedded default.
     pub fn load(path: Option<&Path>) -> Result<Cluster, ConfigError> {
+        let (name, text) = Self::read(path)?;
+        Self::parse(&name, &text)
+    }
+
+    /// Reads a cluster file for its cluster-wide settings alone, for an
+    /// agent whose nodes come from the Kubernetes API: its `[[nodes]]` are
+    /// dropped (the API's replace them, held to the same rules by
+    /// `source::admit`), and every other rule is checked.
+    pub fn load_settings(path: Option<&Path>) -> Result<Cluster, ConfigError> {
+        let (name, text) = Self::read(path)?;
+        let mut cluster = Self::parse_unchecked(&name, &text)?;
+        cluster.nodes.clear();
+        let violations: Vec<Violation> = cluster
+            .violations()
+            .into_iter()
+            .filter(|v| v.field != "nodes")
+            .collect();
+        Self::checked(&name, cluster, violations)
+    }
+
+    fn read(path: Option<&Path>) -> Result<(String, String), ConfigError> {
         let (name, text) = match path {
             Some(p) => {
                 let name = p.display().to_string();
@@ -280,15 +303,27 @@ impl Cluster {
                 DEFAULT_CLUSTER.to_string(),
             ),
         };
-        Self::parse(&name, &text)
+        Ok((name, text))
     }
 
     pub fn parse(name: &str, text: &str) -> Result<Cluster, ConfigError> {
-        let cluster: Cluster = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let cluster = Self::parse_unchecked(name, text)?;
+        let violations = cluster.violations();
+        Self::checked(name, cluster, violations)
+    }
+
+    fn parse_unchecked(name: &str, text: &str) -> Result<Cluster, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: name.to_string(),
             message: e.to_string(),
-        })?;
-        let violations = cluster.violations();
+        })
+    }
+
+    fn checked(
+        name: &str,
+        cluster: Cluster,
+        violations: Vec<Violation>,
+    ) -> Result<Cluster, ConfigError> {
         if violations.is_empty() {
             Ok(cluster)
         } else {

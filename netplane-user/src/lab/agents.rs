@@ -43,6 +43,7 @@ pub(super) fn start_agent(
     node: &str,
     ip: Ipv4Addr,
     opts: &UpOptions,
+    kubeconfig: Option<&str>,
 ) -> Result<AgentProc> {
     let exe = std::env::current_exe()?;
     let log = paths::lab_dir().join(format!("agent-{node}.log"));
@@ -62,6 +63,9 @@ pub(super) fn start_agent(
         ]);
     if !OUTBOUND_AGENTS.contains(&node) {
         cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
+    }
+    if let Some(k) = kubeconfig {
+        cmd.args(["--kubeconfig", k]);
     }
     let child = cmd
         .stdin(Stdio::null())
@@ -228,6 +232,7 @@ pub fn restart_agent(
     let opts = UpOptions {
         uplink_xdp: state.uplink_xdp,
         datapath: state.datapath,
+        kubernetes: state.kubernetes.is_some(),
     };
     let ip = state
         .hosts
@@ -235,7 +240,11 @@ pub fn restart_agent(
         .find(|h| h.name == node)
         .context("host of the agent")?
         .ip;
-    let agent = start_agent(&state.cluster_file, node, ip, &opts)?;
+    let kubeconfig = state
+        .kubernetes
+        .as_ref()
+        .map(|k| k.agent_kubeconfig.as_str());
+    let agent = start_agent(&state.cluster_file, node, ip, &opts, kubeconfig)?;
     wait_for_agent(&agent)?;
     progress(&format!("agent of {node} started (pid {})", agent.pid));
     state.agents[idx] = agent;

@@ -13,6 +13,7 @@ use super::{
     agents::{is_our_agent, pid_alive, start_agent, stop_pid, wait_for_agent, wait_for_pods},
     classic,
     cni::attach_pod,
+    control_plane,
     topology::{
         APPLIANCE_OUTSIDE_IP, DataPathKind, Host, INET_IP, LB_OUTSIDE_IP, LabState, NETNS_PREFIX,
         Role, UpOptions, VNET_BRIDGE, VNET_NETNS, Vnet, lab_namespaces, load_state, new_netns,
@@ -85,6 +86,7 @@ pub(super) fn build(
         },
         hosts: hosts.clone(),
         agents: Vec::new(),
+        kubernetes: None,
     };
     save_state(&state)?;
 
@@ -161,7 +163,15 @@ pub(super) fn build(
     }
 
     if opts.datapath != DataPathKind::Netplane {
+        if opts.kubernetes {
+            bail!("--source kubernetes runs netplane's agents: it goes with --datapath netplane");
+        }
         return build_classic(cluster, &hosts, outbound, state, progress);
+    }
+    if opts.kubernetes {
+        let cp = control_plane::start(cluster, progress)?;
+        state.kubernetes = Some(cp);
+        save_state(&state)?;
     }
     // Mounted once here: agents starting together could each mount one.
     sys::ensure_bpffs(&paths::bpffs())?;
@@ -171,7 +181,11 @@ pub(super) fn build(
         .chain([outbound.name.clone()]);
     for name in agents {
         let ip = hosts.iter().find(|h| h.name == name).expect("planned").ip;
-        let agent = start_agent(&state.cluster_file, &name, ip, opts)?;
+        let kubeconfig = state
+            .kubernetes
+            .as_ref()
+            .map(|k| k.agent_kubeconfig.as_str());
+        let agent = start_agent(&state.cluster_file, &name, ip, opts, kubeconfig)?;
         progress(&format!(
             "agent for {name} started (pid {}, log {})",
             agent.pid, agent.log
@@ -334,8 +348,10 @@ pub(super) fn build_outbound(
 /// Safe to run any number of times, also after a crash.
 pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
     let mut agents: Vec<(String, u32)> = Vec::new();
+    let mut kubernetes = None;
     if let Ok(Some(state)) = load_state() {
         agents.extend(state.agents.iter().map(|a| (a.node.clone(), a.pid)));
+        kubernetes = state.kubernetes;
     }
     // Agents whose status outlived a lost state file.
     if let Ok(entries) = std::fs::read_dir(paths::run_dir().join("nodes")) {
@@ -355,6 +371,9 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
             progress(&format!("stopping agent of {node} (pid {pid})"));
             stop_pid(*pid);
         }
+    }
+    if let Some(cp) = &kubernetes {
+        control_plane::stop(cp, progress);
     }
     for ns in lab_namespaces()? {
         progress(&format!("deleting namespace {ns}"));

@@ -14,6 +14,7 @@ mod agents;
 mod build;
 pub mod classic;
 mod cni;
+pub mod control_plane;
 mod topology;
 pub mod trace;
 
@@ -39,6 +40,22 @@ pub struct Status {
     pub hosts: Vec<HostStatus>,
     pub agents: Vec<AgentStatusLine>,
     pub vnet: Option<Vnet>,
+    /// With `--source kubernetes`: the admin kubeconfig (the API server is
+    /// reachable from the lab's namespaces: `ip netns exec np-control-plane
+    /// kubectl --kubeconfig PATH get nodes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KubernetesStatus {
+    pub kubeconfig: String,
+    pub agent_kubeconfig: String,
+    pub server: String,
+    pub netns: String,
+    pub apiserver_pid: u32,
+    pub apiserver_running: bool,
+    pub etcd_pid: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +83,7 @@ pub fn status() -> Result<Status> {
             hosts: Vec::new(),
             agents: Vec::new(),
             vnet: None,
+            kubernetes: None,
         });
     };
     Ok(Status {
@@ -90,6 +108,15 @@ pub fn status() -> Result<Status> {
             })
             .collect(),
         vnet: Some(state.vnet),
+        kubernetes: state.kubernetes.map(|cp| KubernetesStatus {
+            apiserver_running: pid_alive(cp.apiserver_pid),
+            kubeconfig: cp.kubeconfig,
+            agent_kubeconfig: cp.agent_kubeconfig,
+            server: cp.server,
+            netns: control_plane::netns(),
+            apiserver_pid: cp.apiserver_pid,
+            etcd_pid: cp.etcd_pid,
+        }),
     })
 }
 

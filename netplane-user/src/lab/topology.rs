@@ -59,6 +59,9 @@ pub struct LabState {
     pub vnet: Vnet,
     pub hosts: Vec<Host>,
     pub agents: Vec<AgentProc>,
+    /// The Kubernetes control plane, with `--source kubernetes`.
+    #[serde(default)]
+    pub kubernetes: Option<super::control_plane::ControlPlane>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +77,9 @@ pub struct UpOptions {
     /// Agents also attach the XDP early-drop program to node uplinks.
     pub uplink_xdp: bool,
     pub datapath: DataPathKind,
+    /// Run a Kubernetes control plane and have the agents take the nodes
+    /// from its API.
+    pub kubernetes: bool,
 }
 
 /// Which data path the lab's nodes and load balancer run.

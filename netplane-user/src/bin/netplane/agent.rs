@@ -3,13 +3,23 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 use clap::Args;
+use netplane::source::NodeSource;
 
 #[derive(Args)]
 pub struct AgentArgs {
     /// Cluster file (default: the embedded default cluster).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// This node's name in the cluster file.
+    /// Where the nodes come from: the cluster file, or the Kubernetes API
+    /// (Node objects; the cluster file then gives the cluster-wide
+    /// settings only). `--kubeconfig` implies kubernetes; without it the
+    /// pod's in-cluster configuration is used.
+    #[arg(long, value_enum, default_value = "file")]
+    source: SourceArg,
+    /// Kubeconfig for the Kubernetes API (implies --source kubernetes).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (in the cluster file, or its Node object's).
     #[arg(long, required_unless_present = "lb", conflicts_with = "lb")]
     node: Option<String>,
     /// Be the outbound load balancer (outbound type loadBalancer) or the
@@ -37,9 +47,20 @@ pub struct AgentArgs {
     bpf_log_level: Option<aya_log::Level>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceArg {
+    File,
+    Kubernetes,
+}
+
 pub fn run(args: AgentArgs) -> Result<()> {
+    let source = match (args.source, args.kubeconfig) {
+        (SourceArg::File, None) => NodeSource::File,
+        (_, kubeconfig) => NodeSource::Kubernetes { kubeconfig },
+    };
     let opts = netplane::agent::Options {
         config: args.config,
+        source,
         netns: args.netns,
         uplink_xdp: args.uplink_xdp,
         detach_on_exit: args.detach_on_exit,

@@ -5,6 +5,13 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use netplane::lab;
 
+/// Where the lab's agents take the nodes from.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabSource {
+    File,
+    Kubernetes,
+}
+
 #[derive(Subcommand)]
 pub enum LabCmd {
     /// Build the cluster: VNet, nodes with agents, pods.
@@ -19,6 +26,11 @@ pub enum LabCmd {
         /// translation), the benchmarks' floor.
         #[arg(long, value_enum, default_value = "netplane")]
         datapath: lab::DataPathKind,
+        /// Where the agents take the nodes from: the cluster file, or a real
+        /// Kubernetes API server the lab runs (etcd and kube-apiserver from
+        /// `cargo xtask apiserver`) with the lab's nodes as Node objects.
+        #[arg(long, value_enum, default_value = "file")]
+        source: LabSource,
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
@@ -55,11 +67,13 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
             config,
             uplink_xdp,
             datapath,
+            source,
         } => {
             eprintln!("bringing the lab up");
             let opts = lab::UpOptions {
                 uplink_xdp,
                 datapath,
+                kubernetes: source == LabSource::Kubernetes,
             };
             let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
             print_hosts(&state.hosts);
