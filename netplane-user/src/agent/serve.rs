@@ -270,7 +270,7 @@ impl<R: Role> Agent<R> {
             }
             .into(),
             watch: self.nodes.as_ref().map(|rx| rx.borrow().state),
-            nodes: self.cluster.nodes.iter().map(|n| n.name.clone()).collect(),
+            nodes: self.cluster.nodes(),
             refused: {
                 let mut r: Vec<RefusedNode> = self
                     .refusals_said

@@ -258,7 +258,7 @@ fn list(v: &[Violation]) -> String {
 }
 
 /// A node with its pod CIDR resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePlan {
     pub name: String,
     pub ip: Ipv4Addr,

@@ -218,6 +218,44 @@ pub(super) fn start(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result
     Ok(cp)
 }
 
+/// `lab apiserver stop|start`: takes the running lab's API server away or
+/// brings it back (the agents keep forwarding meanwhile, and resync).
+pub fn set_apiserver(running: bool, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut state = super::topology::load_state()?.context("the lab is down")?;
+    let cp = state
+        .kubernetes
+        .as_mut()
+        .context("this lab has no Kubernetes control plane (lab up --source kubernetes)")?;
+    let alive = pid_alive(cp.apiserver_pid);
+    match (running, alive) {
+        (false, true) => {
+            stop_apiserver(cp);
+            progress(&format!(
+                "kube-apiserver (pid {}) stopped",
+                cp.apiserver_pid
+            ));
+        }
+        (true, false) => {
+            cp.apiserver_pid = start_apiserver(cp)?;
+            let cp2 = cp.clone();
+            in_netns(&netns(), async move {
+                let client = admin_client(&cp2).await?;
+                wait_ready(&client, &cp2).await
+            })?;
+            progress(&format!(
+                "kube-apiserver (pid {}) serving",
+                cp.apiserver_pid
+            ));
+        }
+        _ => progress(if alive {
+            "kube-apiserver is already running"
+        } else {
+            "kube-apiserver is already stopped"
+        }),
+    }
+    super::topology::save_state(&state)
+}
+
 /// Starts kube-apiserver from its recorded command line; returns its PID.
 pub fn start_apiserver(cp: &ControlPlane) -> Result<u32> {
     let (bin, args) = cp.apiserver_args.split_first().context("no command line")?;

@@ -10,7 +10,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::SystemTime};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Cluster, cluster::Node};
+use crate::config::{Cluster, NodePlan, cluster::Node};
 
 /// Which source the agent takes nodes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub struct SourceStatus {
     /// The Kubernetes watch's state (None for the file).
     pub watch: Option<WatchState>,
     /// The nodes routed, in order.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodePlan>,
     /// Nodes the source lists that are not routed, and why.
     pub refused: Vec<RefusedNode>,
 }
@@ -103,10 +103,50 @@ pub struct RefusedNode {
     pub reason: String,
 }
 
+impl SourceStatus {
+    /// One line for people: where the nodes come from, and how the watch
+    /// is.
+    pub fn describe(&self) -> String {
+        let watch = match self.watch {
+            None => String::new(),
+            Some(WatchState::Disconnected { since }) => {
+                format!(", API server unreachable since Unix time {since} (last known nodes kept)")
+            }
+            Some(WatchState::Starting) => ", listing".into(),
+            Some(WatchState::Synced) => ", synced".into(),
+            Some(WatchState::Resyncing) => ", resyncing (last known nodes kept)".into(),
+        };
+        let refused = match self.refused.len() {
+            0 => String::new(),
+            n => format!(", {n} refused"),
+        };
+        format!("nodes from {}{watch}{refused}", self.source)
+    }
+}
+
 /// An agent's source status, if it wrote one.
 pub fn read_status(agent: &str) -> Option<SourceStatus> {
     let path = crate::paths::node_dir(agent).join(SOURCE_STATUS_FILE);
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The cluster as `agent` applies it: the cluster file's settings with the
+/// nodes the agent took from its source (the Kubernetes API's are not in
+/// the file).
+pub fn as_applied_by(agent: &str, file: &Cluster) -> Cluster {
+    let mut c = file.clone();
+    if let Some(s) = read_status(agent).filter(|s| s.source == "kubernetes") {
+        c.nodes = s
+            .nodes
+            .into_iter()
+            .map(|p| Node {
+                name: p.name,
+                ip: p.ip,
+                pod_cidr: Some(p.pod_cidr),
+            })
+            .collect();
+    }
+    c
 }
 
 /// Why a node the API lists is not routed.
@@ -125,41 +165,62 @@ pub struct Refused {
 pub fn admit(settings: &Cluster, view: &NodeView) -> (Cluster, Vec<Refused>) {
     let mut nodes: Vec<&ApiNode> = view.nodes.iter().collect();
     nodes.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let mut refused = Vec::new();
+    let mut rest = Vec::new();
+    for n in nodes {
+        match (n.ip, n.pod_cidr) {
+            (Some(ip), Some(pod_cidr)) => rest.push(Node {
+                name: n.name.clone(),
+                ip,
+                pod_cidr: Some(pod_cidr),
+            }),
+            (None, _) => refused.push(Refused {
+                node: n.name.clone(),
+                reason: "no InternalIP yet".into(),
+            }),
+            (_, None) => refused.push(Refused {
+                node: n.name.clone(),
+                reason: "no pod CIDR yet".into(),
+            }),
+        }
+    }
     let mut cluster = settings.clone();
     cluster.nodes = Vec::new();
-    let mut refused = Vec::new();
-    // Rules already broken without the node (the empty list's "at least
+    // Rules already broken without the nodes (the empty list's "at least
     // one node"): only a rule a node newly breaks refuses it.
-    let mut broken = violation_texts(&cluster);
-    for n in nodes {
-        let (Some(ip), Some(pod_cidr)) = (n.ip, n.pod_cidr) else {
-            let missing = if n.ip.is_none() {
-                "no InternalIP yet"
-            } else {
-                "no pod CIDR yet"
-            };
-            refused.push(Refused {
-                node: n.name.clone(),
-                reason: missing.into(),
-            });
-            continue;
+    let broken = violation_texts(&cluster);
+    let new_rule = |c: &Cluster| violation_texts(c).into_iter().find(|v| !broken.contains(v));
+    // The rules only get stricter as nodes are added (more routes, fewer
+    // ports each, more addresses to clash with), so the longest acceptable
+    // run of the remaining nodes is found by bisection: a few validations
+    // per refused node, not one per node.
+    let mut rest = rest.as_slice();
+    while !rest.is_empty() {
+        let fits = |k: usize| {
+            let mut c = cluster.clone();
+            c.nodes.extend_from_slice(&rest[..k]);
+            new_rule(&c).is_none()
         };
-        cluster.nodes.push(Node {
-            name: n.name.clone(),
-            ip,
-            pod_cidr: Some(pod_cidr),
-        });
-        let now = violation_texts(&cluster);
-        match now.iter().find(|v| !broken.contains(*v)) {
-            Some(rule) => {
-                refused.push(Refused {
-                    node: n.name.clone(),
-                    reason: rule.clone(),
-                });
-                cluster.nodes.pop();
+        let (mut lo, mut hi) = (0, rest.len());
+        if fits(hi) {
+            lo = hi;
+        } else {
+            while lo + 1 < hi {
+                let mid = (lo + hi) / 2;
+                if fits(mid) { lo = mid } else { hi = mid }
             }
-            None => broken = now,
         }
+        cluster.nodes.extend_from_slice(&rest[..lo]);
+        let Some(next) = rest.get(lo) else {
+            break;
+        };
+        let mut with = cluster.clone();
+        with.nodes.push(next.clone());
+        refused.push(Refused {
+            node: next.name.clone(),
+            reason: new_rule(&with).unwrap_or_default(),
+        });
+        rest = &rest[lo + 1..];
     }
     (cluster, refused)
 }

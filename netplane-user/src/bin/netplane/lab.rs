@@ -5,6 +5,12 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use netplane::lab;
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiserverAction {
+    Stop,
+    Start,
+}
+
 /// Where the lab's agents take the nodes from.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabSource {
@@ -48,6 +54,13 @@ pub enum LabCmd {
         #[arg(long)]
         kill: bool,
     },
+    /// Stop or start the lab's Kubernetes API server (lab up --source
+    /// kubernetes): the data path keeps forwarding with the last known
+    /// nodes, and the agents resynchronise when it is back.
+    Apiserver {
+        #[arg(value_enum)]
+        action: ApiserverAction,
+    },
     /// Hosts, namespaces and agents.
     Status {
         #[arg(long)]
@@ -80,6 +93,10 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
             eprintln!(
                 "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
             );
+        }
+        LabCmd::Apiserver { action } => {
+            let running = action == ApiserverAction::Start;
+            lab::control_plane::set_apiserver(running, &mut |l| progress(l))?;
         }
         LabCmd::Reload { config } => {
             lab::reload(config.as_deref())?;

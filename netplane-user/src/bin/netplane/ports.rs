@@ -56,7 +56,7 @@ pub fn run(select: &Select) -> Result<()> {
     let cluster = running_cluster()?;
     let lb = lb_name(&cluster);
     let appliance = (lb == "appliance").then_some(lab::APPLIANCE_OUTSIDE_IP);
-    let plan = lb_plan(&cluster, appliance);
+    let plan = lb_plan(&netplane::source::as_applied_by(lb, &cluster), appliance);
     let mut all = BTreeMap::new();
     for n in select.agents()? {
         let peaks = nat_view::read_peaks(&n);

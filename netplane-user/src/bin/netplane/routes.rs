@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Result;
+use netplane::source::SourceStatus;
 use netplane::{
     config::outbound::{SubnetRoute, subnet_routes},
     datapath::pinned_routes,
@@ -49,6 +50,9 @@ struct RouteTable {
     limit: usize,
     /// Azure's default routes (and the egress UDR of userDefinedRouting).
     system_routes: Vec<SubnetRoute>,
+    /// Where the agent's nodes come from (the cluster file or the
+    /// Kubernetes API), the watch's state and the nodes it refused.
+    source: Option<SourceStatus>,
 }
 
 impl Row for SubnetRoute {
@@ -71,20 +75,23 @@ impl Row for SubnetRoute {
 pub fn run(select: &Select) -> Result<()> {
     // Owner names and Azure's default routes from the running cluster file.
     let cluster = running_cluster()?;
-    let names: Vec<(Ipv4Addr, String)> = cluster
-        .nodes()
-        .into_iter()
-        .map(|n| (n.ip, n.name))
-        .collect();
     let system = subnet_routes(&cluster);
-    let owner = |ip| {
-        names
-            .iter()
-            .find(|(i, _)| *i == ip)
-            .map_or("-".to_string(), |(_, n)| n.clone())
-    };
     let mut all = BTreeMap::new();
     for n in select.agents()? {
+        let source = netplane::source::read_status(&n);
+        // The agent's own view of the nodes names them (the API's nodes
+        // are not in the cluster file).
+        let names: Vec<(Ipv4Addr, String)> = netplane::source::as_applied_by(&n, &cluster)
+            .nodes()
+            .into_iter()
+            .map(|p| (p.ip, p.name))
+            .collect();
+        let owner = |ip| {
+            names
+                .iter()
+                .find(|(i, _)| *i == ip)
+                .map_or("-".to_string(), |(_, n)| n.clone())
+        };
         let routes: Vec<RouteRow> = pinned_routes(&paths::pins(&n))?
             .into_iter()
             .map(|(cidr, ip)| RouteRow {
@@ -95,7 +102,15 @@ pub fn run(select: &Select) -> Result<()> {
             })
             .collect();
         if !select.json {
-            println!("{n}: {} of {AZURE_UDR_ROUTE_LIMIT} routes", routes.len());
+            let from = source.as_ref().map(|s| format!(" ({})", s.describe()));
+            println!(
+                "{n}: {} of {AZURE_UDR_ROUTE_LIMIT} routes{}",
+                routes.len(),
+                from.unwrap_or_default()
+            );
+            for r in source.iter().flat_map(|s| &s.refused) {
+                println!("  not routed: {}: {}", r.node, r.reason);
+            }
             table::print("  ", &routes);
             println!("  and the subnet's other effective routes:");
             table::print("    ", &system);
@@ -108,6 +123,7 @@ pub fn run(select: &Select) -> Result<()> {
                 count,
                 limit: AZURE_UDR_ROUTE_LIMIT,
                 system_routes: system.clone(),
+                source,
             },
         );
     }

@@ -1,0 +1,269 @@
+//! The agents against a real Kubernetes API server (`lab up --source
+//! kubernetes`: etcd and kube-apiserver 1.20 built from Debian's source,
+//! RBAC from deploy/netplane.yaml): routes follow the Node objects, the
+//! data path outlives the API server, the 401st node is refused, and the
+//! agents' token can do nothing but read nodes.
+use std::{
+    future::Future,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use netplane::{
+    config::NodePlan,
+    lab::{self, control_plane},
+};
+use netplane_tests::{labkit::*, privileged};
+use serde_json::Value;
+
+/// Runs `f` with a client of the lab's API server (admin, or the agents'
+/// ServiceAccount), from inside the control plane's namespace.
+fn with_api<T: Send, F: Future<Output = anyhow::Result<T>> + Send>(
+    agent: bool,
+    f: impl FnOnce(Client) -> F + Send,
+) -> T {
+    let state = lab::load_state().unwrap().expect("lab up");
+    let cp = state.kubernetes.expect("lab up --source kubernetes");
+    let kubeconfig = if agent {
+        cp.agent_kubeconfig.clone()
+    } else {
+        cp.kubeconfig.clone()
+    };
+    control_plane::in_netns(&control_plane::netns(), async move {
+        let client =
+            netplane::source::kubernetes::client(Some(std::path::Path::new(&kubeconfig))).await?;
+        f(client).await
+    })
+    .unwrap()
+}
+
+fn node(name: &str, ip: [u8; 4], pod_cidr: &str) -> Node {
+    control_plane::node_object(&NodePlan {
+        name: name.into(),
+        ip: Ipv4Addr::from(ip),
+        pod_cidr: pod_cidr.parse().unwrap(),
+    })
+}
+
+fn create(n: Node) {
+    with_api(false, |c| async move {
+        control_plane::create_node(&c, &n).await
+    });
+}
+
+/// The agent's own account of its nodes (`routes --json`'s `source`).
+fn source_of(agent: &str) -> Value {
+    let v: Value = serde_json::from_str(&ok(&["routes", "--node", agent, "--json"])).unwrap();
+    v["nodes"][agent]["source"].clone()
+}
+
+/// Waits (at most 10 s) until `cond`; returns how long it took.
+fn time_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    wait_until(what, &mut cond);
+    started.elapsed()
+}
+
+#[test]
+fn routes_follow_the_node_objects() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up_with(&["--source", "kubernetes"]);
+    // After startup: one route per Node object, on every node.
+    let listed: Vec<String> = with_api(false, |c| async move {
+        let nodes = Api::<Node>::all(c).list(&ListParams::default()).await?;
+        Ok(nodes
+            .items
+            .iter()
+            .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+            .collect())
+    });
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    for agent in ["node-0", "node-1"] {
+        let mut routes = route_prefixes(agent);
+        routes.sort();
+        assert_eq!(routes, listed_sorted, "{agent}");
+        let source = source_of(agent);
+        assert_eq!(source["source"], "kubernetes", "{source}");
+        assert_eq!(source["watch"]["state"], "synced", "{source}");
+    }
+
+    // A Node created through the API is routed; deleted, unrouted.
+    create(node("node-7", [10, 224, 0, 20], "10.244.7.0/24"));
+    let took = time_until("node-7's route on node-0", || {
+        route_prefixes("node-0").contains(&"10.244.7.0/24".to_string())
+    });
+    eprintln!("node-7 routed {took:?} after its creation");
+    assert!(took < Duration::from_secs(1), "routed after {took:?}");
+    wait_until("node-7's port block at the load balancer", || {
+        let v: Value = serde_json::from_str(&ok(&["ports", "--node", "lb", "--json"])).unwrap();
+        v["agents"]["lb"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|b| b["block_of"] == "node-7"))
+    });
+    with_api(false, |c| async move {
+        Api::<Node>::all(c)
+            .delete("node-7", &DeleteParams::default())
+            .await?;
+        Ok(())
+    });
+    let took = time_until("node-7's route gone", || {
+        !route_prefixes("node-0").contains(&"10.244.7.0/24".to_string())
+    });
+    eprintln!("node-7 unrouted {took:?} after its deletion");
+
+    // A node without a pod CIDR waits, said once; given one, it is routed.
+    create(Node {
+        spec: None,
+        ..node("node-8", [10, 224, 0, 21], "10.244.8.0/24")
+    });
+    wait_until("node-8 refused for want of a pod CIDR", || {
+        source_of("node-0")["refused"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|x| x["node"] == "node-8" && x["reason"] == "no pod CIDR yet")
+        })
+    });
+    assert!(!route_prefixes("node-0").contains(&"10.244.8.0/24".to_string()));
+    with_api(false, |c| async move {
+        let patch = serde_json::json!({"spec": {"podCIDR": "10.244.8.0/24", "podCIDRs": ["10.244.8.0/24"]}});
+        Api::<Node>::all(c)
+            .patch("node-8", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    });
+    wait_until("node-8 routed once it has a pod CIDR", || {
+        route_prefixes("node-0").contains(&"10.244.8.0/24".to_string())
+    });
+    let log = std::fs::read_to_string("/run/netplane/lab/agent-node-0.log").unwrap();
+    assert_eq!(
+        log.matches("node not routed: no pod CIDR yet").count(),
+        1,
+        "said once"
+    );
+
+    // The agents' token reads nodes and nothing else.
+    let (nodes, secrets, write) = with_api(true, |c| async move {
+        let nodes = Api::<Node>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok();
+        let secrets = Api::<Secret>::all(c.clone())
+            .list(&ListParams::default())
+            .await;
+        let write = Api::<Node>::all(c)
+            .create(
+                &PostParams::default(),
+                &node("intruder", [10, 224, 0, 30], "10.244.30.0/24"),
+            )
+            .await;
+        Ok((
+            nodes,
+            secrets.err().map(|e| e.to_string()),
+            write.err().map(|e| e.to_string()),
+        ))
+    });
+    assert!(nodes, "the agents' token lists nodes");
+    for (what, err) in [("list secrets", secrets), ("create a node", write)] {
+        let err = err.unwrap_or_else(|| panic!("the agents' token could {what}"));
+        assert!(
+            err.contains("forbidden") || err.contains("403"),
+            "{what}: {err}"
+        );
+    }
+}
+
+/// The API server stopped under a running stream loses no packet, the
+/// agents say they are disconnected and keep the last state, and resync
+/// when it comes back.
+#[test]
+fn the_data_path_outlives_the_api_server() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up_with(&["--source", "kubernetes"]);
+    let ping = ping_in_background("pod-0-0", "10.244.1.2", 1500);
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&["lab", "apiserver", "stop"]);
+    wait_until("node-0 to notice", || {
+        source_of("node-0")["watch"]["state"] == "disconnected"
+    });
+    assert!(ok(&["routes", "--node", "node-0"]).contains("unreachable since"));
+    std::thread::sleep(Duration::from_secs(2));
+    ok(&["lab", "apiserver", "start"]);
+    wait_until("node-0 to resync", || {
+        source_of("node-0")["watch"]["state"] == "synced"
+    });
+    assert_no_loss(ping, "pod-0-0 -> pod-1-0 while the API server was away");
+    // Resynced: a node created now is routed.
+    create(node("node-5", [10, 224, 0, 9], "10.244.5.0/24"));
+    wait_until("node-5 routed after the resync", || {
+        route_prefixes("node-1").contains(&"10.244.5.0/24".to_string())
+    });
+}
+
+/// Azure's 400-route limit holds for what the API says: the 401st node is
+/// refused with the cluster file's own message, and counted.
+#[test]
+fn the_401st_node_is_refused_and_counted() {
+    if !privileged() {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("netplane-k8s-401-{}.toml", std::process::id()));
+    let text = netplane::config::cluster::DEFAULT_CLUSTER.replacen(
+        "pod_cidr = \"10.244.0.0/16\"",
+        "pod_cidr = \"10.244.0.0/14\"",
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let (_turn, _guard) =
+        lab_up_with(&["--source", "kubernetes", "--config", file.to_str().unwrap()]);
+    // Two lab nodes exist; 399 more make 401, created in order.
+    with_api(false, |c| async move {
+        for i in 0..399u32 {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 224, 2, 0)) + i);
+            let n = control_plane::node_object(&NodePlan {
+                name: format!("vm-{i:03}"),
+                ip,
+                pod_cidr: format!("10.{}.{}.0/24", 245 + (i + 2) / 256, (i + 2) % 256)
+                    .parse()
+                    .unwrap(),
+            });
+            control_plane::create_node(&c, &n).await?;
+            // Distinct creation seconds are not needed: ties go by name.
+        }
+        Ok(())
+    });
+    wait_until("node-0 to route 400 nodes and refuse the 401st", || {
+        let s = source_of("node-0");
+        s["nodes"].as_array().is_some_and(|n| n.len() == 400)
+            && s["refused"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let s = source_of("node-0");
+    let refused = &s["refused"][0];
+    assert_eq!(refused["node"], "vm-398", "{s}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("400"), "{reason}");
+    assert_eq!(route_prefixes("node-0").len(), 400);
+    let metrics = ok(&[
+        "lab",
+        "exec",
+        "node-0",
+        "--",
+        "curl",
+        "-s",
+        "http://10.224.0.4:9464/metrics",
+    ]);
+    let refused_count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("netplane_nodes_refused_total "))
+        .unwrap_or_else(|| panic!("no netplane_nodes_refused_total in:\n{metrics}"));
+    assert!(refused_count.trim().parse::<f64>().unwrap() >= 1.0);
+    std::fs::remove_file(&file).unwrap();
+}
