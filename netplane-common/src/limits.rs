@@ -19,6 +19,8 @@ pub const AZURE_PORT_BLOCK: u32 = 8;
 pub const LB_IDLE_TIMEOUT_MIN: u32 = 4;
 pub const LB_IDLE_TIMEOUT_MAX: u32 = 120;
 pub const AKS_LB_IDLE_TIMEOUT: u32 = 30;
+/// AKS's default pods per node with kubenet.
+pub const AKS_KUBENET_MAX_PODS: u32 = 110;
 
 /// Port the lab's agents serve Prometheus metrics on (at their host's IP).
 pub const LAB_METRICS_PORT: u16 = 9464;

@@ -95,6 +95,17 @@ fn routes_follow_the_node_objects() {
         assert_eq!(source["watch"]["state"], "synced", "{source}");
     }
 
+    // Each node agent wrote kubelet's conflist with its pod CIDR from the
+    // API, and the lab's pods were attached through it.
+    for (agent, cidr) in [("node-0", "10.244.0.0/24"), ("node-1", "10.244.1.0/24")] {
+        let path = format!("/run/netplane/nodes/{agent}/net.d/10-netplane.conflist");
+        let list: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(list["plugins"][0]["type"], "netplane-cni", "{list}");
+        assert_eq!(list["plugins"][0]["podCidr"], cidr, "{list}");
+        assert_eq!(list["plugins"][0]["node"], agent, "{list}");
+    }
+    assert_tcp_preserves_source("pod-0-0", "10.244.0.2", "pod-1-0", "10.244.1.2");
+
     // A Node created through the API is routed; deleted, unrouted.
     create(node("node-7", [10, 224, 0, 20], "10.244.7.0/24"));
     let took = time_until("node-7's route on node-0", || {

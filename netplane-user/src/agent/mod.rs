@@ -69,6 +69,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// Where the nodes come from (the cluster file, or the Kubernetes API).
     pub source: NodeSource,
+    /// Where to write the CNI conflist for kubelet (node agents).
+    pub cni_conf_dir: Option<PathBuf>,
     /// Network namespace of the node (the lab's nodes live in one).
     pub netns: Option<String>,
     /// Also attach `uplink_xdp` (native XDP) to the uplink: early drops, at
@@ -118,6 +120,9 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         None => format!("node {node_name} is not in the cluster file"),
         Some(_) => format!("node {node_name} was refused (see above)"),
     })?;
+    if let Some(dir) = &opts.cni_conf_dir {
+        write_conflist(dir, &node, cluster.network.max_pods)?;
+    }
     let uplink = sys::interfaces()?
         .into_iter()
         .find(|i| i.ipv4.contains(&node.ip))
@@ -223,6 +228,24 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         adopted,
     };
     serve::serve(runtime, dp, hooks, &status, cluster, nodes, opts, role)
+}
+
+/// Writes the CNI conflist for kubelet, whole or not at all (a temporary
+/// file renamed over it). A node's pod CIDR never changes once set
+/// (Kubernetes makes spec.podCIDR immutable), so once at start suffices.
+fn write_conflist(
+    dir: &std::path::Path,
+    node: &crate::config::NodePlan,
+    max_pods: u32,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let conf = crate::cni::conflist(&node.name, node.pod_cidr, max_pods);
+    let path = dir.join(crate::cni::CONFLIST_FILE);
+    let tmp = dir.join(format!(".{}.tmp", crate::cni::CONFLIST_FILE));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&conf)?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    info!(path = %path.display(), pod_cidr = %node.pod_cidr, "CNI configuration written for kubelet");
+    Ok(())
 }
 
 /// The cluster to start with, and for the Kubernetes source the watch

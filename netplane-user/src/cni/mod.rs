@@ -75,11 +75,67 @@ pub struct NetConf {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// The cluster file; absent: the embedded default.
+    /// The cluster file; absent: the embedded default. Not read when
+    /// `podCidr` is given.
     pub cluster: Option<PathBuf>,
-    /// This node's name in the cluster file.
+    /// This node's name.
     pub node: String,
+    /// The node's pod CIDR, as the agent writes it into the conflist when
+    /// the nodes come from the Kubernetes API (kubenet's kubelet passes its
+    /// podCIDR the same way): the plugin then needs no cluster file.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Pods per node (with `podCidr`; default AKS kubenet's 110).
+    pub max_pods: Option<u32>,
 }
+
+impl NetConf {
+    /// The node facts a pod's networking needs: from the conflist itself,
+    /// or from the cluster file.
+    fn pod_net(&self) -> Result<PodNet, CniError> {
+        if let Some(pod_cidr) = self.pod_cidr {
+            return Ok(PodNet {
+                node: self.node.clone(),
+                pod_cidr,
+                max_pods: self
+                    .max_pods
+                    .unwrap_or(netplane_common::limits::AKS_KUBENET_MAX_PODS),
+            });
+        }
+        let cluster = Cluster::load(self.cluster.as_deref()).map_err(|e| {
+            CniError::new(code::INVALID_CONFIG, "invalid cluster file", e.to_string())
+        })?;
+        let node = cluster.node(&self.node).ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("node {} is not in the cluster file", self.node),
+                "",
+            )
+        })?;
+        Ok(PodNet {
+            node: self.node.clone(),
+            pod_cidr: node.pod_cidr,
+            max_pods: cluster.network.max_pods,
+        })
+    }
+}
+
+/// The conflist an agent writes for kubelet once it knows its node's pod
+/// CIDR (`--cni-conf-dir`): kubelet then runs netplane-cni for each pod.
+pub fn conflist(node: &str, pod_cidr: Ipv4Net, max_pods: u32) -> serde_json::Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": "netplane",
+        "plugins": [{
+            "type": "netplane-cni",
+            "node": node,
+            "podCidr": pod_cidr.to_string(),
+            "maxPods": max_pods,
+        }],
+    })
+}
+
+/// Its file name: first in kubelet's lexical order.
+pub const CONFLIST_FILE: &str = "10-netplane.conflist";
 
 /// The CNI_* environment of one invocation.
 #[derive(Debug, Clone, Default)]
@@ -157,20 +213,7 @@ pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError
             format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
         ));
     }
-    let cluster = Cluster::load(conf.cluster.as_deref())
-        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid cluster file", e.to_string()))?;
-    let node = cluster.node(&conf.node).ok_or_else(|| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("node {} is not in the cluster file", conf.node),
-            "",
-        )
-    })?;
-    let pod = PodNet {
-        node: conf.node.clone(),
-        pod_cidr: node.pod_cidr,
-        max_pods: cluster.network.max_pods,
-    };
+    let pod = conf.pod_net()?;
     match env.command.as_str() {
         "ADD" => add(env, &pod, &conf).map(Some),
         "DEL" => del(env, &pod).map(|_| None),

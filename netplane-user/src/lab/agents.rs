@@ -38,6 +38,12 @@ pub fn metrics_url(host: &Host, datapath: DataPathKind) -> Option<String> {
     })
 }
 
+/// Where a Kubernetes lab's node agent writes its CNI conflist (the lab's
+/// stand-in for the node's /etc/cni/net.d).
+pub fn cni_conf_dir(node: &str) -> PathBuf {
+    paths::node_dir(node).join("net.d")
+}
+
 pub(super) fn start_agent(
     cluster_file: &str,
     node: &str,
@@ -66,6 +72,10 @@ pub(super) fn start_agent(
     }
     if let Some(k) = kubeconfig {
         cmd.args(["--kubeconfig", k]);
+        if !OUTBOUND_AGENTS.contains(&node) {
+            let dir = cni_conf_dir(node);
+            cmd.arg("--cni-conf-dir").arg(dir);
+        }
     }
     let child = cmd
         .stdin(Stdio::null())

@@ -10,7 +10,9 @@ use crate::{
 };
 
 use super::{
-    agents::{is_our_agent, pid_alive, start_agent, stop_pid, wait_for_agent, wait_for_pods},
+    agents::{
+        cni_conf_dir, is_our_agent, pid_alive, start_agent, stop_pid, wait_for_agent, wait_for_pods,
+    },
     classic,
     cni::attach_pod,
     control_plane,
@@ -206,7 +208,8 @@ pub(super) fn build(
             "pod {} {} on {} (netplane-cni ADD)",
             host.name, host.ip, node.name
         ));
-        attach_pod(host, &state.cluster_file)?;
+        let conf_dir = state.kubernetes.as_ref().map(|_| cni_conf_dir(&node.name));
+        attach_pod(host, &state.cluster_file, conf_dir.as_deref())?;
     }
     wait_for_pods(&hosts)?;
     progress("all pods registered in their node's data path");

@@ -16,17 +16,39 @@ use super::topology::{Host, NETNS_PREFIX, new_netns};
 /// namespace, then runs the CNI plugin (netplane-cni) in the node's
 /// namespace with the CNI_* environment and the network configuration on
 /// stdin.
-pub(super) fn attach_pod(pod: &Host, cluster_file: &str) -> Result<()> {
+/// With `conf_dir` (a Kubernetes lab), the configuration is the conflist
+/// the node's agent wrote there, as kubelet would read it; otherwise one
+/// pointing at the lab's cluster file.
+pub(super) fn attach_pod(
+    pod: &Host,
+    cluster_file: &str,
+    conf_dir: Option<&std::path::Path>,
+) -> Result<()> {
     let node = pod.node.as_deref().expect("pods have nodes");
     new_netns(&pod.netns)?;
-    let conf = serde_json::json!({
-        "cniVersion": crate::cni::CNI_VERSION,
-        "name": "netplane",
-        "type": "netplane-cni",
-        "cluster": cluster_file,
-        "node": node,
-    });
+    let conf = match conf_dir {
+        Some(dir) => plugin_conf(&dir.join(crate::cni::CONFLIST_FILE))?,
+        None => serde_json::json!({
+            "cniVersion": crate::cni::CNI_VERSION,
+            "name": "netplane",
+            "type": "netplane-cni",
+            "cluster": cluster_file,
+            "node": node,
+        }),
+    };
     cni_add(&cni_plugin()?, pod, &conf)
+}
+
+/// The first plugin of a conflist with the list's cniVersion and name, as
+/// the CNI library hands it to the plugin.
+fn plugin_conf(conflist: &std::path::Path) -> Result<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(conflist).with_context(|| format!("reading {}", conflist.display()))?,
+    )?;
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    Ok(conf)
 }
 
 /// The CNI plugin binary next to this one.

@@ -19,6 +19,10 @@ pub struct AgentArgs {
     /// Kubeconfig for the Kubernetes API (implies --source kubernetes).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Where to write the CNI conflist for kubelet once the node's pod CIDR
+    /// is known (default with --source kubernetes: /etc/cni/net.d).
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
     /// This node's name (in the cluster file, or its Node object's).
     #[arg(long, required_unless_present = "lb", conflicts_with = "lb")]
     node: Option<String>,
@@ -58,9 +62,15 @@ pub fn run(args: AgentArgs) -> Result<()> {
         (SourceArg::File, None) => NodeSource::File,
         (_, kubeconfig) => NodeSource::Kubernetes { kubeconfig },
     };
+    let cni_conf_dir = match (&source, args.cni_conf_dir) {
+        (_, Some(dir)) => Some(dir),
+        (NodeSource::Kubernetes { .. }, None) => Some(PathBuf::from("/etc/cni/net.d")),
+        (NodeSource::File, None) => None,
+    };
     let opts = netplane::agent::Options {
         config: args.config,
         source,
+        cni_conf_dir,
         netns: args.netns,
         uplink_xdp: args.uplink_xdp,
         detach_on_exit: args.detach_on_exit,
