@@ -26,7 +26,7 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::{
     config::{Cluster, NodePlan},
@@ -36,7 +36,7 @@ use crate::{
 
 use super::{
     agents::{pid_alive, stop_pid},
-    topology::{NETNS_PREFIX, VNET_BRIDGE, VNET_NETNS, new_netns},
+    topology::{ControlPlane, NETNS_PREFIX, VNET_BRIDGE, VNET_NETNS, new_netns},
 };
 
 /// The control plane's namespace (np-control-plane).
@@ -48,21 +48,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEPLOY_MANIFEST: &str = include_str!("../../../deploy/netplane.yaml");
 /// The agents' ServiceAccount (deploy/netplane.yaml).
 pub const SERVICE_ACCOUNT: (&str, &str) = ("kube-system", "netplane");
-
-/// What `up` started, kept in the lab's state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ControlPlane {
-    pub ip: Ipv4Addr,
-    pub server: String,
-    /// Admin (system:masters) kubeconfig, for the user and the tests.
-    pub kubeconfig: String,
-    /// The agents' kubeconfig: the ServiceAccount's token.
-    pub agent_kubeconfig: String,
-    pub etcd_pid: u32,
-    pub apiserver_pid: u32,
-    /// The API server's command line, for `lab apiserver start`.
-    pub apiserver_args: Vec<String>,
-}
 
 pub fn netns() -> String {
     format!("{NETNS_PREFIX}{NAME}")

@@ -61,7 +61,23 @@ pub struct LabState {
     pub agents: Vec<AgentProc>,
     /// The Kubernetes control plane, with `--source kubernetes`.
     #[serde(default)]
-    pub kubernetes: Option<super::control_plane::ControlPlane>,
+    pub kubernetes: Option<ControlPlane>,
+}
+
+/// The Kubernetes control plane `up --source kubernetes` started
+/// (control_plane.rs), kept in the lab's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlPlane {
+    pub ip: Ipv4Addr,
+    pub server: String,
+    /// Admin (system:masters) kubeconfig, for the user and the tests.
+    pub kubeconfig: String,
+    /// The agents' kubeconfig: the ServiceAccount's token.
+    pub agent_kubeconfig: String,
+    pub etcd_pid: u32,
+    pub apiserver_pid: u32,
+    /// The API server's command line, for `lab apiserver start`.
+    pub apiserver_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
