@@ -3,6 +3,7 @@
 //! (`labkit`), the per-program cost measurement (`program_cost`) and the
 //! traffic generators (`loadgen`, run as `netplane-bench loadgen`).
 
+pub mod cni_latency;
 pub mod fixture;
 pub mod labkit;
 pub mod loadgen;

@@ -172,6 +172,30 @@ fn cni_lifecycle() {
     assert_eq!(v["code"], 4, "{v}");
     assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"));
 
+    // The kernel refuses (the host veth's name is taken): a CNI I/O error
+    // carrying the kernel's reason, and the address given back.
+    let taken = netplane::cni::host_veth_name("clash", "eth0");
+    ip(&[
+        "-n",
+        NODE_NS,
+        "link",
+        "add",
+        &taken,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "np-clash-peer",
+    ]);
+    let (code, v) = cni(&w, "ADD", "clash", &netns_path(0));
+    assert_eq!((code, v["code"].as_u64()), (1, Some(5)), "{v}");
+    assert!(
+        v["details"].as_str().unwrap().contains("File exists"),
+        "the kernel's reason: {v}"
+    );
+    ip(&["-n", NODE_NS, "link", "del", &taken]);
+    assert!(!run_dir.join("nodes/node-0/pods/clash.json").exists());
+
     // Concurrent ADDs: every pod a different address.
     let handles: Vec<_> = (0..10)
         .map(|i| {

@@ -7,13 +7,12 @@
 //! Network configuration (stdin):
 //! `{"cniVersion":"1.0.0","name":"netplane","type":"netplane-cni",
 //!   "cluster":"/path/cluster.toml","node":"node-0"}`
+mod netlink;
 pub mod registry;
 use std::{
-    fs,
     io::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use ipnet::Ipv4Net;
@@ -264,8 +263,9 @@ fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, Cni
     let host = host_veth_name(&env.container_id, &env.ifname);
     let result = plumb(env, pod, ip, &host);
     if result.is_err() {
-        // Leave nothing behind: the runtime may not call DEL after a failed ADD.
-        let _ = sys::run(&["ip", "link", "del", &host]);
+        // Leave nothing behind: the runtime may not call DEL after a failed
+        // ADD (plumb removes a pair it made; a link of that name it did not
+        // make is not ours to remove).
         let _ = ipam::release(&pod.node, &env.container_id, &env.ifname);
     }
     let (host_mac, pod_mac) = result?;
@@ -285,25 +285,23 @@ fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, Cni
 /// veth pair, address and route in the pod, registry record. Returns the
 /// host and pod MACs.
 fn plumb(env: &Env, pod: &PodNet, ip: Ipv4Addr, host: &str) -> Result<(String, String), CniError> {
-    let ifname = env.ifname.as_str();
-    sys::run(&[
-        "ip", "link", "add", host, "type", "veth", "peer", "name", ifname, "netns", &env.netns,
-    ])
-    .map_err(io("creating the veth pair"))?;
-    let addr = format!("{ip}/{}", pod.pod_cidr.prefix_len());
-    let gw = pod_gateway(pod.pod_cidr).to_string();
-    for argv in [
-        vec!["ip", "addr", "add", &addr, "dev", ifname],
-        vec!["ip", "link", "set", ifname, "up"],
-        vec!["ip", "link", "set", "lo", "up"],
-        vec!["ip", "route", "add", "default", "via", &gw, "dev", ifname],
-    ] {
-        run_in_netns(&env.netns, &argv).map_err(io("configuring the pod's interface"))?;
-    }
-    sys::run(&["ip", "link", "set", host, "up"]).map_err(io("bringing the host veth up"))?;
-    let host_mac = link_mac(None, host).map_err(io("reading the host veth MAC"))?;
-    let pod_mac = link_mac(Some(&env.netns), ifname).map_err(io("reading the pod MAC"))?;
-    pods::register(&PodRecord {
+    let made = netlink::plumb(
+        host,
+        &env.ifname,
+        &env.netns,
+        ip,
+        pod.pod_cidr.prefix_len(),
+        pod_gateway(pod.pod_cidr),
+    )
+    .map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            "configuring the pod's network",
+            e.to_string(),
+        )
+    })?;
+    let (host_mac, pod_mac) = (made.host_mac, made.pod_mac);
+    let registered = pods::register(&PodRecord {
         container_id: env.container_id.clone(),
         name: env.pod_name(),
         node: pod.node.clone(),
@@ -311,8 +309,11 @@ fn plumb(env: &Env, pod: &PodNet, ip: Ipv4Addr, host: &str) -> Result<(String, S
         netns: env.netns.clone(),
         host_ifname: host.to_string(),
         pod_mac: pod_mac.clone(),
-    })
-    .map_err(io("registering the pod"))?;
+    });
+    if registered.is_err() {
+        let _ = netlink::unplumb(host); // the pair this call made
+    }
+    registered.map_err(io("registering the pod"))?;
     Ok((host_mac, pod_mac))
 }
 
@@ -320,7 +321,8 @@ fn del(env: &Env, pod: &PodNet) -> Result<(), CniError> {
     env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
     let host = host_veth_name(&env.container_id, &env.ifname);
     // Deleting the host side removes the pair; already gone is fine.
-    let _ = sys::run(&["ip", "link", "del", &host]);
+    netlink::unplumb(&host)
+        .map_err(|e| CniError::new(code::IO_FAILURE, "removing the pod's veth", e.to_string()))?;
     pods::unregister(&pod.node, &env.container_id).map_err(io("unregistering the pod"))?;
     ipam::release(&pod.node, &env.container_id, &env.ifname)
 }
@@ -332,12 +334,9 @@ fn check(env: &Env, pod: &PodNet) -> Result<(), CniError> {
         .ok_or_else(|| fail(format!("no address allocated to {}", env.container_id)))?;
     let host = host_veth_name(&env.container_id, &env.ifname);
     sys::interface(&host).map_err(|_| fail(format!("host veth {host} is missing")))?;
-    let shown = run_in_netns(
-        &env.netns,
-        &["ip", "-4", "-o", "addr", "show", "dev", &env.ifname],
-    )
-    .map_err(|e| fail(format!("{} in {}: {e:#}", env.ifname, env.netns)))?;
-    if !shown.contains(&format!("{ip}/")) {
+    let held = netlink::pod_addresses(&env.netns, &env.ifname)
+        .map_err(|e| fail(format!("{} in {}: {e}", env.ifname, env.netns)))?;
+    if !held.contains(&ip) {
         return Err(fail(format!(
             "{} in {} does not hold {ip}",
             env.ifname, env.netns
@@ -350,36 +349,6 @@ fn check(env: &Env, pod: &PodNet) -> Result<(), CniError> {
         )));
     }
     Ok(())
-}
-
-/// Runs a command inside the network namespace at `path` (a CNI_NETNS).
-fn run_in_netns(path: &str, argv: &[&str]) -> anyhow::Result<String> {
-    let ns = fs::File::open(path)?;
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null());
-    sys::spawn_in_netns(&mut cmd, &ns);
-    let out = cmd.output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "`{}` failed: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn link_mac(netns: Option<&str>, dev: &str) -> anyhow::Result<String> {
-    let argv = ["ip", "-j", "link", "show", dev];
-    let out = match netns {
-        Some(ns) => run_in_netns(ns, &argv)?,
-        None => sys::run(&argv)?,
-    };
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["address"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("no MAC for {dev}"))
 }
 
 /// Prints the outcome as the spec asks and returns the exit code.

@@ -29,6 +29,14 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         runs: u32,
     },
+    /// netplane-cni's ADD and DEL latency (ms), as a runtime calls it.
+    Cni {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// The plugin to time (default: netplane-cni beside this binary).
+        #[arg(long)]
+        plugin: Option<std::path::PathBuf>,
+    },
     /// What reporting flow events costs per program run.
     FlowEvents {
         #[arg(long, default_value_t = 5)]
@@ -51,6 +59,15 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Loadgen { generator } => loadgen(generator),
+        Cmd::Cni { runs, plugin } => {
+            let plugin = match plugin {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("netplane-cni"),
+            };
+            let l = netplane_tests::cni_latency::measure(&plugin, runs.max(1))?;
+            println!("{}", serde_json::to_string(&l)?);
+            Ok(())
+        }
         Cmd::Programs { rounds, runs } => {
             let costs = netplane_tests::program_cost::program_costs(rounds.max(1), runs.max(1))?;
             println!("{}", serde_json::to_string(&costs)?);

@@ -1,0 +1,277 @@
+//! The plugin's network work over rtnetlink, in-process: the veth pair made
+//! with its pod end already in the pod's namespace, the pod's address,
+//! loopback and default route, and the pair's removal. No iproute2 on the
+//! node, no process forked per step, and a failure carries the kernel's
+//! own reason (errno) into the CNI error.
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+};
+
+use futures_util::TryStreamExt as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage},
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+/// A netlink failure with the kernel's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct NetlinkError {
+    what: String,
+    reason: String,
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |e| NetlinkError {
+        what,
+        reason: match &e {
+            // The kernel's errno, as `ip` would print it.
+            rtnetlink::Error::NetlinkError(m) => match m.code {
+                Some(code) => std::io::Error::from_raw_os_error(-code.get()).to_string(),
+                None => e.to_string(),
+            },
+            _ => e.to_string(),
+        },
+    }
+}
+
+fn io_failed(what: &str, e: std::io::Error) -> NetlinkError {
+    NetlinkError {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+/// What ADD made: each end's MAC.
+pub struct Plumbed {
+    pub host_mac: String,
+    pub pod_mac: String,
+}
+
+/// Runs one plugin call's netlink work on a small runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| io_failed("starting the netlink runtime", e))?
+        .block_on(f)
+}
+
+/// A netlink connection in the calling thread's namespace.
+fn connect() -> Result<Handle> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| io_failed("opening a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A netlink connection inside another namespace: the socket is made there
+/// (a socket belongs to the namespace it was made in), then this thread
+/// returns home.
+fn connect_in(ns: &File) -> Result<Handle> {
+    let home = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| io_failed("opening this thread's namespace", e))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io_failed("entering the pod's namespace", e.into()))?;
+    let handle = connect();
+    nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io_failed("returning to the node's namespace", e.into()))?;
+    handle
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if m.code.is_some_and(|c| -c.get() == libc::ENODEV) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(failed(format!("looking up {name}"))(e)),
+    }
+}
+
+fn mac_of(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => Some(
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The veth pair (`host` in this namespace, `ifname` in the pod's), the
+/// pod's address and default route via `gateway`, both ends up.
+pub fn plumb(
+    host: &str,
+    ifname: &str,
+    pod_netns: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<Plumbed> {
+    let pod_ns =
+        File::open(pod_netns).map_err(|e| io_failed(&format!("opening {pod_netns}"), e))?;
+    block_on(async {
+        let node = connect()?;
+        let pod = connect_in(&pod_ns)?;
+        // The pod's end is born in the pod's namespace, so its name never
+        // meets the node's own eth0.
+        let peer = LinkUnspec::new_with_name(ifname)
+            .setns_by_fd(pod_ns.as_raw_fd())
+            .build();
+        let pair = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        node.link()
+            .add(pair)
+            .execute()
+            .await
+            .map_err(failed("creating the veth pair"))?;
+        let configured =
+            configure(&node, &pod, host, ifname, pod_netns, addr, prefix, gateway).await;
+        if configured.is_err() {
+            // Ours to remove: the pair this call made (removing the host
+            // end removes both).
+            if let Ok(Some(link)) = link_by_name(&node, host).await {
+                let _ = node.link().del(link.header.index).execute().await;
+            }
+        }
+        configured
+    })
+}
+
+/// The pod's end addressed and routed, both ends up.
+#[allow(clippy::too_many_arguments)]
+async fn configure(
+    node: &Handle,
+    pod: &Handle,
+    host: &str,
+    ifname: &str,
+    pod_netns: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<Plumbed> {
+    {
+        let (node, pod) = (node.clone(), pod.clone());
+        let inside = link_by_name(&pod, ifname)
+            .await?
+            .ok_or_else(|| NetlinkError {
+                what: format!("{ifname} in {pod_netns}"),
+                reason: "missing after creation".into(),
+            })?;
+        let index = inside.header.index;
+        pod.address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+            .map_err(failed(format!("adding {addr}/{prefix} to {ifname}")))?;
+        pod.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(failed(format!("bringing {ifname} up")))?;
+        if let Some(lo) = link_by_name(&pod, "lo").await? {
+            pod.link()
+                .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+                .execute()
+                .await
+                .map_err(failed("bringing the pod's lo up"))?;
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        pod.route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(failed(format!("adding the default route via {gateway}")))?;
+        let outside = link_by_name(&node, host)
+            .await?
+            .ok_or_else(|| NetlinkError {
+                what: host.into(),
+                reason: "missing after creation".into(),
+            })?;
+        node.link()
+            .set(
+                LinkUnspec::new_with_index(outside.header.index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("bringing {host} up")))?;
+        Ok(Plumbed {
+            host_mac: mac_of(&outside),
+            pod_mac: mac_of(&inside),
+        })
+    }
+}
+
+/// Removes the pair by its host end; already gone is fine.
+pub fn unplumb(host: &str) -> Result<()> {
+    block_on(async {
+        let node = connect()?;
+        let Some(link) = link_by_name(&node, host).await? else {
+            return Ok(());
+        };
+        match node.link().del(link.header.index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.code.is_some_and(|c| -c.get() == libc::ENODEV) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(failed(format!("deleting {host}"))),
+        }
+    })
+}
+
+/// The IPv4 addresses of `ifname` inside the pod's namespace.
+pub fn pod_addresses(pod_netns: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
+    let pod_ns =
+        File::open(pod_netns).map_err(|e| io_failed(&format!("opening {pod_netns}"), e))?;
+    block_on(async {
+        let pod = connect_in(&pod_ns)?;
+        let Some(link) = link_by_name(&pod, ifname).await? else {
+            return Ok(Vec::new());
+        };
+        let addrs: Vec<_> = pod
+            .address()
+            .get()
+            .set_link_index_filter(link.header.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed(format!("listing {ifname}'s addresses")))?;
+        Ok(addrs
+            .iter()
+            .flat_map(|m| &m.attributes)
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    })
+}
