@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod apiserver;
 mod bench;
 mod demo;
+mod image;
 mod layering;
 mod setup;
 
@@ -32,6 +33,9 @@ enum Cmd {
     },
     /// cargo fmt --check and both clippy passes (-D warnings).
     Lint,
+    /// The OCI image deploy/ runs (localhost/netplane:latest), as an OCI
+    /// archive in target/netplane-image.tar (buildah, from scratch).
+    Image,
     /// Build kube-apiserver from Debian's Kubernetes source, once per
     /// machine (target/kubernetes/), for `lab up --source kubernetes`.
     Apiserver,
@@ -87,6 +91,10 @@ fn run(cli: Cli) -> Result<()> {
             apiserver::ensure()?;
             build()?;
             test(&args)
+        }
+        Cmd::Image => {
+            setup::run()?;
+            image::build()
         }
         Cmd::Apiserver => {
             setup::run()?;

@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",     // the benchmark's CPU profiles
     "golang-1.19-go", // builds kube-apiserver from Debian's source (apiserver.rs)
     "etcd-server",    // the lab's control plane stores its objects here
+    "buildah",        // cargo xtask image
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -3,6 +3,7 @@
 //! (`table` renders them; the same rows serialize for `--json`).
 mod agent;
 mod flows;
+mod install_cni;
 mod lab;
 mod nat;
 mod plan;
@@ -39,6 +40,12 @@ enum Cmd {
     /// Run the data path of one node (or, with --lb, of the outbound load
     /// balancer or appliance): load, attach, fill maps, reconcile.
     Agent(agent::AgentArgs),
+    /// Install netplane-cni into kubelet's CNI plugin directory (the
+    /// DaemonSet's init container).
+    InstallCni {
+        /// The directory, e.g. /opt/cni/bin.
+        dir: std::path::PathBuf,
+    },
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Agent(args) => agent::run(args)?,
+        Cmd::InstallCni { dir } => install_cni::run(dir)?,
         Cmd::Lab { command } => return lab::run(command),
         Cmd::Stats(select) => stats::run(&select)?,
         Cmd::Nat(select) => nat::run(&select)?,

@@ -1,0 +1,150 @@
+//! `cargo xtask image`: the OCI image deploy/netplane.yaml runs
+//! (`localhost/netplane:latest`), exported as an OCI archive. Built with
+//! buildah from scratch, rootless of any registry: the release binaries and
+//! the few shared libraries they link (glibc and libgcc from this Debian
+//! machine's packages, found by ldd), nothing else. Everything buildah
+//! keeps lives under target/image/ (its own storage, vfs driver, chroot
+//! isolation), so the machine's container configuration is untouched.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, workspace_root};
+
+pub const IMAGE: &str = "localhost/netplane:latest";
+const BINARIES: [&str; 2] = ["netplane", "netplane-cni"];
+
+pub fn archive() -> PathBuf {
+    workspace_root().join("target/netplane-image.tar")
+}
+
+fn buildah(args: &[&str]) -> Result<String> {
+    let dir = workspace_root().join("target/image");
+    let out = Command::new("buildah")
+        .arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .context("running buildah (cargo xtask setup installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "buildah {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn build() -> Result<()> {
+    eprintln!("== image {IMAGE}");
+    cmd(
+        "cargo",
+        &["build", "--release", "-p", "netplane-user", "--bins"],
+    )?;
+    let release = workspace_root().join("target/release");
+    let ctr = buildah(&["from", "scratch"])?;
+    let result = (|| -> Result<()> {
+        let root = PathBuf::from(buildah(&["mount", &ctr])?);
+        let bin = root.join("usr/local/bin");
+        std::fs::create_dir_all(&bin)?;
+        let mut libs = Vec::new();
+        for b in BINARIES {
+            let from = release.join(b);
+            std::fs::copy(&from, bin.join(b)).with_context(|| format!("copying {b}"))?;
+            libs.extend(linked_libraries(&from)?);
+        }
+        libs.sort();
+        libs.dedup();
+        for lib in &libs {
+            let to = root.join(lib.strip_prefix("/").expect("absolute"));
+            std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+            // The file itself, where the loader looks for it (symlinks
+            // resolved: the image has one copy under each name it needs).
+            std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+        }
+        for d in ["etc", "tmp", "run", "sys/fs/bpf"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        buildah(&["umount", &ctr])?;
+        buildah(&[
+            "config",
+            "--env",
+            "PATH=/usr/local/bin",
+            "--entrypoint",
+            "[\"/usr/local/bin/netplane\"]",
+            "--cmd",
+            "agent --source kubernetes",
+            "--label",
+            "org.opencontainers.image.title=netplane",
+            &ctr,
+        ])?;
+        buildah(&["commit", "--format", "oci", &ctr, IMAGE])?;
+        let archive = archive();
+        let _ = std::fs::remove_file(&archive);
+        buildah(&[
+            "push",
+            IMAGE,
+            &format!("oci-archive:{}:{IMAGE}", archive.display()),
+        ])?;
+        eprintln!(
+            "   {} ({} binaries, {} libraries from this machine's Debian packages)",
+            archive.display(),
+            BINARIES.len(),
+            libs.len()
+        );
+        Ok(())
+    })();
+    let _ = buildah(&["rm", &ctr]);
+    result?;
+    check()
+}
+
+/// The archive runs: both binaries answer from inside it (chroot
+/// isolation): `netplane --version`, and netplane-cni's CNI VERSION.
+fn check() -> Result<()> {
+    let from = format!("oci-archive:{}", archive().display());
+    let ctr = buildah(&["from", &from])?;
+    let result = (|| -> Result<()> {
+        let run = |env: &str, argv: &[&str]| {
+            let mut args = vec!["run", "--isolation", "chroot", "--env", env, &ctr, "--"];
+            args.extend_from_slice(argv);
+            buildah(&args)
+        };
+        let version = run(
+            "NETPLANE_IMAGE_CHECK=1",
+            &["/usr/local/bin/netplane", "--version"],
+        )?;
+        let cni = run("CNI_COMMAND=VERSION", &["/usr/local/bin/netplane-cni"])?;
+        if !version.starts_with("netplane ") || !cni.contains("supportedVersions") {
+            bail!("the image's binaries answered {version:?} and {cni:?}");
+        }
+        eprintln!("   in the image: {version}; netplane-cni: {cni}");
+        Ok(())
+    })();
+    let _ = buildah(&["rm", &ctr]);
+    result
+}
+
+/// The shared libraries `binary` loads, from ldd.
+fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().context("ldd")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
