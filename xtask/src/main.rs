@@ -24,7 +24,12 @@ enum Cmd {
     /// nightly, bpf-linker). Idempotent.
     Setup,
     /// Set up, build, bring the lab up and show pod traffic.
-    Demo,
+    Demo {
+        /// With a real Kubernetes API server as the source of nodes (builds
+        /// kube-apiserver from Debian's source on first use).
+        #[arg(long)]
+        kubernetes: bool,
+    },
     /// Set up, build, and run every test (unit, packet tables, lab).
     Test {
         /// Extra arguments for `cargo test`.
@@ -81,10 +86,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::run(),
-        Cmd::Demo => {
+        Cmd::Demo { kubernetes } => {
             setup::run()?;
             build()?;
-            demo::run()
+            if kubernetes {
+                apiserver::ensure()?;
+                demo::run_kubernetes()
+            } else {
+                demo::run()
+            }
         }
         Cmd::Test { args } => {
             setup::run()?;
