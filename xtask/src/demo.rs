@@ -236,7 +236,7 @@ impl Api {
 }
 
 fn print_nodes(list: &serde_json::Value) {
-    println!("   {:<10} {:<16} {}", "NAME", "INTERNAL-IP", "POD-CIDR");
+    println!("   NAME       INTERNAL-IP      POD-CIDR");
     for n in list["items"].as_array().into_iter().flatten() {
         let ip = n["status"]["addresses"]
             .as_array()
