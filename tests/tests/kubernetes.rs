@@ -190,7 +190,8 @@ fn routes_follow_the_node_objects() {
     }
 }
 
-/// The API server stopped under a running stream loses no packet, the
+/// The API server stopped under a running TCP stream and a 10 ms ping loses
+/// no packet (and no second of the stream), the
 /// agents say they are disconnected and keep the last state, and resync
 /// when it comes back.
 #[test]
@@ -199,6 +200,28 @@ fn the_data_path_outlives_the_api_server() {
         return;
     }
     let (_turn, _guard) = lab_up_with(&["--source", "kubernetes"]);
+    assert!(
+        exec("pod-1-1", &["iperf3", "-s", "-1", "-D"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stream = std::process::Command::new(netplane_bin())
+        .args([
+            "lab",
+            "exec",
+            "pod-0-1",
+            "--",
+            "iperf3",
+            "-c",
+            "10.244.1.3",
+            "-t",
+            "12",
+            "-J",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let ping = ping_in_background("pod-0-0", "10.244.1.2", 1500);
     std::thread::sleep(Duration::from_millis(500));
     ok(&["lab", "apiserver", "stop"]);
@@ -212,6 +235,16 @@ fn the_data_path_outlives_the_api_server() {
         source_of("node-0")["watch"]["state"] == "synced"
     });
     assert_no_loss(ping, "pod-0-0 -> pod-1-0 while the API server was away");
+    let out = stream.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    assert!(v["error"].is_null(), "iperf3: {}", v["error"]);
+    for interval in v["intervals"].as_array().unwrap() {
+        let bytes = interval["sum"]["bytes"].as_u64().unwrap();
+        assert!(
+            bytes > 0,
+            "a one-second interval of the TCP stream moved nothing: {interval}"
+        );
+    }
     // Resynced: a node created now is routed.
     create(node("node-5", [10, 224, 0, 9], "10.244.5.0/24"));
     wait_until("node-5 routed after the resync", || {
@@ -277,4 +310,92 @@ fn the_401st_node_is_refused_and_counted() {
         .unwrap_or_else(|| panic!("no netplane_nodes_refused_total in:\n{metrics}"));
     assert!(refused_count.trim().parse::<f64>().unwrap() >= 1.0);
     std::fs::remove_file(&file).unwrap();
+}
+
+/// An agent whose own node has no pod CIDR yet waits, saying why, instead
+/// of exiting; it starts once the API gives the node one.
+#[test]
+fn an_agent_waits_for_its_own_pod_cidr() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up_with(&["--source", "kubernetes"]);
+    let status: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    let agent = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == "node-1")
+        .unwrap()
+        .clone();
+    let old = agent["pid"].as_u64().unwrap() as i32;
+    // node-1 leaves the API, and its agent stops.
+    with_api(false, |c| async move {
+        Api::<Node>::all(c)
+            .delete("node-1", &DeleteParams::default())
+            .await?;
+        Ok(())
+    });
+    nix_kill(old);
+    let kubeconfig = status["kubernetes"]["agent_kubeconfig"].as_str().unwrap();
+    let log_path = std::env::temp_dir().join(format!("netplane-wait-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(netplane_bin())
+        .args([
+            "agent",
+            "--config",
+            "/run/netplane/lab/cluster.toml",
+            "--node",
+            "node-1",
+            "--netns",
+            "np-node-1",
+            "--kubeconfig",
+            kubeconfig,
+            "--cni-conf-dir",
+            "/run/netplane/nodes/node-1/net.d",
+        ])
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    let said = |text: &str| std::fs::read_to_string(&log_path).unwrap().contains(text);
+    wait_until("the agent to say it waits for its Node", || {
+        said("waiting for node node-1 in the Kubernetes API: no Node object yet")
+    });
+    create(Node {
+        spec: None,
+        ..node("node-1", [10, 224, 0, 5], "10.244.1.0/24")
+    });
+    wait_until("the agent to say it waits for a pod CIDR", || {
+        said("waiting for node node-1 in the Kubernetes API: no pod CIDR yet")
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+    with_api(false, |c| async move {
+        let patch = serde_json::json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}});
+        Api::<Node>::all(c)
+            .patch("node-1", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    });
+    wait_until("the agent to attach", || said("data path attached"));
+    assert_tcp_preserves_source("pod-0-0", "10.244.0.2", "pod-1-0", "10.244.1.2");
+    nix_kill(child.id() as i32);
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log_path);
+}
+
+/// SIGTERM to a process this test started or the lab recorded, and a wait
+/// for it to go.
+fn nix_kill(pid: i32) {
+    // SAFETY: a plain kill(2) of a PID this test owns.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_until("the process to end", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
 }
