@@ -178,6 +178,15 @@ fn drops(dp: &mut Datapath, r: DropReason) -> u64 {
     dp.counters().unwrap().drops_of(r)
 }
 
+/// Node-0 masquerading to 1024-65535 with NAT tables of `entries`.
+fn masquerading_with_table(entries: u32) -> Datapath {
+    let dp = node0_datapath_loaded(&netplane::datapath::LoadOptions {
+        nat_entries: entries,
+        ..Default::default()
+    });
+    masquerade_on(dp, 1024, 65535)
+}
+
 /// Live translations and the allocator's count must agree, exactly.
 fn assert_accounting_exact(dp: &mut Datapath) -> u64 {
     let out: HashMap<_, FlowKey, NatEntry> =
@@ -782,11 +791,7 @@ fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
         return;
     }
     let small = netplane_common::nat::NAT_TABLE_ENTRIES_MIN;
-    let dp = node0_datapath_loaded(&netplane::datapath::LoadOptions {
-        nat_entries: small,
-        ..Default::default()
-    });
-    let mut dp = masquerade_on(dp, 1024, 65535);
+    let mut dp = masquerading_with_table(small);
     let existing = tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A);
     let (_, out) = run(&mut dp, programs::FROM_POD, &existing);
     let port = parse_checked(&out).src_port;
@@ -845,11 +850,7 @@ fn a_pod_spraying_destinations_cannot_stop_its_neighbours() {
         return;
     }
     let small = netplane_common::nat::NAT_TABLE_ENTRIES_MIN;
-    let dp = node0_datapath_loaded(&netplane::datapath::LoadOptions {
-        nat_entries: small,
-        ..Default::default()
-    });
-    let mut dp = masquerade_on(dp, 1024, 65535);
+    let mut dp = masquerading_with_table(small);
     // Pod B sends from the same test device as pod A.
     let mut pods = dp.pods_map().unwrap();
     let mut b = pods.get(&key(POD_B.into()), 0).unwrap();

@@ -285,14 +285,14 @@ fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, Cni
 /// veth pair, address and route in the pod, registry record. Returns the
 /// host and pod MACs.
 fn plumb(env: &Env, pod: &PodNet, ip: Ipv4Addr, host: &str) -> Result<(String, String), CniError> {
-    let made = netlink::plumb(
+    let made = netlink::plumb(&netlink::PodLink {
         host,
-        &env.ifname,
-        &env.netns,
-        ip,
-        pod.pod_cidr.prefix_len(),
-        pod_gateway(pod.pod_cidr),
-    )
+        ifname: &env.ifname,
+        pod_netns: &env.netns,
+        addr: ip,
+        prefix: pod.pod_cidr.prefix_len(),
+        gateway: pod_gateway(pod.pod_cidr),
+    })
     .map_err(|e| {
         CniError::new(
             code::IO_FAILURE,

@@ -119,28 +119,32 @@ fn mac_of(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// The veth pair (`host` in this namespace, `ifname` in the pod's), the
-/// pod's address and default route via `gateway`, both ends up.
-pub fn plumb(
-    host: &str,
-    ifname: &str,
-    pod_netns: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-) -> Result<Plumbed> {
-    let pod_ns =
-        File::open(pod_netns).map_err(|e| io_failed(&format!("opening {pod_netns}"), e))?;
+/// A pod's link as ADD makes it: the veth pair (`host` in this namespace,
+/// `ifname` in the pod's), the pod's address and its default route.
+pub struct PodLink<'a> {
+    pub host: &'a str,
+    pub ifname: &'a str,
+    pub pod_netns: &'a str,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+/// Makes `link`, both ends up; on a failure after the pair exists, removes
+/// the pair (ours: made by this call).
+pub fn plumb(link: &PodLink) -> Result<Plumbed> {
+    let pod_ns = File::open(link.pod_netns)
+        .map_err(|e| io_failed(&format!("opening {}", link.pod_netns), e))?;
     block_on(async {
         let node = connect()?;
         let pod = connect_in(&pod_ns)?;
         // The pod's end is born in the pod's namespace, so its name never
         // meets the node's own eth0.
-        let peer = LinkUnspec::new_with_name(ifname)
+        let peer = LinkUnspec::new_with_name(link.ifname)
             .setns_by_fd(pod_ns.as_raw_fd())
             .build();
         let pair = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
+            .name(link.host.to_string())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         node.link()
@@ -148,86 +152,69 @@ pub fn plumb(
             .execute()
             .await
             .map_err(failed("creating the veth pair"))?;
-        let configured =
-            configure(&node, &pod, host, ifname, pod_netns, addr, prefix, gateway).await;
-        if configured.is_err() {
-            // Ours to remove: the pair this call made (removing the host
-            // end removes both).
-            if let Ok(Some(link)) = link_by_name(&node, host).await {
-                let _ = node.link().del(link.header.index).execute().await;
-            }
+        let configured = configure(&node, &pod, link).await;
+        if configured.is_err()
+            && let Ok(Some(made)) = link_by_name(&node, link.host).await
+        {
+            // Removing the host end removes both.
+            let _ = node.link().del(made.header.index).execute().await;
         }
         configured
     })
 }
 
 /// The pod's end addressed and routed, both ends up.
-#[allow(clippy::too_many_arguments)]
-async fn configure(
-    node: &Handle,
-    pod: &Handle,
-    host: &str,
-    ifname: &str,
-    pod_netns: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-) -> Result<Plumbed> {
-    {
-        let (node, pod) = (node.clone(), pod.clone());
-        let inside = link_by_name(&pod, ifname)
-            .await?
-            .ok_or_else(|| NetlinkError {
-                what: format!("{ifname} in {pod_netns}"),
-                reason: "missing after creation".into(),
-            })?;
-        let index = inside.header.index;
-        pod.address()
-            .add(index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-            .map_err(failed(format!("adding {addr}/{prefix} to {ifname}")))?;
-        pod.link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(failed(format!("bringing {ifname} up")))?;
-        if let Some(lo) = link_by_name(&pod, "lo").await? {
-            pod.link()
-                .set(LinkUnspec::new_with_index(lo.header.index).up().build())
-                .execute()
-                .await
-                .map_err(failed("bringing the pod's lo up"))?;
-        }
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        pod.route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(failed(format!("adding the default route via {gateway}")))?;
-        let outside = link_by_name(&node, host)
-            .await?
-            .ok_or_else(|| NetlinkError {
-                what: host.into(),
-                reason: "missing after creation".into(),
-            })?;
-        node.link()
-            .set(
-                LinkUnspec::new_with_index(outside.header.index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed(format!("bringing {host} up")))?;
-        Ok(Plumbed {
-            host_mac: mac_of(&outside),
-            pod_mac: mac_of(&inside),
-        })
+async fn configure(node: &Handle, pod: &Handle, link: &PodLink<'_>) -> Result<Plumbed> {
+    let PodLink {
+        host,
+        ifname,
+        pod_netns,
+        addr,
+        prefix,
+        gateway,
+    } = *link;
+    let missing = |what: String| NetlinkError {
+        what,
+        reason: "missing after creation".into(),
+    };
+    let inside = link_by_name(pod, ifname)
+        .await?
+        .ok_or_else(|| missing(format!("{ifname} in {pod_netns}")))?;
+    let index = inside.header.index;
+    pod.address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+        .map_err(failed(format!("adding {addr}/{prefix} to {ifname}")))?;
+    set_up(pod, index, ifname).await?;
+    if let Some(lo) = link_by_name(pod, "lo").await? {
+        set_up(pod, lo.header.index, "the pod's lo").await?;
     }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(index)
+        .build();
+    pod.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(failed(format!("adding the default route via {gateway}")))?;
+    let outside = link_by_name(node, host)
+        .await?
+        .ok_or_else(|| missing(host.into()))?;
+    set_up(node, outside.header.index, host).await?;
+    Ok(Plumbed {
+        host_mac: mac_of(&outside),
+        pod_mac: mac_of(&inside),
+    })
+}
+
+async fn set_up(h: &Handle, index: u32, name: &str) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(failed(format!("bringing {name} up")))
 }
 
 /// Removes the pair by its host end; already gone is fine.
