@@ -159,6 +159,50 @@ fn routes_follow_the_node_objects() {
         "said once"
     );
 
+    // deploy/netplane.yaml as a whole is what the API server accepts (its
+    // DaemonSet and ConfigMap checked by a dry run: no kubelet runs here),
+    // and its cluster file is valid settings for the Kubernetes source.
+    let accepted = with_api(false, |c| async move {
+        use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::ConfigMap};
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let mut kinds = Vec::new();
+        for doc in control_plane::manifest_documents()? {
+            let ns = doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            match doc["kind"].as_str() {
+                Some("DaemonSet") => {
+                    let d: DaemonSet = serde_json::from_value(doc)?;
+                    Api::<DaemonSet>::namespaced(c.clone(), &ns)
+                        .create(&dry, &d)
+                        .await?;
+                    kinds.push("DaemonSet");
+                }
+                Some("ConfigMap") => {
+                    let m: ConfigMap = serde_json::from_value(doc)?;
+                    let toml = m.data.as_ref().and_then(|d| d.get("cluster.toml")).cloned();
+                    let path = std::env::temp_dir()
+                        .join(format!("netplane-cm-{}.toml", std::process::id()));
+                    std::fs::write(&path, toml.unwrap_or_default())?;
+                    let settings = netplane::config::Cluster::load_settings(Some(&path));
+                    std::fs::remove_file(&path)?;
+                    settings?;
+                    Api::<ConfigMap>::namespaced(c.clone(), &ns)
+                        .create(&dry, &m)
+                        .await?;
+                    kinds.push("ConfigMap");
+                }
+                _ => {}
+            }
+        }
+        Ok(kinds)
+    });
+    assert_eq!(accepted, ["ConfigMap", "DaemonSet"]);
+
     // The agents' token reads nodes and nothing else.
     let (nodes, secrets, write) = with_api(true, |c| async move {
         let nodes = Api::<Node>::all(c.clone())

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 /// A route added and removed by editing the cluster file while traffic to
 /// another node flows: the routes change one by one, the traffic loses
-/// nothing; an invalid file changes nothing; an edit alone is noticed.
+/// nothing; an invalid file changes nothing; an edit alone is noticed;
+/// garbage over the live file is refused by the running agents.
 #[test]
 fn reconcile_routes_under_traffic() {
     if !privileged() {
@@ -67,6 +68,32 @@ fn reconcile_routes_under_traffic() {
             || route_prefixes(node) == ["10.244.0.0/24", "10.244.1.0/24"],
         );
     }
+
+    // Failure injection: garbage written over the live file while the
+    // agents run. Each keeps its state, says why, and takes the next good
+    // file.
+    let ping = ping_in_background("pod-0-0", "10.244.1.2", 200);
+    std::fs::write(live, b"\x00\xffnot [a cluster = file").unwrap();
+    for node in ["node-0", "node-1"] {
+        let log = format!("/run/netplane/lab/agent-{node}.log");
+        wait_until(&format!("{node} to refuse the garbage"), || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("cluster file not applied, keeping the previous one")
+        });
+        // Read from the pinned map: the CLI itself refuses the garbage.
+        let pinned: Vec<String> = netplane::datapath::pinned_routes(&netplane::paths::pins(node))
+            .unwrap()
+            .into_iter()
+            .map(|(cidr, _)| cidr.to_string())
+            .collect();
+        assert_eq!(pinned, ["10.244.0.0/24", "10.244.1.0/24"]);
+    }
+    assert_no_loss(ping, "pod-0-0 -> pod-1-0 with a garbage cluster file");
+    std::fs::write(live, &with_node2).unwrap();
+    wait_until("node-0 to take the next good file", || {
+        route_prefixes("node-0").contains(&"10.244.2.0/24".to_string())
+    });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod apiserver;
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod layering;
 mod setup;
@@ -41,6 +42,15 @@ enum Cmd {
     /// The OCI image deploy/ runs (localhost/netplane:latest), as an OCI
     /// archive in target/netplane-image.tar (buildah, from scratch).
     Image,
+    /// The userspace inputs under libFuzzer (cargo-fuzz): cluster file,
+    /// CNI call, Kubernetes Node; each target for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Build kube-apiserver from Debian's Kubernetes source, once per
     /// machine (target/kubernetes/), for `lab up --source kubernetes`.
     Apiserver,
@@ -105,6 +115,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Image => {
             setup::run()?;
             image::build()
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(seconds.max(1), &targets)
         }
         Cmd::Apiserver => {
             setup::run()?;

@@ -191,12 +191,20 @@ impl Env {
     }
 }
 
-/// Runs one CNI command; returns the JSON to print on success.
-pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError> {
+/// What a call asks for, decoded and checked before anything is touched
+/// (what the fuzz target `cni_call` drives with arbitrary input).
+pub enum Call {
+    Version,
+    Add(NetConf, PodNet),
+    Del(PodNet),
+    Check(PodNet),
+}
+
+/// Decodes and checks one call: its command, its configuration and the
+/// node facts it names. Touches nothing.
+pub fn decide(env: &Env, stdin: &str) -> Result<Call, CniError> {
     if env.command == "VERSION" {
-        return Ok(Some(
-            json!({ "cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS }),
-        ));
+        return Ok(Call::Version);
     }
     let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
         CniError::new(
@@ -214,9 +222,9 @@ pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError
     }
     let pod = conf.pod_net()?;
     match env.command.as_str() {
-        "ADD" => add(env, &pod, &conf).map(Some),
-        "DEL" => del(env, &pod).map(|_| None),
-        "CHECK" => check(env, &pod).map(|_| None),
+        "ADD" => Ok(Call::Add(conf, pod)),
+        "DEL" => Ok(Call::Del(pod)),
+        "CHECK" => Ok(Call::Check(pod)),
         "" => Err(CniError::new(code::INVALID_ENV, "missing CNI_COMMAND", "")),
         other => Err(CniError::new(
             code::INVALID_ENV,
@@ -226,11 +234,23 @@ pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError
     }
 }
 
+/// Runs one CNI command; returns the JSON to print on success.
+pub fn run(env: &Env, stdin: &str) -> Result<Option<serde_json::Value>, CniError> {
+    match decide(env, stdin)? {
+        Call::Version => Ok(Some(
+            json!({ "cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS }),
+        )),
+        Call::Add(conf, pod) => add(env, &pod, &conf).map(Some),
+        Call::Del(pod) => del(env, &pod).map(|_| None),
+        Call::Check(pod) => check(env, &pod).map(|_| None),
+    }
+}
+
 /// The node facts a pod's networking needs.
-struct PodNet {
-    node: String,
-    pod_cidr: Ipv4Net,
-    max_pods: u32,
+pub struct PodNet {
+    pub node: String,
+    pub pod_cidr: Ipv4Net,
+    pub max_pods: u32,
 }
 
 /// The host side of a pod's veth: stable per (container, ifname), at most

@@ -59,7 +59,8 @@ pub struct Outbound {
     /// absent means
     /// Azure's default table by backend pool size.
     pub allocated_outbound_ports: Option<u32>,
-    /// loadBalancer: idle timeout of outbound flows, minutes.
+    /// loadBalancer: idle timeout of outbound flows, minutes (AKS: 30).
+    #[serde(default = "default_idle_timeout_minutes")]
     pub idle_timeout_minutes: u32,
     /// loadBalancer: a SNAT port is released this long after a FIN (Azure:
     /// 240 s). Another value is an experiment, and said so.
@@ -79,8 +80,18 @@ pub struct Outbound {
     pub experiment_idle_timeout_s: Option<u32>,
     /// userDefinedRouting: the appliance every packet leaving the VNet goes to.
     pub appliance_ip: Option<Ipv4Addr>,
-    /// SNAT port range of the node masquerade (and the appliance).
+    /// SNAT port range of the node masquerade (and the appliance);
+    /// default 1024-65535.
+    #[serde(default = "default_port_range")]
     pub port_range: [u16; 2],
+}
+
+fn default_idle_timeout_minutes() -> u32 {
+    limits::AKS_LB_IDLE_TIMEOUT
+}
+
+fn default_port_range() -> [u16; 2] {
+    [limits::SNAT_PORT_MIN, limits::SNAT_PORT_MAX]
 }
 
 fn default_fin_release_s() -> u32 {
@@ -110,13 +121,13 @@ impl Default for Outbound {
             kind: OutboundType::LoadBalancer,
             frontend_ips: vec![Ipv4Addr::new(198, 51, 100, 10)],
             allocated_outbound_ports: None,
-            idle_timeout_minutes: limits::AKS_LB_IDLE_TIMEOUT,
-            fin_release_s: limits::LB_FIN_RELEASE_S,
-            rst_release_s: limits::LB_RST_RELEASE_S,
+            idle_timeout_minutes: default_idle_timeout_minutes(),
+            fin_release_s: default_fin_release_s(),
+            rst_release_s: default_rst_release_s(),
             tcp_reset_on_idle: true,
             experiment_idle_timeout_s: None,
             appliance_ip: None,
-            port_range: [limits::SNAT_PORT_MIN, limits::SNAT_PORT_MAX],
+            port_range: default_port_range(),
         }
     }
 }
@@ -278,14 +289,19 @@ impl Cluster {
     /// `source::admit`), and every other rule is checked.
     pub fn load_settings(path: Option<&Path>) -> Result<Cluster, ConfigError> {
         let (name, text) = Self::read(path)?;
-        let mut cluster = Self::parse_unchecked(&name, &text)?;
+        Self::parse_settings(&name, &text)
+    }
+
+    /// `load_settings` of a text.
+    pub fn parse_settings(name: &str, text: &str) -> Result<Cluster, ConfigError> {
+        let mut cluster = Self::parse_unchecked(name, text)?;
         cluster.nodes.clear();
         let violations: Vec<Violation> = cluster
             .violations()
             .into_iter()
             .filter(|v| v.field != "nodes")
             .collect();
-        Self::checked(&name, cluster, violations)
+        Self::checked(name, cluster, violations)
     }
 
     fn read(path: Option<&Path>) -> Result<(String, String), ConfigError> {
