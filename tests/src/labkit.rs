@@ -198,6 +198,32 @@ pub fn ping_in_background(from: &str, to: &str, count: u32) -> Child {
         .unwrap()
 }
 
+/// Background traffic: an iperf3 TCP stream of `secs` seconds (JSON out),
+/// to an `iperf3 -s` already running on `to`.
+pub fn iperf_stream(from: &str, to: &str, secs: u32) -> Child {
+    Command::new(netplane_bin())
+        .args(["lab", "exec", from, "--", "iperf3", "-c", to, "-t"])
+        .arg(secs.to_string())
+        .arg("-J")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The stream ended cleanly and every one-second interval moved bytes.
+pub fn assert_stream_kept_moving(stream: Child, what: &str) {
+    let out = stream.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    assert!(v["error"].is_null(), "{what}: iperf3: {}", v["error"]);
+    for interval in v["intervals"].as_array().unwrap() {
+        let bytes = interval["sum"]["bytes"].as_u64().unwrap();
+        assert!(
+            bytes > 0,
+            "{what}: a one-second interval moved nothing: {interval}"
+        );
+    }
+}
+
 pub fn assert_no_loss(ping: Child, what: &str) {
     let out = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

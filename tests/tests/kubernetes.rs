@@ -250,22 +250,7 @@ fn the_data_path_outlives_the_api_server() {
             .success()
     );
     std::thread::sleep(Duration::from_millis(300));
-    let stream = std::process::Command::new(netplane_bin())
-        .args([
-            "lab",
-            "exec",
-            "pod-0-1",
-            "--",
-            "iperf3",
-            "-c",
-            "10.244.1.3",
-            "-t",
-            "12",
-            "-J",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stream = iperf_stream("pod-0-1", "10.244.1.3", 12);
     let ping = ping_in_background("pod-0-0", "10.244.1.2", 1500);
     std::thread::sleep(Duration::from_millis(500));
     ok(&["lab", "apiserver", "stop"]);
@@ -279,16 +264,7 @@ fn the_data_path_outlives_the_api_server() {
         source_of("node-0")["watch"]["state"] == "synced"
     });
     assert_no_loss(ping, "pod-0-0 -> pod-1-0 while the API server was away");
-    let out = stream.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    assert!(v["error"].is_null(), "iperf3: {}", v["error"]);
-    for interval in v["intervals"].as_array().unwrap() {
-        let bytes = interval["sum"]["bytes"].as_u64().unwrap();
-        assert!(
-            bytes > 0,
-            "a one-second interval of the TCP stream moved nothing: {interval}"
-        );
-    }
+    assert_stream_kept_moving(stream, "pod-0-1 -> pod-1-1 while the API server was away");
     // Resynced: a node created now is routed.
     create(node("node-5", [10, 224, 0, 9], "10.244.5.0/24"));
     wait_until("node-5 routed after the resync", || {

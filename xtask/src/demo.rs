@@ -15,12 +15,7 @@ const SERVER_PORT: &str = "7000";
 pub fn run() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    if crate::lab_is_up() {
-        eprintln!("== a lab is already up: recreating it");
-        crate::cmd(np, &["lab", "down"])?;
-    }
-    eprintln!("== netplane lab up");
-    crate::cmd(np, &["lab", "up"])?;
+    fresh_lab(np, &[])?;
 
     section("1. Same node: pod-0-0 (10.244.0.2) -> pod-0-1 (10.244.0.3), TCP");
     exchange(np, "pod-0-0", "pod-0-1", "10.244.0.3")?;
@@ -124,12 +119,7 @@ pub fn run() -> Result<()> {
 pub fn run_kubernetes() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    if crate::lab_is_up() {
-        eprintln!("== a lab is already up: recreating it");
-        crate::cmd(np, &["lab", "down"])?;
-    }
-    eprintln!("== netplane lab up --source kubernetes");
-    crate::cmd(np, &["lab", "up", "--source", "kubernetes"])?;
+    fresh_lab(np, &["--source", "kubernetes"])?;
     let status: serde_json::Value = serde_json::from_slice(
         &Command::new(np)
             .args(["lab", "status", "--json"])
@@ -175,6 +165,17 @@ pub fn run_kubernetes() -> Result<()> {
         api.server, api.netns, api.server, api.kubeconfig
     );
     Ok(())
+}
+
+/// `netplane lab up ARGS` on a clean slate (a lab already up is taken
+/// down first).
+fn fresh_lab(np: &str, args: &[&str]) -> Result<()> {
+    if crate::lab_is_up() {
+        eprintln!("== a lab is already up: recreating it");
+        crate::cmd(np, &["lab", "down"])?;
+    }
+    eprintln!("== netplane lab up {}", args.join(" "));
+    crate::cmd(np, &[&["lab", "up"], args].concat())
 }
 
 /// The lab's API server, called with curl from inside its namespace as
