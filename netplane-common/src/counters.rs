@@ -99,6 +99,10 @@ numbered! {
         /// conntrack calls it INVALID (a mid-stream ACK, by contrast, is
         /// picked up) and kube-proxy drops INVALID packets.
         TcpInvalid = 21 => "tcp_invalid",
+        /// To an address of the service CIDR with no Service on that port
+        /// and protocol (kube-proxy would let it follow the default route;
+        /// docs/services.md says why netplane does not).
+        NoService = 22 => "no_service",
     }
 }
 
@@ -136,6 +140,13 @@ numbered! {
         /// (a node, a hostNetwork pod): routed untranslated, as kubenet's
         /// conntrack never masquerades a reply.
         ReplyToOutside = 12 => "reply_to_outside",
+        /// A pod's packet to a Service, sent to a backend pod (DNAT).
+        ServiceOut = 13 => "service_out",
+        /// A backend's reply with the Service's address restored.
+        ServiceReply = 14 => "service_reply",
+        /// A Service with no ready backend answered with ICMP port
+        /// unreachable, as kube-proxy's REJECT rule does.
+        ServiceReject = 15 => "service_reject",
     }
 }
 

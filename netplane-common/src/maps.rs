@@ -13,10 +13,10 @@ pub mod names {
     /// Not pinned: flows to pods opened from outside, remembered for their
     /// replies (refreshed by traffic).
     pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
-    pub use crate::{events::names::*, nat::names::*};
+    pub use crate::{events::names::*, nat::names::*, services::names::*};
     /// Pinned maps (PORT_HINTS and EVENT_BUDGET are per load: a hint and a
     /// rate limiter).
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 25] = [
         ROUTES,
         LOCAL_PODS,
         NODE_CONFIG,
@@ -36,6 +36,12 @@ pub mod names {
         PORT_OWNED,
         FLOW_EVENTS,
         EVENTS_SUPPRESSED,
+        SERVICE_CONFIG,
+        SERVICES,
+        SERVICE_BACKENDS,
+        SERVICE_FLOWS,
+        SERVICE_REPLIES,
+        SERVICE_AFFINITY,
     ];
 }
 

@@ -2,7 +2,8 @@
 //! a bridge, kernel routes or iptables.
 //!
 //! - `from_pod`: TC ingress, host side of each pod veth: ARP answers,
-//!   anti-spoofing, same-node delivery, UDR routing to nodes.
+//!   anti-spoofing, ClusterIP services, same-node delivery, UDR routing to
+//!   nodes.
 //! - `from_uplink`: TC ingress, node NIC: delivery to local pods.
 //! - `to_uplink`: TC egress, node NIC: the node's own traffic to pods.
 //! - `lb_from_vnet`, `lb_from_internet`: the outbound load balancer (or
@@ -24,6 +25,7 @@ mod masquerade;
 mod packet;
 mod pod;
 mod route;
+mod service;
 mod snat;
 mod uplink;
 

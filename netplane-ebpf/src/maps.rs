@@ -12,6 +12,11 @@ use netplane_common::{
         EVICTION_CANDIDATES, FlowKey, FragKey, FragPorts, MAX_CONE_PEERS, MAX_FRAGMENTED_DATAGRAMS,
         MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
     },
+    services::{
+        Affinity, AffinityKey, Backend, BackendKey, MAX_SERVICE_AFFINITIES, MAX_SERVICE_BACKENDS,
+        MAX_SERVICE_FLOWS, MAX_SERVICES, Service, ServiceConfig, ServiceFlow, ServiceKey,
+        ServiceReply,
+    },
 };
 
 /// The UDR table: pod CIDR -> owner node IP.
@@ -110,6 +115,34 @@ pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(M
 /// ones no flow holds any more.
 #[map]
 pub static PORT_OWNED: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+
+/// Services: the service CIDR and hairpin address; slot 0.
+#[map]
+pub static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(1, 0);
+
+/// Services: frontend -> service.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Services: (service, index) -> ready backend.
+#[map]
+pub static SERVICE_BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(MAX_SERVICE_BACKENDS, 0);
+
+/// Service flows: the client's tuple (to the frontend) -> its backend.
+#[map]
+pub static SERVICE_FLOWS: LruHashMap<FlowKey, ServiceFlow> =
+    LruHashMap::with_max_entries(MAX_SERVICE_FLOWS, 0);
+
+/// Service flows: the backend's reply tuple -> the frontend to restore.
+#[map]
+pub static SERVICE_REPLIES: LruHashMap<FlowKey, ServiceReply> =
+    LruHashMap::with_max_entries(MAX_SERVICE_FLOWS, 0);
+
+/// ClientIP session affinity: (client, frontend) -> backend and when.
+#[map]
+pub static SERVICE_AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(MAX_SERVICE_AFFINITIES, 0);
 
 /// Adds one to slot `index` of a per-CPU counter array.
 #[inline(always)]

@@ -71,7 +71,14 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     match snat::ingress(ctx, ip, &mut restore, false)? {
         Reply::Translated => {}
         Reply::Unsolicited => return Err(DropReason::NatNoMapping),
-        Reply::NotTranslated | Reply::Unparsed(_) => return Ok(TC_ACT_OK),
+        Reply::NotTranslated => {
+            // The node's own service flow: its backend's reply.
+            if crate::service::restore_reply(ctx, ip)?.is_some() {
+                crate::counters::count(ctx, Path::ServiceReply);
+            }
+            return Ok(TC_ACT_OK);
+        }
+        Reply::Unparsed(_) => return Ok(TC_ACT_OK),
     };
     let pod = route::local_pod(restore.orig.orig_ip).ok_or(DropReason::NoLocalPod)?;
     // Translated back before the TTL check, as Linux reverses the NAT before
@@ -80,6 +87,9 @@ pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     // still addressed to the node, it would meet the node's own sockets,
     // and an RST from the node would end the pod's connection.
     restore.apply(ctx, ip)?;
+    // A reply from a Service's backend outside the cluster (the API
+    // server's): the Service's address comes back too.
+    crate::service::restore_reply(ctx, &packet::ipv4(ctx)?)?;
     if let Some(verdict) = route::routed_hop(ctx) {
         return Ok(verdict);
     }

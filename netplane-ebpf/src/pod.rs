@@ -11,7 +11,7 @@ use crate::{
     arp,
     counters::{count, drop},
     packet::{self, ETH_P_ARP, ETH_P_IP, tcp},
-    route,
+    route, service,
 };
 
 pub fn from_pod(ctx: &TcContext) -> i32 {
@@ -49,8 +49,15 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
 
+    if let Some(verdict) = service::from_client(ctx, cfg, &ip)? {
+        return Ok(verdict);
+    }
     if ip.proto == PROTO_TCP && cfg.in_cluster(ip.dst) {
         report_new_tcp(ctx, &ip);
+    }
+    // A backend's reply to a client on this node (bridged on kubenet).
+    if let Some(client) = service::restore_reply(ctx, &ip)? {
+        return service::deliver_reply(ctx, cfg, client);
     }
     // Same node: kubenet bridges these (L2, TTL kept).
     if let Some(pod) = route::local_pod(ip.dst) {

@@ -8,7 +8,7 @@ use netplane_common::{DropReason, Path, maps::MARK_ROUTED};
 use crate::{
     counters::{count_drop, drop},
     packet::{self, ETH_P_IP},
-    route,
+    route, service,
 };
 
 const PASS: i32 = TC_ACT_OK;
@@ -32,6 +32,14 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = packet::ipv4(ctx)?;
     if ip.dst == cfg.node_ip {
         return crate::masquerade::reply_in(ctx, &ip);
+    }
+    if let Some(client) = service::restore_reply(ctx, &ip)? {
+        let pod = route::local_pod(client).ok_or(DropReason::NoLocalPod)?;
+        if let Some(verdict) = route::routed_hop(ctx) {
+            return Ok(verdict);
+        }
+        let eth = packet::eth(ctx)?;
+        return Ok(route::deliver_peer(ctx, eth, pod, Path::ServiceReply));
     }
     if let Some(pod) = route::local_pod(ip.dst) {
         if !cfg.in_cluster(ip.src) {
@@ -79,6 +87,14 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(ip) = packet::ipv4(ctx) else {
         return Ok(PASS);
     };
+    if let Some(verdict) = service::from_host(ctx, cfg, &ip)? {
+        return Ok(verdict);
+    }
+    if let Some(client) = service::restore_reply(ctx, &ip)? {
+        let pod = route::local_pod(client).ok_or(DropReason::NoLocalPod)?;
+        let eth = packet::eth(ctx)?;
+        return Ok(route::deliver_egress(ctx, eth, pod, Path::ServiceReply));
+    }
     if let Some(pod) = route::local_pod(ip.dst) {
         return Ok(route::deliver_egress(ctx, eth, pod, Path::HostToPod));
     }

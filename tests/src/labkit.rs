@@ -273,3 +273,25 @@ pub fn seen_from(host: &str, target: &str) -> String {
     let seen = answer["seen_as"].as_str().unwrap();
     seen.rsplit_once(':').unwrap().0.to_string()
 }
+
+/// Runs `f` with a client of the lab's API server (admin, or the agents'
+/// ServiceAccount), from inside the control plane's namespace.
+pub fn with_api<T: Send, F: std::future::Future<Output = anyhow::Result<T>> + Send>(
+    agent: bool,
+    f: impl FnOnce(kube::Client) -> F + Send,
+) -> T {
+    use netplane::lab::{self, control_plane};
+    let state = lab::load_state().unwrap().expect("lab up");
+    let cp = state.kubernetes.expect("lab up --source kubernetes");
+    let kubeconfig = if agent {
+        cp.agent_kubeconfig.clone()
+    } else {
+        cp.kubeconfig.clone()
+    };
+    control_plane::in_netns(&control_plane::netns(), async move {
+        let client =
+            netplane::source::kubernetes::client(Some(std::path::Path::new(&kubeconfig))).await?;
+        f(client).await
+    })
+    .unwrap()
+}

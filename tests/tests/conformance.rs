@@ -28,6 +28,8 @@ enum Probe {
         to: &'static str,
         from_ip: &'static str,
     },
+    /// A DNS question for `name` to kube-dns (10.0.0.10).
+    Dig { name: &'static str, tcp: bool },
 }
 
 /// What the sender observed.
@@ -50,6 +52,8 @@ enum Outcome {
     Error(String),
     /// Nothing came back.
     Silence,
+    /// DNS: the answer, by host name.
+    Resolved(String),
 }
 
 /// Why netplane's outcome differs from classic kubenet's, and what
@@ -419,10 +423,38 @@ fn run(s: &Scenario, names: &BTreeMap<String, String>) -> Outcome {
             whoami(s.from, to, extra, names)
         }
         Probe::Udp { to, size } => {
-            let size = size.to_string();
-            whoami(s.from, to, &["--udp", "--size", &size], names)
+            let arg = size.to_string();
+            match whoami(s.from, to, &["--udp", "--size", &arg], names) {
+                // An unpadded answer's size only says how long the address
+                // was (a random port may have fewer digits).
+                Outcome::Answered {
+                    seen,
+                    port_kept,
+                    intact,
+                    ..
+                } if size == 0 => Outcome::Answered {
+                    seen,
+                    port_kept,
+                    bytes: 0,
+                    intact,
+                },
+                o => o,
+            }
         }
         Probe::Ping { to, size } => ping_once(s.from, &["-s", &size.to_string(), to]),
+        Probe::Dig { name, tcp } => {
+            let mut argv = vec!["dig", "+short", "+time=2", "+tries=1", "@10.0.0.10", name];
+            if tcp {
+                argv.push("+tcp");
+            }
+            let out = exec(s.from, &argv);
+            let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match names.get(&answer) {
+                Some(host) => Outcome::Resolved(host.clone()),
+                None if answer.is_empty() => Outcome::Silence,
+                None => Outcome::Resolved(answer),
+            }
+        }
         Probe::SpoofedPing { to, from_ip } => {
             let cidr = format!("{from_ip}/32");
             exec(s.from, &["ip", "addr", "add", &cidr, "dev", "eth0"]);
@@ -433,10 +465,9 @@ fn run(s: &Scenario, names: &BTreeMap<String, String>) -> Outcome {
     }
 }
 
-/// Runs every scenario on the lab that is up, with servers on SERVERS.
-fn run_all(scenarios: &[Scenario]) -> Vec<Outcome> {
-    let names = names();
-    let mut servers: Vec<Child> = Vec::new();
+/// TCP and UDP whoami servers on PORT of every host in SERVERS.
+fn start_servers() -> Vec<Child> {
+    let mut servers = Vec::new();
     for host in SERVERS {
         let listen = format!("0.0.0.0:{PORT}");
         for udp in [false, true] {
@@ -447,11 +478,26 @@ fn run_all(scenarios: &[Scenario]) -> Vec<Outcome> {
             servers.push(whoami_server_with(host, &args));
         }
     }
-    let outcomes = scenarios.iter().map(|s| run(s, &names)).collect();
+    servers
+}
+
+fn stop_servers(servers: Vec<Child>) {
     for mut s in servers {
         let _ = s.kill();
         let _ = s.wait();
     }
+}
+
+fn run_table(scenarios: &[Scenario]) -> Vec<Outcome> {
+    let names = names();
+    scenarios.iter().map(|s| run(s, &names)).collect()
+}
+
+/// Runs every scenario on the lab that is up, with servers on SERVERS.
+fn run_all(scenarios: &[Scenario]) -> Vec<Outcome> {
+    let servers = start_servers();
+    let outcomes = run_table(scenarios);
+    stop_servers(servers);
     outcomes
 }
 
@@ -476,10 +522,16 @@ fn netplane_and_classic_kubenet_agree_or_the_difference_is_explained() {
         let (_turn, _guard) = lab_up_with(&["--datapath", "kubenet-classic"]);
         run_all(&table)
     };
+    compare(&table, &netplane, &classic);
+}
+
+/// The table of outcomes side by side; fails on any difference nobody
+/// explained.
+fn compare(table: &[Scenario], netplane: &[Outcome], classic: &[Outcome]) {
     let mut report =
         String::from("| scenario | netplane | classic kubenet | |\n|---|---|---|---|\n");
     let mut failures = Vec::new();
-    for ((s, n), k) in table.iter().zip(&netplane).zip(&classic) {
+    for ((s, n), k) in table.iter().zip(netplane).zip(classic) {
         let verdict = match &s.differs {
             None if n == k => "same".to_string(),
             None => {
@@ -502,4 +554,167 @@ fn netplane_and_classic_kubenet_agree_or_the_difference_is_explained() {
     }
     eprintln!("{report}");
     assert!(failures.is_empty(), "{}\n\n{report}", failures.join("\n"));
+}
+
+/// The Services both labs get through the API: one backend on node-1,
+/// one on node-0 (pod-0-0's node), and one with none.
+const SERVICES: [(&str, &str, &str); 3] = [
+    ("remote", "10.0.1.1", "10.244.1.2"),
+    ("local", "10.0.1.2", "10.244.0.3"),
+    ("empty", "10.0.1.3", ""),
+];
+
+fn service_scenarios() -> Vec<Scenario> {
+    let s = |name, from, probe| Scenario {
+        name,
+        from,
+        probe,
+        differs: None,
+    };
+    let tcp = |to| Probe::Tcp { to, send: 0 };
+    let udp = |to| Probe::Udp { to, size: 0 };
+    vec![
+        s(
+            "pod → service, backend on another node, TCP",
+            "pod-0-0",
+            tcp("10.0.1.1:80"),
+        ),
+        s(
+            "pod → service, backend on another node, UDP",
+            "pod-0-0",
+            udp("10.0.1.1:80"),
+        ),
+        s(
+            "pod → service, backend on another node, 1 MB transfer",
+            "pod-0-0",
+            Probe::Tcp {
+                to: "10.0.1.1:80",
+                send: 1 << 20,
+            },
+        ),
+        s(
+            "pod → service, backend on the same node, TCP",
+            "pod-0-0",
+            tcp("10.0.1.2:80"),
+        ),
+        s(
+            "pod → service, backend on the same node, UDP",
+            "pod-0-0",
+            udp("10.0.1.2:80"),
+        ),
+        s(
+            "pod → its own service (hairpin), TCP",
+            "pod-0-1",
+            tcp("10.0.1.2:80"),
+        ),
+        s(
+            "pod → its own service (hairpin), UDP",
+            "pod-0-1",
+            udp("10.0.1.2:80"),
+        ),
+        s(
+            "pod → service without endpoints, TCP",
+            "pod-0-0",
+            tcp("10.0.1.3:80"),
+        ),
+        s(
+            "pod → service without endpoints, UDP",
+            "pod-0-0",
+            udp("10.0.1.3:80"),
+        ),
+        s("node → service, TCP", "node-0", tcp("10.0.1.1:80")),
+        s("node → service, UDP", "node-0", udp("10.0.1.1:80")),
+        s(
+            "pod → DNS service, UDP",
+            "pod-0-0",
+            Probe::Dig {
+                name: "pod-1-0.lab",
+                tcp: false,
+            },
+        ),
+        s(
+            "pod → DNS service, TCP",
+            "pod-0-0",
+            Probe::Dig {
+                name: "inet.lab",
+                tcp: true,
+            },
+        ),
+        s(
+            "pod → DNS service, from the DNS pod's node",
+            "pod-1-1",
+            Probe::Dig {
+                name: "node-0.lab",
+                tcp: false,
+            },
+        ),
+        s(
+            "DNS pod → its own service (hairpin)",
+            "dns",
+            Probe::Dig {
+                name: "pod-0-0.lab",
+                tcp: false,
+            },
+        ),
+    ]
+}
+
+/// Creates SERVICES through the lab's API server and waits until the
+/// first one answers (kube-proxy or the agents have applied them).
+fn publish_services() {
+    with_api(false, |c| async move {
+        for (name, ip, backend) in SERVICES {
+            let ports = [("tcp", 80, "TCP", PORT), ("udp", 80, "UDP", PORT)];
+            let endpoints: Vec<_> = match backend {
+                "" => Vec::new(),
+                b => {
+                    let node = if b.starts_with("10.244.1.") {
+                        "node-1"
+                    } else {
+                        "node-0"
+                    };
+                    vec![(b.parse().unwrap(), node, true)]
+                }
+            };
+            netplane::lab::services::publish(
+                &c,
+                "default",
+                name,
+                ip.parse().unwrap(),
+                &ports,
+                &endpoints,
+            )
+            .await?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn services_on_netplane_and_kube_proxy_agree() {
+    if !privileged() {
+        return;
+    }
+    let table = service_scenarios();
+    let run_lab = |datapath: &str| {
+        let (_turn, _guard) = lab_up_with(&["--datapath", datapath, "--source", "kubernetes"]);
+        publish_services();
+        let servers = start_servers();
+        wait_until("the services applied", || {
+            let names = BTreeMap::new();
+            matches!(
+                whoami("pod-0-0", "10.0.1.3:80", &[], &names),
+                Outcome::Refused
+            ) && matches!(
+                whoami("pod-0-0", "10.0.1.1:80", &[], &names),
+                Outcome::Answered { .. }
+            )
+        });
+        let outcomes = run_table(&table);
+        stop_servers(servers);
+        outcomes
+    };
+    let netplane = run_lab("netplane");
+    let classic = run_lab("kubenet-classic");
+    compare(&table, &netplane, &classic);
 }

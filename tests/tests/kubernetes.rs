@@ -2,45 +2,21 @@
 //! kubernetes`: etcd and kube-apiserver 1.20 built from Debian's source,
 //! RBAC from deploy/netplane.yaml): routes follow the Node objects, the
 //! data path outlives the API server, the 401st node is refused, and the
-//! agents' token can do nothing but read nodes.
+//! agents' token can do nothing but read nodes, services and endpoint
+//! slices.
 use std::{
-    future::Future,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use netplane::{
-    config::NodePlan,
-    lab::{self, control_plane},
-};
+use netplane::{config::NodePlan, lab::control_plane};
 use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
-
-/// Runs `f` with a client of the lab's API server (admin, or the agents'
-/// ServiceAccount), from inside the control plane's namespace.
-fn with_api<T: Send, F: Future<Output = anyhow::Result<T>> + Send>(
-    agent: bool,
-    f: impl FnOnce(Client) -> F + Send,
-) -> T {
-    let state = lab::load_state().unwrap().expect("lab up");
-    let cp = state.kubernetes.expect("lab up --source kubernetes");
-    let kubeconfig = if agent {
-        cp.agent_kubeconfig.clone()
-    } else {
-        cp.kubeconfig.clone()
-    };
-    control_plane::in_netns(&control_plane::netns(), async move {
-        let client =
-            netplane::source::kubernetes::client(Some(std::path::Path::new(&kubeconfig))).await?;
-        f(client).await
-    })
-    .unwrap()
-}
 
 fn node(name: &str, ip: [u8; 4], pod_cidr: &str) -> Node {
     control_plane::node_object(&NodePlan {
@@ -203,29 +179,56 @@ fn routes_follow_the_node_objects() {
     });
     assert_eq!(accepted, ["ConfigMap", "DaemonSet"]);
 
-    // The agents' token reads nodes and nothing else.
-    let (nodes, secrets, write) = with_api(true, |c| async move {
+    // The agents' token reads nodes and services (with their endpoint
+    // slices), and nothing else.
+    let (reads, secrets, write, write_service) = with_api(true, |c| async move {
         let nodes = Api::<Node>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok();
+        let services = Api::<Service>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok();
+        let resource = netplane::source::services::slice_resource(&c).await?;
+        let slices = Api::<kube::api::DynamicObject>::all_with(c.clone(), &resource)
             .list(&ListParams::default())
             .await
             .is_ok();
         let secrets = Api::<Secret>::all(c.clone())
             .list(&ListParams::default())
             .await;
-        let write = Api::<Node>::all(c)
+        let write = Api::<Node>::all(c.clone())
             .create(
                 &PostParams::default(),
                 &node("intruder", [10, 224, 0, 30], "10.244.30.0/24"),
             )
             .await;
+        let svc = netplane::lab::services::service_object(
+            "default",
+            "intruder",
+            "10.0.9.9".parse().unwrap(),
+            &[("", 80, "TCP", 80)],
+        );
+        let write_service = Api::<Service>::namespaced(c, "default")
+            .create(&PostParams::default(), &svc)
+            .await;
         Ok((
-            nodes,
+            [nodes, services, slices],
             secrets.err().map(|e| e.to_string()),
             write.err().map(|e| e.to_string()),
+            write_service.err().map(|e| e.to_string()),
         ))
     });
-    assert!(nodes, "the agents' token lists nodes");
-    for (what, err) in [("list secrets", secrets), ("create a node", write)] {
+    assert_eq!(
+        reads, [true; 3],
+        "the agents' token lists nodes, services and endpoint slices"
+    );
+    for (what, err) in [
+        ("list secrets", secrets),
+        ("create a node", write),
+        ("create a service", write_service),
+    ] {
         let err = err.unwrap_or_else(|| panic!("the agents' token could {what}"));
         assert!(
             err.contains("forbidden") || err.contains("403"),

@@ -1,11 +1,12 @@
-//! A real Kubernetes API server for the lab and the tests, built once per
-//! machine from Debian's source of Kubernetes 1.20 (no control plane is
+//! A real Kubernetes API server and kube-proxy for the lab and the tests,
+//! built once per machine from Debian's source of Kubernetes 1.20 (no control plane is
 //! packaged as a binary in the registries these machines reach): the
 //! `kubernetes` source package with its vendor tree, Go 1.19 and etcd from
 //! Debian. GOPATH mode with no module proxy, as Kubernetes 1.20's own build
 //! does; `pkg/generated/openapi` generated first with the vendored
-//! openapi-gen, as its Makefile does. The binary is cached under
-//! target/kubernetes/ (docs/decisions.md §35).
+//! openapi-gen, as its Makefile does. kube-proxy (the Services oracle on
+//! the kubenet-classic lab) comes from the same tree. The binaries are
+//! cached under target/kubernetes/ (docs/decisions.md §35, §36).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -28,21 +29,26 @@ pub fn dir() -> PathBuf {
     workspace_root().join("target/kubernetes")
 }
 
-/// The cached kube-apiserver (`netplane lab up --source kubernetes` finds
-/// it beside the netplane binary's target directory).
-pub fn binary() -> PathBuf {
-    dir().join("kube-apiserver")
-}
+/// The binaries built, each cached under [`dir`] by its name (`netplane
+/// lab up --source kubernetes` finds them beside the netplane binary's
+/// target directory).
+const BINARIES: [&str; 2] = ["kube-apiserver", "kube-proxy"];
 
-/// Builds kube-apiserver unless it is cached.
+/// Builds kube-apiserver and kube-proxy unless they are cached.
 pub fn ensure() -> Result<()> {
-    let bin = binary();
-    if bin.exists() {
-        eprintln!("   kube-apiserver: cached ({})", bin.display());
+    let missing: Vec<&str> = BINARIES
+        .into_iter()
+        .filter(|b| !dir().join(b).exists())
+        .collect();
+    if missing.is_empty() {
+        eprintln!("   {}: cached ({})", BINARIES.join(", "), dir().display());
         return Ok(());
     }
     let started = Instant::now();
-    eprintln!("== kube-apiserver {VERSION} from Debian's source (once per machine, a few minutes)");
+    eprintln!(
+        "== {} {VERSION} from Debian's source (once per machine, a few minutes)",
+        missing.join(", ")
+    );
     let src = fetch_source()?;
     let gopath = dir().join("gopath");
     let k8s = gopath.join("src/k8s.io/kubernetes");
@@ -69,6 +75,37 @@ pub fn ensure() -> Result<()> {
         ];
         run_in(&k8s, "go", args, &env)
     };
+    if missing.contains(&"kube-apiserver") {
+        generate_openapi(&k8s, &gopath, &go)?;
+    }
+    let version = "k8s.io/kubernetes/vendor/k8s.io/component-base/version";
+    let ldflags = format!(
+        "-X {version}.gitVersion={VERSION} -X {version}.gitMajor=1 -X {version}.gitMinor=20"
+    );
+    for name in missing {
+        eprintln!("   building {name} (kube-apiserver: about 4 minutes on 2 cores)");
+        let out = dir().join(format!("{name}.partial"));
+        go(&[
+            "build",
+            "-o",
+            out.to_str().expect("utf-8 path"),
+            "-ldflags",
+            &ldflags,
+            &format!("./cmd/{name}"),
+        ])?;
+        std::fs::rename(&out, dir().join(name))?;
+    }
+    eprintln!(
+        "   built in {:.0} s, in {}",
+        started.elapsed().as_secs_f64(),
+        dir().display()
+    );
+    Ok(())
+}
+
+/// `pkg/generated/openapi`, which kube-apiserver needs, generated with the
+/// vendored openapi-gen.
+fn generate_openapi(k8s: &Path, gopath: &Path, go: &dyn Fn(&[&str]) -> Result<()>) -> Result<()> {
     let openapi_gen = dir().join("openapi-gen");
     eprintln!("   building openapi-gen");
     go(&[
@@ -78,7 +115,7 @@ pub fn ensure() -> Result<()> {
         "./vendor/k8s.io/kube-openapi/cmd/openapi-gen",
     ])?;
     eprintln!("   generating pkg/generated/openapi");
-    let inputs = openapi_inputs(&k8s)?;
+    let inputs = openapi_inputs(k8s)?;
     let report = dir().join("openapi-violations.txt");
     // openapi-gen exits non-zero for the API rule violations Kubernetes
     // itself lists as known; the file is what matters.
@@ -88,36 +125,16 @@ pub fn ensure() -> Result<()> {
         .args(["-O", "zz_generated.openapi"])
         .args(["-h", "hack/boilerplate/boilerplate.generatego.txt"])
         .args(["-r", report.to_str().expect("utf-8 path")])
-        .env("GOPATH", &gopath)
+        .env("GOPATH", gopath)
         .env("GO111MODULE", "off")
-        .env("PWD", &k8s)
-        .current_dir(&k8s)
+        .env("PWD", k8s)
+        .current_dir(k8s)
         .status()
         .context("running openapi-gen")?;
     let generated = k8s.join("pkg/generated/openapi/zz_generated.openapi.go");
     if !generated.exists() {
         bail!("openapi-gen made no {}", generated.display());
     }
-    eprintln!("   building kube-apiserver (about 4 minutes on 2 cores)");
-    let version = "k8s.io/kubernetes/vendor/k8s.io/component-base/version";
-    let ldflags = format!(
-        "-X {version}.gitVersion={VERSION} -X {version}.gitMajor=1 -X {version}.gitMinor=20"
-    );
-    let out = dir().join("kube-apiserver.partial");
-    go(&[
-        "build",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-        "-ldflags",
-        &ldflags,
-        "./cmd/kube-apiserver",
-    ])?;
-    std::fs::rename(&out, &bin)?;
-    eprintln!(
-        "   kube-apiserver built in {:.0} s: {}",
-        started.elapsed().as_secs_f64(),
-        bin.display()
-    );
     Ok(())
 }
 

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "golang-1.19-go", // builds kube-apiserver from Debian's source (apiserver.rs)
     "etcd-server",    // the lab's control plane stores its objects here
     "buildah",        // cargo xtask image
+    "dnsmasq-base",   // the lab's DNS pod behind the DNS Service
+    "bind9-dnsutils", // dig, which the demo and the tests resolve with
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

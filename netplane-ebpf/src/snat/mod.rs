@@ -8,9 +8,11 @@
 //! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes;
 //! - `fragments`: a datagram's later fragments follow its first.
 mod fragments;
-mod l4;
-mod rewrite;
+pub mod l4;
+pub mod rewrite;
 mod table;
+
+pub use table::port_owned;
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::warn;

@@ -18,6 +18,7 @@ mod reconcile;
 mod reset;
 mod roles;
 mod serve;
+pub mod services;
 pub mod snat;
 
 use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
@@ -40,7 +41,7 @@ use crate::{
         hooks::{self, Attach, Hooks},
     },
     paths,
-    source::{NodeSource, NodeView},
+    source::{NodeSource, NodeView, services::ServiceView},
     sys,
 };
 
@@ -100,6 +101,10 @@ pub const SWEEP_EVERY: u64 = 30;
 /// piece per tick (1M translations: a pass every ~6 s, each tick a few ms
 /// of CPU instead of one burst the pods' latency feels).
 pub const COLLECT_BUDGET: usize = 32_768;
+
+/// A node's Services as last applied (`netplane services` reads it), in
+/// the node's state directory.
+pub const SERVICES_STATUS_FILE: &str = "services.json";
 
 /// Name of the load balancer's (or appliance's) agent and pin directory.
 pub fn lb_name(cluster: &Cluster) -> &'static str {
@@ -178,7 +183,22 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         pins: pins.display().to_string(),
         adopted,
     };
-    serve::serve(runtime, dp, hooks, &status, cluster, nodes, opts, role)
+    let services = match &opts.source {
+        NodeSource::Kubernetes { kubeconfig } => Some(runtime.block_on(async {
+            let client = crate::source::kubernetes::client(kubeconfig.as_deref()).await?;
+            let (tx, rx) = tokio::sync::watch::channel(ServiceView::default());
+            let own = node_name.to_string();
+            tokio::spawn(crate::source::services::watch_services(client, own, tx));
+            anyhow::Ok(rx)
+        })?),
+        NodeSource::File => {
+            // No Services without the API: none an earlier agent wrote stay.
+            services::ServiceTable::adopt(&mut dp)?.apply(&mut dp, &[])?;
+            None
+        }
+    };
+    let watches = serve::Watches { nodes, services };
+    serve::serve(runtime, dp, hooks, &status, cluster, watches, opts, role)
 }
 
 /// Runs the load balancer's (or appliance's) agent: its inside interface
@@ -227,7 +247,11 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         pins: pins.display().to_string(),
         adopted,
     };
-    serve::serve(runtime, dp, hooks, &status, cluster, nodes, opts, role)
+    let watches = serve::Watches {
+        nodes,
+        services: None,
+    };
+    serve::serve(runtime, dp, hooks, &status, cluster, watches, opts, role)
 }
 
 /// Writes the CNI conflist for kubelet, whole or not at all (a temporary

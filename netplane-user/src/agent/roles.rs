@@ -49,6 +49,7 @@ impl Role for NodeRole {
             .with_context(|| format!("node {} is not in the cluster file", self.name))?;
         set_node(dp, cluster, &node, self.uplink_ifindex)?;
         snat::configure_node(dp, cluster, node.ip)?;
+        super::services::configure_node(dp, cluster, &node)?;
         reconcile_routes(dp, &cluster.nodes())
     }
 

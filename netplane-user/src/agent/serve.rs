@@ -23,18 +23,20 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL, SWEEP_EVERY,
+    AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL,
+    SERVICES_STATUS_FILE, SWEEP_EVERY,
     collector::{Collector, expired_at, monotonic_ns},
     flows::EventLog,
     metrics::{self, AgentCounters},
     nat_view::record_peaks,
     roles::Role,
+    services::ServiceTable,
 };
 use crate::{
     config::Cluster,
     datapath::{Datapath, hooks::Hooks},
     paths,
-    source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus},
+    source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus, services::ServiceView},
 };
 
 /// The agent's runtime: current-thread, on the thread that entered the
@@ -47,28 +49,41 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the agent's runtime")
 }
 
+/// The Kubernetes watches an agent follows, when it has them.
+#[derive(Default)]
+pub struct Watches {
+    pub nodes: Option<watch::Receiver<NodeView>>,
+    /// A node's agent: Services and their EndpointSlices.
+    pub services: Option<watch::Receiver<ServiceView>>,
+}
+
 /// Runs the agent until SIGTERM or SIGINT, then leaves the data path
-/// attached (or removes it with `--detach-on-exit`). `nodes` is the
-/// Kubernetes watch, when the nodes come from the API.
+/// attached (or removes it with `--detach-on-exit`).
 #[allow(clippy::too_many_arguments)]
 pub fn serve(
     runtime: tokio::runtime::Runtime,
-    dp: Datapath,
+    mut dp: Datapath,
     hooks: Hooks,
     status: &AgentStatus,
     cluster: Cluster,
-    nodes: Option<watch::Receiver<NodeView>>,
+    watches: Watches,
     opts: &Options,
     role: impl Role,
 ) -> Result<()> {
     let name = status.node.as_str();
     let status_path = paths::agent_status(name);
+    let service_table = match watches.services {
+        Some(_) => Some(ServiceTable::adopt(&mut dp)?),
+        None => None,
+    };
     let mut agent = Agent {
         dp,
         hooks,
         settings: cluster.clone(),
         cluster,
-        nodes,
+        nodes: watches.nodes,
+        services: watches.services,
+        service_table,
         refusals_said: HashSet::new(),
         role,
         opts: opts.clone(),
@@ -104,6 +119,9 @@ struct Agent<R> {
     cluster: Cluster,
     /// The Kubernetes watch's latest view, when the nodes come from there.
     nodes: Option<watch::Receiver<NodeView>>,
+    /// The Services watch, and what of it is in the maps.
+    services: Option<watch::Receiver<ServiceView>>,
+    service_table: Option<ServiceTable>,
     /// Refused nodes already logged, with why.
     refusals_said: HashSet<(String, String)>,
     role: R,
@@ -172,6 +190,7 @@ impl<R: Role> Agent<R> {
                     }
                 }
                 Some(()) = node_change(&mut self.nodes) => self.apply_nodes(),
+                Some(()) = node_change(&mut self.services) => self.apply_services(),
                 _ = tick.tick() => self.tick(&mut events),
                 ready = readable(&mut ring) => {
                     let mut guard = ready?;
@@ -243,6 +262,29 @@ impl<R: Role> Agent<R> {
             }
         }
         self.write_source_status();
+    }
+
+    /// Writes the Services the API now lists (once both lists are
+    /// complete; until then an earlier agent's stay in force).
+    fn apply_services(&mut self) {
+        let (Some(rx), Some(table)) = (self.services.as_mut(), self.service_table.as_mut()) else {
+            return;
+        };
+        let view = rx.borrow_and_update().clone();
+        if !view.listed {
+            return;
+        }
+        let applied = table.apply(&mut self.dp, &view.frontends);
+        if applied.is_ok() {
+            let path = paths::node_dir(&self.status.node).join(SERVICES_STATUS_FILE);
+            if let Err(e) = serde_json::to_vec_pretty(&view.frontends)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(std::fs::write(&path, b)?))
+            {
+                warn!("writing {}: {e}", path.display());
+            }
+        }
+        self.report("applying services", applied);
     }
 
     /// The settings with the view's nodes; refusals logged once each, and
@@ -417,10 +459,10 @@ async fn next_change(watch: &mut Option<ConfigWatch>) -> Option<bool> {
     }
 }
 
-/// The next change of the Kubernetes watch; never resolves without one
+/// The next change of a Kubernetes watch; never resolves without one
 /// (or once its sender is gone: the last state stays in force).
-async fn node_change(nodes: &mut Option<watch::Receiver<NodeView>>) -> Option<()> {
-    match nodes {
+async fn node_change<T>(watch: &mut Option<watch::Receiver<T>>) -> Option<()> {
+    match watch {
         Some(rx) => match rx.changed().await {
             Ok(()) => Some(()),
             Err(_) => std::future::pending().await,

@@ -15,7 +15,7 @@ use super::{
     },
     classic,
     cni::attach_pod,
-    control_plane,
+    control_plane, services,
     topology::{
         APPLIANCE_OUTSIDE_IP, DataPathKind, Host, INET_IP, LB_OUTSIDE_IP, LabState, NETNS_PREFIX,
         Role, UpOptions, VNET_BRIDGE, VNET_NETNS, Vnet, lab_namespaces, load_state, new_netns,
@@ -69,7 +69,10 @@ pub(super) fn build(
     opts: &UpOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LabState> {
-    let hosts = plan(cluster);
+    let mut hosts = plan(cluster);
+    if opts.kubernetes {
+        hosts.push(services::dns_pod(cluster));
+    }
     let nodes = cluster.nodes();
     std::fs::create_dir_all(paths::lab_dir())?;
     // The agents read the same file the lab was built from.
@@ -164,16 +167,16 @@ pub(super) fn build(
         )?;
     }
 
-    if opts.datapath != DataPathKind::Netplane {
-        if opts.kubernetes {
-            bail!("--source kubernetes runs netplane's agents: it goes with --datapath netplane");
-        }
-        return build_classic(cluster, &hosts, outbound, state, progress);
-    }
     if opts.kubernetes {
+        if opts.datapath == DataPathKind::Routed {
+            bail!("--source kubernetes goes with --datapath netplane or kubenet-classic");
+        }
         let cp = control_plane::start(cluster, progress)?;
         state.kubernetes = Some(cp);
         save_state(&state)?;
+    }
+    if opts.datapath != DataPathKind::Netplane {
+        return build_classic(cluster, &hosts, outbound, state, progress);
     }
     // Mounted once here: agents starting together could each mount one.
     sys::ensure_bpffs(&paths::bpffs())?;
@@ -213,7 +216,37 @@ pub(super) fn build(
     }
     wait_for_pods(&hosts)?;
     progress("all pods registered in their node's data path");
+    start_services(cluster, &hosts, &mut state, progress)?;
     Ok(state)
+}
+
+/// With the Kubernetes control plane: the DNS pod's server, and kube-dns
+/// in front of it.
+fn start_services(
+    cluster: &Cluster,
+    hosts: &[Host],
+    state: &mut LabState,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let Some(cp) = state.kubernetes.as_mut() else {
+        return Ok(());
+    };
+    let dns = services::dns_pod(cluster);
+    let args = services::dnsmasq_args(&dns, hosts);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = control_plane::dir().join("dnsmasq.log");
+    cp.dns_pid = control_plane::spawn_in(&dns.netns, "dnsmasq", &args, &log)?;
+    let (ns, name) = services::DNS_SERVICE;
+    progress(&format!(
+        "DNS pod {} {} (dnsmasq, pid {}) behind Service {ns}/{name} {}",
+        dns.name, dns.ip, cp.dns_pid, cluster.network.dns_service_ip
+    ));
+    let cp = cp.clone();
+    save_state(state)?;
+    control_plane::in_netns(&control_plane::netns(), async {
+        let client = control_plane::admin_client(&cp).await?;
+        services::publish_dns(&client, cluster, &dns).await
+    })
 }
 
 /// The rest of a lab on the kernel's own data path: kubenet's classic one
@@ -227,6 +260,7 @@ pub(super) fn build_classic(
     state: LabState,
     progress: &mut dyn FnMut(&str),
 ) -> Result<LabState> {
+    let mut state = state;
     let routed = state.datapath == DataPathKind::Routed;
     let nodes = cluster.nodes();
     for node in &nodes {
@@ -271,6 +305,30 @@ pub(super) fn build_classic(
         new_netns(&host.netns)?;
         classic::attach_pod(host, node, state.datapath)?;
     }
+    if let Some(cp) = state.kubernetes.as_mut() {
+        let kube_proxy = services::kube_proxy_binary()?;
+        for node in &nodes {
+            let ns = format!("{NETNS_PREFIX}{}", node.name);
+            // kubenet's bridge hands pod traffic to iptables (br_netfilter),
+            // so kube-proxy's rules see same-node service traffic too.
+            sysctl_in(&ns, &["net.bridge.bridge-nf-call-iptables=1"])?;
+            let args = services::kube_proxy_args(cluster, &node.name, &cp.kubeconfig);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let log = control_plane::dir().join(format!("kube-proxy-{}.log", node.name));
+            let program = kube_proxy
+                .to_str()
+                .context("kube-proxy's path is not UTF-8")?;
+            let pid = control_plane::spawn_in(&ns, program, &args, &log)?;
+            progress(&format!(
+                "{}: kube-proxy (iptables mode, pid {pid}, log {})",
+                node.name,
+                log.display()
+            ));
+            cp.kube_proxy_pids.push(pid);
+        }
+        save_state(&state)?;
+    }
+    start_services(cluster, hosts, &mut state, progress)?;
     progress(if routed {
         "plain routed data path ready (no netfilter rule, no netplane program)"
     } else {

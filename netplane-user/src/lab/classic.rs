@@ -186,6 +186,7 @@ pub fn attach_pod(pod: &Host, node: &NodePlan, datapath: DataPathKind) -> Result
             "type": "bridge",
             "bridge": "cbr0",
             "isGateway": true,
+            "hairpinMode": true, // kubelet's promiscuous-bridge hairpin mode
             "ipMasq": false,
             "ipam": ipam,
         })

@@ -53,7 +53,7 @@ pub fn netns() -> String {
     format!("{NETNS_PREFIX}{NAME}")
 }
 
-fn dir() -> PathBuf {
+pub(super) fn dir() -> PathBuf {
     paths::lab_dir().join("kubernetes")
 }
 
@@ -173,6 +173,8 @@ pub(super) fn start(cluster: &Cluster, progress: &mut dyn FnMut(&str)) -> Result
         etcd_pid,
         apiserver_pid: 0,
         apiserver_args,
+        dns_pid: 0,
+        kube_proxy_pids: Vec::new(),
     };
     cp.apiserver_pid = start_apiserver(&cp)?;
     progress(&format!(
@@ -255,8 +257,14 @@ pub fn stop_apiserver(cp: &ControlPlane) {
 
 /// Stops what `start` started (by PID, checked against its command line).
 pub(super) fn stop(cp: &ControlPlane, progress: &mut dyn FnMut(&str)) {
-    for (pid, what) in [(cp.apiserver_pid, "kube-apiserver"), (cp.etcd_pid, "etcd")] {
-        if pid_alive(pid) {
+    let kube_proxies = cp.kube_proxy_pids.iter().map(|&p| (p, "kube-proxy"));
+    let rest = [
+        (cp.dns_pid, "dnsmasq"),
+        (cp.apiserver_pid, "kube-apiserver"),
+        (cp.etcd_pid, "etcd"),
+    ];
+    for (pid, what) in kube_proxies.chain(rest) {
+        if pid != 0 && pid_alive(pid) {
             progress(&format!("stopping {what} (pid {pid})"));
         }
         stop_ours(pid, what);
@@ -273,7 +281,7 @@ fn stop_ours(pid: u32, what: &str) {
 
 /// Runs `program` inside the network namespace `ns` in its own process
 /// group (it outlives `lab up`), output to `log`.
-fn spawn_in(ns: &str, program: &str, args: &[&str], log: &Path) -> Result<u32> {
+pub(super) fn spawn_in(ns: &str, program: &str, args: &[&str], log: &Path) -> Result<u32> {
     let out = std::fs::File::create(log)?;
     let netns = std::fs::File::open(Path::new("/run/netns").join(ns))?;
     let mut cmd = Command::new(program);

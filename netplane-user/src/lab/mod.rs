@@ -15,6 +15,7 @@ mod build;
 pub mod classic;
 mod cni;
 pub mod control_plane;
+pub mod services;
 mod topology;
 pub mod trace;
 

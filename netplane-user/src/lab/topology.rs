@@ -78,6 +78,12 @@ pub struct ControlPlane {
     pub apiserver_pid: u32,
     /// The API server's command line, for `lab apiserver start`.
     pub apiserver_args: Vec<String>,
+    /// The DNS pod's dnsmasq (0: none).
+    #[serde(default)]
+    pub dns_pid: u32,
+    /// kube-proxy on each node of the kubenet-classic lab.
+    #[serde(default)]
+    pub kube_proxy_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,402 @@
+//! ClusterIP Services (netplane_common::services): a pod's packet to a
+//! service frontend goes to a ready backend (DNAT, as kube-proxy's
+//! KUBE-SVC/KUBE-SEP chains do), and the backend's replies get the
+//! frontend back before they reach the client pod (conntrack's un-DNAT).
+use aya_ebpf::{
+    bindings::{
+        BPF_NOEXIST, TC_ACT_OK,
+        bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
+    },
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use netplane_common::{
+    DropReason, NodeConfig, Path, checksum,
+    nat::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    services::{
+        Affinity, AffinityKey, Backend, BackendKey, MASQUERADE_PORT_MAX, MASQUERADE_PORT_MIN,
+        MASQUERADE_PORT_TRIES, Service, ServiceFlow, ServiceKey, ServiceReply,
+    },
+};
+use network_types::eth::EthHdr;
+
+use crate::{
+    maps::{
+        SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_CONFIG, SERVICE_FLOWS, SERVICE_REPLIES,
+        SERVICES,
+    },
+    packet::{self, Ipv4},
+    route,
+    snat::{
+        l4::{L4, be16},
+        rewrite::{self, Endpoint, Side},
+    },
+};
+
+/// The ports of a TCP or UDP packet that carries them.
+#[inline(always)]
+fn ports(ctx: &TcContext, ip: &Ipv4) -> Option<L4> {
+    if ip.later_fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return None;
+    }
+    let h: [u8; 4] = ctx.load(ip.l4_off).ok()?;
+    Some(L4 {
+        proto: ip.proto,
+        off: ip.l4_off,
+        src_port: be16(&h, 0),
+        dst_port: be16(&h, 2),
+        ..L4::default()
+    })
+}
+
+/// A packet to a service frontend, translated: its backend's address.
+enum Dnat {
+    To(u32),
+    /// The service has no ready backend (and the flow none from before).
+    NoBackend,
+}
+
+/// Who the client is, as far as masquerading goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// A pod: masqueraded (to `hairpin_ip`) only when it reaches itself.
+    Pod { hairpin_ip: u32 },
+    /// The node's own stack: always masqueraded (kube-proxy marks every
+    /// source outside the cluster pod CIDR), keeping its address.
+    Node,
+}
+
+/// Looks a packet to the service CIDR up and, for a frontend, translates
+/// it for the flow's backend (a new flow picks one). None: not the
+/// service CIDR.
+#[inline(always)]
+fn dnat(ctx: &TcContext, ip: &Ipv4, client: Client) -> Result<Option<Dnat>, DropReason> {
+    let Some(sc) = SERVICE_CONFIG.get(0) else {
+        return Ok(None);
+    };
+    if !sc.in_range(ip.dst) {
+        return Ok(None);
+    }
+    if ip.later_fragment {
+        return Err(DropReason::FragmentNotTracked);
+    }
+    let l4 = ports(ctx, ip).ok_or(DropReason::NoService)?;
+    let frontend = ServiceKey::new(ip.dst, l4.dst_port, ip.proto);
+    // SAFETY: the agent replaces values whole; the value is copied at once.
+    let svc = *unsafe { SERVICES.get(&frontend) }.ok_or(DropReason::NoService)?;
+    let key = l4.key(ip);
+    // SAFETY: as above.
+    let flow = match unsafe { SERVICE_FLOWS.get(&key) } {
+        Some(f) => *f,
+        None if svc.backends == 0 => return Ok(Some(Dnat::NoBackend)),
+        None => open(ip, &l4, &svc, &frontend, client)?,
+    };
+    let from = Endpoint::new(ip.dst, l4.dst_port);
+    let to = Endpoint::new(flow.backend_ip, flow.backend_port);
+    rewrite::endpoint(ctx, &l4, Side::Destination, from, to)?;
+    if (flow.src_ip, flow.src_port) != (ip.src, l4.src_port) {
+        let (old, new) = (
+            Endpoint::new(ip.src, l4.src_port),
+            Endpoint::new(flow.src_ip, flow.src_port),
+        );
+        rewrite::endpoint(ctx, &l4, Side::Source, old, new)?;
+    }
+    Ok(Some(Dnat::To(flow.backend_ip)))
+}
+
+/// A new service flow: its backend, the source the backend will see, and
+/// both table entries.
+#[inline(always)]
+fn open(
+    ip: &Ipv4,
+    l4: &L4,
+    svc: &Service,
+    frontend: &ServiceKey,
+    client: Client,
+) -> Result<ServiceFlow, DropReason> {
+    let b = pick(svc, frontend, ip.src)?;
+    let masquerade = match client {
+        // A pod reaching itself: the backend must answer someone else, or
+        // its reply would stay inside the pod un-restored.
+        Client::Pod { hairpin_ip } if b.ip == ip.src => Some(hairpin_ip),
+        Client::Pod { .. } => None,
+        Client::Node => Some(ip.src),
+    };
+    let reply = ServiceReply {
+        frontend_ip: ip.dst,
+        client_ip: ip.src,
+        frontend_port: l4.dst_port,
+        client_port: l4.src_port,
+    };
+    let mut flow = ServiceFlow {
+        backend_ip: b.ip,
+        backend_port: b.port,
+        src_ip: ip.src,
+        src_port: l4.src_port,
+    };
+    match masquerade {
+        None => {
+            let reply_key = FlowKey::new(b.ip, ip.src, b.port, l4.src_port, ip.proto);
+            SERVICE_REPLIES
+                .insert(&reply_key, &reply, 0)
+                .map_err(|_| DropReason::NatTableFull)?;
+        }
+        Some(src_ip) => {
+            flow.src_ip = src_ip;
+            flow.src_port = claim_random_port(b, src_ip, ip.proto, &reply)?;
+        }
+    }
+    SERVICE_FLOWS
+        .insert(&l4.key(ip), &flow, 0)
+        .map_err(|_| DropReason::NatTableFull)?;
+    Ok(flow)
+}
+
+/// `MASQUERADE --random-fully`: a random source port whose reply tuple
+/// no other flow holds (claimed by inserting it) and, for the node's own
+/// address, that the node's SNAT does not own.
+#[inline(always)]
+fn claim_random_port(
+    b: Backend,
+    src_ip: u32,
+    proto: u8,
+    reply: &ServiceReply,
+) -> Result<u16, DropReason> {
+    let span = (MASQUERADE_PORT_MAX - MASQUERADE_PORT_MIN) as u32 + 1;
+    for _ in 0..MASQUERADE_PORT_TRIES {
+        // SAFETY: no preconditions.
+        let port = MASQUERADE_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % span) as u16;
+        if crate::snat::port_owned(src_ip, port, proto) {
+            continue;
+        }
+        let reply_key = FlowKey::new(b.ip, src_ip, b.port, port, proto);
+        if SERVICE_REPLIES
+            .insert(&reply_key, reply, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    Err(DropReason::NatPortsExhausted)
+}
+
+/// A pod's packet: to a service frontend, the verdict (sent to a backend,
+/// or rejected); outside the service CIDR, None.
+#[inline(always)]
+pub fn from_client(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4,
+) -> Result<Option<i32>, DropReason> {
+    let Some(sc) = SERVICE_CONFIG.get(0) else {
+        return Ok(None);
+    };
+    let hairpin_ip = sc.hairpin_ip;
+    match dnat(ctx, ip, Client::Pod { hairpin_ip })? {
+        None => Ok(None),
+        Some(Dnat::NoBackend) => reject(ctx, ip, hairpin_ip).map(Some),
+        Some(Dnat::To(backend)) => to_backend(ctx, cfg, backend).map(Some),
+    }
+}
+
+/// The node's own packet (a hostNetwork pod, kubelet) leaving by the
+/// uplink: to a service frontend, translated and sent to its backend, as
+/// kube-proxy's OUTPUT rules do; outside the service CIDR, None. The
+/// source stays the node's IP (kube-proxy masquerades it to the same).
+/// With no ready backend it is dropped: the node's own stack gets no
+/// ICMP answer (docs/services.md).
+#[inline(always)]
+pub fn from_host(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4) -> Result<Option<i32>, DropReason> {
+    let backend = match dnat(ctx, ip, Client::Node)? {
+        None => return Ok(None),
+        Some(Dnat::NoBackend) => return Err(DropReason::NoService),
+        Some(Dnat::To(b)) => b,
+    };
+    if let Some(pod) = route::local_pod(backend) {
+        let eth = packet::eth(ctx)?;
+        return Ok(Some(route::deliver_egress(ctx, eth, pod, Path::ServiceOut)));
+    }
+    let next_hop = if cfg.in_cluster(backend) {
+        route::route_owner(backend).ok_or(DropReason::NoRoute)?
+    } else if route::in_node_subnet(backend) {
+        backend
+    } else {
+        return Err(DropReason::NoRoute);
+    };
+    Ok(Some(route::to_node(ctx, cfg, next_hop, Path::ServiceOut)))
+}
+
+/// Where a restored reply goes: its client pod, or this node's stack.
+#[inline(always)]
+pub fn deliver_reply(ctx: &TcContext, cfg: &NodeConfig, client: u32) -> Result<i32, DropReason> {
+    if client == cfg.node_ip {
+        crate::counters::count(ctx, Path::ServiceReply);
+        return Ok(TC_ACT_OK);
+    }
+    let pod = route::local_pod(client).ok_or(DropReason::NoLocalPod)?;
+    let eth = packet::eth(ctx)?;
+    Ok(route::deliver_peer(ctx, eth, pod, Path::ServiceReply))
+}
+
+/// Sends a translated packet on to its backend, as a kubenet node routes
+/// it after kube-proxy's DNAT: a pod here or on another node (one routed
+/// hop, even on the same node), this node's own stack, or a host outside
+/// the cluster pod CIDR (the API server's), masqueraded to the node's IP
+/// as kubenet's MASQUERADE rule does for every destination outside it.
+#[inline(always)]
+fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<i32, DropReason> {
+    if backend == cfg.node_ip {
+        crate::counters::count(ctx, Path::ServiceOut);
+        return Ok(TC_ACT_OK);
+    }
+    if !cfg.in_cluster(backend) {
+        let ip = packet::ipv4(ctx)?;
+        return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
+    }
+    if let Some(verdict) = route::routed_hop(ctx) {
+        return Ok(verdict);
+    }
+    if let Some(pod) = route::local_pod(backend) {
+        let eth = packet::eth(ctx)?;
+        return Ok(route::deliver_peer(ctx, eth, pod, Path::ServiceOut));
+    }
+    let owner = match route::route_owner(backend) {
+        Some(owner) if owner != cfg.node_ip => owner,
+        Some(_) => return Err(DropReason::NoLocalPod),
+        None => return Err(DropReason::NoRoute),
+    };
+    Ok(route::to_node(ctx, cfg, owner, Path::ServiceOut))
+}
+
+/// A new flow's backend: the client's affine one while its affinity
+/// lasts, else one of the ready backends at random (kube-proxy's
+/// `statistic --mode random` chain gives each the same chance).
+#[inline(always)]
+fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, DropReason> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = AffinityKey {
+        client_ip: client,
+        frontend: *frontend,
+    };
+    if svc.affinity_secs != 0 {
+        // SAFETY: the value is copied at once.
+        if let Some(a) = unsafe { SERVICE_AFFINITY.get(&key) }.copied() {
+            if now.saturating_sub(a.last_ns) < svc.affinity_secs as u64 * 1_000_000_000 {
+                remember(&key, a.backend, now);
+                return Ok(a.backend);
+            }
+        }
+    }
+    // SAFETY: no preconditions.
+    let index = unsafe { bpf_get_prandom_u32() } % svc.backends;
+    let slot = BackendKey {
+        service: svc.id,
+        index,
+    };
+    // SAFETY: the value is copied at once.
+    let backend = *unsafe { SERVICE_BACKENDS.get(&slot) }.ok_or(DropReason::NoService)?;
+    if svc.affinity_secs != 0 {
+        remember(&key, backend, now);
+    }
+    Ok(backend)
+}
+
+/// Affinity is renewed by every new flow (iptables' `recent --set`).
+#[inline(always)]
+fn remember(key: &AffinityKey, backend: Backend, now: u64) {
+    let a = Affinity {
+        backend,
+        _pad: 0,
+        last_ns: now,
+    };
+    let _ = SERVICE_AFFINITY.insert(key, &a, 0);
+}
+
+/// A packet about to be delivered to a pod of this node: a backend's
+/// reply to a service flow gets the frontend's address and port back as
+/// its source (and a hairpinned flow its client as destination). Returns
+/// the client to deliver to.
+#[inline(always)]
+pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
+    match SERVICE_CONFIG.get(0) {
+        Some(sc) if sc.frontends != 0 => {}
+        _ => return Ok(None),
+    }
+    let Some(l4) = ports(ctx, ip) else {
+        return Ok(None);
+    };
+    // SAFETY: the value is copied at once.
+    let Some(r) = unsafe { SERVICE_REPLIES.get(&l4.key(ip)) }.copied() else {
+        return Ok(None);
+    };
+    let (old, new) = (
+        Endpoint::new(ip.src, l4.src_port),
+        Endpoint::new(r.frontend_ip, r.frontend_port),
+    );
+    rewrite::endpoint(ctx, &l4, Side::Source, old, new)?;
+    if (r.client_ip, r.client_port) != (ip.dst, l4.dst_port) {
+        let (old, new) = (
+            Endpoint::new(ip.dst, l4.dst_port),
+            Endpoint::new(r.client_ip, r.client_port),
+        );
+        rewrite::endpoint(ctx, &l4, Side::Destination, old, new)?;
+    }
+    Ok(Some(r.client_ip))
+}
+
+/// The quoted part of the rejected packet: its (option-less) IPv4 header
+/// and the first 8 bytes of its transport header.
+const QUOTE: usize = 28;
+/// The ICMP error's own IPv4 and ICMP headers.
+const HEADERS: usize = 28;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+
+/// A service with no ready backend: the pod's packet becomes ICMP port
+/// unreachable from `from` and goes straight back into the pod, as
+/// kube-proxy's REJECT rule answers (TCP and UDP clients get
+/// ECONNREFUSED at once rather than a timeout).
+#[inline(always)]
+fn reject(ctx: &TcContext, ip: &Ipv4, from: u32) -> Result<i32, DropReason> {
+    let pod = route::local_pod(ip.src).ok_or(DropReason::NoLocalPod)?;
+    if ip.l4_off != EthHdr::LEN + 20 {
+        return Err(DropReason::UnsupportedL4); // IP options: not quoted
+    }
+    let quote: [u8; QUOTE] = ctx.load(EthHdr::LEN).map_err(|_| DropReason::TruncatedL4)?;
+    let failed = |_| DropReason::RewriteFailed;
+    // Down to the quote: the bytes after the transport header's first 8
+    // go. Removed from behind the IPv4 header (adjust_room), since the
+    // kernel refuses to cut the tail of a CHECKSUM_PARTIAL skb (a pod's
+    // TCP and UDP) below its checksum field; the 8 bytes are put back.
+    let extra = ctx.len() as usize - (EthHdr::LEN + QUOTE);
+    if extra > 0 {
+        ctx.adjust_room(-(extra as i32), BPF_ADJ_ROOM_NET, 0)
+            .map_err(failed)?;
+        let mut l4_head = [0u8; QUOTE - 20];
+        l4_head.copy_from_slice(&quote[20..]);
+        ctx.store(EthHdr::LEN + 20, &l4_head, 0).map_err(failed)?;
+    }
+    ctx.adjust_room(HEADERS as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(failed)?;
+    let mut h = [0u8; HEADERS];
+    h[0] = 0x45; // IPv4, no options
+    h[1] = 0xc0; // precedence "internetwork control", as Linux sends errors
+    h[2..4].copy_from_slice(&((HEADERS + QUOTE) as u16).to_be_bytes());
+    h[8] = 64; // TTL
+    h[9] = PROTO_ICMP;
+    h[12..16].copy_from_slice(&from.to_ne_bytes());
+    h[16..20].copy_from_slice(&ip.src.to_ne_bytes());
+    let ip_sum = checksum::checksum(&h[..20]);
+    h[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    h[20] = ICMP_DEST_UNREACH;
+    h[21] = ICMP_PORT_UNREACH;
+    let mut icmp = [0u8; 8 + QUOTE];
+    icmp[..8].copy_from_slice(&h[20..]);
+    icmp[8..].copy_from_slice(&quote);
+    let icmp_sum = checksum::checksum(&icmp);
+    h[22..24].copy_from_slice(&icmp_sum.to_be_bytes());
+    ctx.store(EthHdr::LEN, &h, 0).map_err(failed)?;
+    let eth = packet::eth(ctx)?;
+    Ok(route::deliver_peer(ctx, eth, pod, Path::ServiceReject))
+}
