@@ -174,14 +174,22 @@ kernel_abi!(
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): repr(C), plain integers, no padding (sizes checked above).
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::ServiceConfig {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::Service {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::BackendKey {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::ServiceReply {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::ServiceFlow {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::Affinity {}
 }

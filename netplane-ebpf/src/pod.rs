@@ -11,7 +11,8 @@ use crate::{
     arp,
     counters::{count, drop},
     packet::{self, ETH_P_ARP, ETH_P_IP, tcp},
-    route, service,
+    route,
+    service::{self, Forward},
 };
 
 pub fn from_pod(ctx: &TcContext) -> i32 {
@@ -49,8 +50,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
 
-    if let Some(verdict) = service::from_client(ctx, cfg, &ip)? {
-        return Ok(verdict);
+    match service::from_client(ctx, cfg, &ip)? {
+        None => {}
+        Some(Forward::Verdict(verdict)) => return Ok(verdict),
+        Some(Forward::Masquerade) => {
+            let ip = packet::ipv4(ctx)?; // as translated
+            return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
+        }
     }
     if ip.proto == PROTO_TCP && cfg.in_cluster(ip.dst) {
         report_new_tcp(ctx, &ip);

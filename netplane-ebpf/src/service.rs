@@ -83,10 +83,10 @@ fn dnat(ctx: &TcContext, ip: &Ipv4, client: Client) -> Result<Option<Dnat>, Drop
     let l4 = ports(ctx, ip).ok_or(DropReason::NoService)?;
     let frontend = ServiceKey::new(ip.dst, l4.dst_port, ip.proto);
     // SAFETY: the agent replaces values whole; the value is copied at once.
-    let svc = *unsafe { SERVICES.get(&frontend) }.ok_or(DropReason::NoService)?;
+    let svc = *unsafe { SERVICES.get(frontend) }.ok_or(DropReason::NoService)?;
     let key = l4.key(ip);
     // SAFETY: as above.
-    let flow = match unsafe { SERVICE_FLOWS.get(&key) } {
+    let flow = match unsafe { SERVICE_FLOWS.get(key) } {
         Some(f) => *f,
         None if svc.backends == 0 => return Ok(Some(Dnat::NoBackend)),
         None => open(ip, &l4, &svc, &frontend, client)?,
@@ -138,7 +138,7 @@ fn open(
         None => {
             let reply_key = FlowKey::new(b.ip, ip.src, b.port, l4.src_port, ip.proto);
             SERVICE_REPLIES
-                .insert(&reply_key, &reply, 0)
+                .insert(reply_key, reply, 0)
                 .map_err(|_| DropReason::NatTableFull)?;
         }
         Some(src_ip) => {
@@ -147,7 +147,7 @@ fn open(
         }
     }
     SERVICE_FLOWS
-        .insert(&l4.key(ip), &flow, 0)
+        .insert(l4.key(ip), flow, 0)
         .map_err(|_| DropReason::NatTableFull)?;
     Ok(flow)
 }
@@ -171,7 +171,7 @@ fn claim_random_port(
         }
         let reply_key = FlowKey::new(b.ip, src_ip, b.port, port, proto);
         if SERVICE_REPLIES
-            .insert(&reply_key, reply, BPF_NOEXIST as u64)
+            .insert(reply_key, reply, BPF_NOEXIST as u64)
             .is_ok()
         {
             return Ok(port);
@@ -180,21 +180,31 @@ fn claim_random_port(
     Err(DropReason::NatPortsExhausted)
 }
 
-/// A pod's packet: to a service frontend, the verdict (sent to a backend,
-/// or rejected); outside the service CIDR, None.
+/// What becomes of a pod's packet to a service.
+pub enum Forward {
+    /// Sent to its backend, or rejected.
+    Verdict(i32),
+    /// Translated for a backend outside the cluster pod CIDR: the caller
+    /// masquerades it to the node, as kubenet's MASQUERADE rule does for
+    /// every destination outside it.
+    Masquerade,
+}
+
+/// A pod's packet: to a service frontend, what becomes of it; outside
+/// the service CIDR, None.
 #[inline(always)]
 pub fn from_client(
     ctx: &TcContext,
     cfg: &NodeConfig,
     ip: &Ipv4,
-) -> Result<Option<i32>, DropReason> {
+) -> Result<Option<Forward>, DropReason> {
     let Some(sc) = SERVICE_CONFIG.get(0) else {
         return Ok(None);
     };
     let hairpin_ip = sc.hairpin_ip;
     match dnat(ctx, ip, Client::Pod { hairpin_ip })? {
         None => Ok(None),
-        Some(Dnat::NoBackend) => reject(ctx, ip, hairpin_ip).map(Some),
+        Some(Dnat::NoBackend) => reject(ctx, ip, hairpin_ip).map(|v| Some(Forward::Verdict(v))),
         Some(Dnat::To(backend)) => to_backend(ctx, cfg, backend).map(Some),
     }
 }
@@ -240,32 +250,32 @@ pub fn deliver_reply(ctx: &TcContext, cfg: &NodeConfig, client: u32) -> Result<i
 
 /// Sends a translated packet on to its backend, as a kubenet node routes
 /// it after kube-proxy's DNAT: a pod here or on another node (one routed
-/// hop, even on the same node), this node's own stack, or a host outside
-/// the cluster pod CIDR (the API server's), masqueraded to the node's IP
-/// as kubenet's MASQUERADE rule does for every destination outside it.
+/// hop, even on the same node), this node's own stack, or for a host
+/// outside the cluster pod CIDR (the API server's) the masquerade.
 #[inline(always)]
-fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<i32, DropReason> {
+fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<Forward, DropReason> {
     if backend == cfg.node_ip {
         crate::counters::count(ctx, Path::ServiceOut);
-        return Ok(TC_ACT_OK);
+        return Ok(Forward::Verdict(TC_ACT_OK));
     }
     if !cfg.in_cluster(backend) {
-        let ip = packet::ipv4(ctx)?;
-        return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
+        return Ok(Forward::Masquerade);
     }
     if let Some(verdict) = route::routed_hop(ctx) {
-        return Ok(verdict);
+        return Ok(Forward::Verdict(verdict));
     }
     if let Some(pod) = route::local_pod(backend) {
         let eth = packet::eth(ctx)?;
-        return Ok(route::deliver_peer(ctx, eth, pod, Path::ServiceOut));
+        let verdict = route::deliver_peer(ctx, eth, pod, Path::ServiceOut);
+        return Ok(Forward::Verdict(verdict));
     }
     let owner = match route::route_owner(backend) {
         Some(owner) if owner != cfg.node_ip => owner,
         Some(_) => return Err(DropReason::NoLocalPod),
         None => return Err(DropReason::NoRoute),
     };
-    Ok(route::to_node(ctx, cfg, owner, Path::ServiceOut))
+    let verdict = route::to_node(ctx, cfg, owner, Path::ServiceOut);
+    Ok(Forward::Verdict(verdict))
 }
 
 /// A new flow's backend: the client's affine one while its affinity
@@ -281,11 +291,11 @@ fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, Dr
     };
     if svc.affinity_secs != 0 {
         // SAFETY: the value is copied at once.
-        if let Some(a) = unsafe { SERVICE_AFFINITY.get(&key) }.copied() {
-            if now.saturating_sub(a.last_ns) < svc.affinity_secs as u64 * 1_000_000_000 {
-                remember(&key, a.backend, now);
-                return Ok(a.backend);
-            }
+        if let Some(a) = unsafe { SERVICE_AFFINITY.get(key) }.copied()
+            && now.saturating_sub(a.last_ns) < svc.affinity_secs as u64 * 1_000_000_000
+        {
+            remember(&key, a.backend, now);
+            return Ok(a.backend);
         }
     }
     // SAFETY: no preconditions.
@@ -295,7 +305,7 @@ fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, Dr
         index,
     };
     // SAFETY: the value is copied at once.
-    let backend = *unsafe { SERVICE_BACKENDS.get(&slot) }.ok_or(DropReason::NoService)?;
+    let backend = *unsafe { SERVICE_BACKENDS.get(slot) }.ok_or(DropReason::NoService)?;
     if svc.affinity_secs != 0 {
         remember(&key, backend, now);
     }
@@ -310,7 +320,7 @@ fn remember(key: &AffinityKey, backend: Backend, now: u64) {
         _pad: 0,
         last_ns: now,
     };
-    let _ = SERVICE_AFFINITY.insert(key, &a, 0);
+    let _ = SERVICE_AFFINITY.insert(key, a, 0);
 }
 
 /// A packet about to be delivered to a pod of this node: a backend's
@@ -327,7 +337,7 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
         return Ok(None);
     };
     // SAFETY: the value is copied at once.
-    let Some(r) = unsafe { SERVICE_REPLIES.get(&l4.key(ip)) }.copied() else {
+    let Some(r) = unsafe { SERVICE_REPLIES.get(l4.key(ip)) }.copied() else {
         return Ok(None);
     };
     let (old, new) = (
