@@ -1,0 +1,319 @@
+//! Services through the real programs (BPF_PROG_TEST_RUN), frame by
+//! frame with the flow state carried over: DNAT to the backend and the
+//! reply restored, hairpin and node flows masqueraded with a random port,
+//! ICMP port unreachable built for a service without backends, and what
+//! is not a service dropped. The world is tests/src/fixture.rs's node-0,
+//! with the Services written by the agent's own code (ServiceTable).
+use std::net::Ipv4Addr;
+
+use etherparse::{
+    Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
+    icmpv4::DestUnreachableHeader,
+};
+use netplane::{
+    agent::services::{ServiceTable, configure_node},
+    config::Cluster,
+    datapath::{Counters, Datapath},
+    source::services::Frontend,
+};
+use netplane_common::{
+    DropReason, Path, checksum,
+    maps::programs,
+    nat::{PROTO_TCP, PROTO_UDP},
+};
+use netplane_tests::{privileged, world::*};
+
+const REMOTE_SVC: [u8; 4] = [10, 0, 1, 1];
+const LOCAL_SVC: [u8; 4] = [10, 0, 1, 2];
+const EMPTY_SVC: [u8; 4] = [10, 0, 1, 3];
+const SELF_SVC: [u8; 4] = [10, 0, 1, 4];
+const HAIRPIN: [u8; 4] = [10, 244, 0, 1];
+
+fn frontend(ip: [u8; 4], proto: u8, backends: &[[u8; 4]]) -> Frontend {
+    Frontend {
+        name: format!("default/{}:{proto}", Ipv4Addr::from(ip)),
+        ip: ip.into(),
+        port: 80,
+        proto,
+        backends: backends
+            .iter()
+            .map(|b| (Ipv4Addr::from(*b), 8080))
+            .collect(),
+        affinity_secs: 0,
+    }
+}
+
+/// node-0 with four services: a backend on node-1, one here (pod B),
+/// none, and pod A itself.
+fn world() -> Datapath {
+    let mut dp = node0_datapath();
+    let cluster = Cluster::load(None).unwrap();
+    configure_node(&mut dp, &cluster, &cluster.node("node-0").unwrap()).unwrap();
+    let mut table = ServiceTable::adopt(&mut dp).unwrap();
+    table
+        .apply(
+            &mut dp,
+            &[
+                frontend(REMOTE_SVC, PROTO_TCP, &[REMOTE_POD]),
+                frontend(REMOTE_SVC, PROTO_UDP, &[REMOTE_POD]),
+                frontend(LOCAL_SVC, PROTO_TCP, &[POD_B]),
+                frontend(EMPTY_SVC, PROTO_TCP, &[]),
+                frontend(EMPTY_SVC, PROTO_UDP, &[]),
+                frontend(SELF_SVC, PROTO_TCP, &[POD_A]),
+            ],
+        )
+        .unwrap();
+    dp
+}
+
+struct Seg {
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    ttl: u8,
+    udp: bool,
+}
+
+fn frame(s: &Seg) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(s.macs.0, s.macs.1).ipv4(s.src.0, s.dst.0, s.ttl);
+    let mut out = Vec::new();
+    if s.udp {
+        b.udp(s.src.1, s.dst.1)
+            .write(&mut out, b"service?")
+            .unwrap();
+    } else {
+        b.tcp(s.src.1, s.dst.1, 1, 64000)
+            .write(&mut out, b"service?")
+            .unwrap();
+    }
+    out
+}
+
+/// Pod A's segment to a service frontend's port 80.
+fn from_a(dst: [u8; 4], udp: bool) -> Seg {
+    Seg {
+        macs: (POD_A_MAC, POD_A_HOST_MAC),
+        src: (POD_A, 40000),
+        dst: (dst, 80),
+        ttl: 64,
+        udp,
+    }
+}
+
+fn run(dp: &mut Datapath, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    test_run(dp, prog, input, 0).unwrap()
+}
+
+/// How far the counters moved while `f` ran.
+struct Moved {
+    before: Counters,
+    after: Counters,
+}
+
+impl Moved {
+    fn path(&self, p: Path) -> u64 {
+        self.after.packets_of(p) - self.before.packets_of(p)
+    }
+    fn drop(&self, r: DropReason) -> u64 {
+        self.after.drops_of(r) - self.before.drops_of(r)
+    }
+}
+
+fn moved(dp: &mut Datapath, f: impl FnOnce(&mut Datapath)) -> Moved {
+    let before = dp.counters().unwrap();
+    f(dp);
+    Moved {
+        before,
+        after: dp.counters().unwrap(),
+    }
+}
+
+/// The addresses and ports of a frame's IPv4 TCP/UDP packet.
+fn tuple(frame: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16), u8) {
+    let p = SlicedPacket::from_ethernet(frame).expect("parses");
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let ports = match p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            (t.source_port(), t.destination_port())
+        }
+        Some(TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        other => panic!("not TCP/UDP: {other:?}"),
+    };
+    (
+        (Ipv4Addr::from(h.source), ports.0),
+        (Ipv4Addr::from(h.destination), ports.1),
+        h.time_to_live,
+    )
+}
+
+fn addr(ip: [u8; 4], port: u16) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(ip), port)
+}
+
+#[test]
+fn a_service_flow_is_translated_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    for udp in [false, true] {
+        // Out: the frontend becomes the backend on node-1, one routed hop.
+        let out = frame(&from_a(REMOTE_SVC, udp));
+        let mut got = (0, Vec::new());
+        let c = moved(&mut dp, |dp| got = run(dp, programs::FROM_POD, &out));
+        assert_eq!(got.0, TC_ACT_REDIRECT, "udp={udp}");
+        assert_eq!(
+            tuple(&got.1),
+            (addr(POD_A, 40000), addr(REMOTE_POD, 8080), 63),
+            "udp={udp}"
+        );
+        assert_eq!(c.path(Path::ServiceOut), 1);
+        // A second packet of the flow: the same backend.
+        let again = run(&mut dp, programs::FROM_POD, &out);
+        assert_eq!(again.1, got.1, "udp={udp}");
+
+        // Back: the backend's reply from the VNet gets the frontend back.
+        let reply = frame(&Seg {
+            macs: (PEER_NODE_MAC, UPLINK_MAC),
+            src: (REMOTE_POD, 8080),
+            dst: (POD_A, 40000),
+            ttl: 63,
+            udp,
+        });
+        let mut back = (0, Vec::new());
+        let c = moved(&mut dp, |dp| back = run(dp, programs::FROM_UPLINK, &reply));
+        assert_eq!(back.0, TC_ACT_REDIRECT);
+        assert_eq!(
+            tuple(&back.1),
+            (addr(REMOTE_SVC, 80), addr(POD_A, 40000), 62)
+        );
+        assert_eq!(&back.1[..12], &[POD_A_MAC, POD_A_HOST_MAC].concat()[..]);
+        assert_eq!(c.path(Path::ServiceReply), 1);
+    }
+
+    // A backend on this node: delivered to pod B, still one routed hop.
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &frame(&from_a(LOCAL_SVC, false)),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out), (addr(POD_A, 40000), addr(POD_B, 8080), 63));
+    assert_eq!(&out[..12], &[POD_B_MAC, POD_B_HOST_MAC].concat()[..]);
+}
+
+#[test]
+fn hairpin_and_node_flows_are_masqueraded_with_a_random_port() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    // Pod A to its own service: sent back to itself from the hairpin
+    // address, with a port of the masquerade range.
+    let (v, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &frame(&from_a(SELF_SVC, false)),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let (src, dst, _) = tuple(&out);
+    assert_eq!((src.0, dst), (Ipv4Addr::from(HAIRPIN), addr(POD_A, 8080)));
+    assert!(src.1 >= 1024, "port {}", src.1);
+    // Its answer to the hairpin address comes back as the service's.
+    let answer = frame(&Seg {
+        macs: (POD_A_MAC, POD_A_HOST_MAC),
+        src: (POD_A, 8080),
+        dst: (HAIRPIN, src.1),
+        ttl: 64,
+        udp: false,
+    });
+    let (v, back) = run(&mut dp, programs::FROM_POD, &answer);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&back).0, addr(SELF_SVC, 80));
+    assert_eq!(tuple(&back).1, addr(POD_A, 40000));
+
+    // The node's own traffic leaving by the uplink: to the backend on
+    // node-1, from the node's address with a random port.
+    let host = frame(&Seg {
+        macs: (UPLINK_MAC, PEER_NODE_MAC),
+        src: (NODE0, 50000),
+        dst: (REMOTE_SVC, 80),
+        ttl: 64,
+        udp: true,
+    });
+    let (v, out) = run(&mut dp, programs::TO_UPLINK, &host);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let (src, dst, _) = tuple(&out);
+    assert_eq!(
+        (src.0, dst),
+        (Ipv4Addr::from(NODE0), addr(REMOTE_POD, 8080))
+    );
+    // The backend's reply reaches the node's stack as the service's.
+    let reply = frame(&Seg {
+        macs: (PEER_NODE_MAC, UPLINK_MAC),
+        src: (REMOTE_POD, 8080),
+        dst: (NODE0, src.1),
+        ttl: 63,
+        udp: true,
+    });
+    let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(tuple(&back).0, addr(REMOTE_SVC, 80));
+    assert_eq!(tuple(&back).1, addr(NODE0, 50000));
+}
+
+#[test]
+fn no_backend_is_answered_with_port_unreachable_and_no_service_is_dropped() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    for udp in [false, true] {
+        let input = frame(&from_a(EMPTY_SVC, udp));
+        let mut got = (0, Vec::new());
+        let c = moved(&mut dp, |dp| got = run(dp, programs::FROM_POD, &input));
+        assert_eq!(got.0, TC_ACT_REDIRECT, "back into pod A");
+        assert_eq!(c.path(Path::ServiceReject), 1);
+        let out = &got.1;
+        assert_eq!(&out[..12], &[POD_A_MAC, POD_A_HOST_MAC].concat()[..]);
+        let p = SlicedPacket::from_ethernet(out).expect("parses");
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!((h.source, h.destination), (HAIRPIN, POD_A));
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!("not ICMP: {out:02x?}")
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+        );
+        // The checksum covers the ICMP header and the quote, which is the
+        // pod's own IPv4 header and its first 8 transport bytes.
+        let icmp_bytes = &out[34..];
+        assert_eq!(icmp_bytes.len(), 8 + 28);
+        assert_eq!(checksum::checksum(icmp_bytes), 0, "ICMP checksum");
+        assert_eq!(&icmp_bytes[8..], &input[14..14 + 28]);
+    }
+    for (what, dst, port) in [
+        ("a port the service lacks", REMOTE_SVC, 81),
+        ("an address no service has", [10, 0, 9, 9], 80),
+    ] {
+        let mut seg = from_a(dst, false);
+        seg.dst.1 = port;
+        let mut got = (0, Vec::new());
+        let c = moved(&mut dp, |dp| {
+            got = run(dp, programs::FROM_POD, &frame(&seg))
+        });
+        assert_eq!(got.0, TC_ACT_SHOT, "{what}");
+        assert_eq!(c.drop(DropReason::NoService), 1, "{what}");
+    }
+}
