@@ -119,6 +119,10 @@ pub struct ServiceFlow {
     pub backend_port: u16,
     pub src_port: u16,
     pub src_ip: u32,
+    /// The backend's index in SERVICE_BACKENDS when the flow opened: a new
+    /// TCP connection on the same tuple keeps the backend only while it is
+    /// still there.
+    pub index: u32,
 }
 
 /// SERVICE_REPLIES value: what the backend's reply must look like again.
@@ -156,7 +160,8 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Affinity {
     pub backend: Backend,
-    pub _pad: u32,
+    /// The backend's index in SERVICE_BACKENDS.
+    pub index: u32,
     pub last_ns: u64,
 }
 
@@ -166,7 +171,7 @@ kernel_abi!(
     Service => 16,
     BackendKey => 8,
     Backend => 8,
-    ServiceFlow => 12,
+    ServiceFlow => 16,
     ServiceReply => 12,
     AffinityKey => 12,
     Affinity => 24,

@@ -86,10 +86,13 @@ fn dnat(ctx: &TcContext, ip: &Ipv4, client: Client) -> Result<Option<Dnat>, Drop
     let svc = *unsafe { SERVICES.get(frontend) }.ok_or(DropReason::NoService)?;
     let key = l4.key(ip);
     // SAFETY: as above.
-    let flow = match unsafe { SERVICE_FLOWS.get(key) } {
-        Some(f) => *f,
-        None if svc.backends == 0 => return Ok(Some(Dnat::NoBackend)),
-        None => open(ip, &l4, &svc, &frontend, client)?,
+    let known = unsafe { SERVICE_FLOWS.get(key) }.copied();
+    let flow = match known {
+        // A new TCP connection on a remembered tuple (conntrack would have
+        // let the old one go) keeps its backend only if it is still ready.
+        Some(f) if !(syn(ctx, ip) && gone(&svc, &f)) => f,
+        _ if svc.backends == 0 => return Ok(Some(Dnat::NoBackend)),
+        _ => open(ip, &l4, &svc, &frontend, client)?,
     };
     let from = Endpoint::new(ip.dst, l4.dst_port);
     let to = Endpoint::new(flow.backend_ip, flow.backend_port);
@@ -104,6 +107,33 @@ fn dnat(ctx: &TcContext, ip: &Ipv4, client: Client) -> Result<Option<Dnat>, Drop
     Ok(Some(Dnat::To(flow.backend_ip)))
 }
 
+/// A TCP segment opening a connection (SYN without ACK).
+#[inline(always)]
+fn syn(ctx: &TcContext, ip: &Ipv4) -> bool {
+    use crate::packet::tcp::{ACK, FLAGS, SYN};
+    ip.proto == PROTO_TCP
+        && ctx
+            .load::<u8>(ip.l4_off + FLAGS)
+            .is_ok_and(|f| f & (SYN | ACK) == SYN)
+}
+
+/// The flow's backend is no longer where it was in the service's list.
+#[inline(always)]
+fn gone(svc: &Service, f: &ServiceFlow) -> bool {
+    if f.index >= svc.backends {
+        return true;
+    }
+    let slot = BackendKey {
+        service: svc.id,
+        index: f.index,
+    };
+    // SAFETY: the value is copied at once.
+    match unsafe { SERVICE_BACKENDS.get(slot) }.copied() {
+        Some(b) => (b.ip, b.port) != (f.backend_ip, f.backend_port),
+        None => true,
+    }
+}
+
 /// A new service flow: its backend, the source the backend will see, and
 /// both table entries.
 #[inline(always)]
@@ -114,7 +144,7 @@ fn open(
     frontend: &ServiceKey,
     client: Client,
 ) -> Result<ServiceFlow, DropReason> {
-    let b = pick(svc, frontend, ip.src)?;
+    let (b, index) = pick(svc, frontend, ip.src)?;
     let masquerade = match client {
         // A pod reaching itself: the backend must answer someone else, or
         // its reply would stay inside the pod un-restored.
@@ -133,6 +163,7 @@ fn open(
         backend_port: b.port,
         src_ip: ip.src,
         src_port: l4.src_port,
+        index,
     };
     match masquerade {
         None => {
@@ -282,7 +313,7 @@ fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<Forward
 /// lasts, else one of the ready backends at random (kube-proxy's
 /// `statistic --mode random` chain gives each the same chance).
 #[inline(always)]
-fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, DropReason> {
+fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<(Backend, u32), DropReason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = AffinityKey {
@@ -294,8 +325,8 @@ fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, Dr
         if let Some(a) = unsafe { SERVICE_AFFINITY.get(key) }.copied()
             && now.saturating_sub(a.last_ns) < svc.affinity_secs as u64 * 1_000_000_000
         {
-            remember(&key, a.backend, now);
-            return Ok(a.backend);
+            remember(&key, a.backend, a.index, now);
+            return Ok((a.backend, a.index));
         }
     }
     // SAFETY: no preconditions.
@@ -307,17 +338,17 @@ fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<Backend, Dr
     // SAFETY: the value is copied at once.
     let backend = *unsafe { SERVICE_BACKENDS.get(slot) }.ok_or(DropReason::NoService)?;
     if svc.affinity_secs != 0 {
-        remember(&key, backend, now);
+        remember(&key, backend, index, now);
     }
-    Ok(backend)
+    Ok((backend, index))
 }
 
 /// Affinity is renewed by every new flow (iptables' `recent --set`).
 #[inline(always)]
-fn remember(key: &AffinityKey, backend: Backend, now: u64) {
+fn remember(key: &AffinityKey, backend: Backend, index: u32, now: u64) {
     let a = Affinity {
         backend,
-        _pad: 0,
+        index,
         last_ns: now,
     };
     let _ = SERVICE_AFFINITY.insert(key, a, 0);

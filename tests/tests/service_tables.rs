@@ -317,3 +317,35 @@ fn no_backend_is_answered_with_port_unreachable_and_no_service_is_dropped() {
         assert_eq!(c.drop(DropReason::NoService), 1, "{what}");
     }
 }
+
+#[test]
+fn a_new_connection_on_a_remembered_tuple_leaves_a_removed_backend() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    let syn = |dp: &mut Datapath| {
+        let b = PacketBuilder::ethernet2(POD_A_MAC, POD_A_HOST_MAC)
+            .ipv4(POD_A, REMOTE_SVC, 64)
+            .tcp(40000, 80, 1, 64000)
+            .syn();
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        tuple(&run(dp, programs::FROM_POD, &f).1).1
+    };
+    let established = |dp: &mut Datapath| {
+        let f = frame(&from_a(REMOTE_SVC, false));
+        tuple(&run(dp, programs::FROM_POD, &f).1).1
+    };
+    assert_eq!(syn(&mut dp), addr(REMOTE_POD, 8080));
+    // The service's only backend is replaced.
+    let mut table = ServiceTable::adopt(&mut dp).unwrap();
+    let mut fronts = vec![frontend(REMOTE_SVC, PROTO_TCP, &[POD_B])];
+    fronts.push(frontend(SELF_SVC, PROTO_TCP, &[POD_A]));
+    table.apply(&mut dp, &fronts).unwrap();
+    // The open connection keeps its backend (as conntrack keeps an
+    // established entry); a new SYN on the same tuple goes to a ready one.
+    assert_eq!(established(&mut dp), addr(REMOTE_POD, 8080));
+    assert_eq!(syn(&mut dp), addr(POD_B, 8080));
+    assert_eq!(established(&mut dp), addr(POD_B, 8080));
+}

@@ -115,6 +115,16 @@ impl Datapath {
         copy_array!(names::NODE_CONFIG, NodeConfig);
         copy_array!(nat::names::NAT_CONFIG, NatConfig);
         copy_array!(nat::names::SNAT_SLOTS, SnatSlot);
+        // Services: what a new flow would find (its own flow is made in
+        // the copy).
+        {
+            use netplane_common::services::{
+                Backend, BackendKey, Service, ServiceConfig, ServiceKey, names as svc,
+            };
+            copy_hash!(svc::SERVICES, ServiceKey, Service);
+            copy_hash!(svc::SERVICE_BACKENDS, BackendKey, Backend);
+            copy_array!(svc::SERVICE_CONFIG, ServiceConfig);
+        }
         {
             let src = aya::maps::Map::LpmTrie(open(names::ROUTES)?);
             let src: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&src)?;

@@ -191,6 +191,43 @@ fn moved(before: &Counters, after: &Counters) -> (Option<Path>, Option<DropReaso
     (path, drop)
 }
 
+/// The Service entries a translated flow used, as map lines.
+fn service_maps(
+    dp: &mut Datapath,
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    proto: u8,
+) -> Result<Vec<String>> {
+    use netplane_common::services::{Service, ServiceFlow, ServiceKey, names as svc};
+    let mut out = Vec::new();
+    let services: HashMap<_, ServiceKey, Service> = HashMap::try_from(dp.map(svc::SERVICES)?)?;
+    if let Ok(s) = services.get(&ServiceKey::new(key(dst), dport, proto), 0) {
+        out.push(format!(
+            "SERVICES[{dst}:{dport}] = service {}, {} ready backend(s){}",
+            s.id,
+            s.backends,
+            if s.affinity_secs > 0 {
+                format!(", ClientIP affinity {} s", s.affinity_secs)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let flows: aya::maps::HashMap<_, FlowKey, ServiceFlow> =
+        aya::maps::HashMap::try_from(dp.map(svc::SERVICE_FLOWS)?)?;
+    let k = FlowKey::new(key(src), key(dst), sport, dport, proto);
+    if let Ok(f) = flows.get(&k, 0) {
+        out.push(format!(
+            "SERVICE_FLOWS[{src}:{sport} -> {dst}:{dport}] = backend {}:{}, seen as {}:{}",
+            addr(f.backend_ip),
+            f.backend_port,
+            addr(f.src_ip),
+            f.src_port
+        ));
+    }
+    Ok(out)
+}
+
 /// Where the walk goes after a hop.
 enum Next {
     At(String, &'static str),
@@ -211,6 +248,20 @@ impl World<'_> {
     fn name_of(&self, ip: Ipv4Addr) -> String {
         self.host_by_ip(ip)
             .map_or_else(|| ip.to_string(), |h| h.name.clone())
+    }
+
+    /// BPF_PROG_TEST_RUN delivers on lo: in the copy of `node`, the pod's
+    /// veth is lo, so the anti-spoofing check sees the packet on the pod's
+    /// interface.
+    fn as_sender(&mut self, node: &str, pod_ip: Ipv4Addr) -> Result<()> {
+        let dp = self.copies.get(node)?;
+        let mut pods: HashMap<_, u32, LocalPod> = HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
+        let mut me = pods
+            .get(&key(pod_ip), 0)
+            .context("the pod is not in its node's data path")?;
+        me.ifindex = 1;
+        pods.insert(key(pod_ip), me, 0)?;
+        Ok(())
     }
 
     fn outbound(&self) -> &Host {
@@ -253,11 +304,14 @@ impl World<'_> {
             Some(17) => 17,
             _ => 1,
         };
+        // Keyed by the destination as it leaves (a Service's backend, when
+        // the flow was translated for one first).
+        let (_, _, out_dst, out_dport) = tuple(&out).unwrap_or((src, sport, dst, dport));
         let out_key = FlowKey::new(
             key(src),
-            key(dst),
+            key(out_dst),
             sport,
-            if proto == 1 { 0 } else { dport },
+            if proto == 1 { 0 } else { out_dport },
             proto,
         );
         let translated = nat_out.get(&out_key, 0).ok();
@@ -292,6 +346,42 @@ impl World<'_> {
                     Next::Done(format!("delivered to {pod}")),
                 )
             }
+            (TC_ACT_REDIRECT, Some(Path::ServiceOut), _) => {
+                let (_, _, backend, bport) = tuple(&out).context("a translated frame")?;
+                maps.extend(service_maps(dp, (src, sport), (dst, dport), proto)?);
+                let decision =
+                    format!("service {dst}:{dport}: destination -> backend {backend}:{bport}");
+                let here: HashMap<_, u32, LocalPod> =
+                    HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
+                if here.get(&key(backend), 0).is_ok() {
+                    let pod = self.name_of(backend);
+                    (decision, Next::Done(format!("delivered to {pod}")))
+                } else {
+                    let owner = self
+                        .copies
+                        .get(agent)?
+                        .routes_map()?
+                        .get(&Key::new(32, key(backend)), 0)
+                        .ok()
+                        .map(|r| addr(r.node_ip))
+                        .context("a backend without a route")?;
+                    let name = self.name_of(owner);
+                    let decision = format!("{decision}, routed to {name} ({owner})");
+                    (decision, Next::At(name, programs::FROM_UPLINK))
+                }
+            }
+            (TC_ACT_REDIRECT, Some(Path::ServiceReply), _) => {
+                let (s2, p2, d, _) = tuple(&out).unwrap_or((src, sport, dst, dport));
+                let pod = self.name_of(d);
+                (
+                    format!("a Service's reply: source restored to {s2}:{p2}, deliver to {pod}"),
+                    Next::Done(format!("delivered to {pod}")),
+                )
+            }
+            (TC_ACT_REDIRECT, Some(Path::ServiceReject), _) => (
+                "service without a ready backend: ICMP port unreachable back to the pod".into(),
+                Next::Done(format!("refused at {agent} (ICMP port unreachable)")),
+            ),
             (TC_ACT_REDIRECT, Some(Path::ToRemoteNode), _) => {
                 let owner = route.context("routed without a route")?;
                 maps.push(format!(
@@ -305,8 +395,12 @@ impl World<'_> {
             }
             (TC_ACT_REDIRECT, Some(Path::SnatOut | Path::LbOut), _) => {
                 let e = translated.context("translated without an entry")?;
+                if out_dst != dst {
+                    // A Service's backend outside the cluster pod CIDR.
+                    maps.extend(service_maps(dp, (src, sport), (dst, dport), proto)?);
+                }
                 maps.push(format!(
-                    "NAT_OUT[{src}:{sport} -> {dst}:{dport}] = {}:{} (slot {})",
+                    "NAT_OUT[{src}:{sport} -> {out_dst}:{out_dport}] = {}:{} (slot {})",
                     addr(e.nat_ip),
                     e.nat_port,
                     e.slot
@@ -325,9 +419,17 @@ impl World<'_> {
                             self.name_of(dst)
                         )),
                     )
-                } else if node_subnet.contains(&dst) {
-                    let name = self.name_of(dst);
-                    (decision, Next::At(name, programs::FROM_UPLINK))
+                } else if node_subnet.contains(&out_dst) {
+                    let name = self.name_of(out_dst);
+                    let node = self
+                        .host_by_ip(out_dst)
+                        .is_some_and(|h| h.role == Role::Node);
+                    let next = if node {
+                        Next::At(name, programs::FROM_UPLINK)
+                    } else {
+                        Next::Done(format!("delivered to {name} on the VNet"))
+                    };
+                    (decision, next)
                 } else {
                     let gw = self.outbound().name.clone();
                     (decision, Next::At(gw, programs::LB_FROM_VNET))
@@ -407,28 +509,28 @@ pub fn trace(state: &LabState, from: &str, to: &str, source_ip: Option<Ipv4Addr>
             dps: StdHashMap::new(),
         },
     };
-    // BPF_PROG_TEST_RUN delivers on lo: in the copy, the pod's veth is lo,
-    // so the anti-spoofing check sees the packet on the pod's interface.
-    {
-        let dp = world.copies.get(&node)?;
-        let mut pods: HashMap<_, u32, LocalPod> = HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
-        let mut me = pods
-            .get(&key(pod.ip), 0)
-            .context("the pod is not in its node's data path")?;
-        me.ifindex = 1;
-        pods.insert(key(pod.ip), me, 0)?;
-    }
+    world.as_sender(&node, pod.ip)?;
     let src = source_ip.unwrap_or(pod.ip);
     let f = frame(src, TRACE_PORT, dst, dport, proto, false);
     let (forward, out) = world.walk(node.clone(), programs::FROM_POD, f)?;
     // A translated flow: the reply from the far end to what it saw.
-    let translated = forward
-        .hops
-        .iter()
-        .any(|h| h.decision.starts_with("masquerade") || h.decision.starts_with("outbound"));
-    let reply = if translated {
-        let (seen_src, seen_port, _, _) = tuple(&out).context("translated frame")?;
-        let rf = frame(dst, dport, seen_src, seen_port, proto, true);
+    let decided = |what: &str| forward.hops.iter().any(|h| h.decision.starts_with(what));
+    let translated = decided("masquerade") || decided("outbound");
+    // The far end (the target, or a Service's backend) answers what it saw.
+    let answer = tuple(&out).map(|(s, sp, d, dp)| frame(d, dp, s, sp, proto, true));
+    let backend = tuple(&out).and_then(|(_, _, d, _)| world.host_by_ip(d).cloned());
+    let reply = if decided("service") && !translated {
+        let backend = backend.context("a Service's backend that is no lab host")?;
+        let node = backend
+            .node
+            .clone()
+            .context("a Service's backend that is no pod")?;
+        world.as_sender(&node, backend.ip)?;
+        let rf = answer.context("a translated frame")?;
+        Some(world.walk(node, programs::FROM_POD, rf)?.0)
+    } else if translated {
+        let (seen_src, _, _, _) = tuple(&out).context("translated frame")?;
+        let rf = answer.context("translated frame")?;
         let (agent, program) = if world
             .host_by_ip(seen_src)
             .is_some_and(|h| h.role == Role::Node)

@@ -24,7 +24,7 @@ use netplane_common::{
     nat::{PROTO_TCP, PROTO_UDP},
     services::DEFAULT_AFFINITY_SECONDS,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -34,7 +34,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 
 /// One service port as the data path holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontend {
     /// `namespace/name:port-name` (or the port number when unnamed).
     pub name: String,

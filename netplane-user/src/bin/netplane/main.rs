@@ -11,6 +11,7 @@ mod pods;
 mod ports;
 mod routes;
 mod select;
+mod services;
 mod stats;
 mod table;
 mod trace;
@@ -70,6 +71,9 @@ enum Cmd {
     Pods(Select),
     /// The route table (the UDR) each agent has loaded, as Azure shows one.
     Routes(Select),
+    /// ClusterIP Services each node holds (from the Kubernetes API): the
+    /// frontend, its ready backends, the flows open through it.
+    Services(Select),
     /// Check a cluster file against AKS's rules; all errors at once.
     Validate(validate::ValidateArgs),
     /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Flows(args) => flows::run(args)?,
         Cmd::Pods(select) => pods::run(&select)?,
         Cmd::Routes(select) => routes::run(&select)?,
+        Cmd::Services(select) => services::run(&select)?,
         Cmd::Validate(args) => return validate::run(args),
         Cmd::Plan(args) => plan::run(args)?,
         Cmd::Whoami { command } => whoami::run(command)?,
