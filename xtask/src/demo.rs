@@ -114,8 +114,8 @@ pub fn run() -> Result<()> {
 }
 
 /// `cargo xtask demo --kubernetes`: the lab with a real API server; nodes
-/// listed by the API, the routes the agents made from them, and a Node
-/// added and removed through the API.
+/// listed by the API, the routes the agents made from them, a Node added
+/// and removed through the API, and DNS through the kube-dns Service.
 pub fn run_kubernetes() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
@@ -155,6 +155,28 @@ pub fn run_kubernetes() -> Result<()> {
     print!("{}", indent(&run_np(np, &["routes", "--node", "node-0"])?));
     section("5. Pods across nodes, routed by what the API said: pod-0-0 -> pod-1-0");
     exchange(np, "pod-0-0", "pod-1-0", "10.244.1.2")?;
+    section(
+        "6. Services: kube-dns (10.0.0.10) in front of the DNS pod, from the API's Service and EndpointSlice",
+    );
+    print!(
+        "{}",
+        indent(&run_np(np, &["services", "--node", "node-0"])?)
+    );
+    section("7. A pod resolves a name through the DNS Service (the DNS pod is on node-1)");
+    show(
+        np,
+        "pod-0-0",
+        &["dig", "+short", "@10.0.0.10", "pod-1-0.lab"],
+    )?;
+    section(
+        "8. Its walk: DNAT on node-0 to the backend on node-1, the reply's source restored on the way back",
+    );
+    print!(
+        "{}",
+        indent(&run_np(np, &["trace", "pod-0-0", "10.0.0.10:53/udp"])?)
+    );
+    section("9. Service traffic never leaves through the load balancer");
+    print!("{}", indent(&run_np(np, &["nat", "--node", "lb"])?));
     println!(
         "\nThe lab stays up, with its API server at {} (from the lab's namespaces):\n  \
          ip netns exec {} curl --cacert /run/netplane/lab/kubernetes/ca.crt -H \"Authorization: Bearer $TOKEN\" {}/api/v1/nodes\n  \
