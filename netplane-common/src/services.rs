@@ -136,6 +136,10 @@ pub struct ServiceReply {
     pub client_ip: u32,
     pub frontend_port: u16,
     pub client_port: u16,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns at the flow's start and at its latest reply: a UDP
+    /// entry idle longer than conntrack's UDP stream timeout is stale.
+    pub last_ns: u64,
 }
 
 /// kube-proxy masquerades a flow it cannot leave as it is (a pod reaching
@@ -172,7 +176,7 @@ kernel_abi!(
     BackendKey => 8,
     Backend => 8,
     ServiceFlow => 16,
-    ServiceReply => 12,
+    ServiceReply => 24,
     AffinityKey => 12,
     Affinity => 24,
 );

@@ -58,6 +58,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
         }
     }
+    service::direct_connection(ctx, &ip);
     if ip.proto == PROTO_TCP && cfg.in_cluster(ip.dst) {
         report_new_tcp(ctx, &ip);
     }

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use netplane_common::{
     DropReason, NodeConfig, Path, checksum,
+    limits::UDP_STREAM_TIMEOUT_S,
     nat::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     services::{
         Affinity, AffinityKey, Backend, BackendKey, MASQUERADE_PORT_MAX, MASQUERADE_PORT_MIN,
@@ -157,6 +158,9 @@ fn open(
         client_ip: ip.src,
         frontend_port: l4.dst_port,
         client_port: l4.src_port,
+        _pad: 0,
+        // SAFETY: no preconditions.
+        last_ns: unsafe { bpf_ktime_get_ns() },
     };
     let mut flow = ServiceFlow {
         backend_ip: b.ip,
@@ -356,7 +360,7 @@ fn remember(key: &AffinityKey, backend: Backend, index: u32, now: u64) {
 
 /// A packet about to be delivered to a pod of this node: a backend's
 /// reply to a service flow gets the frontend's address and port back as
-/// its source (and a hairpinned flow its client as destination). Returns
+/// its source (and a masqueraded flow its client as destination). Returns
 /// the client to deliver to.
 #[inline(always)]
 pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
@@ -367,10 +371,25 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
     let Some(l4) = ports(ctx, ip) else {
         return Ok(None);
     };
-    // SAFETY: the value is copied at once.
-    let Some(r) = unsafe { SERVICE_REPLIES.get(l4.key(ip)) }.copied() else {
+    let key = l4.key(ip);
+    let Some(entry) = SERVICE_REPLIES.get_ptr_mut(key) else {
         return Ok(None);
     };
+    // SAFETY: the pointer came from a successful lookup; the fields are
+    // plain integers, and a racing writer on another CPU only refreshes
+    // the same time.
+    let r = unsafe { *entry };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ip.proto == PROTO_UDP
+        && now.saturating_sub(r.last_ns) > UDP_STREAM_TIMEOUT_S as u64 * 1_000_000_000
+    {
+        // Conntrack would have forgotten this flow: the packet is no reply.
+        let _ = SERVICE_REPLIES.remove(key);
+        return Ok(None);
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).last_ns = now };
     let (old, new) = (
         Endpoint::new(ip.src, l4.src_port),
         Endpoint::new(r.frontend_ip, r.frontend_port),
@@ -384,6 +403,25 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
         rewrite::endpoint(ctx, &l4, Side::Destination, old, new)?;
     }
     Ok(Some(r.client_ip))
+}
+
+/// A TCP connection opened past the Services (to a pod, a node, the
+/// internet): a Service flow that once had the same reply tuple is over
+/// (conntrack lets a new SYN replace a closed connection), so its reply
+/// entry goes, or it would take this connection's replies for its own.
+#[inline(always)]
+pub fn direct_connection(ctx: &TcContext, ip: &Ipv4) {
+    match SERVICE_CONFIG.get(0) {
+        Some(sc) if sc.frontends != 0 => {}
+        _ => return,
+    }
+    if !syn(ctx, ip) {
+        return;
+    }
+    if let Some(l4) = ports(ctx, ip) {
+        let reply = FlowKey::new(ip.dst, ip.src, l4.dst_port, l4.src_port, PROTO_TCP);
+        let _ = SERVICE_REPLIES.remove(reply);
+    }
 }
 
 /// The quoted part of the rejected packet: its (option-less) IPv4 header

@@ -90,6 +90,7 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(verdict) = service::from_host(ctx, cfg, &ip)? {
         return Ok(verdict);
     }
+    service::direct_connection(ctx, &ip);
     if let Some(client) = service::restore_reply(ctx, &ip)? {
         let pod = route::local_pod(client).ok_or(DropReason::NoLocalPod)?;
         let eth = packet::eth(ctx)?;

@@ -349,3 +349,40 @@ fn a_new_connection_on_a_remembered_tuple_leaves_a_removed_backend() {
     assert_eq!(syn(&mut dp), addr(POD_B, 8080));
     assert_eq!(established(&mut dp), addr(POD_B, 8080));
 }
+
+#[test]
+fn a_direct_connection_on_an_old_service_tuple_keeps_its_replies() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    let syn_to = |dp: &mut Datapath, dst: [u8; 4], port: u16| {
+        let b = PacketBuilder::ethernet2(POD_A_MAC, POD_A_HOST_MAC)
+            .ipv4(POD_A, dst, 64)
+            .tcp(40000, port, 1, 64000)
+            .syn();
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        run(dp, programs::FROM_POD, &f)
+    };
+    let reply = frame(&Seg {
+        macs: (PEER_NODE_MAC, UPLINK_MAC),
+        src: (REMOTE_POD, 8080),
+        dst: (POD_A, 40000),
+        ttl: 63,
+        udp: false,
+    });
+    // Through the Service first: its reply is restored.
+    syn_to(&mut dp, REMOTE_SVC, 80);
+    let (_, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(tuple(&back).0, addr(REMOTE_SVC, 80));
+    // Later the pod connects to the backend's own address from the same
+    // port: its replies are its own, not the old Service flow's.
+    let (v, out) = syn_to(&mut dp, REMOTE_POD, 8080);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(tuple(&out).1, addr(REMOTE_POD, 8080));
+    let mut back = (0, Vec::new());
+    let c = moved(&mut dp, |dp| back = run(dp, programs::FROM_UPLINK, &reply));
+    assert_eq!(tuple(&back.1).0, addr(REMOTE_POD, 8080));
+    assert_eq!(c.path(Path::FromRemoteNode), 1);
+}

@@ -81,6 +81,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// A ClusterIP Service on netplane against real kube-proxy, and each
+    /// against the pod IP (docs/bench/services.md).
+    BenchServices {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -161,6 +167,13 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build()?;
             bench::extra::attach(rounds.max(1))
+        }
+        Cmd::BenchServices { rounds } => {
+            setup::run()?;
+            apiserver::ensure()?;
+            eprintln!("== build (release: the traffic generators run at full speed)");
+            cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
+            bench::services::services(rounds.max(1))
         }
     }
 }

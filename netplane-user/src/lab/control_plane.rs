@@ -6,7 +6,8 @@
 //! authentication and RBAC. The lab registers its nodes as Node objects,
 //! applies deploy/netplane.yaml's ServiceAccount and ClusterRole, and gives
 //! the agents a token of that ServiceAccount: they run with its
-//! permissions only (get, list and watch nodes).
+//! permissions only (get, list and watch nodes, services and
+//! endpointslices).
 use std::{
     future::Future,
     net::Ipv4Addr,

@@ -206,3 +206,172 @@ pub fn kube_proxy_args(cluster: &Cluster, node: &str, kubeconfig: &str) -> Vec<S
         "--v=2".into(),
     ]
 }
+
+/// A Service `netplane lab service` creates: ports and backends by lab
+/// host, resolved against the running lab.
+#[derive(Debug, Clone)]
+pub struct LabService {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// (port, "TCP" | "UDP")
+    pub ports: Vec<(u16, &'static str)>,
+    /// (pod IP, its node, target port)
+    pub backends: Vec<(Ipv4Addr, String, u16)>,
+    pub affinity: bool,
+}
+
+impl LabService {
+    /// Reads `PORT/tcp|udp` and `HOST:PORT` arguments against the lab.
+    pub fn parse(
+        name: &str,
+        ip: Ipv4Addr,
+        ports: &[String],
+        backends: &[String],
+        affinity: bool,
+    ) -> Result<Self> {
+        let state = super::load_state()?.context("the lab is down")?;
+        let ports = ports
+            .iter()
+            .map(|p| {
+                let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                let proto = match proto {
+                    "tcp" => "TCP",
+                    "udp" => "UDP",
+                    other => anyhow::bail!("--port {p}: protocol {other} (tcp or udp)"),
+                };
+                let port = port
+                    .parse()
+                    .with_context(|| format!("--port {p}: not a port"))?;
+                Ok((port, proto))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let backends = backends
+            .iter()
+            .map(|b| {
+                let (host, port) = b
+                    .rsplit_once(':')
+                    .with_context(|| format!("--backend {b}: HOST:PORT"))?;
+                let h = super::find_host(&state, host)
+                    .with_context(|| format!("--backend {b}: no lab host {host}"))?;
+                let node = h
+                    .node
+                    .clone()
+                    .with_context(|| format!("--backend {b}: {host} is not a pod"))?;
+                let port = port
+                    .parse()
+                    .with_context(|| format!("--backend {b}: not a port"))?;
+                Ok((h.ip, node, port))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            name: name.to_string(),
+            ip,
+            ports,
+            backends,
+            affinity,
+        })
+    }
+}
+
+impl std::fmt::Display for LabService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(p, proto)| format!("{}:{p}/{}", self.ip, proto.to_lowercase()))
+            .collect();
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|(ip, node, p)| format!("{ip}:{p} ({node})"))
+            .collect();
+        write!(
+            f,
+            "{} -> {}{}",
+            ports.join(", "),
+            if backends.is_empty() {
+                "no backend".to_string()
+            } else {
+                backends.join(", ")
+            },
+            if self.affinity {
+                ", ClientIP affinity"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Creates a lab Service and its EndpointSlice through the lab's API
+/// server; every backend gets every port (its target port).
+pub fn create_service(s: &LabService) -> Result<()> {
+    let cp = lab_api()?;
+    let names: Vec<String> = s
+        .ports
+        .iter()
+        .map(|(p, proto)| format!("{p}-{}", proto.to_lowercase()))
+        .collect();
+    let target = s.backends.first().map_or(0, |b| b.2);
+    if s.backends.iter().any(|b| b.2 != target) {
+        anyhow::bail!("every backend of a lab Service listens on the same target port");
+    }
+    let ports: Vec<Port> = s
+        .ports
+        .iter()
+        .zip(&names)
+        .map(|((p, proto), n)| {
+            (
+                n.as_str(),
+                *p,
+                *proto,
+                if target == 0 { *p } else { target },
+            )
+        })
+        .collect();
+    let endpoints: Vec<(Ipv4Addr, &str, bool)> = s
+        .backends
+        .iter()
+        .map(|(ip, node, _)| (*ip, node.as_str(), true))
+        .collect();
+    super::control_plane::in_netns(&super::control_plane::netns(), async {
+        let client = super::control_plane::admin_client(&cp).await?;
+        publish(&client, "default", &s.name, s.ip, &ports, &endpoints).await?;
+        if s.affinity {
+            let patch = json!({"spec": {"sessionAffinity": "ClientIP"}});
+            Api::<Service>::namespaced(client, "default")
+                .patch(
+                    &s.name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await?;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes a lab Service and its EndpointSlice.
+pub fn delete_service(name: &str) -> Result<()> {
+    let cp = lab_api()?;
+    super::control_plane::in_netns(&super::control_plane::netns(), async {
+        let client = super::control_plane::admin_client(&cp).await?;
+        let dp = kube::api::DeleteParams::default();
+        Api::<Service>::namespaced(client.clone(), "default")
+            .delete(name, &dp)
+            .await
+            .with_context(|| format!("deleting Service default/{name}"))?;
+        let resource = crate::source::services::slice_resource(&client).await?;
+        let _ = Api::<DynamicObject>::namespaced_with(client, "default", &resource)
+            .delete(&format!("{name}-lab"), &dp)
+            .await;
+        Ok(())
+    })
+}
+
+fn lab_api() -> Result<super::topology::ControlPlane> {
+    let state = super::load_state()?.context("the lab is down")?;
+    state
+        .kubernetes
+        .context("the lab has no API server: `netplane lab up --source kubernetes`")
+}

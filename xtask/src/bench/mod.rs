@@ -6,13 +6,15 @@
 //! - `results`: summarises a `Run` into `Results`;
 //! - `report`, `plots`: docs/benchmarks.md, the SVGs, the README table;
 //! - `gate`: CI's floors on the quick run's ratios;
-//! - `extra`: `bench-flows` and `bench-attach`, the smaller measurements.
+//! - `extra`: `bench-flows` and `bench-attach`, the smaller measurements;
+//! - `services`: `bench-services`, a Service on netplane against kube-proxy.
 pub mod extra;
 mod gate;
 pub mod model;
 mod plots;
 pub mod report;
 mod results;
+pub mod services;
 mod suite;
 mod traffic;
 

@@ -61,6 +61,29 @@ pub enum LabCmd {
         #[arg(value_enum)]
         action: ApiserverAction,
     },
+    /// Create (or with --delete remove) a ClusterIP Service in the lab's
+    /// API server (lab up --source kubernetes), with its EndpointSlice
+    /// pointing at lab hosts: what the agents, or kube-proxy on the
+    /// kubenet-classic lab, then carry.
+    Service {
+        /// The Service's name (namespace default).
+        name: String,
+        /// Its cluster IP, inside the cluster file's service_cidr.
+        #[arg(long, required_unless_present = "delete")]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Its ports, PORT/tcp or PORT/udp (repeatable).
+        #[arg(long = "port", default_value = "80/tcp")]
+        ports: Vec<String>,
+        /// A backend, HOST:TARGET_PORT (a lab pod's name or IP; repeatable;
+        /// none: the Service refuses).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// sessionAffinity: ClientIP.
+        #[arg(long)]
+        affinity: bool,
+        #[arg(long)]
+        delete: bool,
+    },
     /// Hosts, namespaces and agents.
     Status {
         #[arg(long)]
@@ -97,6 +120,25 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
         LabCmd::Apiserver { action } => {
             let running = action == ApiserverAction::Start;
             lab::control_plane::set_apiserver(running, &mut |l| progress(l))?;
+        }
+        LabCmd::Service {
+            name,
+            ip,
+            ports,
+            backends,
+            affinity,
+            delete,
+        } => {
+            if delete {
+                lab::services::delete_service(&name)?;
+                eprintln!("Service default/{name} deleted");
+            } else {
+                let ip = ip.context("--ip is required")?;
+                let spec =
+                    lab::services::LabService::parse(&name, ip, &ports, &backends, affinity)?;
+                lab::services::create_service(&spec)?;
+                eprintln!("Service default/{name} created: {spec}");
+            }
         }
         LabCmd::Reload { config } => {
             lab::reload(config.as_deref())?;
