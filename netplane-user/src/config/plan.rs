@@ -8,8 +8,12 @@ use serde::Serialize;
 pub enum Mode {
     /// Nodes take VNet addresses; pods use a separate pod CIDR and routes.
     Kubenet,
-    /// Every pod takes a VNet address.
+    /// Every pod takes a VNet address (Azure CNI's flat "Pod Subnet"/legacy
+    /// mode).
     AzureCni,
+    /// Azure CNI Overlay: nodes take VNet addresses; pods come from a
+    /// private pod CIDR, a /24 per node, with no route table.
+    AzureCniOverlay,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,9 +42,9 @@ pub struct Plan {
     pub subnet_addresses: Figure,
     /// Smallest subnet prefix that holds them.
     pub subnet_prefix: Figure,
-    /// kubenet only: the cluster pod CIDR prefix for one /24 per node.
+    /// kubenet and Overlay: the cluster pod CIDR prefix for one /24 per node.
     pub pod_cidr_prefix: Option<Figure>,
-    /// kubenet only: route table entries, against Azure's limit.
+    /// kubenet: route table entries, against Azure's limit (Overlay: 0).
     pub routes: Option<Figure>,
     pub route_limit: usize,
     pub ports_per_node: Figure,
@@ -93,7 +97,7 @@ pub fn plan(input: Input) -> Result<Plan, String> {
     let mut problems = Vec::new();
 
     let addresses = match input.mode {
-        Mode::Kubenet => Figure {
+        Mode::Kubenet | Mode::AzureCniOverlay => Figure {
             value: hosts,
             formula: format!("N + S = {n} + {s} (pods use the pod CIDR)"),
         },
@@ -117,14 +121,22 @@ pub fn plan(input: Input) -> Result<Plan, String> {
     };
 
     let (pod_cidr_prefix, routes) = match input.mode {
-        Mode::Kubenet => {
+        Mode::Kubenet | Mode::AzureCniOverlay => {
             let bits = 64 - (hosts - 1).leading_zeros() as u8; // ceil(log2(N + S))
             let pod_prefix = 24u8.saturating_sub(bits);
-            let routes = Figure {
-                value: hosts,
-                formula: format!("one route per node: N + S = {hosts}"),
+            let overlay = input.mode == Mode::AzureCniOverlay;
+            let routes = if overlay {
+                Figure {
+                    value: 0,
+                    formula: "none: Azure's overlay carries pod traffic between nodes".into(),
+                }
+            } else {
+                Figure {
+                    value: hosts,
+                    formula: format!("one route per node: N + S = {hosts}"),
+                }
             };
-            if hosts as usize > limits::AZURE_UDR_ROUTE_LIMIT {
+            if !overlay && hosts as usize > limits::AZURE_UDR_ROUTE_LIMIT {
                 problems.push(format!(
                     "{hosts} routes exceed the route table limit of {}: kubenet caps the cluster at {} nodes including surge",
                     limits::AZURE_UDR_ROUTE_LIMIT,
@@ -202,6 +214,7 @@ impl Plan {
         let mode = match i.mode {
             Mode::Kubenet => "kubenet",
             Mode::AzureCni => "azure-cni",
+            Mode::AzureCniOverlay => "azure-cni-overlay",
         };
         let mut out = format!(
             "plan: N = {} nodes, S = {} surge, P = {} max pods, {mode}, K = {} frontend IP(s)\n\n",
@@ -219,9 +232,9 @@ impl Plan {
         );
         line(&mut out, "subnet prefix", &self.subnet_prefix);
         if let (Some(pods), Some(routes)) = (&self.pod_cidr_prefix, &self.routes) {
-            out.push_str("pod CIDR (kubenet)\n");
+            out.push_str(&format!("pod CIDR ({mode}: a /24 per node)\n"));
             line(&mut out, "cluster pod CIDR prefix", pods);
-            out.push_str("route table (kubenet)\n");
+            out.push_str(&format!("route table ({mode})\n"));
             line(
                 &mut out,
                 &format!("routes (limit {})", self.route_limit),
@@ -270,6 +283,17 @@ mod tests {
         assert_eq!(p.subnet_addresses.value, 1586);
         assert_eq!(p.subnet_prefix.value, 21);
         assert!(p.pod_cidr_prefix.is_none());
+    }
+
+    #[test]
+    fn overlay_takes_node_addresses_and_no_routes() {
+        let p = plan(input(Mode::AzureCniOverlay, 500, 250, 1)).unwrap();
+        assert_eq!(p.addresses.value, 501);
+        assert_eq!(p.routes.as_ref().unwrap().value, 0);
+        assert_eq!(p.pod_cidr_prefix.as_ref().unwrap().value, 15, "512 /24s");
+        assert!(p.problems.is_empty(), "no route limit: {:?}", p.problems);
+        let kubenet = plan(input(Mode::Kubenet, 500, 250, 1)).unwrap();
+        assert_eq!(kubenet.problems.len(), 1, "kubenet's 501 routes");
     }
 
     #[test]
