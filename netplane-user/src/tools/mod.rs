@@ -1,2 +1,3 @@
-//! Small programs for lab traffic.
+//! Small programs for lab traffic, and the teaching guides' pictures.
+pub mod diagrams;
 pub mod whoami;

@@ -78,6 +78,13 @@ enum Cmd {
     Validate(validate::ValidateArgs),
     /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
     Plan(plan::PlanArgs),
+    /// Draw the teaching guides' two pictures (vnet.svg, egress.svg) from
+    /// a cluster file (default: the lab's) into DIR.
+    Diagrams {
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
     /// Address echo for lab traffic: the server tells each client the
     /// address it saw.
     Whoami {
@@ -131,6 +138,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Services(select) => services::run(&select)?,
         Cmd::Validate(args) => return validate::run(args),
         Cmd::Plan(args) => plan::run(args)?,
+        Cmd::Diagrams { dir, config } => {
+            use netplane::tools::diagrams;
+            let c = netplane::config::Cluster::load(config.as_deref())?;
+            std::fs::create_dir_all(&dir)?;
+            for (name, svg) in [
+                (diagrams::VNET_SVG, diagrams::vnet(&c)),
+                (diagrams::EGRESS_SVG, diagrams::egress(&c)),
+            ] {
+                let path = dir.join(name);
+                std::fs::write(&path, svg)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
         Cmd::Whoami { command } => whoami::run(command)?,
     }
     Ok(ExitCode::SUCCESS)
