@@ -174,6 +174,17 @@ pub fn lab_up_with(extra: &[&str]) -> (std::sync::MutexGuard<'static, ()>, LabGu
     (turn, guard)
 }
 
+/// Takes the lab's turn without bringing it up (the caller's commands do),
+/// torn down at the end all the same.
+pub fn lab_turn() -> (std::sync::MutexGuard<'static, ()>, LabGuard) {
+    let turn = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        np_namespaces().is_empty(),
+        "np- namespaces exist already: run `netplane lab down` first"
+    );
+    (turn, LabGuard)
+}
+
 /// Background traffic: a fast ping from one pod to another.
 pub fn ping_in_background(from: &str, to: &str, count: u32) -> Child {
     Command::new(netplane_bin())
