@@ -7,6 +7,7 @@ pub mod cni_latency;
 pub mod fixture;
 pub mod labkit;
 pub mod loadgen;
+pub mod model;
 pub mod program_cost;
 pub mod world;
 
