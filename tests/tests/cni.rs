@@ -33,6 +33,8 @@ fn pod_ns(i: usize) -> String {
 struct World {
     run_dir: PathBuf,
     conf: String,
+    /// The namespace the runtime calls the plugin in.
+    node_ns: &'static str,
 }
 
 /// Removes the test's namespaces and state, passed or failed.
@@ -66,7 +68,7 @@ fn ip(args: &[&str]) -> String {
 /// Runs the plugin in the node namespace; returns (exit code, JSON or Null).
 fn cni(w: &World, command: &str, container: &str, netns: &str) -> (i32, Value) {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", NODE_NS])
+        .args(["netns", "exec", w.node_ns])
         .arg(plugin())
         .env("NETPLANE_RUN_DIR", &w.run_dir)
         .env("CNI_COMMAND", command)
@@ -119,6 +121,7 @@ fn cni_lifecycle() {
     let w = World {
         run_dir: run_dir.clone(),
         conf: conf.to_string(),
+        node_ns: NODE_NS,
     };
     let _cleanup = Cleanup {
         run_dir: run_dir.clone(),
@@ -231,4 +234,83 @@ fn cni_lifecycle() {
         .unwrap()
         .count();
     assert_eq!(left, 1, "only the lock file should remain");
+}
+
+/// The CNI store on a full disk: ADD fails with the kernel's reason and
+/// leaves nothing behind (no veth, no address taken); with room again the
+/// next ADD gets the first address.
+#[test]
+fn a_full_disk_fails_add_and_leaves_nothing_behind() {
+    if !privileged() {
+        return;
+    }
+    const NODE: &str = "np-cnifull-node";
+    const POD: &str = "np-cnifull-pod";
+    let run_dir = std::env::temp_dir().join(format!("netplane-cnifull-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    /// Unmounts, removes and deletes what the test made.
+    struct Full(PathBuf);
+    impl Drop for Full {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+            for ns in ["np-cnifull-node", "np-cnifull-pod"] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    let _cleanup = Full(run_dir.clone());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "netplane-cnifull"])
+        .arg(&run_dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs");
+    let cluster = run_dir.join("cluster.toml");
+    std::fs::write(&cluster, DEFAULT_CLUSTER).unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
+        "cluster": cluster, "node": "node-0",
+    });
+    let w = World {
+        run_dir: run_dir.clone(),
+        conf: conf.to_string(),
+        node_ns: NODE,
+    };
+    ip(&["netns", "add", NODE]);
+    ip(&["netns", "add", POD]);
+    // Fill the disk to the last block.
+    let filler = run_dir.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let pod_netns = format!("/run/netns/{POD}");
+    let (code, v) = cni(&w, "ADD", "full", &pod_netns);
+    assert_ne!(code, 0, "ADD on a full disk succeeded: {v}");
+    let said = v.to_string();
+    assert!(
+        said.contains("No space left on device"),
+        "the error names the reason: {said}"
+    );
+    let host_links = ip(&["-n", NODE, "-o", "link", "show"]);
+    assert_eq!(
+        host_links.lines().count(),
+        1,
+        "only lo is left in the node namespace:\n{host_links}"
+    );
+    let pod_links = ip(&["-n", POD, "-o", "link", "show"]);
+    assert!(
+        !pod_links.contains("eth0"),
+        "no eth0 is left in the pod:\n{pod_links}"
+    );
+
+    // Room again: the first address, so the failed ADD took none.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, v) = cni(&w, "ADD", "full", &pod_netns);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["ips"][0]["address"], "10.244.0.2/24", "{v}");
+    assert_eq!(cni(&w, "DEL", "full", &pod_netns).0, 0);
 }

@@ -602,3 +602,45 @@ fn a_node_reaches_a_pod_on_another_node() {
     );
     server.wait().unwrap();
 }
+
+/// Failure injection: the bpffs unmounted under the running agents drops
+/// every pin. The agents hold their maps and links open, so nothing
+/// detaches (a 10 ms ping across nodes loses nothing); they mount it again
+/// and pin everything anew, so the CLI reads them and a restarted agent
+/// adopts every hook.
+#[test]
+fn the_bpffs_unmounted_under_the_agents_detaches_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let ping = ping_in_background("pod-0-0", "10.244.1.2", 300);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let bpffs = netplane::paths::bpffs();
+    let out = std::process::Command::new("umount")
+        .arg(&bpffs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umount {}: {}",
+        bpffs.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("every agent's pins back", || {
+        ["node-0", "node-1", "lb"].iter().all(|a| {
+            netplane::paths::pins(a).join("NODE_CONFIG").exists()
+                && netplane::paths::pins(a)
+                    .join("links")
+                    .read_dir()
+                    .is_ok_and(|mut d| d.next().is_some())
+        })
+    });
+    assert_no_loss(ping, "bpffs unmounted under the agents");
+    // The CLI reads the new pins; the counters kept counting.
+    assert!(counter(&stats("node-0"), "path", "to_remote_node") > 0);
+    let out = ok(&["lab", "agent-restart", "node-0"]);
+    for hook in ["uplink-ingress", "uplink-egress", "pod-pod-0-0"] {
+        assert!(out.contains(hook), "{hook} not adopted: {out}");
+    }
+}

@@ -344,6 +344,8 @@ impl<R: Role> Agent<R> {
     /// the agent ending would leave the pinned programs allocating ports
     /// with nobody collecting them.
     fn tick(&mut self, events: &mut EventLog) {
+        let restored = self.restore_pins();
+        self.report("restoring the pins", restored);
         let reconciled = self.role.tick(&mut self.dp, &self.hooks);
         self.report("reconcile", reconciled);
         let collected = self.collect(events);
@@ -352,6 +354,35 @@ impl<R: Role> Agent<R> {
             self.collector = Collector::default();
         }
         self.report("collection", collected);
+    }
+
+    /// The bpffs unmounted under the agent drops every pin. The agent
+    /// still holds its maps and links open, so nothing detaches; it mounts
+    /// the bpffs again and pins them anew, so the CLI, the metrics and the
+    /// next agent find them.
+    fn restore_pins(&mut self) -> Result<()> {
+        let pins = PathBuf::from(&self.status.pins);
+        if pins
+            .join(netplane_common::maps::names::NODE_CONFIG)
+            .exists()
+        {
+            return Ok(());
+        }
+        crate::sys::ensure_bpffs(&paths::bpffs())?;
+        std::fs::create_dir_all(&pins)?;
+        for name in netplane_common::maps::names::ALL {
+            let map = self.dp.map(name)?;
+            map.pin(pins.join(name))
+                .with_context(|| format!("pinning {name} again"))?;
+        }
+        let links = self.hooks.repin()?;
+        self.own.errors.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            pins = %pins.display(),
+            links,
+            "the pins were gone (bpffs unmounted?): bpffs mounted again, maps and links pinned again; nothing was detached"
+        );
+        Ok(())
     }
 
     /// Logs a failure when it first appears or changes, and counts each.

@@ -1,10 +1,16 @@
 //! Program attachments that outlive the agent: every hook (program on an
-//! interface) is a tcx link pinned in the node's bpffs directory. A running
-//! agent holds no link open; the pin keeps the program attached, so the
-//! agent can stop, crash or restart while traffic flows. A new agent adopts
-//! each pinned link by swapping in its freshly loaded program atomically
-//! (BPF_LINK_UPDATE); removing a pin detaches.
-use std::path::{Path, PathBuf};
+//! interface) is a tcx link pinned in the node's bpffs directory. The pin
+//! keeps the program attached, so the agent can stop, crash or restart
+//! while traffic flows. A new agent adopts each pinned link by swapping in
+//! its freshly loaded program atomically (BPF_LINK_UPDATE); removing a pin
+//! detaches. The running agent also holds each link open, so that if the
+//! bpffs is unmounted under it (which drops every pin) nothing detaches
+//! and it can pin them again (`repin`).
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::programs::{
@@ -31,13 +37,39 @@ pub enum Attach {
 
 pub struct Hooks {
     dir: PathBuf,
+    /// Every link this agent attached or adopted, held open.
+    held: RefCell<BTreeMap<String, FdLink>>,
 }
 
 impl Hooks {
     pub fn new(pins: &Path) -> Result<Hooks> {
         let dir = links_dir(pins);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Hooks { dir })
+        Ok(Hooks {
+            dir,
+            held: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// Pins again every held link whose pin is gone (the bpffs was
+    /// unmounted and mounted anew); returns how many.
+    pub fn repin(&self) -> Result<usize> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let mut held = self.held.borrow_mut();
+        let missing: Vec<String> = held
+            .keys()
+            .filter(|h| !self.pin(h).exists())
+            .cloned()
+            .collect();
+        for hook in &missing {
+            let link = held.remove(hook).expect("listed above");
+            let pinned = link
+                .pin(self.pin(hook))
+                .with_context(|| format!("pinning {hook} again"))?;
+            held.insert(hook.clone(), FdLink::from(pinned));
+        }
+        Ok(missing.len())
     }
 
     fn pin(&self, hook: &str) -> PathBuf {
@@ -63,8 +95,8 @@ impl Hooks {
                 .and_then(|link| Ok(program.attach_to_link(link)?));
             match adopted {
                 Ok(id) => {
-                    // Our handle closes; the pin keeps the link.
-                    drop(program.take_link(id)?);
+                    let link: FdLink = program.take_link(id)?.try_into()?;
+                    self.held.borrow_mut().insert(hook.to_string(), link);
                     return Ok(Attach::Adopted);
                 }
                 // The interface went away with the link (a deleted pod): start over.
@@ -78,10 +110,12 @@ impl Hooks {
             .attach(iface, kind)
             .with_context(|| format!("attaching {prog} to {iface}"))?;
         let link: FdLink = program.take_link(id)?.try_into()?;
-        drop(
-            link.pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?,
-        );
+        let pinned = link
+            .pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        self.held
+            .borrow_mut()
+            .insert(hook.to_string(), FdLink::from(pinned));
         Ok(Attach::New)
     }
 
@@ -95,7 +129,10 @@ impl Hooks {
             .attach(iface, aya::programs::XdpMode::Driver)
             .with_context(|| format!("attaching {prog} to {iface}"))?;
         let link: FdLink = program.take_link(id)?.try_into()?;
-        drop(link.pin(self.pin(hook))?);
+        let pinned = link.pin(self.pin(hook))?;
+        self.held
+            .borrow_mut()
+            .insert(hook.to_string(), FdLink::from(pinned));
         Ok(())
     }
 
@@ -103,6 +140,7 @@ impl Hooks {
     /// fine. Only unpinning would detach too, but later: the kernel frees an
     /// unlinked bpffs inode after an RCU grace period.
     pub fn remove(&self, hook: &str) -> Result<()> {
+        let held = self.held.borrow_mut().remove(hook);
         let pin = self.pin(hook);
         if !pin.exists() {
             return Ok(());
@@ -111,6 +149,7 @@ impl Hooks {
             // A link whose device is gone is already detached.
             tracing::debug!(hook, "BPF_LINK_DETACH: {e}");
         }
+        drop(held);
         match std::fs::remove_file(&pin) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
