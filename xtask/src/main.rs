@@ -11,6 +11,7 @@ mod fuzz;
 mod image;
 mod layering;
 mod setup;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -80,6 +81,14 @@ enum Cmd {
     BenchAttach {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// The lab under churn for a bounded time (connections through both
+    /// SNAT stages, UDP, ICMP, pods added and removed, routes changed,
+    /// agents killed), then checked for leaks: ports, translations, memory,
+    /// kernel objects.
+    Soak {
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
     },
     /// A ClusterIP Service on netplane against real kube-proxy, and each
     /// against the pod IP (docs/bench/services.md).
@@ -167,6 +176,11 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build()?;
             bench::extra::attach(rounds.max(1))
+        }
+        Cmd::Soak { minutes } => {
+            setup::run()?;
+            build()?;
+            soak::run_soak(minutes)
         }
         Cmd::BenchServices { rounds } => {
             setup::run()?;
