@@ -362,20 +362,33 @@ impl<R: Role> Agent<R> {
     /// next agent find them.
     fn restore_pins(&mut self) -> Result<()> {
         let pins = PathBuf::from(&self.status.pins);
-        if pins
-            .join(netplane_common::maps::names::NODE_CONFIG)
-            .exists()
-        {
+        // The links' directory is made last: while it is there, all is.
+        let links_dir = crate::datapath::hooks::links_dir(&pins);
+        if links_dir.exists() {
             return Ok(());
         }
         crate::sys::ensure_bpffs(&paths::bpffs())?;
         std::fs::create_dir_all(&pins)?;
         for name in netplane_common::maps::names::ALL {
-            let map = self.dp.map(name)?;
-            map.pin(pins.join(name))
-                .with_context(|| format!("pinning {name} again"))?;
+            let path = pins.join(name);
+            // The flow events' ring is the event log's now: the next agent
+            // makes its own.
+            let Some(map) = self.dp.bpf.map(name) else {
+                continue;
+            };
+            if !path.exists() {
+                map.pin(&path)
+                    .with_context(|| format!("pinning {name} again"))?;
+            }
         }
-        let links = self.hooks.repin()?;
+        let links = match self.hooks.repin() {
+            Ok(n) => n,
+            Err(e) => {
+                // Try it whole again next tick (the links are held open).
+                let _ = std::fs::remove_dir_all(&links_dir);
+                return Err(e);
+            }
+        };
         self.own.errors.fetch_add(1, Ordering::Relaxed);
         warn!(
             pins = %pins.display(),

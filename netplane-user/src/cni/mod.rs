@@ -473,8 +473,19 @@ pub mod ipam {
             .ok_or_else(|| {
                 CniError::new(code::POOL_EXHAUSTED, format!("pod CIDR {cidr} is full"), "")
             })?;
-        fs::write(dir(node).join(ip.to_string()), owner(container_id, ifname))
-            .map_err(|e| CniError::new(code::IO_FAILURE, "address store", e.to_string()))?;
+        // Written aside and renamed into place, so that a failed write (a
+        // full disk) or a crash never leaves an address taken by nobody.
+        let tmp = dir(node).join(format!(".{ip}.tmp"));
+        let written = fs::write(&tmp, owner(container_id, ifname))
+            .and_then(|()| fs::rename(&tmp, dir(node).join(ip.to_string())));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                "address store",
+                e.to_string(),
+            ));
+        }
         Ok(ip)
     }
 

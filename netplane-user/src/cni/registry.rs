@@ -33,9 +33,12 @@ pub fn register(rec: &PodRecord) -> Result<()> {
     let dir = paths::pod_registry(&rec.node);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.tmp", rec.container_id));
-    fs::write(&tmp, serde_json::to_vec_pretty(rec)?)?;
-    fs::rename(&tmp, record_path(&rec.node, &rec.container_id))?;
-    Ok(())
+    let written = fs::write(&tmp, serde_json::to_vec_pretty(rec)?)
+        .and_then(|()| fs::rename(&tmp, record_path(&rec.node, &rec.container_id)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp); // a full disk leaves no half record
+    }
+    Ok(written?)
 }
 
 pub fn unregister(node: &str, container_id: &str) -> Result<()> {
