@@ -2,7 +2,8 @@
 //! time, then checked for leaks.
 //!
 //! Each round sends:
-//! - short TCP connections from pod-0-0 through both SNAT stages;
+//! - a burst of short TCP connections from pod-0-0 through both SNAT
+//!   stages;
 //! - UDP and ICMP to `inet`;
 //! - a pod added and removed through the CNI plugin;
 //!
@@ -26,8 +27,15 @@ use serde_json::Value;
 
 use crate::{netplane_bin, workspace_root};
 
-/// Timers short enough that a flow's port comes back within seconds.
-const SHORT_TIMERS: [(&str, &str); 12] = [
+/// The soak's cluster: timers short enough that a flow's port comes back
+/// within seconds, and ports enough that the churn never runs out.
+const SHORT_TIMERS: [(&str, &str); 13] = [
+    // Room for a second of connections at full speed per node (three
+    // nodes fit one frontend IP: node-2 comes and goes).
+    (
+        "# allocated_outbound_ports = 1024",
+        "allocated_outbound_ports = 20000",
+    ),
     ("fin_release_s = 240", "fin_release_s = 3"),
     ("rst_release_s = 15", "rst_release_s = 3"),
     ("tcp_syn_sent_s = 120", "tcp_syn_sent_s = 3"),
@@ -44,6 +52,10 @@ const SHORT_TIMERS: [(&str, &str); 12] = [
         "tcp_reset_on_idle = true\nexperiment_idle_timeout_s = 8",
     ),
 ];
+/// Each round's burst of short connections: at full speed (about 9,000 a
+/// second here) it stays well inside a node's 20,000 ports while they are
+/// held for the release timers, so no failure is the load balancer's rule.
+const CRR_SECS: &str = "0.2";
 /// How long after the traffic stops every flow must be gone.
 const SETTLE: Duration = Duration::from_secs(20);
 const SOAK_POD_NS: &str = "np-soak-pod";
@@ -302,6 +314,22 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
             ],
         )?,
     ];
+    // The client's own ports: a second of connections at full speed each
+    // round leaves tens of thousands in TIME_WAIT for 60 s; without these
+    // the client runs out before any SNAT stage does.
+    run(
+        np,
+        &[
+            "lab",
+            "exec",
+            "pod-0-0",
+            "--",
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_local_port_range=1024 65535",
+            "net.ipv4.tcp_tw_reuse=1",
+        ],
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     let long = spawn_in(
         np,
@@ -336,7 +364,7 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
                     "--to",
                     "203.0.113.10:7001",
                     "--secs",
-                    "1",
+                    CRR_SECS,
                 ],
             )?;
             let udp = Command::new(np)
@@ -496,8 +524,8 @@ fn report(
     if allocated != 0 || translations != 0 {
         bail!("{s}\nleaked: {allocated} ports still allocated, {translations} translations left");
     }
-    if failures * 100 > connections {
-        bail!("{s}\nmore than 1% of the traffic failed");
+    if failures > 0 {
+        bail!("{s}\n{failures} connections, datagrams or pings failed");
     }
     // Flat memory: the last round's agents hold at most 1.5x the first
     // round's plus 8 MB (a restarted agent starts again from less).
