@@ -37,6 +37,23 @@ struct World {
     node_ns: &'static str,
 }
 
+impl World {
+    /// node-0 of `cluster` (written into `run_dir`), called in `node_ns`.
+    fn new(run_dir: &std::path::Path, cluster: &str, node_ns: &'static str) -> Self {
+        let file = run_dir.join("cluster.toml");
+        std::fs::write(&file, cluster).unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
+            "cluster": file, "node": "node-0",
+        });
+        World {
+            run_dir: run_dir.to_path_buf(),
+            conf: conf.to_string(),
+            node_ns,
+        }
+    }
+}
+
 /// Removes the test's namespaces and state, passed or failed.
 struct Cleanup {
     run_dir: PathBuf,
@@ -107,22 +124,12 @@ fn cni_lifecycle() {
     }
     let run_dir = std::env::temp_dir().join(format!("netplane-cnitest-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).unwrap();
-    let cluster = run_dir.join("cluster.toml");
     // Max pods 10: the smallest kubenet allows, so exhaustion comes quickly.
-    std::fs::write(
-        &cluster,
-        DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 10"),
-    )
-    .unwrap();
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
-        "cluster": cluster, "node": "node-0",
-    });
-    let w = World {
-        run_dir: run_dir.clone(),
-        conf: conf.to_string(),
-        node_ns: NODE_NS,
-    };
+    let w = World::new(
+        &run_dir,
+        &DEFAULT_CLUSTER.replace("max_pods = 110", "max_pods = 10"),
+        NODE_NS,
+    );
     let _cleanup = Cleanup {
         run_dir: run_dir.clone(),
     };
@@ -266,17 +273,7 @@ fn a_full_disk_fails_add_and_leaves_nothing_behind() {
         .status()
         .unwrap();
     assert!(mounted.success(), "mounting a small tmpfs");
-    let cluster = run_dir.join("cluster.toml");
-    std::fs::write(&cluster, DEFAULT_CLUSTER).unwrap();
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
-        "cluster": cluster, "node": "node-0",
-    });
-    let w = World {
-        run_dir: run_dir.clone(),
-        conf: conf.to_string(),
-        node_ns: NODE,
-    };
+    let w = World::new(&run_dir, DEFAULT_CLUSTER, NODE);
     ip(&["netns", "add", NODE]);
     ip(&["netns", "add", POD]);
     // Fill the disk to the last block.

@@ -272,48 +272,29 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
     let total = Duration::from_secs_f64(minutes * 60.0);
     let serve_secs = (total.as_secs() + 60).to_string();
     let b = bench(np);
-    let servers = vec![
-        spawn_in(
-            np,
-            "inet",
-            &[
-                &b,
-                "loadgen",
-                "tcp-echo",
-                "--port",
-                "7001",
-                "--secs",
-                &serve_secs,
-            ],
-        )?,
-        spawn_in(
-            np,
-            "inet",
-            &[
-                &b,
-                "loadgen",
-                "tcp-echo",
-                "--port",
-                "7003",
-                "--secs",
-                &serve_secs,
-            ],
-        )?,
-        spawn_in(
-            np,
-            "inet",
-            &[
-                np,
-                "whoami",
-                "serve",
-                "--udp",
-                "--max",
-                "1000000",
-                "--timeout",
-                &serve_secs,
-            ],
-        )?,
+    let echo = |port: &str| {
+        let argv = [
+            b.as_str(),
+            "loadgen",
+            "tcp-echo",
+            "--port",
+            port,
+            "--secs",
+            &serve_secs,
+        ];
+        spawn_in(np, "inet", &argv)
+    };
+    let udp = [
+        np,
+        "whoami",
+        "serve",
+        "--udp",
+        "--max",
+        "1000000",
+        "--timeout",
+        &serve_secs,
     ];
+    let servers = vec![echo("7001")?, echo("7003")?, spawn_in(np, "inet", &udp)?];
     // The client's own ports: a second of connections at full speed each
     // round leaves tens of thousands in TIME_WAIT for 60 s; without these
     // the client runs out before any SNAT stage does.

@@ -4,7 +4,7 @@ use netplane::{cni::registry, datapath::pinned_pod_ips, paths};
 use serde::Serialize;
 
 use crate::{
-    select::{Select, running_cluster},
+    select::Select,
     table::{self, Column, Row, left},
 };
 
@@ -38,14 +38,7 @@ impl Row for PodRow {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let nodes: Vec<String> = match &select.node {
-        Some(n) => vec![n.clone()],
-        None => running_cluster()?
-            .nodes()
-            .into_iter()
-            .map(|n| n.name)
-            .collect(),
-    };
+    let nodes = select.nodes()?;
     let mut rows = Vec::new();
     for n in &nodes {
         let loaded = pinned_pod_ips(&paths::pins(n)).unwrap_or_default();

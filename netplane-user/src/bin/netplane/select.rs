@@ -19,6 +19,19 @@ pub struct Select {
 }
 
 impl Select {
+    /// The nodes to report on: the one asked for, or the running
+    /// cluster's.
+    pub fn nodes(&self) -> Result<Vec<String>> {
+        Ok(match &self.node {
+            Some(n) => vec![n.clone()],
+            None => running_cluster()?
+                .nodes()
+                .into_iter()
+                .map(|n| n.name)
+                .collect(),
+        })
+    }
+
     /// The agents to report on: the one asked for, or every agent with pins.
     pub fn agents(&self) -> Result<Vec<String>> {
         Ok(match &self.node {

@@ -13,7 +13,7 @@ use netplane_common::{
 use serde::Serialize;
 
 use crate::{
-    select::{Select, running_cluster},
+    select::Select,
     table::{self, Column, Row, left, right},
 };
 
@@ -72,14 +72,7 @@ fn flows_per_frontend(node: &str) -> Result<BTreeMap<(u32, u16, u8), usize>> {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let nodes: Vec<String> = match &select.node {
-        Some(n) => vec![n.clone()],
-        None => running_cluster()?
-            .nodes()
-            .into_iter()
-            .map(|n| n.name)
-            .collect(),
-    };
+    let nodes = select.nodes()?;
     let mut rows = Vec::new();
     for node in &nodes {
         let status = paths::node_dir(node).join(SERVICES_STATUS_FILE);
