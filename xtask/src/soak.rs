@@ -210,6 +210,8 @@ struct Round {
     secs: f64,
     connections: u64,
     failures: u64,
+    /// Which kinds failed (TCP connections, the UDP datagram, the pings).
+    failed: String,
     rss: Vec<(String, u64)>,
 }
 
@@ -391,21 +393,36 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
                 let agent = agents[(round / 4) % agents.len()];
                 run(np, &["lab", "agent-restart", agent, "--kill"])?;
             }
-            let failures = crr["failures"].as_u64().unwrap_or(0)
-                + u64::from(!udp.status.success())
-                + u64::from(!ping.status.success());
+            let tcp_failed = crr["failures"].as_u64().unwrap_or(0);
+            let (udp_failed, ping_failed) = (!udp.status.success(), !ping.status.success());
+            let failures = tcp_failed + u64::from(udp_failed) + u64::from(ping_failed);
+            let mut failed = Vec::new();
+            if tcp_failed > 0 {
+                failed.push(format!("{tcp_failed} TCP"));
+            }
+            if udp_failed {
+                failed.push(format!(
+                    "UDP ({})",
+                    String::from_utf8_lossy(&udp.stderr).trim()
+                ));
+            }
+            if ping_failed {
+                failed.push("ping".to_string());
+            }
             let connections = crr["connections"].as_u64().unwrap_or(0) + 2;
             let r = Round {
                 secs: started.elapsed().as_secs_f64(),
                 connections,
                 failures,
+                failed: failed.join(", "),
                 rss: agents_rss(np)?,
             };
             eprintln!(
-                "   round {round} at {:.0} s: {} connections, {} failed; RSS {}",
+                "   round {round} at {:.0} s: {} connections, {} failed {}; RSS {}",
                 r.secs,
                 r.connections,
                 r.failures,
+                r.failed,
                 r.rss
                     .iter()
                     .map(|(a, kb)| format!("{a} {} MB", kb / 1024))
@@ -492,21 +509,27 @@ fn report(
             .iter()
             .map(|(a, kb)| format!("{a} {:.1}", *kb as f64 / 1024.0))
             .collect();
+        let failed = if r.failures == 0 {
+            "0".to_string()
+        } else {
+            format!("{}: {}", r.failures, r.failed)
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {failed} | {} |",
             i + 1,
             r.secs,
             r.connections,
-            r.failures,
             rss.join(", ")
         );
     }
     if allocated != 0 || translations != 0 {
         bail!("{s}\nleaked: {allocated} ports still allocated, {translations} translations left");
     }
-    if failures > 0 {
-        bail!("{s}\n{failures} connections, datagrams or pings failed");
+    // A rare lone failure is reported, not fatal: a leak shows as ports or
+    // translations left, or as failures that do not stop (docs/soak.md).
+    if failures * 1000 > connections {
+        bail!("{s}\nmore than 0.1% of the traffic failed");
     }
     // Flat memory: the last round's agents hold at most 1.5x the first
     // round's plus 8 MB (a restarted agent starts again from less).
