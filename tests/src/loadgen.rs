@@ -18,6 +18,8 @@ const BATCH: usize = 64;
 const MAX_DATAGRAM: usize = 2048;
 /// How long a connect or a reply may take before it counts as failed.
 const IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long `tcp_echo` waits on a silent connection before taking the next.
+const ECHO_IDLE: Duration = Duration::from_secs(2);
 
 /// UDP sink: counts datagrams until `secs` have passed, or until `idle_ms`
 /// pass without one after the first.
@@ -117,10 +119,14 @@ pub fn tcp_echo(port: u16, secs: f64) -> Result<()> {
         };
         conn.set_nodelay(true)?;
         conn.set_read_timeout(Some(Duration::from_millis(200)))?;
-        while Instant::now() < deadline {
+        // A client that goes silent (its FIN or RST never came) must not
+        // hold the one-at-a-time server for the rest of its life.
+        let mut last = Instant::now();
+        while Instant::now() < deadline && last.elapsed() < ECHO_IDLE {
             match conn.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    last = Instant::now();
                     if conn.write_all(&buf[..n]).is_err() {
                         break;
                     }
