@@ -15,7 +15,7 @@ const SERVER_PORT: &str = "7000";
 pub fn run() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    fresh_lab(np, &[])?;
+    fresh_lab(np, &["--ui"])?;
 
     section("1. Same node: pod-0-0 (10.244.0.2) -> pod-0-1 (10.244.0.3), TCP");
     exchange(np, "pod-0-0", "pod-0-1", "10.244.0.3")?;
@@ -110,7 +110,7 @@ pub fn run() -> Result<()> {
          Tear it down:\n  \
          {np} lab down"
     );
-    Ok(())
+    print_page_url(np)
 }
 
 /// `cargo xtask demo --kubernetes`: the lab with a real API server; nodes
@@ -119,7 +119,7 @@ pub fn run() -> Result<()> {
 pub fn run_kubernetes() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    fresh_lab(np, &["--source", "kubernetes"])?;
+    fresh_lab(np, &["--source", "kubernetes", "--ui"])?;
     let status: serde_json::Value = serde_json::from_slice(
         &Command::new(np)
             .args(["lab", "status", "--json"])
@@ -186,6 +186,21 @@ pub fn run_kubernetes() -> Result<()> {
          {np} lab down",
         api.server, api.netns, api.server, api.kubeconfig
     );
+    print_page_url(np)
+}
+
+/// The demo's last line: the live page of the lab it leaves up.
+fn print_page_url(np: &str) -> Result<()> {
+    let status: serde_json::Value = serde_json::from_slice(
+        &Command::new(np)
+            .args(["lab", "status", "--json"])
+            .output()?
+            .stdout,
+    )?;
+    let url = status["ui"]
+        .as_str()
+        .context("lab status lists no web page")?;
+    println!("\nSee it live (topology, UDR, SNAT ports, flows, traces): {url}");
     Ok(())
 }
 

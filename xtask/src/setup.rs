@@ -21,13 +21,16 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "containernetworking-plugins", // the classic kubenet lab's bridge and host-local
     "curl",
-    "prometheus",     // for promtool, which checks the metrics format in a test
-    "linux-perf",     // the benchmark's CPU profiles
-    "golang-1.19-go", // builds kube-apiserver from Debian's source (apiserver.rs)
-    "etcd-server",    // the lab's control plane stores its objects here
-    "buildah",        // cargo xtask image
-    "dnsmasq-base",   // the lab's DNS pod behind the DNS Service
-    "bind9-dnsutils", // dig, which the demo and the tests resolve with
+    "prometheus",      // for promtool, which checks the metrics format in a test
+    "linux-perf",      // the benchmark's CPU profiles
+    "golang-1.19-go",  // builds kube-apiserver from Debian's source (apiserver.rs)
+    "etcd-server",     // the lab's control plane stores its objects here
+    "buildah",         // cargo xtask image
+    "dnsmasq-base",    // the lab's DNS pod behind the DNS Service
+    "bind9-dnsutils",  // dig, which the demo and the tests resolve with
+    "chromium",        // the web page's browser test (headless)
+    "chromium-driver", // ... driven over WebDriver
+    "fonts-noto-cjk",  // its Japanese labels in the screenshots
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -179,33 +179,36 @@ pub fn render(v: &Value) -> String {
     )
 }
 
-/// Reads the logs of `agents` (the last `last` events each), then with
-/// `follow` keeps printing new events until `until` (or forever).
-pub fn show(
-    agents: &[String],
-    last: usize,
-    follow: bool,
-    until: Option<Duration>,
-    out: &mut dyn FnMut(&Value),
-) -> Result<()> {
-    let mut readers: Vec<(PathBuf, u64)> = Vec::new();
-    for a in agents {
-        let path = log_path(a);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for l in &lines[lines.len().saturating_sub(last)..] {
-            if let Ok(v) = serde_json::from_str::<Value>(l) {
-                out(&v);
-            }
+/// Follows the flow logs of some agents: the last events of each first,
+/// then whatever they append (a rotated log is read again from its start).
+pub struct LogTail {
+    readers: Vec<(PathBuf, u64)>,
+}
+
+impl LogTail {
+    /// Opens the logs of `agents` and returns the last `last` events of
+    /// each, oldest first within each log.
+    pub fn open(agents: &[String], last: usize) -> (LogTail, Vec<Value>) {
+        let mut readers = Vec::new();
+        let mut events = Vec::new();
+        for a in agents {
+            let path = log_path(a);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            events.extend(
+                lines[lines.len().saturating_sub(last)..]
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+            );
+            readers.push((path, text.len() as u64));
         }
-        readers.push((path, text.len() as u64));
+        (LogTail { readers }, events)
     }
-    if !follow {
-        return Ok(());
-    }
-    let deadline = until.map(|d| Instant::now() + d);
-    while deadline.is_none_or(|d| Instant::now() < d) {
-        for (path, offset) in &mut readers {
+
+    /// The events appended since the last call.
+    pub fn poll(&mut self) -> Result<Vec<Value>> {
+        let mut events = Vec::new();
+        for (path, offset) in &mut self.readers {
             let Ok(mut f) = File::open(&*path) else {
                 continue;
             };
@@ -222,11 +225,32 @@ pub fn show(
                 }
                 *offset += line.len() as u64;
                 if let Ok(v) = serde_json::from_str::<Value>(line.trim_end()) {
-                    out(&v);
+                    events.push(v);
                 }
                 line.clear();
             }
         }
+        Ok(events)
+    }
+}
+
+/// Reads the logs of `agents` (the last `last` events each), then with
+/// `follow` keeps printing new events until `until` (or forever).
+pub fn show(
+    agents: &[String],
+    last: usize,
+    follow: bool,
+    until: Option<Duration>,
+    out: &mut dyn FnMut(&Value),
+) -> Result<()> {
+    let (mut tail, first) = LogTail::open(agents, last);
+    first.iter().for_each(&mut *out);
+    if !follow {
+        return Ok(());
+    }
+    let deadline = until.map(|d| Instant::now() + d);
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        tail.poll()?.iter().for_each(&mut *out);
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())

@@ -243,6 +243,7 @@ pub fn restart_agent(
         uplink_xdp: state.uplink_xdp,
         datapath: state.datapath,
         kubernetes: state.kubernetes.is_some(),
+        ui: None,
     };
     let ip = state
         .hosts

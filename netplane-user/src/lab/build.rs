@@ -54,7 +54,7 @@ pub fn up(
     if load_state()?.is_some() || !lab_namespaces()?.is_empty() {
         bail!("a lab is already up (or left over): run `netplane lab down` first");
     }
-    match build(&cluster, opts, progress) {
+    match build(&cluster, opts, progress).and_then(|state| with_page(state, opts, progress)) {
         Ok(state) => Ok(state),
         Err(e) => {
             progress("failed; tearing down what was built");
@@ -62,6 +62,21 @@ pub fn up(
             Err(e)
         }
     }
+}
+
+/// Starts the web page when asked to, once the agents run.
+fn with_page(
+    mut state: LabState,
+    opts: &UpOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    if let Some(listen) = opts.ui {
+        let page = super::page::start(listen)?;
+        progress(&format!("web page: {} (pid {})", page.url, page.pid));
+        state.ui = Some(page);
+        save_state(&state)?;
+    }
+    Ok(state)
 }
 
 pub(super) fn build(
@@ -92,6 +107,7 @@ pub(super) fn build(
         hosts: hosts.clone(),
         agents: Vec::new(),
         kubernetes: None,
+        ui: None,
     };
     save_state(&state)?;
 
@@ -413,6 +429,9 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
     if let Ok(Some(state)) = load_state() {
         agents.extend(state.agents.iter().map(|a| (a.node.clone(), a.pid)));
         kubernetes = state.kubernetes;
+        if let Some(page) = &state.ui {
+            super::page::stop(page, progress);
+        }
     }
     // Agents whose status outlived a lost state file.
     if let Ok(entries) = std::fs::read_dir(paths::run_dir().join("nodes")) {

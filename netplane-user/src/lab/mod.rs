@@ -9,12 +9,14 @@
 //!   imports);
 //! - `build`: `lab up` for each data path; `classic`: the kubenet-classic
 //!   and routed comparison labs; `cni`: pods attached through CNI plugins;
-//! - `agents`: the agents' processes; `trace`: a packet's walk.
+//! - `agents`: the agents' processes; `page`: the web page's process;
+//!   `trace`: a packet's walk.
 mod agents;
 mod build;
 pub mod classic;
 mod cni;
 pub mod control_plane;
+mod page;
 pub mod services;
 mod topology;
 pub mod trace;
@@ -31,6 +33,7 @@ pub use self::{
     },
     build::{down, up},
     cni::{cni_add, cni_plugin, run_cni},
+    page::PageProc,
     topology::*,
 };
 
@@ -46,6 +49,9 @@ pub struct Status {
     /// kubectl --kubeconfig PATH get nodes`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesStatus>,
+    /// The web page's URL, while `lab up --ui`'s page runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ui: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +91,7 @@ pub fn status() -> Result<Status> {
             agents: Vec::new(),
             vnet: None,
             kubernetes: None,
+            ui: None,
         });
     };
     Ok(Status {
@@ -108,6 +115,11 @@ pub fn status() -> Result<Status> {
                 log: a.log.clone(),
             })
             .collect(),
+        ui: state
+            .ui
+            .as_ref()
+            .filter(|p| page::running(p))
+            .map(|p| p.url.clone()),
         vnet: Some(state.vnet),
         kubernetes: state.kubernetes.map(|cp| KubernetesStatus {
             apiserver_running: pid_alive(cp.apiserver_pid),

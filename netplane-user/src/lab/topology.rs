@@ -62,6 +62,9 @@ pub struct LabState {
     /// The Kubernetes control plane, with `--source kubernetes`.
     #[serde(default)]
     pub kubernetes: Option<ControlPlane>,
+    /// The web page, with `--ui`.
+    #[serde(default)]
+    pub ui: Option<super::page::PageProc>,
 }
 
 /// The Kubernetes control plane `up --source kubernetes` started
@@ -102,6 +105,8 @@ pub struct UpOptions {
     /// Run a Kubernetes control plane and have the agents take the nodes
     /// from its API.
     pub kubernetes: bool,
+    /// Start the web page (`netplane ui`) listening here.
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 /// Which data path the lab's nodes and load balancer run.

@@ -84,8 +84,13 @@ pub struct Hop {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Walk {
+    /// The host that sends the packet (a lab host's name, or an address).
+    pub starts_at: String,
     pub hops: Vec<Hop>,
     pub outcome: String,
+    /// Where the walk ends: the host that receives the packet, or the
+    /// agent that dropped it or handed it to its own stack.
+    pub ends_at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +236,8 @@ fn service_maps(
 /// Where the walk goes after a hop.
 enum Next {
     At(String, &'static str),
-    Done(String),
+    /// The outcome, and the host where the walk ends.
+    Done(String, String),
 }
 
 struct World<'a> {
@@ -336,14 +342,14 @@ impl World<'_> {
         let (decision, next) = match (verdict, path, drop) {
             (_, _, Some(r)) if verdict == TC_ACT_SHOT => (
                 format!("drop: {} (reason {})", r.name(), r as u32),
-                Next::Done(format!("dropped at {agent}: {}", r.name())),
+                Next::Done(format!("dropped at {agent}: {}", r.name()), agent.into()),
             ),
             (TC_ACT_REDIRECT, Some(Path::SameNode | Path::FromRemoteNode | Path::SnatIn), _) => {
                 let (_, _, d, _) = tuple(&out).unwrap_or((src, sport, dst, dport));
                 let pod = self.name_of(d);
                 (
                     format!("deliver to local pod {pod} (bpf_redirect_peer)"),
-                    Next::Done(format!("delivered to {pod}")),
+                    Next::Done(format!("delivered to {pod}"), pod),
                 )
             }
             (TC_ACT_REDIRECT, Some(Path::ServiceOut), _) => {
@@ -355,7 +361,7 @@ impl World<'_> {
                     HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
                 if here.get(&key(backend), 0).is_ok() {
                     let pod = self.name_of(backend);
-                    (decision, Next::Done(format!("delivered to {pod}")))
+                    (decision, Next::Done(format!("delivered to {pod}"), pod))
                 } else {
                     let owner = self
                         .copies
@@ -375,12 +381,15 @@ impl World<'_> {
                 let pod = self.name_of(d);
                 (
                     format!("a Service's reply: source restored to {s2}:{p2}, deliver to {pod}"),
-                    Next::Done(format!("delivered to {pod}")),
+                    Next::Done(format!("delivered to {pod}"), pod),
                 )
             }
             (TC_ACT_REDIRECT, Some(Path::ServiceReject), _) => (
                 "service without a ready backend: ICMP port unreachable back to the pod".into(),
-                Next::Done(format!("refused at {agent} (ICMP port unreachable)")),
+                Next::Done(
+                    format!("refused at {agent} (ICMP port unreachable)"),
+                    agent.into(),
+                ),
             ),
             (TC_ACT_REDIRECT, Some(Path::ToRemoteNode), _) => {
                 let owner = route.context("routed without a route")?;
@@ -414,10 +423,10 @@ impl World<'_> {
                 if path == Some(Path::LbOut) {
                     (
                         decision,
-                        Next::Done(format!(
-                            "leaves to the internet; delivered to {}",
-                            self.name_of(dst)
-                        )),
+                        Next::Done(
+                            format!("leaves to the internet; delivered to {}", self.name_of(dst)),
+                            self.name_of(dst),
+                        ),
                     )
                 } else if node_subnet.contains(&out_dst) {
                     let name = self.name_of(out_dst);
@@ -427,7 +436,7 @@ impl World<'_> {
                     let next = if node {
                         Next::At(name, programs::FROM_UPLINK)
                     } else {
-                        Next::Done(format!("delivered to {name} on the VNet"))
+                        Next::Done(format!("delivered to {name} on the VNet"), name)
                     };
                     (decision, next)
                 } else {
@@ -445,15 +454,18 @@ impl World<'_> {
             }
             (TC_ACT_OK, Some(Path::TtlExpired), _) => (
                 "TTL would expire: handed to the kernel".into(),
-                Next::Done(format!("{agent}'s kernel answers ICMP time exceeded")),
+                Next::Done(
+                    format!("{agent}'s kernel answers ICMP time exceeded"),
+                    agent.into(),
+                ),
             ),
             (TC_ACT_OK, _, _) => (
                 "pass to the host's own stack".into(),
-                Next::Done(format!("to {agent}'s own stack")),
+                Next::Done(format!("to {agent}'s own stack"), agent.into()),
             ),
             (v, p, d) => (
                 format!("verdict {v} (path {p:?}, drop {d:?})"),
-                Next::Done(format!("verdict {v} at {agent}")),
+                Next::Done(format!("verdict {v} at {agent}"), agent.into()),
             ),
         };
         let hop = Hop {
@@ -470,6 +482,7 @@ impl World<'_> {
 
     fn walk(
         &mut self,
+        starts_at: String,
         mut agent: String,
         mut program: &'static str,
         mut f: Bytes,
@@ -480,7 +493,15 @@ impl World<'_> {
             let (hop, out, next) = self.hop(&agent, program, &f)?;
             hops.push(hop);
             match next {
-                Next::Done(outcome) => return Ok((Walk { hops, outcome }, out)),
+                Next::Done(outcome, ends_at) => {
+                    let walk = Walk {
+                        starts_at,
+                        hops,
+                        outcome,
+                        ends_at,
+                    };
+                    return Ok((walk, out));
+                }
                 Next::At(a, p) => {
                     agent = a;
                     program = p;
@@ -512,7 +533,7 @@ pub fn trace(state: &LabState, from: &str, to: &str, source_ip: Option<Ipv4Addr>
     world.as_sender(&node, pod.ip)?;
     let src = source_ip.unwrap_or(pod.ip);
     let f = frame(src, TRACE_PORT, dst, dport, proto, false);
-    let (forward, out) = world.walk(node.clone(), programs::FROM_POD, f)?;
+    let (forward, out) = world.walk(pod.name.clone(), node.clone(), programs::FROM_POD, f)?;
     // A translated flow: the reply from the far end to what it saw.
     let decided = |what: &str| forward.hops.iter().any(|h| h.decision.starts_with(what));
     let translated = decided("masquerade") || decided("outbound");
@@ -527,9 +548,13 @@ pub fn trace(state: &LabState, from: &str, to: &str, source_ip: Option<Ipv4Addr>
             .context("a Service's backend that is no pod")?;
         world.as_sender(&node, backend.ip)?;
         let rf = answer.context("a translated frame")?;
-        Some(world.walk(node, programs::FROM_POD, rf)?.0)
+        Some(
+            world
+                .walk(backend.name.clone(), node, programs::FROM_POD, rf)?
+                .0,
+        )
     } else if translated {
-        let (seen_src, _, _, _) = tuple(&out).context("translated frame")?;
+        let (seen_src, _, remote, _) = tuple(&out).context("translated frame")?;
         let rf = answer.context("translated frame")?;
         let (agent, program) = if world
             .host_by_ip(seen_src)
@@ -539,7 +564,7 @@ pub fn trace(state: &LabState, from: &str, to: &str, source_ip: Option<Ipv4Addr>
         } else {
             (world.outbound().name.clone(), programs::LB_FROM_INTERNET)
         };
-        Some(world.walk(agent, program, rf)?.0)
+        Some(world.walk(world.name_of(remote), agent, program, rf)?.0)
     } else {
         None
     };

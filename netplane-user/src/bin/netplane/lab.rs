@@ -37,6 +37,11 @@ pub enum LabCmd {
         /// `cargo xtask apiserver`) with the lab's nodes as Node objects.
         #[arg(long, value_enum, default_value = "file")]
         source: LabSource,
+        /// Also serve the live web page (`netplane ui`), on ADDR:PORT if
+        /// given (port 0: any free port).
+        #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
+              default_missing_value = netplane::ui::DEFAULT_LISTEN)]
+        ui: Option<std::net::SocketAddr>,
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
@@ -104,15 +109,20 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
             uplink_xdp,
             datapath,
             source,
+            ui,
         } => {
             eprintln!("bringing the lab up");
             let opts = lab::UpOptions {
                 uplink_xdp,
                 datapath,
                 kubernetes: source == LabSource::Kubernetes,
+                ui,
             };
             let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
             print_hosts(&state.hosts);
+            if let Some(page) = &state.ui {
+                eprintln!("\nthe web page: {}", page.url);
+            }
             eprintln!(
                 "\nexplore: netplane lab exec pod-0-0 -- ping -c1 10.244.1.2\ntear down: netplane lab down"
             );
@@ -175,6 +185,9 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
                         "agent {:<8} pid {:<8} {state:<12} log {}",
                         a.node, a.pid, a.log
                     );
+                }
+                if let Some(url) = &st.ui {
+                    println!("web page {url}");
                 }
             }
         }

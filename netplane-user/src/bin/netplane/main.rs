@@ -15,6 +15,7 @@ mod services;
 mod stats;
 mod table;
 mod trace;
+mod ui;
 mod validate;
 mod whoami;
 
@@ -74,6 +75,9 @@ enum Cmd {
     /// ClusterIP Services each node holds (from the Kubernetes API): the
     /// frontend, its ready backends, the flows open through it.
     Services(Select),
+    /// The live web page of the running cluster: topology, UDR, SNAT ports
+    /// filling, flows, counters, and traces drawn hop by hop.
+    Ui(ui::UiArgs),
     /// Check a cluster file against AKS's rules; all errors at once.
     Validate(validate::ValidateArgs),
     /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
@@ -136,6 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pods(select) => pods::run(&select)?,
         Cmd::Routes(select) => routes::run(&select)?,
         Cmd::Services(select) => services::run(&select)?,
+        Cmd::Ui(args) => ui::run(args)?,
         Cmd::Validate(args) => return validate::run(args),
         Cmd::Plan(args) => plan::run(args)?,
         Cmd::Diagrams { dir, config } => {

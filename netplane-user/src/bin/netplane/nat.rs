@@ -1,18 +1,9 @@
 //! `netplane nat`: live translations per agent.
-use std::collections::BTreeMap;
-
 use anyhow::Result;
-use netplane::{
-    agent::{
-        lb_name,
-        nat_view::{self, Flow},
-    },
-    config::outbound::Timeouts,
-    paths,
-};
+use netplane::{agent::nat_view::Flow, inspect};
 
 use crate::{
-    select::{Select, running_cluster},
+    select::Select,
     table::{self, Column, Row, left, right},
 };
 
@@ -40,25 +31,16 @@ impl Row for Flow {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let cluster = running_cluster()?;
-    let mut all = BTreeMap::new();
-    for n in select.agents()? {
-        let t = if n == lb_name(&cluster) {
-            Timeouts::load_balancer(&cluster)
-        } else {
-            Timeouts::node(&cluster)
-        };
-        let flows = nat_view::flows(&paths::pins(&n), &t)?;
-        if !select.json {
-            println!("{n}: {} translations", flows.len());
-            if !flows.is_empty() {
-                table::print("  ", &flows);
-            }
-        }
-        all.insert(n, flows);
-    }
+    let cluster = inspect::running_cluster()?;
+    let all = inspect::per_agent(&select.agents()?, |n| inspect::translations(&cluster, n))?;
     if select.json {
-        table::print_json(&serde_json::json!({ "agents": all }))?;
+        return table::print_json(&serde_json::json!({ "agents": all }));
+    }
+    for (n, flows) in &all {
+        println!("{n}: {} translations", flows.len());
+        if !flows.is_empty() {
+            table::print("  ", flows);
+        }
     }
     Ok(())
 }

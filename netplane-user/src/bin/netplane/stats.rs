@@ -1,10 +1,8 @@
 //! `netplane stats`: packets per path and drops per numbered reason.
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use netplane::{
-    datapath::{Counters, DropStat, PathStat},
-    paths,
+    datapath::{DropStat, PathStat},
+    inspect,
 };
 
 use crate::{
@@ -35,18 +33,14 @@ impl Row for DropStat {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let mut all = BTreeMap::new();
-    for n in select.agents()? {
-        let c = Counters::read_pinned(&paths::pins(&n))?;
-        if !select.json {
-            println!("{n}");
-            table::print("  ", &c.paths);
-            table::print("  ", &c.drops);
-        }
-        all.insert(n, c);
-    }
+    let all = inspect::per_agent(&select.agents()?, inspect::counters)?;
     if select.json {
-        table::print_json(&serde_json::json!({ "nodes": all }))?;
+        return table::print_json(&serde_json::json!({ "nodes": all }));
+    }
+    for (n, c) in &all {
+        println!("{n}");
+        table::print("  ", &c.paths);
+        table::print("  ", &c.drops);
     }
     Ok(())
 }

@@ -1,0 +1,118 @@
+//! What the read-only views see: the rows behind `netplane routes`,
+//! `ports`, `nat`, `stats`, `pods` and the web page's topology, built from
+//! the running agents' pins and state files. The CLI prints them as tables
+//! or `--json`; `netplane ui` serves the same values, so both show one
+//! shape.
+mod ports;
+mod routes;
+mod topology;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+pub use self::{
+    ports::{PortRow, port_use},
+    routes::{RouteRow, RouteTable, route_table},
+    topology::{Topology, topology},
+};
+use crate::{
+    agent::{lb_name, nat_view},
+    cni::registry,
+    config::{Cluster, outbound::Timeouts},
+    datapath::{Counters, pinned_pod_ips},
+    lab, paths,
+};
+
+/// The cluster file the running agents use: the lab's, else the default.
+pub fn running_cluster() -> Result<Cluster> {
+    let lab_file = lab::load_state()
+        .ok()
+        .flatten()
+        .map(|s| PathBuf::from(s.cluster_file));
+    Ok(Cluster::load(lab_file.as_deref())?)
+}
+
+/// The agents to report on: `only`, or every agent with pins.
+pub fn agents(only: Option<&str>) -> Result<Vec<String>> {
+    if let Some(n) = only {
+        return Ok(vec![n.to_string()]);
+    }
+    let mut v: Vec<String> = std::fs::read_dir(paths::bpffs())
+        .context("no agent is running (no pins under the bpffs)")?
+        .flatten()
+        // Directories only: the kernel puts maps.debug and progs.debug
+        // files in every bpffs.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The nodes to report on: `only`, or the running cluster's.
+pub fn nodes(only: Option<&str>) -> Result<Vec<String>> {
+    Ok(match only {
+        Some(n) => vec![n.to_string()],
+        None => running_cluster()?
+            .nodes()
+            .into_iter()
+            .map(|n| n.name)
+            .collect(),
+    })
+}
+
+/// Packets per path and drops per reason of one agent.
+pub fn counters(agent: &str) -> Result<Counters> {
+    Counters::read_pinned(&paths::pins(agent))
+}
+
+/// Live translations of one agent, with the idle timers of its role.
+pub fn translations(cluster: &Cluster, agent: &str) -> Result<Vec<nat_view::Flow>> {
+    let t = if agent == lb_name(cluster) {
+        Timeouts::load_balancer(cluster)
+    } else {
+        Timeouts::node(cluster)
+    };
+    nat_view::flows(&paths::pins(agent), &t)
+}
+
+/// One pod as its node's CNI registry has it, and whether the node's data
+/// path holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodRow {
+    pub pod: String,
+    pub ip: String,
+    pub node: String,
+    pub interface: String,
+    pub netns: String,
+    pub in_data_path: bool,
+}
+
+/// The pods of `nodes`, node by node.
+pub fn pods(nodes: &[String]) -> Result<Vec<PodRow>> {
+    let mut rows = Vec::new();
+    for n in nodes {
+        let loaded = pinned_pod_ips(&paths::pins(n)).unwrap_or_default();
+        for p in registry::registered(n)? {
+            rows.push(PodRow {
+                pod: p.name,
+                ip: p.ip.to_string(),
+                node: p.node,
+                interface: p.host_ifname,
+                netns: p.netns,
+                in_data_path: loaded.contains(&p.ip),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// `f` for every agent, keyed by name: the JSON maps of the CLI's views.
+pub fn per_agent<T>(
+    agents: &[String],
+    mut f: impl FnMut(&str) -> Result<T>,
+) -> Result<BTreeMap<String, T>> {
+    agents.iter().map(|a| Ok((a.clone(), f(a)?))).collect()
+}
