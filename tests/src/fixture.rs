@@ -94,3 +94,51 @@ pub fn node0_datapath_loaded(opts: &LoadOptions) -> Datapath {
     pods.insert(key(POD_B.into()), b, 0).unwrap();
     dp
 }
+
+/// The load balancer's address on the VNet: the node's gateway.
+pub const GATEWAY: [u8; 4] = [10, 224, 0, 1];
+
+/// `dp` (node-0) with the masquerade on: the node IP over ports
+/// `lo..=hi`, the gateway and the node subnet as the default cluster's.
+pub fn masquerade_on(mut dp: Datapath, lo: u16, hi: u16) -> Datapath {
+    use aya::maps::Array;
+    use netplane_common::nat::{NatConfig, SnatSlot, names};
+    let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG).unwrap()).unwrap();
+    cfg.set(
+        0,
+        NatConfig {
+            gateway_ip: key(GATEWAY.into()),
+            subnet: key(Ipv4Addr::new(10, 224, 0, 0)),
+            subnet_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
+            slots_per_backend: 1,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
+    let mut slots: Array<_, SnatSlot> =
+        Array::try_from(dp.map(names::SNAT_SLOTS).unwrap()).unwrap();
+    slots
+        .set(
+            0,
+            SnatSlot {
+                nat_ip: key(NODE0.into()),
+                port_lo: lo,
+                port_hi: hi,
+            },
+            0,
+        )
+        .unwrap();
+    dp
+}
+
+/// The default cluster's outbound load balancer with `ports` per node
+/// (blocks from port 1024 on its one frontend IP, node-0's first).
+pub fn load_balancer_datapath(ports: u32) -> Datapath {
+    let mut c = netplane::config::cluster::Cluster::load(None).unwrap();
+    c.outbound.allocated_outbound_ports = Some(ports);
+    let plan = netplane::config::outbound::lb_plan(&c, None);
+    let mut dp = Datapath::load(&LoadOptions::default()).unwrap();
+    netplane::agent::snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
+    dp
+}

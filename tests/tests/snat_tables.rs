@@ -8,53 +8,21 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, PerCpuArray};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use netplane::{
-    agent::{collector, snat},
-    config::outbound::lb_plan,
-    datapath::{Datapath, LoadOptions, key},
+    agent::collector,
+    datapath::{Datapath, key},
 };
 use netplane_common::{
     DropReason, Path,
     maps::programs,
-    nat::{FlowKey, NatConfig, NatEntry, NatReverse, Phase, SnatSlot, names},
+    nat::{FlowKey, NatEntry, NatReverse, Phase, names},
 };
 use netplane_tests::{privileged, world::*};
 
-const GATEWAY: [u8; 4] = [10, 224, 0, 1];
 const OTHER_REMOTE: [u8; 4] = [198, 51, 100, 99];
 
 /// node-0 with the masquerade on: node IP over `lo..=hi`.
 fn masquerading(lo: u16, hi: u16) -> Datapath {
     masquerade_on(node0_datapath(), lo, hi)
-}
-
-fn masquerade_on(mut dp: Datapath, lo: u16, hi: u16) -> Datapath {
-    let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG).unwrap()).unwrap();
-    cfg.set(
-        0,
-        NatConfig {
-            gateway_ip: key(GATEWAY.into()),
-            subnet: key(Ipv4Addr::new(10, 224, 0, 0)),
-            subnet_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
-            slots_per_backend: 1,
-            ..Default::default()
-        },
-        0,
-    )
-    .unwrap();
-    let mut slots: Array<_, SnatSlot> =
-        Array::try_from(dp.map(names::SNAT_SLOTS).unwrap()).unwrap();
-    slots
-        .set(
-            0,
-            SnatSlot {
-                nat_ip: key(NODE0.into()),
-                port_lo: lo,
-                port_hi: hi,
-            },
-            0,
-        )
-        .unwrap();
-    dp
 }
 
 fn tcp_port(
@@ -499,12 +467,7 @@ fn load_balancer() -> Datapath {
 
 /// The load balancer of the default cluster with `ports` per node.
 fn load_balancer_with(ports: u32) -> Datapath {
-    let mut c = netplane::config::cluster::Cluster::load(None).unwrap();
-    c.outbound.allocated_outbound_ports = Some(ports);
-    let plan = lb_plan(&c, None);
-    let mut dp = Datapath::load(&LoadOptions::default()).unwrap();
-    snat::configure_lb(&mut dp, &c, &plan, 1, 1).unwrap();
-    dp
+    load_balancer_datapath(ports)
 }
 
 #[test]

@@ -5,18 +5,32 @@
 //! leaves, and the counter that moves. tests/tests/differential.rs holds it
 //! against the real programs on random frames.
 //!
-//! This first slice models a node without egress SNAT configured and
-//! without Services: `from_pod`, `from_uplink` and `to_uplink` routing,
-//! ARP, anti-spoofing, TTL, header validation and the node-IP side's ICMP
-//! error checks. The SNAT stages and Services come next (the list).
+//! It models `from_pod`, `from_uplink` and `to_uplink`: routing, ARP,
+//! anti-spoofing, TTL, header validation, the node-IP side's ICMP error
+//! checks, and, when the node masquerades, the node stage of SNAT with its
+//! state (`masquerade`); the load balancer's stage is `outbound`.
+//!
+//! - `snat`: what both SNAT stages share (transport keys, the rewrite,
+//!   the table of translations);
+//! - `run`: the programs, what a run gives, and the `Model` trait;
+//!   `frame`: reading and patching headers.
+mod frame;
+pub mod masquerade;
+pub mod outbound;
+mod run;
+mod snat;
+
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use netplane_common::{DropReason, Path, checksum, maps::MARK_ROUTED};
+use netplane_common::{DropReason, Path, maps::MARK_ROUTED};
 
-pub const TC_ACT_OK: u32 = 0;
-pub const TC_ACT_SHOT: u32 = 2;
-pub const TC_ACT_REDIRECT: u32 = 7;
+use self::frame::{ETH, Ip, decrement_ttl, ether_type, ipv4, routed, set_macs};
+pub use self::{
+    masquerade::Masquerade,
+    outbound::LoadBalancer,
+    run::{Model, Moves, Outcome, Program, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+};
 
 /// A pod of the node: where its veth is and its MACs.
 #[derive(Clone, Copy, Debug)]
@@ -35,45 +49,37 @@ pub struct Node {
     /// UDR: pod CIDR -> owner node.
     pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
     pub pods: Vec<Pod>,
+    /// The masquerade, when the node has egress configured.
+    pub masquerade: Option<Masquerade>,
 }
 
-/// Which program, and the skb's metadata it sees.
-#[derive(Clone, Copy, Debug)]
-pub enum Program {
-    /// On a pod's veth; `ifindex` is the skb's.
-    FromPod {
-        ifindex: u32,
-    },
-    FromUplink,
-    ToUplink {
-        mark: u32,
-    },
-}
+impl Model for Node {
+    fn run(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        pick: &mut dyn FnMut(&[u16]) -> Option<u16>,
+    ) -> Outcome {
+        let mut out = frame.to_vec();
+        let (verdict, moves) = match program {
+            Program::FromPod { ifindex } => self.pod_program(ifindex, &mut out, pick),
+            Program::FromUplink => self.uplink_ingress(&mut out),
+            Program::ToUplink { mark } => self.uplink_egress(mark, &mut out),
+            p => unreachable!("a node does not run {p:?}"),
+        };
+        Outcome {
+            verdict,
+            frame: out,
+            moves,
+        }
+    }
 
-/// The counter a run moves (at most one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Moves {
-    Path(Path),
-    Drop(DropReason),
-    Nothing,
-}
-
-/// What the model says a run does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub verdict: u32,
-    pub frame: Vec<u8>,
-    pub moves: Moves,
-}
-
-const ETH: usize = 14;
-
-struct Ip {
-    ihl: usize,
-    proto: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    later_fragment: bool,
+    fn translations(&self) -> Vec<String> {
+        self.masquerade
+            .as_ref()
+            .map(|m| m.table.lines())
+            .unwrap_or_default()
+    }
 }
 
 impl Node {
@@ -90,22 +96,12 @@ impl Node {
             .map(|(_, node)| *node)
     }
 
-    /// Runs `frame` through `program`.
-    pub fn run(&self, program: Program, frame: &[u8]) -> Outcome {
-        let mut out = frame.to_vec();
-        let (verdict, moves) = match program {
-            Program::FromPod { ifindex } => self.pod_program(ifindex, &mut out),
-            Program::FromUplink => self.uplink_ingress(&mut out),
-            Program::ToUplink { mark } => self.uplink_egress(mark, &mut out),
-        };
-        Outcome {
-            verdict,
-            frame: out,
-            moves,
-        }
-    }
-
-    fn pod_program(&self, ifindex: u32, f: &mut [u8]) -> (u32, Moves) {
+    fn pod_program(
+        &mut self,
+        ifindex: u32,
+        f: &mut [u8],
+        pick: &mut dyn FnMut(&[u16]) -> Option<u16>,
+    ) -> (u32, Moves) {
         let drop = |r| (TC_ACT_SHOT, Moves::Drop(r));
         if f.len() < ETH {
             return drop(DropReason::TruncatedEthernet);
@@ -131,8 +127,11 @@ impl Node {
             return (TC_ACT_OK, Moves::Path(Path::PodToHost));
         }
         if !self.cluster.contains(&ip.dst) {
-            // No SNAT configured on this node.
-            return drop(DropReason::EgressUnavailable);
+            let node_ip = self.ip;
+            return match &mut self.masquerade {
+                Some(m) => m.egress(node_ip, f, &ip, pick),
+                None => drop(DropReason::EgressUnavailable),
+            };
         }
         match self.owner(ip.dst) {
             None => drop(DropReason::NoRoute),
@@ -141,7 +140,7 @@ impl Node {
         }
     }
 
-    fn uplink_ingress(&self, f: &mut [u8]) -> (u32, Moves) {
+    fn uplink_ingress(&mut self, f: &mut [u8]) -> (u32, Moves) {
         let drop = |r| (TC_ACT_SHOT, Moves::Drop(r));
         if f.len() < ETH {
             return drop(DropReason::TruncatedEthernet);
@@ -153,14 +152,37 @@ impl Node {
             return drop(DropReason::MalformedIpv4);
         };
         if ip.dst == self.ip {
-            // No translation exists: only an ICMP error whose quote cannot
-            // be read is refused; everything else is the node's.
+            let pods = self.pods.clone();
+            let deliver = |ip: Ipv4Addr| {
+                pods.iter()
+                    .find(|p| p.ip == ip)
+                    .map(|p| (p.mac, p.host_mac))
+            };
+            if let Some(m) = &self.masquerade
+                && let Some(done) = m.ingress(self.ip, f, &ip, &deliver)
+            {
+                return done;
+            }
+            // No translation: only an ICMP error whose quote cannot be
+            // read is refused; everything else is the node's.
             return match icmp_error_check(f, &ip) {
                 Some(r) => drop(r),
                 None => (TC_ACT_OK, Moves::Nothing),
             };
         }
-        if let Some(p) = self.pod(ip.dst) {
+        if let Some(p) = self.pod(ip.dst).copied() {
+            // From outside the cluster: only the node subnet may open a
+            // flow to a pod (a node, a hostNetwork pod), and its replies
+            // will leave untranslated. Without egress configured the node
+            // knows no subnet and delivers.
+            if !self.cluster.contains(&ip.src)
+                && let Some(m) = &mut self.masquerade
+            {
+                if !m.subnet.contains(&ip.src) {
+                    return drop(DropReason::UnsolicitedToPod);
+                }
+                m.opened_from_subnet(f, &ip);
+            }
             let ttl = f[ETH + 8];
             if ttl <= 1 {
                 return (TC_ACT_OK, Moves::Path(Path::TtlExpired));
@@ -230,29 +252,6 @@ impl Node {
     }
 }
 
-fn ether_type(f: &[u8]) -> u16 {
-    u16::from_be_bytes([f[12], f[13]])
-}
-
-/// The IPv4 header, if it is one: version 4, a header of at least 20
-/// bytes, a total length that holds the header and fits the frame.
-fn ipv4(f: &[u8]) -> Option<Ip> {
-    let h = f.get(ETH..ETH + 20)?;
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    let tot = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if h[0] >> 4 != 4 || ihl < 20 || tot < ihl || ETH + tot > f.len() {
-        return None;
-    }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    Some(Ip {
-        ihl,
-        proto: h[9],
-        src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-        dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
-        later_fragment: frag & 0x1fff != 0,
-    })
-}
-
 /// To the node's IP: an ICMP error (unreachable, time exceeded) must quote
 /// an option-less IPv4 header and 8 bytes of TCP, UDP or ICMP, which the
 /// SNAT engine reads to find its flow (docs/snat.md); one it cannot read is
@@ -275,29 +274,4 @@ fn icmp_error_check(f: &[u8], ip: &Ip) -> Option<DropReason> {
         return Some(DropReason::UnsupportedL4);
     }
     None
-}
-
-/// A routed hop: TTL expiry goes to the kernel (time exceeded), else the
-/// TTL is decremented and the packet goes to the next hop.
-fn routed(f: &mut [u8], path: Path) -> (u32, Moves) {
-    if f[ETH + 8] <= 1 {
-        return (TC_ACT_OK, Moves::Path(Path::TtlExpired));
-    }
-    decrement_ttl(f);
-    (TC_ACT_REDIRECT, Moves::Path(path))
-}
-
-/// TTL − 1 with the header checksum patched incrementally (RFC 1624).
-fn decrement_ttl(f: &mut [u8]) {
-    let old = u16::from_be_bytes([f[ETH + 8], f[ETH + 9]]);
-    f[ETH + 8] -= 1;
-    let new = u16::from_be_bytes([f[ETH + 8], f[ETH + 9]]);
-    let check = u16::from_be_bytes([f[ETH + 10], f[ETH + 11]]);
-    let patched = checksum::update16(check, old, new);
-    f[ETH + 10..ETH + 12].copy_from_slice(&patched.to_be_bytes());
-}
-
-fn set_macs(f: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
 }
