@@ -12,6 +12,7 @@ mod image;
 mod layering;
 mod setup;
 mod soak;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -90,12 +91,28 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
     },
+    /// netplane on virtual machines (QEMU, virtme-ng): `vm test` boots two
+    /// node VMs and a load balancer VM and checks the data path on them.
+    Vm {
+        #[command(subcommand)]
+        command: VmCmd,
+    },
     /// A ClusterIP Service on netplane against real kube-proxy, and each
     /// against the pod IP (docs/bench/services.md).
     BenchServices {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Boot the VMs, run the checks, tear everything down.
+    Test,
+    /// Inside a VM (virtme-ng runs it): provision, then serve the host's
+    /// commands from DIR.
+    #[command(hide = true)]
+    Guest { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -182,6 +199,16 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             soak::run_soak(minutes)
         }
+        Cmd::Vm {
+            command: VmCmd::Test,
+        } => {
+            setup::run()?;
+            build()?;
+            vm::test()
+        }
+        Cmd::Vm {
+            command: VmCmd::Guest { dir },
+        } => vm::guest::run(&dir),
         Cmd::BenchServices { rounds } => {
             setup::run()?;
             apiserver::ensure()?;

@@ -31,12 +31,20 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",        // the web page's browser test (headless)
     "chromium-driver", // ... driven over WebDriver
     "fonts-noto-cjk",  // its Japanese labels in the screenshots
+    "kmod",            // cargo xtask vm test: virtme-ng builds the guest's
+    "udev",            // ... initramfs and /dev with these
+    "busybox-static",
 ];
+/// The VM test's QEMU comes from bookworm-backports: bookworm's own
+/// qemu-system-x86 would remove the backports qemu-utils the machine ships.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+const VIRTME_NG: &str = "virtme-ng==1.42";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     eprintln!("== setup");
     apt()?;
+    vm_tools()?;
     rust_src()?;
     bpf_linker()?;
     Ok(())
@@ -47,6 +55,47 @@ fn installed(pkg: &str) -> bool {
         .args(["-W", "-f=${Status}", pkg])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// QEMU from bookworm-backports and virtme-ng from PyPI, for `cargo xtask
+/// vm test` (docs/decisions.md §39).
+fn vm_tools() -> Result<()> {
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    if !installed("qemu-system-x86") {
+        if !nix_is_root() {
+            bail!("qemu-system-x86 missing; run as root");
+        }
+        if !std::path::Path::new(BACKPORTS_SOURCE).exists() {
+            std::fs::write(
+                BACKPORTS_SOURCE,
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            )?;
+        }
+        eprintln!("   qemu-system-x86: installing from bookworm-backports");
+        step("apt-get", &["update", "-qq"], &env)?;
+        step(
+            "apt-get",
+            &[
+                "install",
+                "-y",
+                "-qq",
+                "-t",
+                "bookworm-backports",
+                "qemu-system-x86",
+            ],
+            &env,
+        )?;
+    } else {
+        eprintln!("   qemu-system-x86: present");
+    }
+    let vng = Command::new("vng").arg("--version").output();
+    if vng.is_ok_and(|o| o.status.success()) {
+        eprintln!("   virtme-ng: present");
+        return Ok(());
+    }
+    eprintln!("   virtme-ng: installing {VIRTME_NG} (pip)");
+    step("python3", &["-m", "pip", "install", "-q", VIRTME_NG], &[])
 }
 
 fn apt() -> Result<()> {

@@ -127,6 +127,38 @@ fn spawn_in(np: &str, host: &str, argv: &[&str]) -> Result<Child> {
         .spawn()?)
 }
 
+/// Every agent's drop counters, "AGENT REASON" -> packets.
+fn drop_totals(np: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+    let stats = json(np, &["stats", "--json"])?;
+    let mut out = std::collections::BTreeMap::new();
+    for (agent, c) in stats["nodes"].as_object().context("stats")? {
+        for d in c["drops"].as_array().context("drops")? {
+            let n = d["packets"].as_u64().unwrap_or(0);
+            if n > 0 {
+                out.insert(
+                    format!("{agent} {}", d["reason"].as_str().unwrap_or("?")),
+                    n,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What grew from `before` to `now`, as "AGENT REASON +N, ...".
+fn grown(
+    before: &std::collections::BTreeMap<String, u64>,
+    now: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    now.iter()
+        .filter_map(|(k, n)| {
+            let d = n.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| format!("{k} +{d}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Each running agent's resident memory (kB), by name.
 fn agents_rss(np: &str) -> Result<Vec<(String, u64)>> {
     let st = json(np, &["lab", "status", "--json"])?;
@@ -212,6 +244,8 @@ struct Round {
     failures: u64,
     /// Which kinds failed (TCP connections, the UDP datagram, the pings).
     failed: String,
+    /// Drops the data path counted during the round, by agent and reason.
+    drops: String,
     rss: Vec<(String, u64)>,
 }
 
@@ -332,6 +366,7 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
     let agents = ["node-0", "node-1", "lb"];
     let result = (|| -> Result<()> {
         let mut round = 0;
+        let mut drops_before = drop_totals(np)?;
         while started.elapsed() < total {
             round += 1;
             let crr = json(
@@ -410,13 +445,16 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
                 failed.push("ping".to_string());
             }
             let connections = crr["connections"].as_u64().unwrap_or(0) + 2;
+            let now = drop_totals(np)?;
             let r = Round {
                 secs: started.elapsed().as_secs_f64(),
                 connections,
                 failures,
                 failed: failed.join(", "),
+                drops: grown(&drops_before, &now),
                 rss: agents_rss(np)?,
             };
+            drops_before = now;
             eprintln!(
                 "   round {round} at {:.0} s: {} connections, {} failed {}; RSS {}",
                 r.secs,
@@ -501,7 +539,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| round | at (s) | connections | failed | agents' RSS (MB) |\n|---|---|---|---|---|"
+        "| round | at (s) | connections | failed | data path drops | agents' RSS (MB) |\n|---|---|---|---|---|---|"
     );
     for (i, r) in rounds.iter().enumerate() {
         let rss: Vec<String> = r
@@ -516,10 +554,11 @@ fn report(
         };
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {failed} | {} |",
+            "| {} | {:.0} | {} | {failed} | {} | {} |",
             i + 1,
             r.secs,
             r.connections,
+            r.drops,
             rss.join(", ")
         );
     }

@@ -84,6 +84,10 @@ pub struct Options {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Level of the programs' own messages (aya-log) in the agent's log.
     pub bpf_log_level: Option<aya_log::Level>,
+    /// The load balancer's internet side, by name (None: the one interface
+    /// with an address outside the node subnet; a VM with a management
+    /// NIC has two).
+    pub outside_interface: Option<String>,
 }
 
 impl Options {
@@ -216,10 +220,16 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         .iter()
         .find(|i| i.ipv4.iter().any(|a| subnet.contains(a)))
         .with_context(|| format!("no interface with an address in {subnet}"))?;
-    let outside = ifs
-        .iter()
-        .find(|i| i.name != "lo" && i.index != inside.index && !i.ipv4.is_empty())
-        .context("no outside interface with an address")?;
+    let outside = match &opts.outside_interface {
+        Some(name) => ifs
+            .iter()
+            .find(|i| &i.name == name)
+            .with_context(|| format!("no interface {name}"))?,
+        None => ifs
+            .iter()
+            .find(|i| i.name != "lo" && i.index != inside.index && !i.ipv4.is_empty())
+            .context("no outside interface with an address (--outside-interface names one)")?,
+    };
     let appliance =
         (cluster.outbound.kind == OutboundType::UserDefinedRouting).then(|| outside.ipv4[0]);
     let (mut dp, hooks, pins) = load(name, opts.log_level(), &cluster)?;

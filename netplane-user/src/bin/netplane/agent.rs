@@ -30,6 +30,11 @@ pub struct AgentArgs {
     /// appliance (userDefinedRouting).
     #[arg(long)]
     lb: bool,
+    /// With --lb: the internet side's interface (default: the one other
+    /// interface with an address; name it where there are several, as on a
+    /// VM with a management NIC).
+    #[arg(long, requires = "lb")]
+    outside_interface: Option<String>,
     /// Network namespace of the node (the lab's nodes live in one).
     #[arg(long)]
     netns: Option<String>,
@@ -76,6 +81,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         detach_on_exit: args.detach_on_exit,
         metrics_addr: args.metrics_addr,
         bpf_log_level: args.bpf_log_level,
+        outside_interface: args.outside_interface,
     };
     match args.node {
         Some(node) if !args.lb => netplane::agent::run(&node, &opts),

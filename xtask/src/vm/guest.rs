@@ -1,0 +1,147 @@
+//! Inside a VM (`xtask vm guest DIR`, started by virtme-ng): the NIC gets
+//! its address, vagrant/provision/netplane.sh brings the machine up in its
+//! role exactly as the Vagrantfile's provisioner does, then the host's
+//! commands are run until it asks the VM to stop.
+use std::{
+    collections::HashMap,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// A command from the host may run this long.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(170);
+
+pub fn run(dir: &Path) -> Result<()> {
+    match provision(dir) {
+        Ok(()) => std::fs::write(dir.join("ready"), "")?,
+        Err(e) => std::fs::write(dir.join("failed"), format!("{e:#}"))?,
+    }
+    serve(dir)
+}
+
+fn sh(script: &str) -> Result<String> {
+    let out = Command::new("sh").args(["-c", script]).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("`{script}` failed:\n{text}");
+    }
+    Ok(text)
+}
+
+/// The virtio NIC (the only one), named eth0 as in the lab.
+fn nic() -> Result<String> {
+    for e in std::fs::read_dir("/sys/class/net")?.flatten() {
+        let driver = std::fs::read_link(e.path().join("device/driver")).unwrap_or_default();
+        if driver.to_string_lossy().ends_with("virtio_net") {
+            return Ok(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    bail!("no virtio-net interface in /sys/class/net")
+}
+
+fn provision(dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(dir.join("role"))?;
+    let role: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once(' ')).collect();
+    let get = |k: &str| {
+        role.get(k)
+            .copied()
+            .with_context(|| format!("role file: {k}"))
+    };
+    let (kind, name, address, gateway, root) = (
+        get("role")?,
+        get("name")?,
+        get("address")?,
+        get("gateway")?,
+        get("root")?,
+    );
+    sh("ip link set lo up")?;
+    let nic = nic()?;
+    if nic != "eth0" {
+        sh(&format!(
+            "ip link set {nic} down && ip link set {nic} name eth0"
+        ))?;
+    }
+    sh(&format!(
+        "ip addr add {address} dev eth0 && ip link set eth0 up"
+    ))?;
+    if kind == "node" {
+        sh(&format!("ip route add default via {gateway}"))?;
+    }
+    let log_dir = dir.join("log");
+    let args: Vec<&str> = match kind {
+        "node" => vec!["node", name],
+        _ => vec!["lb"],
+    };
+    let out = Command::new("sh")
+        .arg(format!("{root}/vagrant/provision/netplane.sh"))
+        .args(&args)
+        .env("NETPLANE_BIN", format!("{root}/target/debug"))
+        .env(
+            "NETPLANE_CLUSTER",
+            format!("{root}/netplane-user/src/config/default-cluster.toml"),
+        )
+        .env("NETPLANE_AGENT", "background")
+        .env("NETPLANE_LOG_DIR", &log_dir)
+        .env("NETPLANE_INET", "namespace")
+        // The optional XDP early drop, natively on virtio-net.
+        .env(
+            "NETPLANE_AGENT_ARGS",
+            if kind == "node" { "--uplink-xdp" } else { "" },
+        )
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join("provision.log"), &text)?;
+    if !out.status.success() {
+        bail!("provisioning {name} failed:\n{text}");
+    }
+    Ok(())
+}
+
+/// Runs the host's commands in order (cmd/N.sh), each with its output and
+/// exit code written back, until the host writes `stop`.
+fn serve(dir: &Path) -> Result<()> {
+    let mut next = 0u32;
+    while !dir.join("stop").exists() {
+        let script = dir.join(format!("cmd/{next}.sh"));
+        if !script.exists() {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let out_path = dir.join(format!("out/{next}.out"));
+        let out = std::fs::File::create(&out_path)?;
+        let mut child = Command::new("sh")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let started = Instant::now();
+        let code = loop {
+            if let Some(s) = child.try_wait()? {
+                break s.code().unwrap_or(-1);
+            }
+            if started.elapsed() > COMMAND_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -2;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let rc = dir.join(format!("out/{next}.rc.tmp"));
+        std::fs::write(&rc, code.to_string())?;
+        std::fs::rename(&rc, dir.join(format!("out/{next}.rc")))?;
+        next += 1;
+    }
+    Ok(())
+}
