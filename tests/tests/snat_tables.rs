@@ -1063,3 +1063,57 @@ fn closing_a_flow_that_has_no_translation_claims_nothing() {
     assert_eq!(v, TC_ACT_REDIRECT, "a mid-stream ACK is picked up");
     assert_eq!(assert_accounting_exact(&mut dp), 1);
 }
+
+/// The collector reads a chunk of translations, decides which expired,
+/// then removes them. A packet that refreshes a flow in between (a SYN
+/// reopening a closed tuple, a late segment) must keep it: removed, the
+/// flow's next reply finds no translation and is dropped as
+/// `nat_no_mapping` (the 5-minute soak's lone failures).
+#[test]
+fn a_flow_refreshed_while_a_pass_decides_it_expired_survives() {
+    if !privileged() {
+        return;
+    }
+    use aya::maps::{Map, MapData};
+    let mut dp = masquerading(1024, 65535);
+    let (_, out) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 40000, INTERNET, 80, FROM_POD_A),
+    );
+    let port = parse_checked(&out).src_port;
+    // A second handle on NAT_OUT: the data path's refresh, made while the
+    // pass holds its snapshot.
+    let id = dp
+        .hash_map_data(names::NAT_OUT)
+        .unwrap()
+        .info()
+        .unwrap()
+        .id();
+    let mut nat_out: HashMap<_, FlowKey, NatEntry> =
+        HashMap::try_from(Map::HashMap(MapData::from_id(id).unwrap())).unwrap();
+    let mut c = collector::Collector::default();
+    c.start();
+    let mut refreshed = 0;
+    while !c.idle() {
+        c.step(&mut dp, usize::MAX, &mut |k: &FlowKey, e: &NatEntry| {
+            // Expired by the snapshot; refreshed by a packet right now.
+            let mut fresh = *e;
+            fresh.last_seen_ns = collector::monotonic_ns();
+            nat_out.insert(k, fresh, 0).unwrap();
+            refreshed += 1;
+            true
+        })
+        .unwrap();
+    }
+    assert_eq!(refreshed, 1);
+    // The reply is still translated back to the pod.
+    let (v, back) = run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &tcp_port(INTERNET, 80, NODE0, port, FROM_VNET),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT, "the refreshed flow was collected");
+    assert_eq!(parse_checked(&back).dst, Ipv4Addr::from(POD_A));
+    assert_eq!(assert_accounting_exact(&mut dp), 1);
+}

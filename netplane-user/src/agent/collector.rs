@@ -239,10 +239,13 @@ fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
     Ok(n)
 }
 
-/// Removes translations and returns their ports. The claim (NAT_IN) goes
-/// only with a forward entry this removal took: one the data path evicted
-/// meanwhile is its to count, and its port may already be someone else's.
-/// Returns the flows it removed.
+/// Removes translations and returns their ports. Each forward entry is
+/// taken atomically with the value it holds at that instant: one a packet
+/// refreshed since the pass read it (a SYN reopening the tuple, a late
+/// segment) is put back, and its claim stays. The claim (NAT_IN) goes only
+/// with a forward entry this removal took unchanged: one the data path
+/// evicted meanwhile is its to count, and its port may already be someone
+/// else's. Returns the flows it removed.
 fn remove_flows(
     dp: &mut Datapath,
     flows: Vec<(FlowKey, NatEntry)>,
@@ -250,13 +253,22 @@ fn remove_flows(
     if flows.is_empty() {
         return Ok(flows);
     }
-    let keys: Vec<FlowKey> = flows.iter().map(|(k, _)| *k).collect();
-    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_OUT)?, &keys)?;
-    let ours: Vec<(FlowKey, NatEntry)> = flows
-        .into_iter()
-        .zip(took)
-        .filter_map(|(f, took)| took.then_some(f))
-        .collect();
+    let mut ours = Vec::with_capacity(flows.len());
+    {
+        let nat_out = dp.hash_map_data(names::NAT_OUT)?;
+        for (k, seen) in flows {
+            let Some(now) = crate::datapath::take::<FlowKey, NatEntry>(nat_out, &k)? else {
+                continue; // evicted by the data path meanwhile
+            };
+            if now != seen {
+                // Refreshed since it was read: live. Put back, unless the
+                // data path made the tuple anew in that instant.
+                crate::datapath::put_new(nat_out, &k, &now)?;
+                continue;
+            }
+            ours.push((k, seen));
+        }
+    }
     let replies: Vec<FlowKey> = ours.iter().map(|(k, e)| reply_key(k, e)).collect();
     let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
     let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();

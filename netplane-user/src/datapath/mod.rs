@@ -11,7 +11,7 @@ pub use maps::{
     Counters, DropStat, PathStat, list_routes, pinned_pod_ips, pinned_routes, put_route,
 };
 use std::{net::Ipv4Addr, path::PathBuf};
-pub use sys::{HashWalk, delete_batch, dump_hash};
+pub use sys::{HashWalk, delete_batch, dump_hash, put_new, take};
 
 use anyhow::{Context, Result};
 use aya::{

@@ -149,6 +149,72 @@ pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<Vec<bool>>
     Ok(deleted)
 }
 
+/// union bpf_attr for the element commands: map_fd, key, value, flags.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf_elem(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
+    // SAFETY: attr matches the kernel's layout; key and value point at
+    // buffers of the map's key and value sizes that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes `key` and returns the value it held at that instant
+/// (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps since Linux 5.14): what was
+/// removed is known exactly, even when the data path wrote it a moment
+/// before. None: no such key.
+pub fn take<K: aya::Pod, V: aya::Pod + Default>(map: &MapData, key: &K) -> Result<Option<V>> {
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = V::default();
+    let mut attr = ElemAttr {
+        map_fd: raw_fd(map),
+        key: key as *const K as u64,
+        value: &mut value as *mut V as u64,
+        ..Default::default()
+    };
+    match bpf_elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e).context("BPF_MAP_LOOKUP_AND_DELETE_ELEM"),
+    }
+}
+
+/// Inserts `key` unless it exists (BPF_NOEXIST); false when it did.
+pub fn put_new<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K, value: &V) -> Result<bool> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_NOEXIST: u64 = 1;
+    let mut attr = ElemAttr {
+        map_fd: raw_fd(map),
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags: BPF_NOEXIST,
+        ..Default::default()
+    };
+    match bpf_elem(BPF_MAP_UPDATE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e).context("BPF_MAP_UPDATE_ELEM"),
+    }
+}
+
 /// BPF_OBJ_GET on a pinned link, then BPF_LINK_DETACH: the program leaves
 /// its hook at once. (aya 0.14 exposes neither for a pinned link.)
 pub fn detach_pinned(pin: &Path) -> std::io::Result<()> {
