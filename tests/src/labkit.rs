@@ -306,3 +306,16 @@ pub fn with_api<T: Send, F: std::future::Future<Output = anyhow::Result<T>> + Se
     })
     .unwrap()
 }
+
+/// The PID of `node`'s agent, as `lab status --json` gives it.
+pub fn agent_pid(node: &str) -> u64 {
+    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
+    st["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["node"] == node)
+        .unwrap_or_else(|| panic!("no agent {node} in {st}"))["pid"]
+        .as_u64()
+        .unwrap()
+}

@@ -231,18 +231,19 @@ fn the_api_serves_the_clis_views_and_says_what_was_wrong() {
             && l.contains("10.244.1.2")),
         "no translation event for pod-1-0's ping in:\n{text}"
     );
+    // ... and /api/flows, filtered to node-1, holds it too.
+    let flows = get_ok(&format!("{base}/api/flows?node=node-1&last=20"));
+    let events = flows["events"].as_array().unwrap();
+    assert!(events.iter().all(|e| e["agent"] == "node-1"), "{flows}");
+    assert!(
+        events.iter().any(|e| e["event"] == "translation"
+            && e["src"].as_str().unwrap_or("").starts_with("10.244.1.2")),
+        "{flows}"
+    );
 
     // An agent killed: the page says so and keeps serving its pins; the
     // restarted agent is seen running again.
-    let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
-    let pid = st["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["node"] == "node-1")
-        .unwrap()["pid"]
-        .as_i64()
-        .unwrap();
+    let pid = agent_pid("node-1");
     // SAFETY: kill(2) on the lab agent's PID, which lab status gave.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let node1_running =

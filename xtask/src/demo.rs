@@ -120,12 +120,7 @@ pub fn run_kubernetes() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
     fresh_lab(np, &["--source", "kubernetes", "--ui"])?;
-    let status: serde_json::Value = serde_json::from_slice(
-        &Command::new(np)
-            .args(["lab", "status", "--json"])
-            .output()?
-            .stdout,
-    )?;
+    let status = lab_status(np)?;
     let k = &status["kubernetes"];
     let api = Api {
         server: k["server"].as_str().context("server")?.to_string(),
@@ -189,14 +184,17 @@ pub fn run_kubernetes() -> Result<()> {
     print_page_url(np)
 }
 
+/// `netplane lab status --json`.
+fn lab_status(np: &str) -> Result<serde_json::Value> {
+    let out = Command::new(np)
+        .args(["lab", "status", "--json"])
+        .output()?;
+    serde_json::from_slice(&out.stdout).context("lab status --json")
+}
+
 /// The demo's last line: the live page of the lab it leaves up.
 fn print_page_url(np: &str) -> Result<()> {
-    let status: serde_json::Value = serde_json::from_slice(
-        &Command::new(np)
-            .args(["lab", "status", "--json"])
-            .output()?
-            .stdout,
-    )?;
+    let status = lab_status(np)?;
     let url = status["ui"]
         .as_str()
         .context("lab status lists no web page")?;
