@@ -241,6 +241,52 @@ fn the_api_serves_the_clis_views_and_says_what_was_wrong() {
         "{flows}"
     );
 
+    // A pod added through the CNI plugin appears on the page, and goes
+    // when it is deleted.
+    let state = netplane::lab::load_state().unwrap().expect("lab up");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
+        "cluster": state.cluster_file, "node": "node-0",
+    });
+    let plugin = netplane_bin().with_file_name("netplane-cni");
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", "np-uitest"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cni = |command: &str| {
+        netplane::lab::run_cni(
+            &plugin,
+            "node-0",
+            command,
+            "uitest",
+            "/run/netns/np-uitest",
+            &conf,
+        )
+        .unwrap()
+    };
+    cni("ADD");
+    let pod_names = || -> Vec<String> {
+        let (_, t) = events_for(&base, 2)
+            .into_iter()
+            .rfind(|(n, _)| n == "topology")
+            .expect("a topology event");
+        t["nodes"][0]["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(pod_names().contains(&"uitest".to_string()));
+    cni("DEL");
+    assert!(!pod_names().contains(&"uitest".to_string()));
+    let _ = Command::new("ip")
+        .args(["netns", "del", "np-uitest"])
+        .status();
+
     // An agent killed: the page says so and keeps serving its pins; the
     // restarted agent is seen running again.
     let pid = agent_pid("node-1");

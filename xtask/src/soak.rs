@@ -117,12 +117,23 @@ fn bench(np: &str) -> String {
     crate::bench_bin_beside(np)
 }
 
-/// A background process in a lab host.
+/// A background process in a lab host, its output read at the end.
 fn spawn_in(np: &str, host: &str, argv: &[&str]) -> Result<Child> {
+    spawn_with(np, host, argv, Stdio::piped())
+}
+
+/// A server in a lab host, its output discarded: a pipe nobody reads
+/// would fill (64 KiB: the UDP server's line per answer, after about
+/// 1,600 answers) and block it.
+fn spawn_server(np: &str, host: &str, argv: &[&str]) -> Result<Child> {
+    spawn_with(np, host, argv, Stdio::null())
+}
+
+fn spawn_with(np: &str, host: &str, argv: &[&str], stdout: Stdio) -> Result<Child> {
     Ok(Command::new(np)
         .args(["lab", "exec", host, "--"])
         .args(argv)
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()?)
 }
@@ -318,7 +329,7 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
             "--secs",
             &serve_secs,
         ];
-        spawn_in(np, "inet", &argv)
+        spawn_server(np, "inet", &argv)
     };
     let udp = [
         np,
@@ -330,7 +341,11 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
         "--timeout",
         &serve_secs,
     ];
-    let servers = vec![echo("7001")?, echo("7003")?, spawn_in(np, "inet", &udp)?];
+    let servers = vec![
+        echo("7001")?,
+        echo("7003")?,
+        spawn_server(np, "inet", &udp)?,
+    ];
     // The client's own ports: a second of connections at full speed each
     // round leaves tens of thousands in TIME_WAIT for 60 s; without these
     // the client runs out before any SNAT stage does.
@@ -348,7 +363,7 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
         ],
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let long = spawn_in(
+    let mut long = spawn_in(
         np,
         "pod-1-0",
         &[
@@ -471,6 +486,11 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
         }
         Ok(())
     })();
+    if result.is_err() {
+        // The rounds stopped early: the long connection would run on for
+        // the rest of the hour before the error is told.
+        let _ = long.kill();
+    }
     let long_out = long.wait_with_output()?;
     for mut s in servers {
         let _ = s.kill();
