@@ -497,7 +497,17 @@ fn model_masquerading() -> Node {
     node
 }
 
-/// An IPv4 frame, whole (DF) and mostly well formed: what a masquerade's
+/// What part of a datagram a frame is.
+#[derive(Clone, Copy, PartialEq)]
+enum Piece {
+    Whole,
+    /// Offset 0, more follow: the transport header is here.
+    First,
+    /// Offset > 0: no transport header.
+    Later,
+}
+
+/// An IPv4 frame, mostly well formed, whole or a fragment: what a masquerade's
 /// flows are made of, with bad checksums, dying TTLs and truncation mixed
 /// in.
 fn flow_frame(
@@ -508,6 +518,15 @@ fn flow_frame(
     dport: u16,
     out: bool,
 ) -> Vec<u8> {
+    // Fragments only toward and from remote ends (a flow opened from the
+    // node subnet is looked up by ports a later fragment does not carry).
+    let remote_end = [INTERNET, [198, 51, 100, 99]];
+    let fragments = remote_end.contains(&dst) || remote_end.contains(&src);
+    let piece = match r.below(100) {
+        0..=5 if fragments => Piece::First,
+        6..=11 if fragments => Piece::Later,
+        _ => Piece::Whole,
+    };
     let proto = match r.below(100) {
         0..=44 => 6u8,
         45..=79 => 17,
@@ -552,19 +571,38 @@ fn flow_frame(
         let len = l4.len() as u16;
         l4[4..6].copy_from_slice(&len.to_be_bytes());
     }
-    let mut h = vec![0u8; 20];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    h[4..6].copy_from_slice(&(r.next() as u16).to_be_bytes());
-    h[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    // IP options, now and then: NOPs and an end.
+    let opts: &[u8] = if r.pct(4) { &[1, 1, 1, 0] } else { &[] };
+    let ihl = 20 + opts.len();
+    let mut h = vec![0u8; ihl];
+    h[0] = 0x40 | (ihl / 4) as u8;
+    h[20..].copy_from_slice(opts);
+    // Fragments share a few IP IDs, so later ones find their first.
+    let (id, frag) = match piece {
+        Piece::Whole => (r.next() as u16, 0x4000u16),
+        Piece::First => (1 + r.below(6) as u16, 0x2000),
+        Piece::Later => {
+            let more = if r.pct(50) { 0x2000 } else { 0 };
+            (1 + r.below(6) as u16, more | (1 + r.below(20) as u16))
+        }
+    };
+    if piece == Piece::Later {
+        let n = 8 + r.below(24) as usize;
+        l4 = r.bytes(n);
+    }
+    h[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&id.to_be_bytes());
+    h[6..8].copy_from_slice(&frag.to_be_bytes());
     h[8] = if r.pct(85) { 64 } else { r.pick(&[2u8, 1, 0]) };
     h[9] = proto;
     h[12..16].copy_from_slice(&src);
     h[16..20].copy_from_slice(&dst);
     let sum = netplane_common::checksum::checksum(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
-    // The transport checksum over the pseudo-header, mostly right.
+    // The transport checksum over the pseudo-header, mostly right (a
+    // fragment's covers the whole datagram: any value will do).
     let at = match proto {
+        _ if piece == Piece::Later => None,
         6 => Some(16),
         17 if r.pct(85) => Some(6),
         1 => Some(2),

@@ -16,6 +16,8 @@ pub struct Ip {
     pub dst: Ipv4Addr,
     pub later_fragment: bool,
     pub more_fragments: bool,
+    /// The IP ID (a datagram's fragments share it).
+    pub id: u16,
 }
 
 pub fn ether_type(f: &[u8]) -> u16 {
@@ -39,6 +41,7 @@ pub fn ipv4(f: &[u8]) -> Option<Ip> {
         dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
         later_fragment: frag & 0x1fff != 0,
         more_fragments: frag & 0x2000 != 0,
+        id: u16::from_be_bytes([h[4], h[5]]),
     })
 }
 

@@ -20,9 +20,14 @@
 //!   a translation claimed is dropped (`nat_no_mapping`); any other packet
 //!   to the node IP is the node's.
 //!
-//! Not modelled here (their packet tables hold them): fragments, ICMP
-//! errors about translated flows, a full NAT table, and time (nothing
-//! expires within a run; nothing collects).
+//! - a datagram's first fragment is translated as any packet and its
+//!   ports remembered; its later fragments find the translation by them
+//!   and have only their address rewritten, or are dropped
+//!   (`fragment_not_tracked`) when no first fragment came.
+//!
+//! Not modelled here (their packet tables hold them): ICMP errors about
+//! translated flows, a full NAT table, and time (nothing expires within a
+//! run; nothing collects).
 use std::{collections::HashSet, net::Ipv4Addr, ops::RangeInclusive};
 
 use ipnet::Ipv4Net;
@@ -31,7 +36,10 @@ use netplane_common::{DropReason, Path};
 use super::{
     frame::{ETH, Ip, decrement_ttl, routed, set_macs},
     run::{Moves, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    snat::{FIN, ICMP, RST, SYN, TCP, Table, Tuple, icmp_error_about, l4, port_offset, rewrite},
+    snat::{
+        FIN, ICMP, RST, SYN, TCP, Table, Tuple, datagram, icmp_error_about, l4, port_offset,
+        rewrite, rewrite_address,
+    },
 };
 
 /// The node's masquerade: its configuration and what it holds.
@@ -87,8 +95,24 @@ impl Masquerade {
             return (TC_ACT_OK, Moves::Path(Path::TtlExpired));
         }
         decrement_ttl(f);
-        if ip.later_fragment || ip.more_fragments {
-            unreachable!("the generator sends whole datagrams to the masquerade");
+        if ip.later_fragment {
+            // Its first fragment made (or found) the translation.
+            let nat = self
+                .table
+                .fragments
+                .get(&datagram(ip))
+                .and_then(|(sport, dport)| {
+                    self.table.flows.get(&Tuple {
+                        proto: ip.proto,
+                        inside: (ip.src, *sport),
+                        remote: (ip.dst, *dport),
+                    })
+                });
+            let Some((nat_ip, _)) = nat else {
+                return drop(DropReason::FragmentNotTracked);
+            };
+            rewrite_address(f, true, *nat_ip);
+            return (TC_ACT_REDIRECT, Moves::Path(Path::SnatOut));
         }
         let l = match parsed {
             Ok(l) => l,
@@ -124,6 +148,7 @@ impl Masquerade {
                 port
             }
         };
+        self.table.remember_first(ip, flow.inside.1, flow.remote.1);
         rewrite(f, ip, true, port_offset(l.proto, true), (node_ip, port));
         (TC_ACT_REDIRECT, Moves::Path(Path::SnatOut))
     }
@@ -132,12 +157,25 @@ impl Masquerade {
     /// (`deliver` gives the pod's MACs by its address); `None` when it is
     /// the node's own.
     pub fn ingress(
-        &self,
+        &mut self,
         node_ip: Ipv4Addr,
         f: &mut [u8],
         ip: &Ip,
         deliver: &dyn Fn(Ipv4Addr) -> Option<([u8; 6], [u8; 6])>,
     ) -> Option<(u32, Moves)> {
+        if ip.later_fragment {
+            // Its first fragment's ports, if it was translated back; none
+            // known: the node's own.
+            let (sport, dport) = *self.table.fragments.get(&datagram(ip))?;
+            let flow = self
+                .table
+                .reply(ip.proto, (ip.src, sport), (node_ip, dport))?;
+            let Some((mac, host_mac)) = deliver(flow.inside.0) else {
+                return Some((TC_ACT_SHOT, Moves::Drop(DropReason::NoLocalPod)));
+            };
+            rewrite_address(f, false, flow.inside.0);
+            return Some(self.deliver_back(f, mac, host_mac));
+        }
         match icmp_error_about(f, ip) {
             Some(Err(r)) => return Some((TC_ACT_SHOT, Moves::Drop(r))),
             Some(Ok((proto, source, remote))) => {
@@ -160,15 +198,21 @@ impl Masquerade {
         let Some((mac, host_mac)) = deliver(flow.inside.0) else {
             return Some((TC_ACT_SHOT, Moves::Drop(DropReason::NoLocalPod)));
         };
+        self.table.remember_first(ip, l.sport, l.dport);
         rewrite(f, ip, false, port_offset(l.proto, false), flow.inside);
-        // Translated back before the TTL check: a reply whose TTL runs out
-        // reaches the kernel addressed to the pod.
+        Some(self.deliver_back(f, mac, host_mac))
+    }
+
+    /// A reply translated back goes to its pod. Translated before the TTL
+    /// check: one whose TTL runs out reaches the kernel addressed to the
+    /// pod.
+    fn deliver_back(&self, f: &mut [u8], mac: [u8; 6], host_mac: [u8; 6]) -> (u32, Moves) {
         if f[ETH + 8] <= 1 {
-            return Some((TC_ACT_OK, Moves::Path(Path::TtlExpired)));
+            return (TC_ACT_OK, Moves::Path(Path::TtlExpired));
         }
         decrement_ttl(f);
         set_macs(f, mac, host_mac);
-        Some((TC_ACT_REDIRECT, Moves::Path(Path::SnatIn)))
+        (TC_ACT_REDIRECT, Moves::Path(Path::SnatIn))
     }
 
     /// A flow toward a pod from the node subnet (an echo request, for

@@ -158,7 +158,7 @@ impl Node {
                     .find(|p| p.ip == ip)
                     .map(|p| (p.mac, p.host_mac))
             };
-            if let Some(m) = &self.masquerade
+            if let Some(m) = &mut self.masquerade
                 && let Some(done) = m.ingress(self.ip, f, &ip, &deliver)
             {
                 return done;

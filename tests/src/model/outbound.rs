@@ -19,8 +19,11 @@
 //!   translation (else `nat_no_mapping`) and goes back to its node;
 //!   anything to another address is the host's own.
 //!
-//! Not modelled here (their packet tables hold them): fragments, ICMP
-//! errors, a full NAT table, time.
+//! - fragments as at the node: the first translated and remembered, the
+//!   later ones by its ports (`fragment_not_tracked` without one).
+//!
+//! Not modelled here (their packet tables hold them): ICMP errors about
+//! translated flows, a full NAT table, time.
 use std::{collections::HashSet, net::Ipv4Addr, ops::RangeInclusive};
 
 use ipnet::Ipv4Net;
@@ -30,7 +33,8 @@ use super::{
     frame::{ETH, Ip, ether_type, ipv4},
     run::{Model, Moves, Outcome, Program, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     snat::{
-        FIN, ICMP, RST, SYN, TCP, Table, Tuple, UDP, icmp_error_about, l4, port_offset, rewrite,
+        FIN, ICMP, RST, SYN, TCP, Table, Tuple, UDP, datagram, icmp_error_about, l4, port_offset,
+        rewrite, rewrite_address,
     },
 };
 
@@ -105,8 +109,23 @@ impl LoadBalancer {
         let Some(backend) = self.backends.iter().find(|b| b.ip == ip.src).cloned() else {
             return drop(DropReason::LbUnknownBackend);
         };
-        if ip.later_fragment || ip.more_fragments {
-            unreachable!("the generator sends whole datagrams to the load balancer");
+        if ip.later_fragment {
+            let nat = self
+                .table
+                .fragments
+                .get(&datagram(ip))
+                .and_then(|(sport, dport)| {
+                    self.table.flows.get(&Tuple {
+                        proto: ip.proto,
+                        inside: (ip.src, *sport),
+                        remote: (ip.dst, *dport),
+                    })
+                });
+            let Some((nat_ip, _)) = nat else {
+                return drop(DropReason::FragmentNotTracked);
+            };
+            rewrite_address(f, true, *nat_ip);
+            return (TC_ACT_REDIRECT, Moves::Path(Path::LbOut));
         }
         let l = match l4(f, ip, true) {
             Ok(l) => l,
@@ -150,6 +169,7 @@ impl LoadBalancer {
         if cone {
             self.peers.insert((flow, l.dport));
         }
+        self.table.remember_first(ip, flow.inside.1, flow.remote.1);
         rewrite(f, ip, true, port_offset(l.proto, true), nat);
         (TC_ACT_REDIRECT, Moves::Path(Path::LbOut))
     }
@@ -158,6 +178,16 @@ impl LoadBalancer {
         let drop = |r| (TC_ACT_SHOT, Moves::Drop(r));
         if !self.frontends.contains(&ip.dst) {
             return (TC_ACT_OK, Moves::Nothing);
+        }
+        if ip.later_fragment {
+            let Some((sport, dport)) = self.table.fragments.get(&datagram(ip)).copied() else {
+                return drop(DropReason::FragmentNotTracked);
+            };
+            let Some(flow) = self.table.reply(ip.proto, (ip.src, sport), (ip.dst, dport)) else {
+                return drop(DropReason::NatNoMapping);
+            };
+            rewrite_address(f, false, flow.inside.0);
+            return (TC_ACT_REDIRECT, Moves::Path(Path::LbIn));
         }
         match icmp_error_about(f, ip) {
             Some(Err(r)) => return drop(r),
@@ -190,6 +220,7 @@ impl LoadBalancer {
         let Some(flow) = flow else {
             return drop(DropReason::NatNoMapping);
         };
+        self.table.remember_first(ip, remote.1, l.dport);
         rewrite(f, ip, false, port_offset(l.proto, false), flow.inside);
         (TC_ACT_REDIRECT, Moves::Path(Path::LbIn))
     }

@@ -163,6 +163,28 @@ pub fn rewrite(f: &mut [u8], ip: &Ip, source: bool, port_at: usize, to: (Ipv4Add
     put16(f, l4 + port_at, to.1);
 }
 
+/// Rewrites one address only, with the IP header's checksum: a later
+/// fragment carries no transport header (its checksum is in the first).
+pub fn rewrite_address(f: &mut [u8], source: bool, to: Ipv4Addr) {
+    let at = ETH + if source { 12 } else { 16 };
+    let old = u32::from_ne_bytes(f[at..at + 4].try_into().unwrap());
+    let check = get16(f, ETH + 10);
+    put16(
+        f,
+        ETH + 10,
+        checksum::update_addr(check, old, u32::from_ne_bytes(to.octets())),
+    );
+    f[at..at + 4].copy_from_slice(&to.octets());
+}
+
+/// A datagram, as a stage sees its fragments: (source, destination, IP
+/// ID, protocol).
+pub type Datagram = (Ipv4Addr, Ipv4Addr, u16, u8);
+
+pub fn datagram(ip: &Ip) -> Datagram {
+    (ip.src, ip.dst, ip.id, ip.proto)
+}
+
 /// Where the port that is translated sits in the transport header:
 /// the source port out, the destination port back (ICMP: the identifier).
 pub fn port_offset(proto: u8, out: bool) -> usize {
@@ -185,6 +207,9 @@ pub struct Table {
     /// (protocol, address, port) any translation took: the owned-port
     /// marks (only the collector clears them, and none runs here).
     owned: HashSet<(u8, Ipv4Addr, u16)>,
+    /// A fragmented datagram's ports, from its first fragment translated
+    /// (either way), for its later fragments.
+    pub fragments: HashMap<Datagram, (u16, u16)>,
 }
 
 impl Table {
@@ -202,6 +227,14 @@ impl Table {
 
     pub fn reply(&self, proto: u8, remote: (Ipv4Addr, u16), nat: (Ipv4Addr, u16)) -> Option<Tuple> {
         self.replies.get(&(proto, remote, nat)).copied()
+    }
+
+    /// A first fragment (more follow, offset 0) translated: its ports are
+    /// remembered for the rest of its datagram.
+    pub fn remember_first(&mut self, ip: &Ip, sport: u16, dport: u16) {
+        if ip.more_fragments && !ip.later_fragment {
+            self.fragments.insert(datagram(ip), (sport, dport));
+        }
     }
 
     pub fn owned(&self, proto: u8, nat: (Ipv4Addr, u16)) -> bool {
