@@ -15,7 +15,7 @@ const SERVER_PORT: &str = "7000";
 pub fn run() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    fresh_lab(np, &["--ui"])?;
+    fresh_lab(np, &["--ui", &page_listen()])?;
 
     section("1. Same node: pod-0-0 (10.244.0.2) -> pod-0-1 (10.244.0.3), TCP");
     exchange(np, "pod-0-0", "pod-0-1", "10.244.0.3")?;
@@ -119,7 +119,7 @@ pub fn run() -> Result<()> {
 pub fn run_kubernetes() -> Result<()> {
     let np = netplane_bin();
     let np = np.to_str().context("utf-8 path")?;
-    fresh_lab(np, &["--source", "kubernetes", "--ui"])?;
+    fresh_lab(np, &["--source", "kubernetes", "--ui", &page_listen()])?;
     let status = lab_status(np)?;
     let k = &status["kubernetes"];
     let api = Api {
@@ -182,6 +182,17 @@ pub fn run_kubernetes() -> Result<()> {
         api.server, api.netns, api.server, api.kubeconfig
     );
     print_page_url(np)
+}
+
+/// Where the page listens: netplane ui's default, or any free port when
+/// something else holds it.
+fn page_listen() -> String {
+    let default = "127.0.0.1:8080";
+    if std::net::TcpListener::bind(default).is_ok() {
+        default.into()
+    } else {
+        "127.0.0.1:0".into()
+    }
 }
 
 /// `netplane lab status --json`.
