@@ -97,21 +97,11 @@ impl Masquerade {
         decrement_ttl(f);
         if ip.later_fragment {
             // Its first fragment made (or found) the translation.
-            let nat = self
-                .table
-                .fragments
-                .get(&datagram(ip))
-                .and_then(|(sport, dport)| {
-                    self.table.flows.get(&Tuple {
-                        proto: ip.proto,
-                        inside: (ip.src, *sport),
-                        remote: (ip.dst, *dport),
-                    })
-                });
+            let nat = self.table.translation_of_later(ip);
             let Some((nat_ip, _)) = nat else {
                 return drop(DropReason::FragmentNotTracked);
             };
-            rewrite_address(f, true, *nat_ip);
+            rewrite_address(f, true, nat_ip);
             return (TC_ACT_REDIRECT, Moves::Path(Path::SnatOut));
         }
         let l = match parsed {

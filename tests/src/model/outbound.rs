@@ -110,21 +110,11 @@ impl LoadBalancer {
             return drop(DropReason::LbUnknownBackend);
         };
         if ip.later_fragment {
-            let nat = self
-                .table
-                .fragments
-                .get(&datagram(ip))
-                .and_then(|(sport, dport)| {
-                    self.table.flows.get(&Tuple {
-                        proto: ip.proto,
-                        inside: (ip.src, *sport),
-                        remote: (ip.dst, *dport),
-                    })
-                });
+            let nat = self.table.translation_of_later(ip);
             let Some((nat_ip, _)) = nat else {
                 return drop(DropReason::FragmentNotTracked);
             };
-            rewrite_address(f, true, *nat_ip);
+            rewrite_address(f, true, nat_ip);
             return (TC_ACT_REDIRECT, Moves::Path(Path::LbOut));
         }
         let l = match l4(f, ip, true) {

@@ -237,6 +237,20 @@ impl Table {
         }
     }
 
+    /// A later fragment's translation, found by its datagram's first
+    /// fragment's ports (None: no first fragment came, or it was not
+    /// translated).
+    pub fn translation_of_later(&self, ip: &Ip) -> Option<(Ipv4Addr, u16)> {
+        let (sport, dport) = self.fragments.get(&datagram(ip))?;
+        self.flows
+            .get(&Tuple {
+                proto: ip.proto,
+                inside: (ip.src, *sport),
+                remote: (ip.dst, *dport),
+            })
+            .copied()
+    }
+
     pub fn owned(&self, proto: u8, nat: (Ipv4Addr, u16)) -> bool {
         self.owned.contains(&(proto, nat.0, nat.1))
     }
