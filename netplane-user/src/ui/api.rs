@@ -170,45 +170,36 @@ async fn status() -> Reply {
     blocking(|| Ok(serde_json::to_value(lab::status()?).map_err(anyhow::Error::from)?)).await
 }
 
-async fn routes_view(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
+/// One of the CLI's per-agent views under `key`, for the agents a
+/// `?node=` names.
+async fn per_agent_view<T: serde::Serialize + 'static>(
+    q: Result<Query<NodeQuery>, QueryRejection>,
+    key: &'static str,
+    view: fn(&crate::config::Cluster, &str) -> anyhow::Result<T>,
+) -> Reply {
     let Query(q) = q?;
     blocking(move || {
         let cluster = inspect::running_cluster()?;
-        let all = inspect::per_agent(&agents(q.node.as_deref())?, |n| route_table(&cluster, n))?;
-        Ok(json!({ "nodes": all }))
+        let all = inspect::per_agent(&agents(q.node.as_deref())?, |n| view(&cluster, n))?;
+        Ok(json!({ key: all }))
     })
     .await
+}
+
+async fn routes_view(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
+    per_agent_view(q, "nodes", route_table).await
 }
 
 async fn ports(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
-    let Query(q) = q?;
-    blocking(move || {
-        let cluster = inspect::running_cluster()?;
-        let all = inspect::per_agent(&agents(q.node.as_deref())?, |n| port_use(&cluster, n))?;
-        Ok(json!({ "agents": all }))
-    })
-    .await
+    per_agent_view(q, "agents", port_use).await
 }
 
 async fn nat(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
-    let Query(q) = q?;
-    blocking(move || {
-        let cluster = inspect::running_cluster()?;
-        let all = inspect::per_agent(&agents(q.node.as_deref())?, |n| {
-            inspect::translations(&cluster, n)
-        })?;
-        Ok(json!({ "agents": all }))
-    })
-    .await
+    per_agent_view(q, "agents", inspect::translations).await
 }
 
 async fn stats(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
-    let Query(q) = q?;
-    blocking(move || {
-        let all = inspect::per_agent(&agents(q.node.as_deref())?, inspect::counters)?;
-        Ok(json!({ "nodes": all }))
-    })
-    .await
+    per_agent_view(q, "nodes", |_, n| inspect::counters(n)).await
 }
 
 async fn pods(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
