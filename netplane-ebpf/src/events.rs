@@ -3,7 +3,6 @@
 //! packets never come here.
 use aya_ebpf::{
     Global,
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::TcContext,
@@ -44,8 +43,7 @@ pub fn emit(mut ev: FlowEvent) {
     let Some(b) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::precise();
     // SAFETY: a per-CPU slot from a successful lookup: this run is its only
     // user.
     let b = unsafe { &mut *b };

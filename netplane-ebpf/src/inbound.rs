@@ -3,12 +3,12 @@
 //! kubenet node's conntrack knows their replies as replies and never
 //! masquerades them; here `from_uplink` remembers such flows by the pod
 //! side's tuple, and `from_pod` routes their replies untranslated.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     maps::INBOUND_FLOWS,
-    packet::{Ipv4, icmp, tcp},
+    packet::{self, Ipv4, icmp, tcp},
 };
 
 /// The pod side's tuple of a packet to (`to_pod`) or from the pod: pod
@@ -26,13 +26,13 @@ fn pod_side(ctx: &TcContext, ip: &Ipv4, to_pod: bool) -> Option<FlowKey> {
     };
     let (pod_port, remote_port) = match ip.proto {
         PROTO_TCP | PROTO_UDP => {
-            let h: [u8; 4] = ctx.load(ip.l4_off).ok()?;
+            let h: [u8; 4] = packet::read(ctx, ip.l4_off)?;
             let src = u16::from_be_bytes([h[tcp::SRC_PORT], h[tcp::SRC_PORT + 1]]);
             let dst = u16::from_be_bytes([h[tcp::DST_PORT], h[tcp::DST_PORT + 1]]);
             if to_pod { (dst, src) } else { (src, dst) }
         }
         PROTO_ICMP => {
-            let h: [u8; icmp::HEAD] = ctx.load(ip.l4_off).ok()?;
+            let h: [u8; icmp::HEAD] = packet::read(ctx, ip.l4_off)?;
             let want = if to_pod {
                 icmp::ECHO_REQUEST
             } else {
@@ -56,8 +56,7 @@ fn pod_side(ctx: &TcContext, ip: &Ipv4, to_pod: bool) -> Option<FlowKey> {
 #[inline(always)]
 pub fn opened_from_outside(ctx: &TcContext, ip: &Ipv4) {
     if let Some(k) = pod_side(ctx, ip, true) {
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = crate::clock::coarse();
         let _ = INBOUND_FLOWS.insert(k, now, 0);
     }
 }

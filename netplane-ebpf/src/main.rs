@@ -15,6 +15,7 @@
 #![no_main]
 
 mod arp;
+mod clock;
 mod counters;
 mod events;
 mod floor;

@@ -121,6 +121,25 @@ pub fn ipv4(ctx: &impl Frame) -> Result<Ipv4, DropReason> {
     })
 }
 
+/// The furthest a transport header can start: after the longest IPv4
+/// header (60 bytes). Bounds offsets for in-place access.
+pub const MAX_L4_OFF: usize = EthHdr::LEN + 60;
+
+/// Reads a `T` at `off` (a transport header, whose offset depends on the
+/// IHL): in place when it lies in the skb's linear part, else with
+/// bpf_skb_load_bytes (a header in paged data).
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    if off <= MAX_L4_OFF
+        && let Some(p) = ptr_at::<T>(ctx, off)
+    {
+        // SAFETY: ptr_at checked that the whole `T` is in bounds; packet
+        // data has no alignment.
+        return Some(unsafe { core::ptr::read_unaligned(p) });
+    }
+    ctx.load(off).ok()
+}
+
 /// 224.0.0.0/4 or 255.255.255.255 (a map-key form address).
 #[inline(always)]
 pub fn multicast_or_broadcast(ip: u32) -> bool {
@@ -174,9 +193,7 @@ pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
 pub mod ip {
     use network_types::eth::EthHdr;
     pub const PROTO: usize = EthHdr::LEN + 9;
-    pub const CHECK: usize = EthHdr::LEN + 10;
     pub const SRC: usize = EthHdr::LEN + 12;
-    pub const DST: usize = EthHdr::LEN + 16;
     /// The flags and fragment offset field's offset bits, and the MF flag.
     pub const FRAG_OFFSET_MASK: u16 = 0x1fff;
     pub const MORE_FRAGMENTS: u16 = 0x2000;

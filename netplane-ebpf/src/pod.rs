@@ -66,16 +66,18 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(client) = service::restore_reply(ctx, &ip)? {
         return service::deliver_reply(ctx, cfg, client);
     }
-    // Same node: kubenet bridges these (L2, TTL kept).
-    if let Some(pod) = route::local_pod(ip.dst) {
-        return Ok(route::deliver_peer(ctx, eth, pod, Path::SameNode));
-    }
     if ip.dst == cfg.node_ip {
         count(ctx, Path::PodToHost);
         return Ok(TC_ACT_OK);
     }
+    // Pods' addresses are all inside the cluster pod CIDR: egress pays no
+    // pod lookup.
     if !cfg.in_cluster(ip.dst) {
         return crate::masquerade::masquerade_or_reply(ctx, cfg, &ip);
+    }
+    // Same node: kubenet bridges these (L2, TTL kept).
+    if let Some(pod) = route::local_pod(ip.dst) {
+        return Ok(route::deliver_peer(ctx, eth, pod, Path::SameNode));
     }
     let owner = route::owner_node(cfg, &ip)?;
     if let Some(verdict) = route::routed_hop(ctx) {
@@ -88,7 +90,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 /// a new-flow event. Translated flows report their translation instead.
 #[inline(always)]
 fn report_new_tcp(ctx: &TcContext, ip: &packet::Ipv4) {
-    let Ok(h) = ctx.load::<[u8; tcp::HEAD]>(ip.l4_off) else {
+    let Some(h) = packet::read::<[u8; tcp::HEAD]>(ctx, ip.l4_off) else {
         return;
     };
     if h[tcp::FLAGS] & (tcp::SYN | tcp::ACK) != tcp::SYN {

@@ -7,7 +7,7 @@ use aya_ebpf::{
         BPF_NOEXIST, TC_ACT_OK,
         bpf_adj_room_mode::{BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_NET},
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
 use netplane_common::{
@@ -40,7 +40,7 @@ fn ports(ctx: &TcContext, ip: &Ipv4) -> Option<L4> {
     if ip.later_fragment || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
         return None;
     }
-    let h: [u8; 4] = ctx.load(ip.l4_off).ok()?;
+    let h: [u8; 4] = packet::read(ctx, ip.l4_off)?;
     Some(L4 {
         proto: ip.proto,
         off: ip.l4_off,
@@ -159,8 +159,7 @@ fn open(
         frontend_port: l4.dst_port,
         client_port: l4.src_port,
         _pad: 0,
-        // SAFETY: no preconditions.
-        last_ns: unsafe { bpf_ktime_get_ns() },
+        last_ns: crate::clock::coarse(),
     };
     let mut flow = ServiceFlow {
         backend_ip: b.ip,
@@ -318,8 +317,7 @@ fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<Forward
 /// `statistic --mode random` chain gives each the same chance).
 #[inline(always)]
 fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<(Backend, u32), DropReason> {
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::coarse();
     let key = AffinityKey {
         client_ip: client,
         frontend: *frontend,
@@ -379,8 +377,7 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
     // plain integers, and a racing writer on another CPU only refreshes
     // the same time.
     let r = unsafe { *entry };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::coarse();
     if ip.proto == PROTO_UDP
         && now.saturating_sub(r.last_ns) > UDP_STREAM_TIMEOUT_S as u64 * 1_000_000_000
     {

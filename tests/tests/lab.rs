@@ -450,6 +450,10 @@ fn metrics_are_valid_and_move_with_traffic() {
         lb.contains("netplane_snat_ports_allocated{snat_ip=\"198.51.100.10\""),
         "{lb}"
     );
+    // What the data path holds in the kernel, beside the agent's own memory.
+    let node = metrics("node-0");
+    assert!(sample(&node, "netplane_kernel_memory_bytes{map=\"NAT_OUT\"}") > 0.0);
+    assert!(sample(&node, "netplane_agent_rss_bytes") > 1e6);
 }
 
 /// `netplane trace --json`: (the hosts of its hops, its outcome, the reply's).

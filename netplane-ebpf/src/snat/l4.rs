@@ -5,7 +5,7 @@ use netplane_common::{
     nat::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
 };
 
-use crate::packet::{Ipv4, icmp, tcp, udp};
+use crate::packet::{self, Ipv4, icmp, tcp, udp};
 
 /// The transport header fields the engine uses.
 #[derive(Clone, Copy, Default)]
@@ -52,10 +52,9 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
         return Err(DropReason::FragmentNotTracked);
     }
     let off = ip.l4_off;
-    let truncated = |_| DropReason::TruncatedL4;
     match ip.proto {
         PROTO_TCP => {
-            let h: [u8; tcp::HEAD] = ctx.load(off).map_err(truncated)?;
+            let h: [u8; tcp::HEAD] = packet::read(ctx, off).ok_or(DropReason::TruncatedL4)?;
             Ok(L4 {
                 proto: PROTO_TCP,
                 off,
@@ -72,7 +71,7 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
             })
         }
         PROTO_UDP => {
-            let h: [u8; udp::LEN] = ctx.load(off).map_err(truncated)?;
+            let h: [u8; udp::LEN] = packet::read(ctx, off).ok_or(DropReason::TruncatedL4)?;
             let (mut src_port, mut dst_port) = (be16(&h, udp::SRC_PORT), be16(&h, udp::DST_PORT));
             let mut remote_port = 0;
             if cone {
@@ -94,7 +93,7 @@ pub fn parse(ctx: &TcContext, ip: &Ipv4, dir: Dir, cone: bool) -> Result<L4, Dro
             })
         }
         PROTO_ICMP => {
-            let h: [u8; icmp::HEAD] = ctx.load(off).map_err(truncated)?;
+            let h: [u8; icmp::HEAD] = packet::read(ctx, off).ok_or(DropReason::TruncatedL4)?;
             let id = be16(&h, icmp::ECHO_ID);
             // Out: only requests start flows. In: replies match them; an
             // echo request coming in gets a tuple no flow has.

@@ -11,9 +11,11 @@ use netplane_common::{
 };
 
 use super::l4::{L4, be16};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
 use crate::{
     maps::NAT_IN,
-    packet::{Ipv4, icmp, ip, tcp, udp},
+    packet::{self, Ipv4, icmp, tcp, udp},
 };
 
 /// The side of the packet a rewrite changes.
@@ -62,22 +64,45 @@ fn port_off(l4: &L4, side: Side) -> usize {
     }
 }
 
-/// Rewrites one side's address alone, with the IPv4 header checksum: a
-/// later fragment has no transport header (its checksum, in the first
-/// fragment, already took the pseudo-header's change).
+/// Rewrites one side's address alone, with the IPv4 header checksum, in
+/// place: the header checksum is always a full one, whatever the skb's
+/// checksum state, so no helper is needed. A later fragment needs nothing
+/// more (its datagram's transport checksum sits in the first fragment).
 #[inline(always)]
 pub fn address(ctx: &TcContext, side: Side, old: u32, new: u32) -> Result<(), DropReason> {
-    ctx.l3_csum_replace(ip::CHECK, old as u64, new as u64, 4)
-        .map_err(failed)?;
-    let off = match side {
-        Side::Source => ip::SRC,
-        Side::Destination => ip::DST,
-    };
-    ctx.store(off, &new, 0).map_err(failed)
+    let hdr = packet::ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(DropReason::RewriteFailed)?;
+    // SAFETY: ptr_at checked that the header is in bounds, after the last
+    // helper call that could have moved the packet.
+    unsafe {
+        let check = u16::from_be_bytes((*hdr).check);
+        (*hdr).check = checksum::update_addr(check, old, new).to_be_bytes();
+        match side {
+            Side::Source => (*hdr).src_addr = new.to_ne_bytes(),
+            Side::Destination => (*hdr).dst_addr = new.to_ne_bytes(),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a port (network order) at `off`: in place when the header is in
+/// the linear part, else with a helper.
+#[inline(always)]
+fn store_port(ctx: &TcContext, off: usize, port: u16) -> Result<(), DropReason> {
+    if off <= packet::MAX_L4_OFF + icmp::ECHO_ID
+        && let Some(p) = packet::ptr_at::<[u8; 2]>(ctx, off)
+    {
+        // SAFETY: ptr_at checked the two bytes are in bounds.
+        unsafe { *p = port.to_ne_bytes() };
+        return Ok(());
+    }
+    ctx.store(off, &port, 0).map_err(failed)
 }
 
 /// Rewrites one side's address and port from `old` to `new`, with the IPv4
-/// and transport checksums.
+/// and transport checksums. The transport checksum goes through
+/// bpf_l4_csum_replace, which alone knows the skb's checksum state (a
+/// CHECKSUM_PARTIAL field holds only the pseudo-header's sum, which the
+/// port is not part of); everything else is written in place.
 #[inline(always)]
 pub fn endpoint(
     ctx: &TcContext,
@@ -100,7 +125,7 @@ pub fn endpoint(
         let (o, n) = (old.port.to_be(), new.port.to_be());
         ctx.l4_csum_replace(csum_off, o as u64, n as u64, flags | 2)
             .map_err(failed)?;
-        ctx.store(port_off(l4, side), &n, 0).map_err(failed)?;
+        store_port(ctx, port_off(l4, side), n)?;
     }
     Ok(())
 }

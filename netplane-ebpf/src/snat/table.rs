@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::generated::bpf_loop,
 };
 use netplane_common::{
     DropReason,
@@ -46,8 +46,7 @@ pub fn reply_of(ip: &Ipv4, l4: &L4) -> Option<NatReverse> {
 #[inline(always)]
 pub fn cone_peer_sent(ip: &Ipv4, l4: &L4) {
     let peer = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.remote_port, PROTO_UDP);
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::coarse();
     let _ = CONE_PEERS.insert(peer, now, 0);
 }
 
@@ -99,7 +98,7 @@ fn touch(e: *mut NatEntry, l4: &L4, reply: bool) {
     // removed only by the agent, and the kernel keeps the element's memory
     // valid for the rest of this program run (RCU).
     unsafe {
-        (*e).last_seen_ns = bpf_ktime_get_ns();
+        (*e).last_seen_ns = crate::clock::coarse();
         if l4.proto == PROTO_TCP {
             let closed = (*e).fin_out | (*e).fin_in | (*e).rst != 0;
             if closed && !reply && f & (tcp::SYN | tcp::ACK) == tcp::SYN {
@@ -272,8 +271,7 @@ fn claim(
     let port = probe.found as u16;
     let mut rev_key = dest;
     rev_key.dst_port = port;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::precise();
     let entry = NatEntry {
         nat_ip: s.nat_ip,
         nat_port: port,

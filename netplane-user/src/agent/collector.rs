@@ -10,7 +10,7 @@ use netplane_common::nat::{
 
 use crate::{config::outbound::Timeouts, datapath::Datapath};
 
-/// CLOCK_MONOTONIC in ns: bpf_ktime_get_ns's clock.
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns and its coarse twin.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

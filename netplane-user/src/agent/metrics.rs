@@ -13,8 +13,8 @@ use anyhow::Result;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use netplane_common::{
     LocalPod, RouteTarget,
-    maps::{MAX_LOCAL_PODS, MAX_ROUTES, names},
-    nat::{FlowKey, MAX_NAT_ENTRIES, NatEntry, NatReverse},
+    maps::names,
+    nat::{FlowKey, NatEntry, NatReverse},
 };
 use prometheus_client::{
     collector::Collector,
@@ -24,7 +24,7 @@ use prometheus_client::{
 };
 
 use super::nat_view::{self, SlotUse};
-use crate::datapath::Counters;
+use crate::datapath::{Counters, memory};
 
 /// What the agent itself counts (the rest is in the maps).
 #[derive(Debug, Default)]
@@ -213,17 +213,26 @@ impl Collector for DataPath {
             "Live translations.",
             &[(vec![], nat as f64)],
         )?;
+        let memory = memory::kernel_memory(&self.pins).unwrap_or_default();
+        let max_entries = |name: &str| {
+            memory
+                .maps
+                .iter()
+                .find(|m| m.map == name)
+                .map(|m| m.max_entries)
+        };
         let fill: Vec<(Labels, f64)> = [
-            (names::ROUTES, MAX_ROUTES),
-            (names::LOCAL_PODS, MAX_LOCAL_PODS),
-            (names::NAT_OUT, MAX_NAT_ENTRIES),
-            (names::NAT_IN, MAX_NAT_ENTRIES),
+            names::ROUTES,
+            names::LOCAL_PODS,
+            names::NAT_OUT,
+            names::NAT_IN,
         ]
         .iter()
-        .filter_map(|(name, max)| {
+        .filter_map(|name| {
+            let max = max_entries(name).filter(|m| *m > 0)?;
             Some((
                 vec![("map", name.to_string())],
-                entries(&self.pins, name)? as f64 / f64::from(*max),
+                entries(&self.pins, name)? as f64 / f64::from(max),
             ))
         })
         .collect();
@@ -233,6 +242,25 @@ impl Collector for DataPath {
             "Entries over capacity, per map.",
             &fill,
         )?;
+        let held: Vec<(Labels, f64)> = memory
+            .maps
+            .iter()
+            .map(|m| (vec![("map", m.map.to_string())], m.bytes as f64))
+            .collect();
+        gauge(
+            &mut enc,
+            "netplane_kernel_memory_bytes",
+            "Kernel memory each map of the data path holds (memlock from its fdinfo).",
+            &held,
+        )?;
+        if let Some(rss) = memory::rss_bytes(std::process::id()) {
+            gauge(
+                &mut enc,
+                "netplane_agent_rss_bytes",
+                "The agent's own resident memory.",
+                &[(vec![], rss as f64)],
+            )?;
+        }
         let runs = self.own.collection_runs.load(Ordering::Relaxed);
         let expired = self.own.expired.load(Ordering::Relaxed);
         let errors = self.own.errors.load(Ordering::Relaxed);

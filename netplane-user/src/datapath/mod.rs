@@ -4,6 +4,7 @@
 //! (`sys`).
 pub mod hooks;
 pub mod maps;
+pub mod memory;
 pub mod sys;
 mod testrun;
 

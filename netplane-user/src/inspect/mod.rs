@@ -21,7 +21,11 @@ use crate::{
     agent::{lb_name, nat_view},
     cni::registry,
     config::{Cluster, outbound::Timeouts},
-    datapath::{Counters, pinned_pod_ips},
+    datapath::{
+        Counters,
+        memory::{self, KernelMemory},
+        pinned_pod_ips,
+    },
     lab, paths,
 };
 
@@ -66,6 +70,39 @@ pub fn nodes(only: Option<&str>) -> Result<Vec<String>> {
 /// Packets per path and drops per reason of one agent.
 pub fn counters(agent: &str) -> Result<Counters> {
     Counters::read_pinned(&paths::pins(agent))
+}
+
+/// What `netplane stats` shows of one agent: its counters, and what its
+/// data path costs in kernel memory beside the agent's own.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub memory: Memory,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// The maps' memlock, from their fdinfo.
+    pub kernel: KernelMemory,
+    /// The agent's resident memory; None when it is not running.
+    pub agent_rss_bytes: Option<u64>,
+}
+
+/// Counters and memory of one agent.
+pub fn stats(agent: &str) -> Result<Stats> {
+    let agent_rss_bytes = std::fs::read(paths::agent_status(agent))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::agent::AgentStatus>(&b).ok())
+        .filter(|s| lab::is_our_agent(s.pid, agent))
+        .and_then(|s| memory::rss_bytes(s.pid));
+    Ok(Stats {
+        counters: counters(agent)?,
+        memory: Memory {
+            kernel: memory::kernel_memory(&paths::pins(agent))?,
+            agent_rss_bytes,
+        },
+    })
 }
 
 /// Live translations of one agent, with the idle timers of its role.

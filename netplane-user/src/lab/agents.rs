@@ -143,7 +143,7 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// True when PID is a netplane agent for `node` (so a recycled PID is never
 /// signalled).
-pub(super) fn is_our_agent(pid: u32, node: &str) -> bool {
+pub(crate) fn is_our_agent(pid: u32, node: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::sys::{self};
 
-use self::agents::is_our_agent;
+pub(crate) use self::agents::is_our_agent;
 pub use self::{
     agents::{
         AGENT_READY_TIMEOUT, AGENT_STOP_TIMEOUT, metrics_url, pid_alive, reload, restart_agent,

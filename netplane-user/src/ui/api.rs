@@ -199,7 +199,7 @@ async fn nat(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
 }
 
 async fn stats(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
-    per_agent_view(q, "nodes", |_, n| inspect::counters(n)).await
+    per_agent_view(q, "nodes", |_, n| inspect::stats(n)).await
 }
 
 async fn pods(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {

@@ -1,0 +1,79 @@
+//! What a data path costs the kernel: each pinned map's `memlock` from its
+//! fdinfo (the bytes the kernel charges for it, preallocated entries
+//! included), and an agent's own resident memory.
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use aya::maps::MapData;
+use netplane_common::maps::names;
+use serde::Serialize;
+
+/// One map's size and the kernel memory it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MapMemory {
+    pub map: &'static str,
+    pub max_entries: u32,
+    pub bytes: u64,
+}
+
+/// The kernel memory of one data path's maps, largest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KernelMemory {
+    pub bytes: u64,
+    pub maps: Vec<MapMemory>,
+}
+
+/// Reads every map pinned under `pins`.
+pub fn kernel_memory(pins: &Path) -> Result<KernelMemory> {
+    let mut out = KernelMemory::default();
+    for name in names::ALL {
+        let path = pins.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let fdinfo = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
+        let text = std::fs::read_to_string(&fdinfo).with_context(|| format!("reading {fdinfo}"))?;
+        let bytes = field(&text, "memlock").with_context(|| format!("no memlock in {fdinfo}"))?;
+        let max_entries = field(&text, "max_entries").unwrap_or(0) as u32;
+        out.bytes += bytes;
+        out.maps.push(MapMemory {
+            map: name,
+            max_entries,
+            bytes,
+        });
+    }
+    out.maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.map.cmp(b.map)));
+    Ok(out)
+}
+
+/// A number after `name:` in an fdinfo or /proc status text.
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+/// A process's resident memory in bytes (VmRSS), if it is running.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(field(&text, "VmRSS")? * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field;
+
+    #[test]
+    fn fields_are_read_by_exact_name() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nkey_size:\t16\nmax_entries:\t65536\nmemlock:\t7344128\n";
+        assert_eq!(field(fdinfo, "memlock"), Some(7_344_128));
+        assert_eq!(field(fdinfo, "max_entries"), Some(65_536));
+        assert_eq!(field(fdinfo, "map_id"), None);
+        assert_eq!(field("VmRSS:\t   10240 kB\n", "VmRSS"), Some(10_240));
+    }
+}
