@@ -1,6 +1,7 @@
 //! The maps. Names must match `netplane_common::maps::names` (userspace opens
 //! them by those names; the packet-table tests fail if they drift).
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
@@ -124,10 +125,12 @@ pub static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// Services: (service, index) -> ready backend.
+/// Services: (service, index) -> ready backend. Filled by the agent alone,
+/// and mostly empty: entries are allocated as they are added rather than
+/// all at load (BPF_F_NO_PREALLOC).
 #[map]
 pub static SERVICE_BACKENDS: HashMap<BackendKey, Backend> =
-    HashMap::with_max_entries(MAX_SERVICE_BACKENDS, 0);
+    HashMap::with_max_entries(MAX_SERVICE_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// Service flows: the client's tuple (to the frontend) -> its backend.
 #[map]

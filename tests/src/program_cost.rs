@@ -191,8 +191,73 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
             new_flows.len()
         );
         sample("SNAT new flow (allocates a port)", programs::FROM_POD, ns);
+        for (path, fill) in NEW_FLOW_FILLS {
+            sample(path, programs::FROM_POD, new_flow_at_fill(fill, round)?);
+        }
     }
     Ok(out)
+}
+
+/// New flows timed with a share of the node's ports toward their
+/// destination already held.
+const NEW_FLOW_FILLS: [(&str, f64); 2] = [
+    ("SNAT new flow, 10 % of ports held", 0.10),
+    ("SNAT new flow, 99 % of ports held", 0.99),
+];
+/// New flows timed at each fill: few enough that the fill barely moves
+/// (99 % of 64,512 ports leaves 645 free).
+const FILL_RUNS: usize = 200;
+/// Another pod on pod-0-0's interface, whose flows hold the ports.
+const HOLDER: [u8; 4] = [10, 244, 0, 9];
+
+/// ns per new flow from pod-0-0 when `fill` of the node's 64,512 ports
+/// toward one destination are held by another pod's flows (a random set,
+/// as ephemeral ports are), each new flow from a random source port: one
+/// whose port is held walks to the next free one (the node keeps a pod's
+/// port when it can, as Linux's MASQUERADE does). A fresh data path each
+/// time, so the fill is exact.
+fn new_flow_at_fill(fill: f64, round: usize) -> Result<std::time::Duration> {
+    let mut dp = datapath(false)?;
+    let mut pods = dp.pods_map()?;
+    let holder = netplane_common::LocalPod {
+        ifindex: 1, // the test runs' device, as pod-0-0's
+        pod_mac: POD_A_MAC,
+        host_mac: POD_A_HOST_MAC,
+    };
+    pods.insert(key(HOLDER.into()), holder, 0)?;
+    let pod = (POD_A_MAC, POD_A_HOST_MAC);
+    let dport = 30_000 + round as u16;
+    let mut ports: Vec<u16> = (1024..=65535).collect();
+    shuffle(&mut ports, 0x2545_f491_4f6c_dd1d ^ round as u64);
+    let held = (ports.len() as f64 * fill) as usize;
+    for &p in &ports[..held] {
+        let syn = tcp_frame(pod, (HOLDER, p), (INTERNET, dport), true);
+        let (verdict, _) = dp.run(programs::FROM_POD, &syn, 0, 0)?;
+        anyhow::ensure!(verdict == TC_ACT_REDIRECT, "filling: {verdict}");
+    }
+    shuffle(&mut ports, 0x9e37_79b9_7f4a_7c15 ^ round as u64);
+    let frames: Vec<Vec<u8>> = ports[..FILL_RUNS]
+        .iter()
+        .map(|&p| tcp_frame(pod, (POD_A, p), (INTERNET, dport), true))
+        .collect();
+    let before = allocations(&mut dp)?;
+    let ns = dp.time_frames(programs::FROM_POD, frames.iter().map(Vec::as_slice))?;
+    let made = allocations(&mut dp)? - before;
+    anyhow::ensure!(
+        made == FILL_RUNS as u64 && before == held as u64,
+        "{made} allocations for {FILL_RUNS} new flows after {before} of {held}"
+    );
+    Ok(ns)
+}
+
+/// Fisher-Yates with a xorshift: the same order for the same seed.
+fn shuffle(v: &mut [u16], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
 }
 
 /// Ports allocated so far, all slots and CPUs.

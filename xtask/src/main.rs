@@ -97,6 +97,16 @@ enum Cmd {
         #[command(subcommand)]
         command: VmCmd,
     },
+    /// The lab at 10, 100 and 400 nodes (one pod each): time to come up and
+    /// down, memory, routes, random pod pairs (docs/bench/scale.md).
+    BenchScale {
+        /// Lab sizes, in nodes.
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 400])]
+        nodes: Vec<usize>,
+        /// Random pod pairs pinged at each size.
+        #[arg(long, default_value_t = 20)]
+        pairs: usize,
+    },
     /// A ClusterIP Service on netplane against real kube-proxy, and each
     /// against the pod IP (docs/bench/services.md).
     BenchServices {
@@ -209,6 +219,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Vm {
             command: VmCmd::Guest { dir },
         } => vm::guest::run(&dir),
+        Cmd::BenchScale { nodes, pairs } => {
+            setup::run()?;
+            eprintln!("== build (release: as users run the lab)");
+            cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
+            bench::scale::run(&nodes, pairs.max(1))
+        }
         Cmd::BenchServices { rounds } => {
             setup::run()?;
             apiserver::ensure()?;

@@ -88,6 +88,8 @@ pub struct Options {
     /// with an address outside the node subnet; a VM with a management
     /// NIC has two).
     pub outside_interface: Option<String>,
+    /// The NAT tables' size, over the cluster file's (the lab's share).
+    pub nat_table_entries: Option<u32>,
 }
 
 impl Options {
@@ -136,7 +138,7 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         .into_iter()
         .find(|i| i.ipv4.contains(&node.ip))
         .with_context(|| format!("no interface holds the node IP {}", node.ip))?;
-    let (mut dp, hooks, pins) = load(node_name, opts.log_level(), &cluster)?;
+    let (mut dp, hooks, pins) = load(node_name, opts, &cluster)?;
     let mut role = NodeRole {
         name: node_name.to_string(),
         uplink_ifindex: uplink.index,
@@ -232,7 +234,7 @@ pub fn run_lb(opts: &Options) -> Result<()> {
     };
     let appliance =
         (cluster.outbound.kind == OutboundType::UserDefinedRouting).then(|| outside.ipv4[0]);
-    let (mut dp, hooks, pins) = load(name, opts.log_level(), &cluster)?;
+    let (mut dp, hooks, pins) = load(name, opts, &cluster)?;
     let mut role = LbRole {
         inside_ifindex: inside.index,
         outside_ifindex: outside.index,
@@ -342,18 +344,24 @@ fn nodes_from_source(
 }
 
 /// Loads the object with maps pinned (or adopted) under the agent's name.
-fn load(
-    name: &str,
-    log_level: aya_log::Level,
-    cluster: &Cluster,
-) -> Result<(Datapath, Hooks, PathBuf)> {
+fn load(name: &str, opts: &Options, cluster: &Cluster) -> Result<(Datapath, Hooks, PathBuf)> {
     sys::ensure_bpffs(&paths::bpffs())?;
     let pins = paths::pins(name);
     std::fs::create_dir_all(&pins)?;
-    let want = cluster.limits.nat_table_entries;
+    let want = opts
+        .nat_table_entries
+        .unwrap_or(cluster.limits.nat_table_entries());
+    let lo_hi =
+        netplane_common::nat::NAT_TABLE_ENTRIES_MIN..=netplane_common::nat::NAT_TABLE_ENTRIES_MAX;
+    anyhow::ensure!(
+        lo_hi.contains(&want),
+        "--nat-table-entries {want}: must be {} to {} translations",
+        lo_hi.start(),
+        lo_hi.end()
+    );
     let mut dp = Datapath::load(&LoadOptions {
         pin_dir: Some(pins.clone()),
-        log_level,
+        log_level: opts.log_level(),
         nat_entries: want,
         ..LoadOptions::default()
     })?;

@@ -9,7 +9,7 @@ use std::{
     ffi::OsString,
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -458,10 +458,31 @@ impl<R: Role> Agent<R> {
 
 /// The cluster file's changes: inotify on its directory (editors and
 /// `mv` replace the file, so the directory is what to watch), filtered by
-/// name.
-struct ConfigWatch {
-    events: inotify::EventStream<Vec<u8>>,
-    name: OsString,
+/// name. Where no inotify instance is left (128 per user by default: a
+/// 400-node lab runs 401 agents as root), the file is checked every
+/// [`CONFIG_POLL`] instead.
+enum ConfigWatch {
+    Inotify {
+        events: inotify::EventStream<Vec<u8>>,
+        name: OsString,
+    },
+    Poll {
+        path: PathBuf,
+        seen: Option<FileStamp>,
+    },
+}
+
+/// How often a polled cluster file is looked at.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// What tells a changed file from the same one: replaced (inode), written
+/// (mtime) or resized.
+type FileStamp = (u64, std::time::SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 fn watch(path: &Path) -> Result<ConfigWatch> {
@@ -473,17 +494,29 @@ fn watch(path: &Path) -> Result<ConfigWatch> {
         .file_name()
         .context("the cluster file has no file name")?
         .to_os_string();
-    let inotify = Inotify::init().context("inotify")?;
-    inotify
-        .watches()
-        .add(
+    let inotify = Inotify::init().and_then(|i| {
+        i.watches().add(
             &dir,
             WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE,
-        )
-        .with_context(|| format!("watching {}", dir.display()))?;
-    Ok(ConfigWatch {
-        events: inotify.into_event_stream(vec![0u8; 4096])?,
-        name,
+        )?;
+        Ok(i)
+    });
+    Ok(match inotify {
+        Ok(i) => ConfigWatch::Inotify {
+            events: i.into_event_stream(vec![0u8; 4096])?,
+            name,
+        },
+        Err(e) => {
+            warn!(
+                "no inotify watch on {} ({e}): checking the cluster file every {} s instead (SIGHUP reloads at once)",
+                dir.display(),
+                CONFIG_POLL.as_secs()
+            );
+            ConfigWatch::Poll {
+                path: path.to_path_buf(),
+                seen: stamp(path),
+            }
+        }
     })
 }
 
@@ -491,14 +524,21 @@ fn watch(path: &Path) -> Result<ConfigWatch> {
 /// file; never resolves without a watch.
 async fn next_change(watch: &mut Option<ConfigWatch>) -> Option<bool> {
     match watch {
-        Some(w) => match w.events.next().await {
-            Some(Ok(ev)) => Some(ev.name.is_some_and(|n| n == w.name)),
+        Some(ConfigWatch::Inotify { events, name }) => match events.next().await {
+            Some(Ok(ev)) => Some(ev.name.is_some_and(|n| n == *name)),
             Some(Err(e)) => {
                 warn!("watching the cluster file: {e}");
                 Some(false)
             }
             None => std::future::pending().await,
         },
+        Some(ConfigWatch::Poll { path, seen }) => {
+            tokio::time::sleep(CONFIG_POLL).await;
+            let now = stamp(path);
+            let changed = now.is_some() && now != *seen;
+            *seen = now;
+            Some(changed)
+        }
         None => std::future::pending().await,
     }
 }

@@ -192,12 +192,17 @@ pub struct Limits {
     pub allow_over_route_limit: bool,
     /// Translations each node and the load balancer can hold at once
     /// (netplane's NAT tables; the kernel's would be nf_conntrack_max).
-    #[serde(default = "default_nat_table_entries")]
-    pub nat_table_entries: u32,
+    /// Unset: a node's default, and the lab's own share (`lab_nat_entries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_table_entries: Option<u32>,
 }
 
-fn default_nat_table_entries() -> u32 {
-    netplane_common::nat::MAX_NAT_ENTRIES
+impl Limits {
+    /// The NAT tables' size for a node: the file's, else the default.
+    pub fn nat_table_entries(&self) -> u32 {
+        self.nat_table_entries
+            .unwrap_or(netplane_common::nat::MAX_NAT_ENTRIES)
+    }
 }
 
 impl Default for Limits {
@@ -205,7 +210,7 @@ impl Default for Limits {
         Self {
             max_routes: netplane_common::limits::AZURE_UDR_ROUTE_LIMIT,
             allow_over_route_limit: false,
-            nat_table_entries: default_nat_table_entries(),
+            nat_table_entries: None,
         }
     }
 }

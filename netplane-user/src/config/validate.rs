@@ -276,7 +276,7 @@ impl Cluster {
         if self.nodes.is_empty() {
             bad("nodes", &"[]", "a cluster needs at least one node".into());
         }
-        let nat = self.limits.nat_table_entries;
+        let nat = self.limits.nat_table_entries();
         let (lo, hi) = (
             netplane_common::nat::NAT_TABLE_ENTRIES_MIN,
             netplane_common::nat::NAT_TABLE_ENTRIES_MAX,

@@ -2,19 +2,20 @@
 //! fdinfo (the bytes the kernel charges for it, preallocated entries
 //! included), and an agent's own resident memory.
 use std::{
+    collections::BTreeSet,
     os::fd::{AsFd, AsRawFd},
     path::Path,
 };
 
 use anyhow::{Context, Result};
-use aya::maps::MapData;
+use aya::{maps::MapInfo, programs::loaded_programs};
 use netplane_common::maps::names;
 use serde::Serialize;
 
 /// One map's size and the kernel memory it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MapMemory {
-    pub map: &'static str,
+    pub map: String,
     pub max_entries: u32,
     pub bytes: u64,
 }
@@ -26,28 +27,57 @@ pub struct KernelMemory {
     pub maps: Vec<MapMemory>,
 }
 
-/// Reads every map pinned under `pins`.
+/// Reads every map of the data path pinned under `pins`: the pinned ones,
+/// and those only its programs hold (found through the programs that use
+/// a pinned one).
 pub fn kernel_memory(pins: &Path) -> Result<KernelMemory> {
-    let mut out = KernelMemory::default();
+    let mut pinned: BTreeSet<u32> = BTreeSet::new();
     for name in names::ALL {
         let path = pins.join(name);
-        if !path.exists() {
-            continue;
+        if path.exists() {
+            let info =
+                MapInfo::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            pinned.insert(info.id());
         }
-        let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let fdinfo = format!("/proc/self/fdinfo/{}", map.fd().as_fd().as_raw_fd());
+    }
+    let mut ids = pinned.clone();
+    for prog in loaded_programs().flatten() {
+        if let Ok(Some(maps)) = prog.map_ids()
+            && maps.iter().any(|id| pinned.contains(id))
+        {
+            ids.extend(maps);
+        }
+    }
+    let mut out = KernelMemory::default();
+    for id in ids {
+        // A map can go between listing and reading (an agent stopping).
+        let Ok(info) = MapInfo::from_id(id) else {
+            continue;
+        };
+        let fd = info.fd().with_context(|| format!("map {id}"))?;
+        let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
         let text = std::fs::read_to_string(&fdinfo).with_context(|| format!("reading {fdinfo}"))?;
         let bytes = field(&text, "memlock").with_context(|| format!("no memlock in {fdinfo}"))?;
-        let max_entries = field(&text, "max_entries").unwrap_or(0) as u32;
         out.bytes += bytes;
         out.maps.push(MapMemory {
-            map: name,
-            max_entries,
+            map: full_name(info.name_as_str().unwrap_or("?")),
+            max_entries: field(&text, "max_entries").unwrap_or(0) as u32,
             bytes,
         });
     }
-    out.maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.map.cmp(b.map)));
+    out.maps
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.map.cmp(&b.map)));
     Ok(out)
+}
+
+/// The kernel keeps 15 bytes of a map's name: the full name when a pinned
+/// one starts so (the unpinned maps' names are all shorter).
+fn full_name(kernel: &str) -> String {
+    names::ALL
+        .iter()
+        .find(|n| n.len() > kernel.len() && n.starts_with(kernel))
+        .map_or(kernel, |n| *n)
+        .to_string()
 }
 
 /// A number after `name:` in an fdinfo or /proc status text.

@@ -79,6 +79,9 @@ impl Datapath {
         for map in netplane_common::nat::NAT_TABLE_MAPS {
             loader.map_max_entries(map, opts.nat_entries);
         }
+        for (map, compiled) in netplane_common::nat::FLOW_MAPS {
+            loader.map_max_entries(map, compiled.min(opts.nat_entries));
+        }
         let on = u8::from(opts.flow_events);
         loader.override_global("FLOW_EVENTS_ON", &on, true);
         let level = opts.log_level as u8;

@@ -70,6 +70,12 @@ pub(super) fn start_agent(
     if !OUTBOUND_AGENTS.contains(&node) {
         cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
     }
+    let cluster = Cluster::load(Some(std::path::Path::new(cluster_file)))?;
+    if cluster.limits.nat_table_entries.is_none() {
+        let agents = u32::try_from(cluster.nodes.len() + 1).unwrap_or(u32::MAX);
+        let share = netplane_common::nat::lab_nat_entries(agents);
+        cmd.args(["--nat-table-entries", &share.to_string()]);
+    }
     if let Some(k) = kubeconfig {
         cmd.args(["--kubeconfig", k]);
         if !OUTBOUND_AGENTS.contains(&node) {

@@ -14,6 +14,7 @@ pub mod model;
 mod plots;
 pub mod report;
 mod results;
+pub mod scale;
 pub mod services;
 mod suite;
 mod traffic;

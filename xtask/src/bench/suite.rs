@@ -161,6 +161,11 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(90);
 /// a million conntrack entries that is seconds of CPU, and it would land
 /// on whichever data path is measured next.
 fn settle() -> Result<()> {
+    settle_within(SETTLE_LIMIT).map(|_| ())
+}
+
+/// As [`settle`], waiting at most `limit`; returns the seconds waited.
+pub(super) fn settle_within(limit: Duration) -> Result<f64> {
     let started = Instant::now();
     let window = Duration::from_millis(500);
     loop {
@@ -170,9 +175,9 @@ fn settle() -> Result<()> {
         if used < QUIET_CPUS {
             break;
         }
-        if started.elapsed() > SETTLE_LIMIT {
+        if started.elapsed() > limit {
             eprintln!(
-                "   the machine is still busy ({used:.2} CPUs) after {SETTLE_LIMIT:?}: measuring anyway"
+                "   the machine is still busy ({used:.2} CPUs) after {limit:?}: measuring anyway"
             );
             break;
         }
@@ -181,7 +186,7 @@ fn settle() -> Result<()> {
     if waited > 2.0 {
         eprintln!("   waited {waited:.0} s for the machine to settle");
     }
-    Ok(())
+    Ok(waited)
 }
 
 fn one_line(s: &Samples) -> String {

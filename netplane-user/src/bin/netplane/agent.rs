@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics on ADDR:PORT (/metrics).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Size the NAT tables for this many translations, whatever the
+    /// cluster file says (the lab passes its share when the file is silent).
+    #[arg(long)]
+    nat_table_entries: Option<u32>,
     /// Messages of the eBPF programs in this log from this level:
     /// error, warn, info (default; debug messages stay off the packet
     /// path) or debug.
@@ -82,6 +86,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         metrics_addr: args.metrics_addr,
         bpf_log_level: args.bpf_log_level,
         outside_interface: args.outside_interface,
+        nat_table_entries: args.nat_table_entries,
     };
     match args.node {
         Some(node) if !args.lb => netplane::agent::run(&node, &opts),
