@@ -202,11 +202,11 @@ pub struct TcpCrrResult {
     pub per_second: f64,
 }
 
-pub fn tcp_crr(to: SocketAddrV4, secs: f64) -> Result<TcpCrrResult> {
+pub fn tcp_crr(to: SocketAddrV4, secs: f64, max: Option<u64>) -> Result<TcpCrrResult> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let (mut ok, mut failures) = (0u64, 0u64);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && max.is_none_or(|m| ok + failures < m) {
         match one_transaction(to) {
             Ok(()) => ok += 1,
             Err(_) => failures += 1,
@@ -496,11 +496,11 @@ mod tests {
         let rr = tcp_rr(to, 1, 0.3).unwrap();
         assert!(rr.transactions > 10, "{rr:?}");
         assert!(rr.p50_us > 0.0 && rr.p50_us <= rr.p99_us && rr.p99_us <= rr.max_us);
-        let crr = tcp_crr(to, 0.3).unwrap();
+        let crr = tcp_crr(to, 0.3, None).unwrap();
         assert!(crr.connections > 10 && crr.failures == 0, "{crr:?}");
         server.join().unwrap().unwrap();
         // Nobody listens any more: every connection fails, and is counted.
-        let dead = tcp_crr(to, 0.1).unwrap();
+        let dead = tcp_crr(to, 0.1, None).unwrap();
         assert_eq!(dead.connections, 0);
         assert!(dead.failures > 0);
     }

@@ -131,6 +131,10 @@ enum Loadgen {
         to: SocketAddrV4,
         #[arg(long)]
         secs: f64,
+        /// Stop after this many connections, before `secs` if need be (a
+        /// translated test stays inside its SNAT port block).
+        #[arg(long)]
+        max_connections: Option<u64>,
     },
     /// Fill a SNAT port pool toward one UDP echo server.
     UdpFill {
@@ -181,7 +185,11 @@ fn loadgen(generator: Loadgen) -> Result<()> {
             serde_json::json!({"done": true})
         }
         Loadgen::TcpRr { to, size, secs } => serde_json::to_value(g::tcp_rr(to, size, secs)?)?,
-        Loadgen::TcpCrr { to, secs } => serde_json::to_value(g::tcp_crr(to, secs)?)?,
+        Loadgen::TcpCrr {
+            to,
+            secs,
+            max_connections,
+        } => serde_json::to_value(g::tcp_crr(to, secs, max_connections)?)?,
         Loadgen::UdpFill {
             to,
             first_port,
