@@ -64,14 +64,17 @@ fn cluster_file(nodes: usize) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn mem_available_mib() -> Result<f64> {
+/// A /proc/meminfo field, in kB.
+fn meminfo_kb(field: &str) -> Result<f64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no MemAvailable in /proc/meminfo")?;
-    Ok(kb / 1024.0)
+        .with_context(|| format!("no {field} in /proc/meminfo"))
+}
+
+fn mem_available_mib() -> Result<f64> {
+    Ok(meminfo_kb("MemAvailable")? / 1024.0)
 }
 
 fn json(np: &str, args: &[&str]) -> Result<Value> {
@@ -310,11 +313,18 @@ fn sh(argv: &[&str]) -> String {
 }
 
 fn mem_total_gib() -> Result<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no MemTotal")?;
-    Ok(kb / 1_048_576.0)
+    Ok(meminfo_kb("MemTotal")? / 1_048_576.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::meminfo_kb;
+
+    #[test]
+    fn meminfo_fields_are_read_by_their_whole_name() {
+        let total = meminfo_kb("MemTotal").unwrap();
+        assert!(total > 0.0);
+        assert!(meminfo_kb("MemAvailable").unwrap() <= total);
+        assert!(meminfo_kb("Mem").is_err());
+    }
 }
