@@ -44,8 +44,18 @@ pub fn cni_conf_dir(node: &str) -> PathBuf {
     paths::node_dir(node).join("net.d")
 }
 
+/// The NAT tables' size each of the lab's agents gets: the cluster file's
+/// when it sets one (None: the agent reads it there), else the lab's share.
+pub(super) fn nat_share(cluster: &Cluster) -> Option<u32> {
+    cluster.limits.nat_table_entries.is_none().then(|| {
+        let agents = u32::try_from(cluster.nodes.len() + 1).unwrap_or(u32::MAX);
+        netplane_common::nat::lab_nat_entries(agents)
+    })
+}
+
 pub(super) fn start_agent(
     cluster_file: &str,
+    nat_share: Option<u32>,
     node: &str,
     ip: Ipv4Addr,
     opts: &UpOptions,
@@ -70,10 +80,7 @@ pub(super) fn start_agent(
     if !OUTBOUND_AGENTS.contains(&node) {
         cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
     }
-    let cluster = Cluster::load(Some(std::path::Path::new(cluster_file)))?;
-    if cluster.limits.nat_table_entries.is_none() {
-        let agents = u32::try_from(cluster.nodes.len() + 1).unwrap_or(u32::MAX);
-        let share = netplane_common::nat::lab_nat_entries(agents);
+    if let Some(share) = nat_share {
         cmd.args(["--nat-table-entries", &share.to_string()]);
     }
     if let Some(k) = kubeconfig {
@@ -261,7 +268,15 @@ pub fn restart_agent(
         .kubernetes
         .as_ref()
         .map(|k| k.agent_kubeconfig.as_str());
-    let agent = start_agent(&state.cluster_file, node, ip, &opts, kubeconfig)?;
+    let cluster = Cluster::load(Some(std::path::Path::new(&state.cluster_file)))?;
+    let agent = start_agent(
+        &state.cluster_file,
+        nat_share(&cluster),
+        node,
+        ip,
+        &opts,
+        kubeconfig,
+    )?;
     wait_for_agent(&agent)?;
     progress(&format!("agent of {node} started (pid {})", agent.pid));
     state.agents[idx] = agent;

@@ -200,13 +200,14 @@ pub(super) fn build(
         .iter()
         .map(|n| n.name.clone())
         .chain([outbound.name.clone()]);
+    let share = super::agents::nat_share(cluster);
     for name in agents {
         let ip = hosts.iter().find(|h| h.name == name).expect("planned").ip;
         let kubeconfig = state
             .kubernetes
             .as_ref()
             .map(|k| k.agent_kubeconfig.as_str());
-        let agent = start_agent(&state.cluster_file, &name, ip, opts, kubeconfig)?;
+        let agent = start_agent(&state.cluster_file, share, &name, ip, opts, kubeconfig)?;
         progress(&format!(
             "agent for {name} started (pid {}, log {})",
             agent.pid, agent.log
