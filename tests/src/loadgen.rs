@@ -258,7 +258,7 @@ pub struct UdpFillResult {
 /// Fills a SNAT port pool of `pool` ports toward one destination (a UDP
 /// echo server): `flows` new flows, each from its own source port (from
 /// `first_port` on), sent in steps of 2 % of the pool; after each step,
-/// flows whose echo did not come back are failures, and the step's sockets
+/// flows whose echo did not come back (see [`unanswered`]) are failures, and the step's sockets
 /// close (the translations stay until their UDP timeout). At each fill
 /// level in `cost_at` (percent), compares sendto of a batch of new flows
 /// with sendto on flows that already have their port.
@@ -292,8 +292,7 @@ pub fn udp_fill(
         open.push(sock);
         let sent = i + 1;
         if sent % step == 0 || sent == flows as usize {
-            std::thread::sleep(Duration::from_millis(30));
-            failures += open.drain(..).filter(|s| s.recv(&mut buf).is_err()).count() as u64;
+            failures += unanswered(&mut open, &mut buf);
             curve.push(FillPoint {
                 flows: sent as u64,
                 fill_pct: 100.0 * sent as f64 / f64::from(pool),
@@ -323,6 +322,34 @@ pub fn udp_fill(
         curve,
         cost,
     })
+}
+
+/// How long a step waits with no new echo before its remaining flows count
+/// as failed, and the most it waits in all: long enough that a stalled CPU
+/// on a shared machine (tens of ms) does not pass for a lost port.
+const FILL_REPLY_IDLE: Duration = Duration::from_millis(250);
+const FILL_REPLY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Waits for each socket's echo and closes the sockets: returns how many
+/// got none (no reply while replies stopped coming, or by the deadline).
+fn unanswered(open: &mut Vec<UdpSocket>, buf: &mut [u8]) -> u64 {
+    let start = Instant::now();
+    let mut last_reply = start;
+    while !open.is_empty()
+        && start.elapsed() < FILL_REPLY_DEADLINE
+        && last_reply.elapsed() < FILL_REPLY_IDLE
+    {
+        let before = open.len();
+        open.retain(|s| s.recv(buf).is_err());
+        if open.len() < before {
+            last_reply = Instant::now();
+        } else {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let failed = open.len() as u64;
+    open.clear();
+    failed
 }
 
 fn bind_port(port: u16) -> Result<UdpSocket> {

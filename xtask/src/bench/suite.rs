@@ -352,12 +352,40 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>
         );
     }
 
-    let fill = if dp == Dp::R {
-        None
-    } else {
-        Some(fill_curve(np)?)
+    let fill = match dp {
+        Dp::R => None,
+        Dp::K => Some(fill_curve(np)?),
+        Dp::E => {
+            let fill = fill_curve(np)?;
+            // If the gate fails on a lost flow, the log says where it went.
+            eprintln!("   drops after the fill: {}", drop_counts(np)?);
+            Some(fill)
+        }
     };
     Ok((s, fill))
+}
+
+/// Every agent's nonzero drop counters, as "AGENT REASON N, ...".
+fn drop_counts(np: &str) -> Result<String> {
+    let out = Command::new(np).args(["stats", "--json"]).output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("netplane stats --json")?;
+    let mut seen = Vec::new();
+    for (agent, c) in v["nodes"].as_object().context("stats: nodes")? {
+        for d in c["drops"].as_array().into_iter().flatten() {
+            match d["packets"].as_u64() {
+                Some(n) if n > 0 => seen.push(format!(
+                    "{agent} {} {n}",
+                    d["reason"].as_str().unwrap_or("?")
+                )),
+                _ => {}
+            }
+        }
+    }
+    Ok(if seen.is_empty() {
+        "none".into()
+    } else {
+        seen.join(", ")
+    })
 }
 
 /// A whole-machine CPU profile (perf's cpu-clock: a VM has no hardware
