@@ -119,6 +119,14 @@ enum Cmd {
 enum VmCmd {
     /// Boot the VMs, run the checks, tear everything down.
     Test,
+    /// The Vagrant deployment (vagrant/) for real: build the box, start a
+    /// private libvirtd, `vagrant up`, check the README's demo, `vagrant
+    /// destroy`. Minutes under software emulation; not in CI.
+    Vagrant {
+        /// libvirt's domain type: qemu (software emulation) or kvm.
+        #[arg(long, default_value = "qemu", value_parser = ["qemu", "kvm"])]
+        driver: String,
+    },
     /// Inside a VM (virtme-ng runs it): provision, then serve the host's
     /// commands from DIR.
     #[command(hide = true)]
@@ -215,6 +223,15 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build()?;
             vm::test()
+        }
+        Cmd::Vm {
+            command: VmCmd::Vagrant { driver },
+        } => {
+            setup::run()?;
+            setup::apt_install(vm::vagrant::PACKAGES)?;
+            eprintln!("== build (release: the binaries the Vagrantfile copies in)");
+            cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
+            vm::vagrant::test(&vm::vagrant::Options { driver })
         }
         Cmd::Vm {
             command: VmCmd::Guest { dir },

@@ -99,11 +99,12 @@ fn vm_tools() -> Result<()> {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    apt_install(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` that are missing.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         eprintln!("   apt packages: present");
         return Ok(());

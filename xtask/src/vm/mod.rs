@@ -10,11 +10,13 @@
 //!   own), booting them, talking to them, tearing them down;
 //! - `guest`: what runs inside a VM: its address, the same provisioning
 //!   script as the Vagrantfile's, then the commands the host sends;
-//! - `checks`: `vm test`'s checks.
+//! - `checks`: `vm test`'s checks;
+//! - `vagrant`: `vm vagrant`, the users' Vagrant deployment run for real.
 mod checks;
 pub mod guest;
 mod kernel;
 mod machines;
+pub mod vagrant;
 
 use anyhow::Result;
 
