@@ -68,9 +68,13 @@ enum Cmd {
         /// Fail when ratios fall below generous floors (bench/gate.rs).
         #[arg(long)]
         gate: bool,
+        /// The traffic tests on VMs (QEMU; KVM where it works): each data
+        /// path on two node VMs and a load balancer VM (docs/bench/vm.md).
+        #[arg(long, conflicts_with = "gate")]
+        vm: bool,
         /// Measure nothing: write docs/benchmarks.md, the plots and the
         /// README table again from docs/bench/results.json.
-        #[arg(long, conflicts_with_all = ["quick", "gate"])]
+        #[arg(long, conflicts_with_all = ["quick", "gate", "vm"])]
         report_only: bool,
     },
     /// Measure what flow events cost per program run (docs/bench/flows.md).
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             rounds,
             gate,
+            vm,
             ..
         } => {
             if rounds < 5 {
@@ -200,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
                 quick,
                 rounds,
                 gate,
+                vm,
             })
         }
         Cmd::BenchFlows { rounds } => {

@@ -7,7 +7,8 @@
 //! - `report`, `plots`: docs/benchmarks.md, the SVGs, the README table;
 //! - `gate`: CI's floors on the quick run's ratios;
 //! - `extra`: `bench-flows` and `bench-attach`, the smaller measurements;
-//! - `services`: `bench-services`, a Service on netplane against kube-proxy.
+//! - `services`: `bench-services`, a Service on netplane against kube-proxy;
+//! - `vm`: `bench --vm`, the traffic tests with each data path on VMs.
 pub mod extra;
 mod gate;
 pub mod model;
@@ -18,6 +19,7 @@ pub mod scale;
 pub mod services;
 mod suite;
 mod traffic;
+mod vm;
 
 use anyhow::Result;
 
@@ -27,6 +29,8 @@ pub struct Options {
     pub quick: bool,
     pub rounds: usize,
     pub gate: bool,
+    /// On VMs (`bench --vm`) instead of the lab.
+    pub vm: bool,
 }
 
 impl Options {
@@ -38,6 +42,9 @@ impl Options {
 
 /// Measures, writes the results and their views, and applies the gate.
 pub fn run(opts: &Options) -> Result<()> {
+    if opts.vm {
+        return vm::run(opts);
+    }
     let run = suite::run(opts)?;
     let results = Results::from_run(&run, opts)?;
     report::write_all(&results)?;
@@ -109,6 +116,7 @@ mod tests {
             quick: true,
             rounds: 2,
             gate: true,
+            vm: false,
         }
     }
 

@@ -207,7 +207,10 @@ fn one_line(s: &Samples) -> String {
 /// two nodes can have, so that connection tests measure the data path and
 /// not the default 1,024-port block; with `nat_entries`, NAT tables of that
 /// size.
-fn write_bench_cluster(name: &str, nat_entries: Option<u32>) -> Result<std::path::PathBuf> {
+pub(super) fn write_bench_cluster(
+    name: &str,
+    nat_entries: Option<u32>,
+) -> Result<std::path::PathBuf> {
     let root = workspace_root();
     let path = root.join("netplane-user/src/config/default-cluster.toml");
     let default =

@@ -74,6 +74,10 @@ fn provision(dir: &Path) -> Result<()> {
     if kind == "node" {
         sh(&format!("ip route add default via {gateway}"))?;
     }
+    if get("provision")? != "netplane" {
+        return Ok(());
+    }
+    let (cluster, xdp, bin) = (get("cluster")?, get("xdp")? == "yes", get("bin")?);
     let log_dir = dir.join("log");
     let args: Vec<&str> = match kind {
         "node" => vec!["node", name],
@@ -82,18 +86,19 @@ fn provision(dir: &Path) -> Result<()> {
     let out = Command::new("sh")
         .arg(format!("{root}/vagrant/provision/netplane.sh"))
         .args(&args)
-        .env("NETPLANE_BIN", format!("{root}/target/debug"))
-        .env(
-            "NETPLANE_CLUSTER",
-            format!("{root}/netplane-user/src/config/default-cluster.toml"),
-        )
+        .env("NETPLANE_BIN", bin)
+        .env("NETPLANE_CLUSTER", cluster)
         .env("NETPLANE_AGENT", "background")
         .env("NETPLANE_LOG_DIR", &log_dir)
         .env("NETPLANE_INET", "namespace")
         // The optional XDP early drop, natively on virtio-net.
         .env(
             "NETPLANE_AGENT_ARGS",
-            if kind == "node" { "--uplink-xdp" } else { "" },
+            if kind == "node" && xdp {
+                "--uplink-xdp"
+            } else {
+                ""
+            },
         )
         .output()?;
     let text = format!(

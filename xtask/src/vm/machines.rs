@@ -40,6 +40,32 @@ pub struct Cluster {
     pub machines: Vec<Machine>,
 }
 
+/// How the VMs come up.
+pub struct Boot {
+    /// netplane provisioned by vagrant/provision/netplane.sh; false: the
+    /// VMs get their address only (`bench --vm` sets up the kernel's data
+    /// paths itself).
+    pub netplane: bool,
+    /// The cluster file the agents read.
+    pub cluster: PathBuf,
+    /// The nodes' agents attach the optional XDP program too.
+    pub uplink_xdp: bool,
+    /// Where netplane and netplane-cni are (the host's build).
+    pub bin: PathBuf,
+}
+
+impl Boot {
+    /// `vm test`: netplane on the default cluster, XDP on the nodes.
+    pub fn vm_test() -> Boot {
+        Boot {
+            netplane: true,
+            cluster: workspace_root().join("netplane-user/src/config/default-cluster.toml"),
+            uplink_xdp: true,
+            bin: workspace_root().join("target/debug"),
+        }
+    }
+}
+
 /// virtme-ng's `vng`: on the PATH, or where pip put Python's scripts.
 fn vng() -> Result<String> {
     let on_path = Command::new("sh").args(["-c", "command -v vng"]).output()?;
@@ -107,7 +133,7 @@ fn fabric_exists() -> bool {
 impl Cluster {
     /// Builds the fabric and boots the VMs; waits until each is provisioned.
     /// Whatever was made is torn down if this fails.
-    pub fn boot(vmlinuz: &Path) -> Result<Cluster> {
+    pub fn boot(vmlinuz: &Path, boot: &Boot) -> Result<Cluster> {
         if fabric_exists() {
             eprintln!("== a previous run's {FABRIC_NETNS} is left: removing it");
             ip(&["netns", "del", FABRIC_NETNS])?;
@@ -133,8 +159,13 @@ impl Cluster {
             std::fs::write(
                 dir.join("role"),
                 format!(
-                    "role {role}\nname {name}\naddress {address}/{PREFIX}\ngateway {GATEWAY}\nroot {}\n",
-                    workspace_root().display()
+                    "role {role}\nname {name}\naddress {address}/{PREFIX}\ngateway {GATEWAY}\nroot {}\n\
+                     provision {}\ncluster {}\nxdp {}\nbin {}\n",
+                    workspace_root().display(),
+                    if boot.netplane { "netplane" } else { "bare" },
+                    boot.cluster.display(),
+                    if boot.uplink_xdp { "yes" } else { "no" },
+                    boot.bin.display(),
                 ),
             )?;
             let tap = format!("tap-{name}");

@@ -14,8 +14,8 @@
 //! - `vagrant`: `vm vagrant`, the users' Vagrant deployment run for real.
 mod checks;
 pub mod guest;
-mod kernel;
-mod machines;
+pub mod kernel;
+pub mod machines;
 pub mod vagrant;
 
 use anyhow::Result;
@@ -27,7 +27,7 @@ pub fn test() -> Result<()> {
     let vmlinuz = kernel::ensure()?;
     machines::preflight()?;
     let started = std::time::Instant::now();
-    let cluster = machines::Cluster::boot(&vmlinuz)?;
+    let cluster = machines::Cluster::boot(&vmlinuz, &machines::Boot::vm_test())?;
     let result = checks::run(&cluster);
     cluster.shut_down();
     result?;
