@@ -5,9 +5,13 @@
 #                           then its pods, each a network namespace made by
 #                           netplane-cni as kubelet would run it
 #   netplane.sh lb          the outbound load balancer's agent (VNet side:
-#                           the NIC in the node subnet; the other NIC with
-#                           an address: the internet side)
+#                           the NIC in the node subnet; the internet side:
+#                           the NIC holding 203.0.113.1)
+#   netplane.sh appliance   the same for userDefinedRouting's appliance,
+#                           whose internet side holds 203.0.113.2
 #   netplane.sh inet        the internet host's routes to the frontend IPs
+#                           (none with an appliance: it translates to its
+#                           own address, on inet's link)
 #
 # The Vagrantfile's provisioners run it, and so does `cargo xtask vm test`
 # inside its VMs: one script for both.
@@ -24,8 +28,9 @@
 #   NETPLANE_INET       lb only: "namespace" puts the internet host in a
 #                       namespace beside the load balancer (default: none,
 #                       it is a machine of its own)
-#   NETPLANE_FRONTENDS  the load balancer's frontend IPs (default
-#                       198.51.100.10, the default cluster's)
+#   NETPLANE_FRONTENDS  the load balancer's frontend IPs (default, when
+#                       unset: 198.51.100.10, the default cluster's; empty
+#                       with an appliance)
 set -eu
 
 BIN=${NETPLANE_BIN:-/opt/netplane/bin}
@@ -34,8 +39,9 @@ AGENT=${NETPLANE_AGENT:-systemd}
 AGENT_ARGS=${NETPLANE_AGENT_ARGS:-}
 LOG_DIR=${NETPLANE_LOG_DIR:-/var/log/netplane}
 PODS=${NETPLANE_PODS:-2}
-FRONTENDS=${NETPLANE_FRONTENDS:-198.51.100.10}
+FRONTENDS=${NETPLANE_FRONTENDS-198.51.100.10}
 LB_OUTSIDE=203.0.113.1
+APPLIANCE_OUTSIDE=203.0.113.2
 INET=203.0.113.10
 
 say() { echo "netplane.sh: $*"; }
@@ -116,37 +122,44 @@ node)
         j=$((j + 1))
     done
     ;;
-lb)
+lb | appliance)
+    role=$1
+    if [ "$role" = lb ]; then outside_ip=$LB_OUTSIDE; else outside_ip=$APPLIANCE_OUTSIDE; fi
     if [ "${NETPLANE_INET:-}" = namespace ]; then
         # The internet host, as a namespace on the load balancer's far side.
         ip netns add inet
         ip link add eth1 type veth peer name eth0 netns inet
-        ip addr add $LB_OUTSIDE/24 dev eth1
+        ip addr add $outside_ip/24 dev eth1
         ip link set eth1 up
         ip -n inet addr add $INET/24 dev eth0
         ip -n inet link set lo up
         ip -n inet link set eth0 up
         for f in $FRONTENDS; do
-            ip -n inet route add "$f/32" via $LB_OUTSIDE
+            ip -n inet route add "$f/32" via $outside_ip
         done
     fi
     # The internet side: the NIC holding the outside address (a VM may
     # also have a management NIC with an address).
-    outside=$(ip -o -4 addr show | awk -v a="$LB_OUTSIDE/" 'index($4, a) == 1 { print $2; exit }')
+    outside=$(ip -o -4 addr show | awk -v a="$outside_ip/" 'index($4, a) == 1 { print $2; exit }')
     if [ -z "$outside" ]; then
-        say "no interface holds $LB_OUTSIDE, the load balancer's internet side"
+        say "no interface holds $outside_ip, the $role's internet side"
         exit 1
     fi
-    start_agent lb --lb --outside-interface "$outside"
+    # The agent takes its role (and name) from the cluster file's outbound type.
+    start_agent "$role" --lb --outside-interface "$outside"
     ;;
 inet)
     for f in $FRONTENDS; do
         ip route replace "$f/32" via $LB_OUTSIDE
     done
-    say "frontends $FRONTENDS routed via $LB_OUTSIDE"
+    if [ -n "$FRONTENDS" ]; then
+        say "frontends $FRONTENDS routed via $LB_OUTSIDE"
+    else
+        say "no frontends to route: the appliance translates to its own address"
+    fi
     ;;
 *)
-    echo "usage: $0 node NAME | lb | inet" >&2
+    echo "usage: $0 node NAME | lb | appliance | inet" >&2
     exit 2
     ;;
 esac

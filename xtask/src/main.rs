@@ -130,6 +130,10 @@ enum VmCmd {
         /// libvirt's domain type: qemu (software emulation) or kvm.
         #[arg(long, default_value = "qemu", value_parser = ["qemu", "kvm"])]
         driver: String,
+        /// A cluster file with the default cluster's two nodes (either
+        /// outbound type); default: the default cluster.
+        #[arg(long)]
+        cluster: Option<std::path::PathBuf>,
     },
     /// Inside a VM (virtme-ng runs it): provision, then serve the host's
     /// commands from DIR.
@@ -231,13 +235,13 @@ fn run(cli: Cli) -> Result<()> {
             vm::test()
         }
         Cmd::Vm {
-            command: VmCmd::Vagrant { driver },
+            command: VmCmd::Vagrant { driver, cluster },
         } => {
             setup::run()?;
             setup::apt_install(vm::vagrant::PACKAGES)?;
             eprintln!("== build (release: the binaries the Vagrantfile copies in)");
             cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
-            vm::vagrant::test(&vm::vagrant::Options { driver })
+            vm::vagrant::test(&vm::vagrant::Options { driver, cluster })
         }
         Cmd::Vm {
             command: VmCmd::Guest { dir },

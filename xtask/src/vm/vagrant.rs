@@ -46,6 +46,9 @@ fn dir() -> PathBuf {
 pub struct Options {
     /// libvirt's domain type: "qemu" (software emulation) or "kvm".
     pub driver: String,
+    /// The cluster file (None: the default cluster); the demo expects the
+    /// default cluster's two nodes, with either outbound type.
+    pub cluster: Option<PathBuf>,
 }
 
 pub fn test(opts: &Options) -> Result<()> {
@@ -53,7 +56,7 @@ pub fn test(opts: &Options) -> Result<()> {
     let box_file = ensure_box()?;
     let libvirt = Libvirt::start()?;
     let result = (|| -> Result<()> {
-        let vagrant = Vagrant::new(&opts.driver);
+        let vagrant = Vagrant::new(opts)?;
         vagrant.add_box(&box_file)?;
         // A run that was killed may have left machines behind.
         vagrant.run(&["destroy", "-f"], Duration::from_secs(300))?;
@@ -62,7 +65,13 @@ pub fn test(opts: &Options) -> Result<()> {
         let t = Instant::now();
         vagrant.run(&["up", "--provider", "libvirt"], UP_LIMIT)?;
         eprintln!("   up in {:.0} s", t.elapsed().as_secs_f64());
-        let result = demo(&vagrant.ssh()?);
+        let machines = vagrant.machines()?;
+        let outbound = if machines.iter().any(|m| m == "appliance") {
+            "appliance"
+        } else {
+            "lb"
+        };
+        let result = demo(&vagrant.ssh()?, outbound);
         eprintln!("== vagrant destroy");
         let destroyed = vagrant.run(&["destroy", "-f"], Duration::from_secs(300));
         result.and(destroyed)
@@ -249,19 +258,43 @@ struct Vagrant {
 }
 
 impl Vagrant {
-    fn new(driver: &str) -> Vagrant {
+    fn new(opts: &Options) -> Result<Vagrant> {
         let d = dir();
         let bin = workspace_root().join("target/release");
-        Vagrant {
-            env: vec![
-                ("VAGRANT_HOME", d.join("home").display().to_string()),
-                ("VAGRANT_DOTFILE_PATH", d.join("dot").display().to_string()),
-                ("VAGRANT_DEFAULT_PROVIDER", "libvirt".into()),
-                ("NETPLANE_BOX", BOX_NAME.into()),
-                ("NETPLANE_BIN", bin.display().to_string()),
-                ("NETPLANE_LIBVIRT_DRIVER", driver.into()),
-            ],
+        let mut env = vec![
+            ("VAGRANT_HOME", d.join("home").display().to_string()),
+            ("VAGRANT_DOTFILE_PATH", d.join("dot").display().to_string()),
+            ("VAGRANT_DEFAULT_PROVIDER", "libvirt".into()),
+            ("NETPLANE_BOX", BOX_NAME.into()),
+            ("NETPLANE_BIN", bin.display().to_string()),
+            ("NETPLANE_LIBVIRT_DRIVER", opts.driver.clone()),
+        ];
+        if let Some(c) = &opts.cluster {
+            let c = fs::canonicalize(c).with_context(|| format!("{}", c.display()))?;
+            env.push(("NETPLANE_CLUSTER", c.display().to_string()));
         }
+        Ok(Vagrant { env })
+    }
+
+    /// The machines the Vagrantfile defines, as Vagrant lists them.
+    fn machines(&self) -> Result<Vec<String>> {
+        let out = self.command(&["status", "--machine-readable"]).output()?;
+        ensure!(
+            out.status.success(),
+            "vagrant status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Lines: timestamp,target,type,data...
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.len() > 3 && f[2] == "state").then(|| f[1].to_string())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -384,14 +417,30 @@ fn shell_quote(s: &str) -> String {
 
 const NP: &str = "/opt/netplane/bin/netplane";
 
-/// The README's demo on the machines, each step checked.
-fn demo(ssh: &Ssh) -> Result<()> {
+/// The README's demo on the machines, each step checked; `outbound` is
+/// "lb" or "appliance" (userDefinedRouting).
+fn demo(ssh: &Ssh, outbound: &str) -> Result<()> {
     eprintln!("== the agents: systemd units");
-    for m in NODES.iter().chain(&["lb"]) {
+    for m in NODES.iter().chain(&[outbound]) {
         let state = ssh.ok(m, "systemctl is-active netplane-agent")?;
         ensure!(state.trim() == "active", "{m}: netplane-agent is {state}");
     }
-    eprintln!("   active on node-0, node-1 and lb");
+    eprintln!("   active on node-0, node-1 and {outbound}");
+    // What inet sees: a frontend IP of the load balancer (its port blocks
+    // say which), or the appliance's own outside address.
+    let ports: Value = serde_json::from_str(&ssh.ok(outbound, &format!("{NP} ports --json"))?)
+        .with_context(|| format!("{outbound}: netplane ports --json"))?;
+    let node0_block = ports["agents"][outbound]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| outbound == "appliance" || b["block_of"] == "node-0")
+        .with_context(|| format!("{outbound}: no SNAT slot for node-0: {ports}"))?
+        .clone();
+    let seen_from = node0_block["snat_ip"]
+        .as_str()
+        .context("snat_ip")?
+        .to_string();
 
     eprintln!("== pod to pod across machines, the source kept");
     serve(ssh, "node-1", Some("pod-1-0"))?;
@@ -402,7 +451,10 @@ fn demo(ssh: &Ssh) -> Result<()> {
     eprintln!("== egress through both SNAT stages, seen from inet");
     serve(ssh, "inet", None)?;
     let seen = ask(ssh, "203.0.113.10:7000")?;
-    ensure!(seen.starts_with("198.51.100.10:"), "inet saw {seen}");
+    ensure!(
+        seen.starts_with(&format!("{seen_from}:")),
+        "inet saw {seen}, not {seen_from}"
+    );
     eprintln!("   inet saw {seen}");
 
     eprintln!("== netplane routes, nat and ports on the machines");
@@ -416,24 +468,22 @@ fn demo(ssh: &Ssh) -> Result<()> {
         nat0.contains("10.224.0.4:"),
         "node-0 translated nothing: {nat0}"
     );
-    let natl = ssh.ok("lb", &format!("{NP} nat --json"))?;
+    let nat_out = ssh.ok(outbound, &format!("{NP} nat --json"))?;
     ensure!(
-        natl.contains("198.51.100.10:"),
-        "lb translated nothing: {natl}"
+        nat_out.contains(&format!("{seen_from}:")),
+        "{outbound} translated nothing to {seen_from}: {nat_out}"
     );
-    let ports: Value = serde_json::from_str(&ssh.ok("lb", &format!("{NP} ports --json"))?)
-        .context("lb: netplane ports --json")?;
-    let node0_block = ports["agents"]["lb"]
+    let ports: Value = serde_json::from_str(&ssh.ok(outbound, &format!("{NP} ports --json"))?)
+        .with_context(|| format!("{outbound}: netplane ports --json"))?;
+    let held = ports["agents"][outbound]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|b| b["block_of"] == "node-0")
-        .context("lb: no block of node-0")?;
-    ensure!(
-        node0_block["allocated"].as_u64() >= Some(1),
-        "lb holds no port of node-0's block: {node0_block}"
-    );
-    eprintln!("   node-0 routes to node-1's pods; node-0 and lb hold the translations");
+        .filter(|b| b["slot"] == node0_block["slot"])
+        .filter_map(|b| b["allocated"].as_u64())
+        .sum::<u64>();
+    ensure!(held >= 1, "{outbound} holds no port for node-0: {ports}");
+    eprintln!("   node-0 routes to node-1's pods; node-0 and {outbound} hold the translations");
 
     eprintln!("== no kernel route to a pod on the nodes");
     for m in NODES {
