@@ -574,3 +574,36 @@ async fn readable<T: std::os::fd::AsRawFd>(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback when no inotify instance is left (a 400-node lab): a
+    /// write and a replacement are changes, an untouched or removed file
+    /// is not (nothing to reload), and a file that comes back is.
+    #[tokio::test]
+    async fn a_polled_cluster_file_tells_changes_from_none() {
+        let dir = std::env::temp_dir().join(format!("netplane-poll-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, "a").unwrap();
+        let mut w = Some(ConfigWatch::Poll {
+            path: path.clone(),
+            seen: stamp(&path),
+        });
+        assert_eq!(next_change(&mut w).await, Some(false), "untouched");
+        std::fs::write(&path, "ab").unwrap();
+        assert_eq!(next_change(&mut w).await, Some(true), "written");
+        // Replaced as editors and ConfigMap updates do: same size, new inode.
+        let new = dir.join("cluster.toml.new");
+        std::fs::write(&new, "xy").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(next_change(&mut w).await, Some(true), "replaced");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(next_change(&mut w).await, Some(false), "removed");
+        std::fs::write(&path, "a").unwrap();
+        assert_eq!(next_change(&mut w).await, Some(true), "back");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

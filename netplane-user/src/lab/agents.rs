@@ -284,3 +284,35 @@ pub fn restart_agent(
     let status = std::fs::read(paths::agent_status(node))?;
     Ok(serde_json::from_slice(&status)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cluster::Node;
+    use netplane_common::nat::{LAB_NAT_BUDGET, LAB_NAT_ENTRIES_MIN, MAX_NAT_ENTRIES};
+
+    fn with_nodes(n: u32) -> Cluster {
+        let mut c = Cluster::load(None).unwrap();
+        c.nodes = (0..n)
+            .map(|i| Node {
+                name: format!("node-{i}"),
+                ip: std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 224, 0, 4)) + i),
+                pod_cidr: None,
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn the_lab_shares_its_nat_budget_unless_the_cluster_file_sizes_the_tables() {
+        // Two nodes and the load balancer: a real node's default each.
+        assert_eq!(nat_share(&with_nodes(2)), Some(MAX_NAT_ENTRIES));
+        // Ten nodes: an eleventh of the budget each.
+        assert_eq!(nat_share(&with_nodes(10)), Some(LAB_NAT_BUDGET / 11));
+        // 400 nodes: the floor.
+        assert_eq!(nat_share(&with_nodes(400)), Some(LAB_NAT_ENTRIES_MIN));
+        let mut sized = with_nodes(400);
+        sized.limits.nat_table_entries = Some(4096);
+        assert_eq!(nat_share(&sized), None, "the agents read the file's size");
+    }
+}
