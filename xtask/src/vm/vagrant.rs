@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use super::machines::ip;
 use crate::workspace_root;
 
 /// Debian packages: Vagrant and its libvirt provider, the daemon and its
@@ -238,17 +239,6 @@ fn is_zombie(pid: u32) -> bool {
             .next()
             .is_some_and(|r| r.trim_start().starts_with('Z'))
     })
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Vagrant, run inside [`NETNS`] (it reaches the VMs over libvirt's
