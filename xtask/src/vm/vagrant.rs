@@ -418,19 +418,8 @@ fn demo(ssh: &Ssh, outbound: &str) -> Result<()> {
     eprintln!("   active on node-0, node-1 and {outbound}");
     // What inet sees: a frontend IP of the load balancer (its port blocks
     // say which), or the appliance's own outside address.
-    let ports: Value = serde_json::from_str(&ssh.ok(outbound, &format!("{NP} ports --json"))?)
-        .with_context(|| format!("{outbound}: netplane ports --json"))?;
-    let node0_block = ports["agents"][outbound]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|b| outbound == "appliance" || b["block_of"] == "node-0")
-        .with_context(|| format!("{outbound}: no SNAT slot for node-0: {ports}"))?
-        .clone();
-    let seen_from = node0_block["snat_ip"]
-        .as_str()
-        .context("snat_ip")?
-        .to_string();
+    let slot = node0_slot(ssh, outbound)?;
+    let seen_from = slot["snat_ip"].as_str().context("snat_ip")?.to_string();
 
     eprintln!("== pod to pod across machines, the source kept");
     serve(ssh, "node-1", Some("pod-1-0"))?;
@@ -463,16 +452,11 @@ fn demo(ssh: &Ssh, outbound: &str) -> Result<()> {
         nat_out.contains(&format!("{seen_from}:")),
         "{outbound} translated nothing to {seen_from}: {nat_out}"
     );
-    let ports: Value = serde_json::from_str(&ssh.ok(outbound, &format!("{NP} ports --json"))?)
-        .with_context(|| format!("{outbound}: netplane ports --json"))?;
-    let held = ports["agents"][outbound]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["slot"] == node0_block["slot"])
-        .filter_map(|b| b["allocated"].as_u64())
-        .sum::<u64>();
-    ensure!(held >= 1, "{outbound} holds no port for node-0: {ports}");
+    let slot = node0_slot(ssh, outbound)?;
+    ensure!(
+        slot["allocated"].as_u64() >= Some(1),
+        "{outbound} holds no port for node-0: {slot}"
+    );
     eprintln!("   node-0 routes to node-1's pods; node-0 and {outbound} hold the translations");
 
     eprintln!("== no kernel route to a pod on the nodes");
@@ -484,6 +468,20 @@ fn demo(ssh: &Ssh, outbound: &str) -> Result<()> {
         ensure!(n.trim() == "0", "{m}: kernel routes to pods: {n}");
     }
     Ok(())
+}
+
+/// The outbound agent's SNAT slot node-0's flows use, from `netplane ports`:
+/// node-0's block at the load balancer, the appliance's one slot.
+fn node0_slot(ssh: &Ssh, outbound: &str) -> Result<Value> {
+    let ports: Value = serde_json::from_str(&ssh.ok(outbound, &format!("{NP} ports --json"))?)
+        .with_context(|| format!("{outbound}: netplane ports --json"))?;
+    ports["agents"][outbound]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| outbound == "appliance" || b["block_of"] == "node-0")
+        .cloned()
+        .with_context(|| format!("{outbound}: no SNAT slot for node-0: {ports}"))
 }
 
 /// A whoami server answering one client, on `machine` (in `netns` if set).
