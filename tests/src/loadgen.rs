@@ -258,8 +258,9 @@ pub struct UdpFillResult {
 /// Fills a SNAT port pool of `pool` ports toward one destination (a UDP
 /// echo server): `flows` new flows, each from its own source port (from
 /// `first_port` on), sent in steps of 2 % of the pool; after each step,
-/// flows whose echo did not come back (see [`unanswered`]) are failures, and the step's sockets
-/// close (the translations stay until their UDP timeout). At each fill
+/// flows whose echo did not come back (see [`unanswered`]) are failures,
+/// and the step's sockets close (the translations stay until their UDP
+/// timeout). At each fill
 /// level in `cost_at` (percent), compares sendto of a batch of new flows
 /// with sendto on flows that already have their port.
 pub fn udp_fill(

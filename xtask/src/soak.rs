@@ -139,7 +139,7 @@ fn spawn_with(np: &str, host: &str, argv: &[&str], stdout: Stdio) -> Result<Chil
 }
 
 /// Every agent's drop counters, "AGENT REASON" -> packets.
-fn drop_totals(np: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+pub fn drop_totals(np: &str) -> Result<std::collections::BTreeMap<String, u64>> {
     let stats = json(np, &["stats", "--json"])?;
     let mut out = std::collections::BTreeMap::new();
     for (agent, c) in stats["nodes"].as_object().context("stats")? {

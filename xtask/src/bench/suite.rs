@@ -370,24 +370,15 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>
 
 /// Every agent's nonzero drop counters, as "AGENT REASON N, ...".
 fn drop_counts(np: &str) -> Result<String> {
-    let out = Command::new(np).args(["stats", "--json"]).output()?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("netplane stats --json")?;
-    let mut seen = Vec::new();
-    for (agent, c) in v["nodes"].as_object().context("stats: nodes")? {
-        for d in c["drops"].as_array().into_iter().flatten() {
-            match d["packets"].as_u64() {
-                Some(n) if n > 0 => seen.push(format!(
-                    "{agent} {} {n}",
-                    d["reason"].as_str().unwrap_or("?")
-                )),
-                _ => {}
-            }
-        }
-    }
-    Ok(if seen.is_empty() {
+    let drops = crate::soak::drop_totals(np)?;
+    Ok(if drops.is_empty() {
         "none".into()
     } else {
-        seen.join(", ")
+        drops
+            .iter()
+            .map(|(what, n)| format!("{what} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     })
 }
 
