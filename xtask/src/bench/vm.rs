@@ -5,15 +5,17 @@
 //! the lab's kernel data paths (classic.rs) from the scripts below. Under
 //! software emulation (these machines) absolute numbers mean nothing and
 //! even the ratios mostly measure the emulator; docs/bench/vm.md says so.
-use std::{collections::BTreeMap, fmt::Write as _, time::Instant};
+use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::{
     Options,
-    model::{BENCH_POOL, Dp},
+    model::{BENCH_POOL, Dp, Results, Run, Samples},
+    report::fmt,
     suite::write_bench_cluster,
+    traffic::num,
 };
 use crate::{
     vm::{
@@ -38,17 +40,6 @@ const FIRST_PORT: u32 = 1024;
 const PODS_PER_NODE: usize = 2;
 const SERVER_POD_IP: &str = "10.244.1.2";
 
-const METRICS: [&str; 6] = [
-    "udp_pps_cross_node",
-    "tcp_rr_p50_us",
-    "tcp_rr_p99_us",
-    "crr_pod",
-    "crr_snat",
-    "iperf_1",
-];
-
-type Samples = BTreeMap<String, f64>;
-
 pub fn run(opts: &Options) -> Result<()> {
     let secs = if opts.quick { 3.0 } else { 10.0 };
     let vmlinuz = kernel::ensure()?;
@@ -61,7 +52,7 @@ pub fn run(opts: &Options) -> Result<()> {
         bin: workspace_root().join("target/release"),
     };
     let started = Instant::now();
-    let mut runs: Vec<(Dp, Samples)> = Vec::new();
+    let mut run = Run::default();
     for round in 0..opts.rounds {
         for i in 0..Dp::ALL.len() {
             let dp = Dp::ALL[(round + i) % Dp::ALL.len()];
@@ -89,16 +80,16 @@ pub fn run(opts: &Options) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            runs.push((dp, samples));
+            run.samples.push((dp, round, samples));
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    run.seconds = started.elapsed().as_secs_f64();
     let raw = json!({
         "quick": opts.quick,
         "rounds": opts.rounds,
         "seconds_per_test": secs,
-        "seconds": seconds,
-        "runs": runs.iter().map(|(dp, s)| json!({"datapath": dp.letter(), "samples": s})).collect::<Vec<_>>(),
+        "seconds": run.seconds,
+        "runs": run.samples.iter().map(|(dp, round, s)| json!({"datapath": dp.letter(), "round": round, "samples": s})).collect::<Vec<_>>(),
     });
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -106,11 +97,14 @@ pub fn run(opts: &Options) -> Result<()> {
         dir.join("vm-results.json"),
         serde_json::to_vec_pretty(&raw)?,
     )?;
+    // Summarised as the lab's runs are: medians, and ratios per round.
+    let results = Results::from_run(&run, opts)?;
     let doc = workspace_root().join("docs/bench/vm.md");
-    std::fs::write(&doc, report(&runs, opts, secs, seconds)?)?;
+    std::fs::write(&doc, report(&results, opts, secs, run.seconds)?)?;
     eprintln!(
-        "written: {} and target/bench/vm-results.json ({seconds:.0} s)",
-        doc.display()
+        "written: {} and target/bench/vm-results.json ({:.0} s)",
+        doc.display(),
+        run.seconds
     );
     Ok(())
 }
@@ -254,10 +248,6 @@ fn client(vms: &Cluster, args: &str) -> Result<Value> {
         bench_bin()
     ))?;
     serde_json::from_str(out.trim()).with_context(|| format!("loadgen {args}: not JSON: {out}"))
-}
-
-fn num(v: &Value, k: &str) -> Result<f64> {
-    v[k].as_f64().with_context(|| format!("no {k} in {v}"))
 }
 
 /// The suite's traffic tests (suite.rs), on the VMs.
@@ -407,22 +397,9 @@ fn same_blocks_as_netplane(lb: &Machine) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-/// docs/bench/vm.md: medians per data path, and E/K, E/R taken within
-/// each round then their median.
-fn report(runs: &[(Dp, Samples)], opts: &Options, secs: f64, seconds: f64) -> Result<String> {
+/// docs/bench/vm.md: the lab's summary of the same metrics (medians,
+/// and E/K, E/R taken within each round, then their median).
+fn report(results: &Results, opts: &Options, secs: f64, seconds: f64) -> Result<String> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let emulated = "software emulation (QEMU TCG: this host's /dev/kvm does not boot stock guests)";
     let mut md = String::new();
@@ -445,61 +422,31 @@ fn report(runs: &[(Dp, Samples)], opts: &Options, secs: f64, seconds: f64) -> Re
     )?;
     writeln!(
         md,
-        "Ratios are taken within each round, then their median; above 1, E is better (for \
-         latencies, K or R over E).\n"
+        "Summarised as the lab's runs are: medians, and E/K and E/R taken within each round, \
+         then their median (↑: higher is better, ↓: lower).\n"
     )?;
     writeln!(
         md,
-        "| metric | E: netplane | K: classic kubenet | R: plain routing | E/K | E/R |"
+        "| metric | unit | E: netplane | K: classic kubenet | R: plain routing | E/K | E/R |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|")?;
-    let value = |dp: Dp, m: &str| {
-        median(
-            runs.iter()
-                .filter(|(d, _)| *d == dp)
-                .filter_map(|(_, s)| s.get(m).copied())
-                .collect(),
-        )
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    let value = |v: Option<super::model::Spread>| v.map_or("–".to_string(), |s| fmt(s.median));
+    let ratio = |v: Option<super::model::Spread>| {
+        v.map_or("–".to_string(), |s| format!("{:.2}", s.median))
     };
-    let ratio = |m: &str, other: Dp| {
-        let per_round: Vec<f64> = runs
-            .chunks(Dp::ALL.len())
-            .filter_map(|round| {
-                let get = |dp: Dp| {
-                    round
-                        .iter()
-                        .find(|(d, _)| *d == dp)
-                        .and_then(|(_, s)| s.get(m).copied())
-                };
-                // Above 1: E better, also for latencies (lower is better).
-                match (get(Dp::E), get(other)) {
-                    (Some(e), Some(o)) if m.ends_with("_us") && e > 0.0 => Some(o / e),
-                    (Some(e), Some(o)) if o > 0.0 => Some(e / o),
-                    _ => None,
-                }
-            })
-            .collect();
-        median(per_round)
-    };
-    let fmt = |v: Option<f64>| {
-        v.map_or("–".to_string(), |x| {
-            if x >= 100.0 {
-                format!("{x:.0}")
-            } else {
-                format!("{x:.2}")
-            }
-        })
-    };
-    for m in METRICS {
+    for x in &results.metrics {
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
-            describe(m),
-            fmt(value(Dp::E, m)),
-            fmt(value(Dp::K, m)),
-            fmt(value(Dp::R, m)),
-            fmt(ratio(m, Dp::K)),
-            fmt(ratio(m, Dp::R)),
+            "| `{}` {} | {}{} | {} | {} | {} | {} | {} |",
+            x.name,
+            x.what,
+            x.unit,
+            if x.higher_is_better { " ↑" } else { " ↓" },
+            value(x.e),
+            value(x.k),
+            value(x.r),
+            ratio(x.ratio_ek),
+            ratio(x.ratio_er),
         )?;
     }
     writeln!(
@@ -511,18 +458,6 @@ fn report(runs: &[(Dp, Samples)], opts: &Options, secs: f64, seconds: f64) -> Re
          holds the same blocks K's SNAT rules use. Raw samples: target/bench/vm-results.json."
     )?;
     Ok(md)
-}
-
-fn describe(m: &str) -> &'static str {
-    match m {
-        "udp_pps_cross_node" => "64 B UDP pod → pod across nodes, packets/s ↑",
-        "tcp_rr_p50_us" => "TCP request/response p50, µs ↓",
-        "tcp_rr_p99_us" => "TCP request/response p99, µs ↓",
-        "crr_pod" => "new TCP connections/s pod → pod ↑",
-        "crr_snat" => "new TCP connections/s pod → inet through SNAT (R: untranslated) ↑",
-        "iperf_1" => "iperf3 1 stream, Gbit/s ↑",
-        _ => "?",
-    }
 }
 
 #[cfg(test)]
@@ -537,41 +472,40 @@ mod tests {
     }
 
     #[test]
-    fn ratios_are_taken_per_round_and_latencies_inverted() {
-        let round = |e: f64, k: f64, r: f64, us: f64| -> Vec<(Dp, Samples)> {
-            [(Dp::E, e, us), (Dp::K, k, 2.0 * us), (Dp::R, r, us / 2.0)]
-                .into_iter()
-                .map(|(dp, pps, lat)| {
-                    (
-                        dp,
-                        [
-                            ("udp_pps_cross_node".to_string(), pps),
-                            ("tcp_rr_p99_us".to_string(), lat),
-                        ]
-                        .into(),
-                    )
-                })
-                .collect()
+    fn the_page_shows_the_lab_summary_of_what_ran() {
+        let samples = |pps: f64, p99: f64| -> Samples {
+            [
+                ("udp_pps_cross_node".to_string(), pps),
+                ("tcp_rr_p99_us".to_string(), p99),
+            ]
+            .into()
         };
-        let runs = [
-            round(200.0, 100.0, 100.0, 10.0),
-            round(90.0, 100.0, 100.0, 10.0),
-        ]
-        .concat();
+        let run = Run {
+            samples: vec![
+                (Dp::E, 0, samples(200.0, 10.0)),
+                (Dp::K, 0, samples(100.0, 20.0)),
+                (Dp::R, 0, samples(160.0, 5.0)),
+            ],
+            ..Run::default()
+        };
         let opts = Options {
             quick: true,
-            rounds: 2,
+            rounds: 1,
             gate: false,
             vm: true,
         };
-        let md = report(&runs, &opts, 3.0, 10.0).unwrap();
-        // pps: E/K per round 2.0 and 0.9, median 1.45 (not 145/100).
-        assert!(md.contains("| 145 | 100 | 100 | 1.45 | 1.45 |"), "{md}");
-        // p99: K's 20 µs over E's 10 (E better: 2.00), R's 5 over 10.
+        let results = Results::from_run(&run, &opts).unwrap();
+        let md = report(&results, &opts, 3.0, 10.0).unwrap();
+        // The lab's ratios, E over K and E over R, for latencies too.
         assert!(
-            md.contains("| 10.00 | 20.00 | 5.00 | 2.00 | 0.50 |"),
+            md.contains("| packets/s ↑ | 200.0 | 100.0 | 160.0 | 2.00 | 1.25 |"),
             "{md}"
         );
-        assert!(md.contains("| – | – | – | – | – |"), "absent metrics: {md}");
+        assert!(
+            md.contains("| µs ↓ | 10.0 | 20.0 | 5.000 | 0.50 | 2.00 |"),
+            "{md}"
+        );
+        // What did not run has no row.
+        assert!(!md.contains("`crr_pod`"), "{md}");
     }
 }
