@@ -14,8 +14,8 @@ pub mod names {
     /// replies (refreshed by traffic).
     pub const INBOUND_FLOWS: &str = "INBOUND_FLOWS";
     pub use crate::{events::names::*, nat::names::*, services::names::*};
-    /// Pinned maps (PORT_HINTS and EVENT_BUDGET are per load: a hint and a
-    /// rate limiter).
+    /// Pinned maps (PORT_HINTS, PORT_BITMAPS and EVENT_BUDGET are per load:
+    /// two hints and a rate limiter).
     pub const ALL: [&str; 25] = [
         ROUTES,
         LOCAL_PODS,

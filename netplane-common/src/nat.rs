@@ -273,6 +273,9 @@ pub mod names {
     /// Not pinned: the remote ports UDP cone flows sent to (filtering).
     pub const CONE_PEERS: &str = "CONE_PEERS";
     pub const PORT_OWNED: &str = "PORT_OWNED";
+    /// Not pinned: a search hint, made by the agent with the port blocks
+    /// and rebuilt by traffic.
+    pub const PORT_BITMAPS: &str = "PORT_BITMAPS";
 }
 
 /// Translations a node or load balancer can hold at once, as compiled; the
@@ -345,7 +348,57 @@ pub const fn owned_key(nat_ip: u32, nat_port: u16, proto: u8) -> FlowKey {
 /// Destinations whose next free port is remembered (an LRU hint only).
 pub const MAX_PORT_HINTS: u32 = 65_536;
 
+/// The ports of one SNAT IP and protocol that some flow holds, a bit per
+/// port (PORT_BITMAPS' value): where a new flow looks first for a port no
+/// flow uses, 64 ports a word. A hint only: a bit may be stale either way,
+/// and the NAT_IN insert stays the claim (docs/decisions.md §44).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBitmap {
+    pub words: [u64; PORT_BITMAP_WORDS],
+}
+
+/// Words of a [`PortBitmap`]: 65,536 ports, 64 a word.
+pub const PORT_BITMAP_WORDS: usize = 65_536 / 64;
+/// SNAT IPs with a bitmap: a node has one, a load balancer one per
+/// frontend (a backend's allocation tries at most [`MAX_FRONTENDS`]).
+pub const MAX_SNAT_IPS: u32 = MAX_FRONTENDS;
+/// Protocols with a bitmap per SNAT IP (TCP, UDP, ICMP).
+pub const BITMAP_PROTOS: [u8; 3] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP];
+
+impl PortBitmap {
+    pub const EMPTY: Self = Self {
+        words: [0; PORT_BITMAP_WORDS],
+    };
+
+    /// PORT_BITMAPS' key for an SNAT IP (`ip_key` form) and protocol.
+    pub const fn key(nat_ip: u32, proto: u8) -> u64 {
+        (nat_ip as u64) << 8 | proto as u64
+    }
+
+    /// The word holding `port`'s bit, and the bit.
+    pub const fn word_and_bit(port: u16) -> (usize, u64) {
+        ((port / 64) as usize, 1 << (port % 64))
+    }
+
+    pub fn set(&mut self, port: u16) {
+        let (w, b) = Self::word_and_bit(port);
+        self.words[w] |= b;
+    }
+
+    pub fn clear(&mut self, port: u16) {
+        let (w, b) = Self::word_and_bit(port);
+        self.words[w] &= !b;
+    }
+
+    pub const fn is_set(&self, port: u16) -> bool {
+        let (w, b) = Self::word_and_bit(port);
+        self.words[w] & b != 0
+    }
+}
+
 kernel_abi!(FlowKey => 16, NatEntry => 40, NatReverse => 8, SnatSlot => 8, NatConfig => 40);
+kernel_abi!(PortBitmap => 8192);
 kernel_abi!(FragKey => 12, FragPorts => 4);
 
 #[cfg(feature = "user")]
@@ -358,6 +411,8 @@ mod pod {
     unsafe impl aya::Pod for super::NatReverse {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::SnatSlot {}
+    // SAFETY: repr(C), an array of integers.
+    unsafe impl aya::Pod for super::PortBitmap {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::NatConfig {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
@@ -408,6 +463,23 @@ mod tests {
         ] {
             assert!(!cfg.next_hop_none(ip_key(routed)), "{routed:?}");
         }
+    }
+
+    #[test]
+    fn port_bitmap_bits() {
+        let mut b = PortBitmap::EMPTY;
+        for p in [0, 63, 64, 1024, 65535] {
+            assert!(!b.is_set(p));
+            b.set(p);
+            assert!(b.is_set(p));
+        }
+        assert_eq!(b.words[0], 1 | 1 << 63);
+        assert_eq!((b.words[1], b.words[16], b.words[1023]), (1, 1, 1 << 63));
+        b.clear(63);
+        assert_eq!(b.words[0], 1);
+        // Keys differ by protocol and address.
+        assert_ne!(PortBitmap::key(1, PROTO_TCP), PortBitmap::key(1, PROTO_UDP));
+        assert_ne!(PortBitmap::key(1, PROTO_TCP), PortBitmap::key(2, PROTO_TCP));
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn try_from_vnet(ctx: &TcContext) -> Result<i32, DropReason> {
         count: cfg.slots_per_backend,
         udp_cone: cfg.udp_cone != 0,
         keep_port: false,
+        search_bitmap: false,
     };
     snat::egress(ctx, &ip, target)?;
     count(ctx, Path::LbOut);

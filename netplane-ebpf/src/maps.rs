@@ -10,8 +10,9 @@ use netplane_common::{
     counters::PathCounter,
     maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
     nat::{
-        EVICTION_CANDIDATES, FlowKey, FragKey, FragPorts, MAX_CONE_PEERS, MAX_FRAGMENTED_DATAGRAMS,
-        MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_SLOTS, NatConfig, NatEntry, NatReverse, SnatSlot,
+        BITMAP_PROTOS, EVICTION_CANDIDATES, FlowKey, FragKey, FragPorts, MAX_CONE_PEERS,
+        MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_IPS, MAX_SNAT_SLOTS,
+        NatConfig, NatEntry, NatReverse, PortBitmap, SnatSlot,
     },
     services::{
         Affinity, AffinityKey, Backend, BackendKey, MAX_SERVICE_AFFINITIES, MAX_SERVICE_BACKENDS,
@@ -106,7 +107,8 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
 #[map]
 pub static CONE_PEERS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_CONE_PEERS, 0);
 
-/// Per destination and SNAT IP: where the next free port probably is.
+/// The load balancer, per destination and SNAT IP: where the next free
+/// port of a block probably is (a node searches its port bitmap instead).
 #[map]
 pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PORT_HINTS, 0);
 
@@ -116,6 +118,14 @@ pub static PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(M
 /// ones no flow holds any more.
 #[map]
 pub static PORT_OWNED: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
+
+/// Per SNAT IP and protocol, the ports some flow holds: where a new flow
+/// finds a free port 64 at a time. Made by the agent with the port blocks
+/// (allocated as added: a node has three), set by claims, cleared by the
+/// collector with the owned-port marks.
+#[map]
+pub static PORT_BITMAPS: HashMap<u64, PortBitmap> =
+    HashMap::with_max_entries(MAX_SNAT_IPS * BITMAP_PROTOS.len() as u32, BPF_F_NO_PREALLOC);
 
 /// Services: the service CIDR and hairpin address; slot 0.
 #[map]

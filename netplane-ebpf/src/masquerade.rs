@@ -17,6 +17,7 @@ const NODE_TARGET: Target = Target {
     count: 1,
     udp_cone: false,
     keep_port: true,
+    search_bitmap: true,
 };
 
 /// Pod to outside the cluster pod CIDR: a reply to a flow a node (or a

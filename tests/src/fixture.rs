@@ -116,19 +116,15 @@ pub fn masquerade_on(mut dp: Datapath, lo: u16, hi: u16) -> Datapath {
         0,
     )
     .unwrap();
-    let mut slots: Array<_, SnatSlot> =
-        Array::try_from(dp.map(names::SNAT_SLOTS).unwrap()).unwrap();
-    slots
-        .set(
-            0,
-            SnatSlot {
-                nat_ip: key(NODE0.into()),
-                port_lo: lo,
-                port_hi: hi,
-            },
-            0,
-        )
-        .unwrap();
+    netplane::agent::snat::set_masquerade_slot(
+        &mut dp,
+        SnatSlot {
+            nat_ip: key(NODE0.into()),
+            port_lo: lo,
+            port_hi: hi,
+        },
+    )
+    .unwrap();
     dp
 }
 

@@ -57,15 +57,13 @@ fn datapath(events: bool) -> Result<Datapath> {
         },
         0,
     )?;
-    let mut slots: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
-    slots.set(
-        0,
+    netplane::agent::snat::set_masquerade_slot(
+        &mut dp,
         SnatSlot {
             nat_ip: key(NODE0.into()),
             port_lo: 1024,
             port_hi: 65535,
         },
-        0,
     )?;
     Ok(dp)
 }
@@ -192,20 +190,27 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
         );
         sample("SNAT new flow (allocates a port)", programs::FROM_POD, ns);
         for (path, fill) in NEW_FLOW_FILLS {
-            sample(path, programs::FROM_POD, new_flow_at_fill(fill, round)?);
+            let ns = new_flow_at_fill(fill, round, FILL_RUNS)?;
+            sample(path, programs::FROM_POD, ns);
         }
     }
     Ok(out)
 }
 
 /// New flows timed with a share of the node's ports toward their
-/// destination already held.
-const NEW_FLOW_FILLS: [(&str, f64); 2] = [
+/// destination already held: the allocation's cost curve, up to 64 ports
+/// left.
+const NEW_FLOW_FILLS: [(&str, f64); 6] = [
+    ("SNAT new flow, 1 % of ports held", 0.01),
     ("SNAT new flow, 10 % of ports held", 0.10),
+    ("SNAT new flow, 50 % of ports held", 0.50),
+    ("SNAT new flow, 90 % of ports held", 0.90),
     ("SNAT new flow, 99 % of ports held", 0.99),
+    ("SNAT new flow, 99.9 % of ports held", 0.999),
 ];
 /// New flows timed at each fill: few enough that the fill barely moves
-/// (99 % of 64,512 ports leaves 645 free).
+/// (99 % of 64,512 ports leaves 645 free; at 99.9 % half the 65 free are
+/// timed).
 const FILL_RUNS: usize = 200;
 /// Another pod on pod-0-0's interface, whose flows hold the ports.
 const HOLDER: [u8; 4] = [10, 244, 0, 9];
@@ -216,7 +221,7 @@ const HOLDER: [u8; 4] = [10, 244, 0, 9];
 /// whose port is held walks to the next free one (the node keeps a pod's
 /// port when it can, as Linux's MASQUERADE does). A fresh data path each
 /// time, so the fill is exact.
-fn new_flow_at_fill(fill: f64, round: usize) -> Result<std::time::Duration> {
+fn new_flow_at_fill(fill: f64, round: usize, runs: usize) -> Result<std::time::Duration> {
     let mut dp = datapath(false)?;
     let mut pods = dp.pods_map()?;
     let holder = netplane_common::LocalPod {
@@ -236,7 +241,8 @@ fn new_flow_at_fill(fill: f64, round: usize) -> Result<std::time::Duration> {
         anyhow::ensure!(verdict == TC_ACT_REDIRECT, "filling: {verdict}");
     }
     shuffle(&mut ports, 0x9e37_79b9_7f4a_7c15 ^ round as u64);
-    let frames: Vec<Vec<u8>> = ports[..FILL_RUNS]
+    let runs = runs.min((ports.len() - held) / 2).max(1);
+    let frames: Vec<Vec<u8>> = ports[..runs]
         .iter()
         .map(|&p| tcp_frame(pod, (POD_A, p), (INTERNET, dport), true))
         .collect();
@@ -244,8 +250,8 @@ fn new_flow_at_fill(fill: f64, round: usize) -> Result<std::time::Duration> {
     let ns = dp.time_frames(programs::FROM_POD, frames.iter().map(Vec::as_slice))?;
     let made = allocations(&mut dp)? - before;
     anyhow::ensure!(
-        made == FILL_RUNS as u64 && before == held as u64,
-        "{made} allocations for {FILL_RUNS} new flows after {before} of {held}"
+        made == runs as u64 && before == held as u64,
+        "{made} allocations for {runs} new flows after {before} of {held}"
     );
     Ok(ns)
 }

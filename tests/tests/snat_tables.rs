@@ -14,7 +14,7 @@ use netplane::{
 use netplane_common::{
     DropReason, Path,
     maps::programs,
-    nat::{FlowKey, NatEntry, NatReverse, Phase, names},
+    nat::{FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, names},
 };
 use netplane_tests::{privileged, world::*};
 
@@ -413,6 +413,84 @@ fn the_whole_pool_is_usable_toward_one_destination() {
     assert_eq!(batched.len(), 64_512);
     let batched: std::collections::HashMap<FlowKey, NatEntry> = batched.into_iter().collect();
     assert_eq!(batched, one_by_one);
+}
+
+/// Node-0's TCP port bitmap, as the programs see it.
+fn port_bitmap(dp: &mut Datapath) -> PortBitmap {
+    let map: HashMap<_, u64, PortBitmap> =
+        HashMap::try_from(dp.map(names::PORT_BITMAPS).unwrap()).unwrap();
+    map.get(&PortBitmap::key(key(NODE0.into()), PROTO_TCP), 0)
+        .expect("node-0 has a TCP port bitmap")
+}
+
+fn set_port_bitmap(dp: &mut Datapath, b: PortBitmap) {
+    let mut map: HashMap<_, u64, PortBitmap> =
+        HashMap::try_from(dp.map(names::PORT_BITMAPS).unwrap()).unwrap();
+    map.insert(PortBitmap::key(key(NODE0.into()), PROTO_TCP), b, 0)
+        .unwrap();
+}
+
+#[test]
+fn the_port_bitmap_follows_claims_and_collection() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(20000, 20255); // 256 ports
+    let (ports, failed) = open_flows(&mut dp, 1000, 100);
+    assert_eq!((ports.len(), failed), (100, 0));
+    let b = port_bitmap(&mut dp);
+    let marked: Vec<u16> = (0..=u16::MAX).filter(|p| b.is_set(*p)).collect();
+    let mut held = ports.clone();
+    held.sort_unstable();
+    assert_eq!(marked, held, "the bitmap marks exactly the claimed ports");
+    // The collector frees a third; their bits go with their marks.
+    let freed = collector::collect_where(&mut dp, |k, _| k.src_port % 3 == 0).unwrap();
+    assert!(!freed.is_empty());
+    let b = port_bitmap(&mut dp);
+    for (_, e) in &freed {
+        assert!(!b.is_set(e.nat_port), "port {} still marked", e.nat_port);
+    }
+    let kept = held.len() - freed.len();
+    assert_eq!((0..=u16::MAX).filter(|p| b.is_set(*p)).count(), kept);
+}
+
+#[test]
+fn a_stale_port_bitmap_costs_time_never_a_port() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(20000, 20255); // 256 ports
+    let (ports, _) = open_flows(&mut dp, 1000, 200);
+    assert_eq!(ports.len(), 200);
+    // Every bit set: the search finds nothing and the walk finds the 56
+    // free ports.
+    set_port_bitmap(
+        &mut dp,
+        PortBitmap {
+            words: [u64::MAX; netplane_common::nat::PORT_BITMAP_WORDS],
+        },
+    );
+    let (more, failed) = open_flows(&mut dp, 2000, 56);
+    assert_eq!((more.len(), failed), (56, 0));
+    // Every bit clear while all 256 are held toward this destination: each
+    // zero is refused, the pool is still exhausted cleanly, and another
+    // destination still gets a port.
+    set_port_bitmap(&mut dp, PortBitmap::EMPTY);
+    let (none, failed) = open_flows(&mut dp, 3000, 3);
+    assert_eq!((none.len(), failed), (0, 3));
+    let (v, _) = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp_port(POD_A, 4000, OTHER_REMOTE, 80, FROM_POD_A),
+    );
+    assert_eq!(v, TC_ACT_REDIRECT);
+    // The refused zeros were marked again on the way: at least one in
+    // each of the pool's five words.
+    let b = port_bitmap(&mut dp);
+    for w in 20000 / 64..=20255 / 64 {
+        assert_ne!(b.words[w], 0, "word {w}");
+    }
+    assert_eq!(assert_accounting_exact(&mut dp), 257);
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub struct Target {
     /// Keep the original port when it is free, as Linux's MASQUERADE does
     /// (the node stage); the load balancer gives ports from a block.
     pub keep_port: bool,
+    /// Search the SNAT IP's port bitmap before walking (the node). The load
+    /// balancer walks its blocks: it tries up to MAX_FRONTENDS slots, and the
+    /// verifier would check the search once per slot (decisions §44).
+    pub search_bitmap: bool,
 }
 
 /// Translates an outbound packet's source: its flow's translation, found or

@@ -12,8 +12,8 @@ use netplane_common::{
     DropReason,
     events::{FlowEvent, kind},
     nat::{
-        EVICTION_TRIES, FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PROTO_TCP, PROTO_UDP,
-        SnatSlot, owned_key,
+        EVICTION_TRIES, FlowKey, MAX_FRONTENDS, NatEntry, NatReverse, PORT_BITMAP_WORDS, PROTO_TCP,
+        PROTO_UDP, PortBitmap, SnatSlot, owned_key,
     },
 };
 
@@ -21,8 +21,8 @@ use super::{L4, Target};
 use crate::{
     maps::bump,
     maps::{
-        CONE_PEERS, EVICTION_QUEUE, NAT_IN, NAT_OUT, PORT_HINTS, PORT_OWNED, SNAT_ALLOCS,
-        SNAT_EVICTS, SNAT_FAILS, SNAT_SLOTS,
+        CONE_PEERS, EVICTION_QUEUE, NAT_IN, NAT_OUT, PORT_BITMAPS, PORT_HINTS, PORT_OWNED,
+        SNAT_ALLOCS, SNAT_EVICTS, SNAT_FAILS, SNAT_SLOTS,
     },
     packet::{Ipv4, tcp},
 };
@@ -155,23 +155,22 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
     }
     let spread = mix(key);
     let mut i = 0;
+    let mut evicted = false;
     while i < MAX_FRONTENDS {
         if i >= target.count {
             break;
         }
         let slot = target.first + (spread.wrapping_add(i)) % target.count;
-        let claimed = match claim(key, l4, slot, spread, target.keep_port) {
+        // One call site: the verifier checks the claim (and its loops) once
+        // per slot, not once more for the retry.
+        match claim(key, l4, slot, spread, target) {
+            Ok(Some(e)) => return Ok(e),
+            Ok(None) => i += 1,
             // A full table: give up an unreplied flow and try once more, so
             // that a pod spraying destinations cannot stop its neighbours.
-            Err(DropReason::NatTableFull) if evict_unreplied() => {
-                claim(key, l4, slot, spread, target.keep_port)?
-            }
-            other => other?,
-        };
-        if let Some(e) = claimed {
-            return Ok(e);
+            Err(DropReason::NatTableFull) if !evicted && evict_unreplied() => evicted = true,
+            Err(r) => return Err(r),
         }
-        i += 1;
     }
     bump(&SNAT_FAILS, target.first);
     Err(DropReason::NatPortsExhausted)
@@ -209,7 +208,7 @@ fn claim(
     l4: &L4,
     slot: u32,
     spread: u32,
-    keep_port: bool,
+    target: Target,
 ) -> Result<Option<NatEntry>, DropReason> {
     let Some(s) = SNAT_SLOTS.get(slot) else {
         return Ok(None);
@@ -223,10 +222,13 @@ fn claim(
     let dest = FlowKey::new(key.dst_ip, s.nat_ip, key.dst_port, 0, key.proto);
     let own = u32::from(key.src_port);
     let (lo, hi) = (u32::from(s.port_lo), u32::from(s.port_hi));
-    let start = if keep_port && (lo..=hi).contains(&own) {
+    let start = if target.keep_port && (lo..=hi).contains(&own) {
         // Linux's nf_nat tries the original port first: the walk starts
         // there, and goes on through every other port if it is taken.
         own - lo
+    } else if target.search_bitmap {
+        // The bitmap finds the next unheld port from anywhere.
+        spread % size
     } else {
         // SAFETY: the hint is copied out at once; any value is safe (it is
         // reduced modulo the slot size).
@@ -234,6 +236,11 @@ fn claim(
             Some(h) => *h % size,
             None => spread % size,
         }
+    };
+    let bitmap = if target.search_bitmap {
+        PORT_BITMAPS.get_ptr_mut(PortBitmap::key(s.nat_ip, key.proto))
+    } else {
+        None
     };
     let mut probe = Probe {
         key: dest,
@@ -246,19 +253,9 @@ fn claim(
         start,
         found: 0,
         full: 0,
+        bitmap: bitmap.unwrap_or(core::ptr::null_mut()),
     };
-    // Walks every port of the slot at most once: bounded by the slot size,
-    // and a free port is found whenever one exists.
-    // SAFETY: `probe_port` has the callback signature bpf_loop expects, and
-    // `probe` outlives the call.
-    unsafe {
-        bpf_loop(
-            size,
-            probe_port as *mut c_void,
-            &mut probe as *mut Probe as *mut c_void,
-            0,
-        );
-    }
+    find_port(&mut probe);
     if probe.full != 0 {
         // The table itself is full: no port of any slot can help, so stop
         // here rather than walk every port (a table-full flood must not cost
@@ -267,6 +264,9 @@ fn claim(
     }
     if probe.found == 0 {
         return Ok(None);
+    }
+    if let Some(b) = bitmap {
+        mark_used(b, probe.found);
     }
     let port = probe.found as u16;
     let mut rev_key = dest;
@@ -296,8 +296,10 @@ fn claim(
     bump(&SNAT_ALLOCS, slot);
     // BPF_EXIST: a full queue drops its oldest candidate.
     let _ = EVICTION_QUEUE.push(key, BPF_EXIST as u64);
-    let next = (port as u32 - s.port_lo as u32 + 1) % size;
-    let _ = PORT_HINTS.insert(dest, next, 0);
+    if !target.search_bitmap {
+        let next = (port as u32 - s.port_lo as u32 + 1) % size;
+        let _ = PORT_HINTS.insert(dest, next, 0);
+    }
     let owned = owned_key(s.nat_ip, port, key.proto);
     let _ = PORT_OWNED.insert(owned, now, 0);
     crate::events::emit(FlowEvent {
@@ -319,38 +321,170 @@ struct Probe {
     key: FlowKey,
     rev: NatReverse,
     slot: SnatSlot,
+    /// Offset in the slot of the first port to try.
     start: u32,
     found: u32,
     /// Set when an insert failed for want of room, not for a taken port.
     full: u32,
+    /// The ports of this SNAT IP some flow holds; null: none made.
+    bitmap: *mut PortBitmap,
+}
+
+/// Finds and claims a free port toward the probe's destination, in three
+/// steps that each keep the guarantee (a free port is found whenever one
+/// exists) and cost less the later they are needed:
+/// 1. the start port, a pod's own when it can keep it (as Linux's nf_nat);
+/// 2. the ports after it that no flow holds, from the bitmap, 64 a word;
+/// 3. every port after it in turn, a refused insert each, for a bitmap
+///    that is full or lags (a port held toward another destination is free
+///    toward this one).
+#[inline(always)]
+fn find_port(p: &mut Probe) {
+    let size = p.slot.size();
+    if size == 0 || try_port(p, p.start) != Tried::Taken {
+        return;
+    }
+    if !p.bitmap.is_null() {
+        mark_used(p.bitmap, p.key.dst_port as u32);
+        let words = scan_words(p);
+        // SAFETY: `scan_word` has the callback signature bpf_loop expects,
+        // and `p` outlives the call.
+        unsafe {
+            bpf_loop(
+                words.0 + words.1,
+                scan_word as *mut c_void,
+                p as *mut Probe as *mut c_void,
+                0,
+            );
+        }
+        if p.found != 0 || p.full != 0 {
+            return;
+        }
+    }
+    // Walks every other port of the slot once: bounded by the slot size.
+    // SAFETY: as above, for `probe_port`.
+    unsafe {
+        bpf_loop(
+            size - 1,
+            probe_port as *mut c_void,
+            p as *mut Probe as *mut c_void,
+            0,
+        );
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Tried {
+    Claimed,
+    Taken,
+    Full,
+}
+
+/// Claims port (start + offset) of the slot toward the destination.
+#[inline(always)]
+fn try_port(p: &mut Probe, offset: u32) -> Tried {
+    let port = p.slot.port_lo as u32 + offset % p.slot.size().max(1);
+    p.key.dst_port = port as u16;
+    match NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            p.found = port;
+            Tried::Claimed
+        }
+        Err(e) if i64::from(e) == -EEXIST => Tried::Taken,
+        Err(_) => {
+            p.full = 1;
+            Tried::Full
+        }
+    }
 }
 
 /// The error BPF_NOEXIST reports for a key that exists: the port is taken.
 const EEXIST: i64 = 17;
 
-/// bpf_loop callback: claims port (start + i) of the slot if no flow to the
-/// same destination holds it. Returns 1 to stop.
+/// bpf_loop callback: the walk's step `i`, port (start + 1 + i). Returns 1
+/// to stop.
 unsafe extern "C" fn probe_port(i: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `claim` gave it, to a live
-    // `Probe` on its stack.
+    // SAFETY: bpf_loop passes back the pointer `find_port` gave it, to a
+    // live `Probe` on its stack.
     let p = unsafe { &mut *(ctx as *mut Probe) };
-    let size = p.slot.size();
-    if size == 0 {
+    let start = p.start;
+    match try_port(p, start + 1 + i) {
+        Tried::Taken => 0,
+        Tried::Claimed | Tried::Full => 1,
+    }
+}
+
+/// The bitmap search covers the ports after the start port to the slot's
+/// end, then from its beginning up to the start port: (words of the
+/// first part, words of the second).
+#[inline(always)]
+fn scan_words(p: &Probe) -> (u32, u32) {
+    let (lo, hi) = (p.slot.port_lo as u32, p.slot.port_hi as u32);
+    let s = lo + p.start;
+    let after = if s < hi {
+        hi / 64 - (s + 1) / 64 + 1
+    } else {
+        0
+    };
+    let before = if s > lo {
+        (s - 1) / 64 - lo / 64 + 1
+    } else {
+        0
+    };
+    (after, before)
+}
+
+/// bpf_loop callback: the bitmap search's word `i` (see `scan_words`):
+/// tries its lowest zero bit in the searched range. A refused port is
+/// marked (a flow to this destination holds it) and the search goes on
+/// from the next word: the walk after the search still finds any free port
+/// it skipped. Returns 1 to stop.
+unsafe extern "C" fn scan_word(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: as in `probe_port`.
+    let p = unsafe { &mut *(ctx as *mut Probe) };
+    let (lo, hi) = (p.slot.port_lo as u32, p.slot.port_hi as u32);
+    let s = lo + p.start;
+    let (after, _) = scan_words(p);
+    let (first, last, w) = if i < after {
+        (s + 1, hi, (s + 1) / 64 + i)
+    } else {
+        (lo, s - 1, lo / 64 + (i - after))
+    };
+    if w as usize >= PORT_BITMAP_WORDS || p.bitmap.is_null() {
         return 1;
     }
-    let port = p.slot.port_lo as u32 + (p.start + i) % size;
-    p.key.dst_port = port as u16;
-    match NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            p.found = port;
-            1
-        }
-        Err(e) if i64::from(e) == -EEXIST => 0,
-        Err(_) => {
-            p.full = 1;
-            1
+    let mut range = !0u64;
+    if w == first / 64 {
+        range &= !0u64 << (first % 64);
+    }
+    if w == last / 64 {
+        range &= !0u64 >> (63 - last % 64);
+    }
+    // SAFETY: a live map value (null checked above), `w` in bounds.
+    let free = !unsafe { (*p.bitmap).words[w as usize] } & range;
+    if free == 0 {
+        return 0;
+    }
+    let port = w * 64 + free.trailing_zeros();
+    match try_port(p, port - lo) {
+        Tried::Claimed | Tried::Full => 1,
+        Tried::Taken => {
+            mark_used(p.bitmap, port);
+            0
         }
     }
+}
+
+/// Sets `port`'s bit: some flow holds it.
+#[inline(always)]
+fn mark_used(bitmap: *mut PortBitmap, port: u32) {
+    let (w, bit) = PortBitmap::word_and_bit(port as u16);
+    // SAFETY: a live map value (the caller checked it is not null), `w`
+    // below PORT_BITMAP_WORDS by construction. Not atomic (the BPF target
+    // has no fetch_or): two CPUs setting bits of one word at once may lose
+    // one, a stale zero that the next search repairs with one refused
+    // insert.
+    unsafe { (*bitmap).words[w] |= bit };
 }
 
 /// A cheap mix of the tuple: where a flow starts probing.

@@ -195,6 +195,7 @@ impl Collector {
                         .map(|(k, _)| k)
                         .collect();
                     crate::datapath::delete_batch(owned, &stale)?;
+                    super::snat::release_ports(dp, &stale)?;
                     if self.walk.done() {
                         self.held = HashSet::new();
                         self.enter(Phase::Idle);

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
-use netplane_common::nat::{NatConfig, SnatSlot, names};
+use netplane_common::nat::{
+    BITMAP_PROTOS, FlowKey, MAX_SNAT_IPS, NatConfig, PortBitmap, SnatSlot, names,
+};
 
 use crate::{
     config::{
@@ -31,13 +33,13 @@ pub fn configure_node(dp: &mut Datapath, c: &Cluster, node_ip: Ipv4Addr) -> Resu
         },
     )?;
     let [lo, hi] = c.outbound.port_range;
-    set_slots(
+    set_masquerade_slot(
         dp,
-        &[SnatSlot {
+        SnatSlot {
             nat_ip: key(node_ip),
             port_lo: lo,
             port_hi: hi,
-        }],
+        },
     )
 }
 
@@ -108,6 +110,86 @@ fn set_slots(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
     let mut a: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
     for (i, s) in slots.iter().enumerate() {
         a.set(i as u32, *s, 0)?;
+    }
+    Ok(())
+}
+
+/// The node's one slot, and its SNAT IP's port bitmaps (the node searches
+/// them; the load balancer walks its blocks).
+pub fn set_masquerade_slot(dp: &mut Datapath, slot: SnatSlot) -> Result<()> {
+    set_slots(dp, &[slot])?;
+    make_port_bitmaps(dp, &[slot])
+}
+
+/// One port bitmap per SNAT IP of `slots` and protocol, holding the ports
+/// the owned-port marks hold (a restarted agent's flows, a snapshot's),
+/// and none for IPs no longer in use. An IP beyond MAX_SNAT_IPS gets none:
+/// its new flows walk.
+pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
+    let mut ips: Vec<u32> = Vec::new();
+    for s in slots.iter().filter(|s| s.nat_ip != 0) {
+        if !ips.contains(&s.nat_ip) {
+            ips.push(s.nat_ip);
+        }
+    }
+    ips.truncate(MAX_SNAT_IPS as usize);
+    let wanted: Vec<u64> = ips
+        .iter()
+        .flat_map(|ip| BITMAP_PROTOS.map(|p| PortBitmap::key(*ip, p)))
+        .collect();
+    let mut bitmaps: Vec<(u64, Box<PortBitmap>)> = wanted
+        .iter()
+        .map(|k| (*k, Box::new(PortBitmap::EMPTY)))
+        .collect();
+    let owned: HashMap<_, FlowKey, u64> = HashMap::try_from(dp.map(names::PORT_OWNED)?)?;
+    for k in owned.keys() {
+        let k = k?;
+        if let Some((_, b)) = bitmaps
+            .iter_mut()
+            .find(|(key, _)| *key == PortBitmap::key(k.dst_ip, k.proto))
+        {
+            b.set(k.dst_port);
+        }
+    }
+    let mut map: HashMap<_, u64, PortBitmap> = HashMap::try_from(dp.map(names::PORT_BITMAPS)?)?;
+    let stale: Vec<u64> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for k in stale {
+        map.remove(&k)?;
+    }
+    for (k, b) in bitmaps {
+        map.insert(k, *b, 0)?;
+    }
+    Ok(())
+}
+
+/// Clears the bits of ports no flow holds any more (the collector's
+/// cleared owned-port marks). A bit a claim sets between this read and
+/// write is lost: a stale zero, which the search repairs.
+pub fn release_ports(dp: &mut Datapath, ports: &[FlowKey]) -> Result<()> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let mut map: HashMap<_, u64, PortBitmap> = HashMap::try_from(dp.map(names::PORT_BITMAPS)?)?;
+    let mut keys: Vec<u64> = ports
+        .iter()
+        .map(|k| PortBitmap::key(k.dst_ip, k.proto))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let Ok(mut b) = map.get(&key, 0) else {
+            continue; // no bitmap for this IP
+        };
+        for k in ports {
+            if PortBitmap::key(k.dst_ip, k.proto) == key {
+                b.clear(k.dst_port);
+            }
+        }
+        map.insert(key, b, 0)?;
     }
     Ok(())
 }
