@@ -223,8 +223,8 @@ fn claim(
     let own = u32::from(key.src_port);
     let (lo, hi) = (u32::from(s.port_lo), u32::from(s.port_hi));
     let start = if target.keep_port && (lo..=hi).contains(&own) {
-        // Linux's nf_nat tries the original port first: the walk starts
-        // there, and goes on through every other port if it is taken.
+        // Linux's nf_nat tries the original port first; if it is taken,
+        // the search (find_port) goes on from there.
         own - lo
     } else if target.search_bitmap {
         // The bitmap finds the next unheld port from anywhere.

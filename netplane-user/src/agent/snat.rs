@@ -141,9 +141,10 @@ pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
         .iter()
         .map(|k| (*k, Box::new(PortBitmap::EMPTY)))
         .collect();
-    let owned: HashMap<_, FlowKey, u64> = HashMap::try_from(dp.map(names::PORT_OWNED)?)?;
-    for k in owned.keys() {
-        let k = k?;
+    // Batched: a restarted agent may find 262,144 marks.
+    let owned: Vec<(FlowKey, u64)> =
+        crate::datapath::dump_hash(dp.hash_map_data(names::PORT_OWNED)?)?;
+    for (k, _) in owned {
         if let Some((_, b)) = bitmaps
             .iter_mut()
             .find(|(key, _)| *key == PortBitmap::key(k.dst_ip, k.proto))
