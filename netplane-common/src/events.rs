@@ -43,6 +43,15 @@ pub const EVENTS_PER_SEC_PER_CPU: u64 = 2_000;
 pub const EVENT_BURST: u64 = 2_000;
 /// Size of the ring buffer (a power of two pages).
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
+/// Unread bytes past which a program wakes the agent. Below it the agent
+/// drains the ring on its own clock, so that a run of new flows does not
+/// wake it once per event (each wakeup preempts whatever runs on that CPU:
+/// the traffic). A quarter of the ring: two CPUs' whole burst fits above
+/// it, so nothing is lost to a drain that comes late.
+pub const EVENT_WAKEUP_BYTES: u64 = EVENT_RING_BYTES as u64 / 4;
+/// How often the agent drains the ring unwoken (ms): how late a flow event
+/// reaches the log at most, short of the wakeup above.
+pub const EVENT_DRAIN_INTERVAL_MS: u64 = 100;
 
 pub mod names {
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";

@@ -22,4 +22,4 @@ pub mod nat;
 pub mod services;
 
 pub use counters::{DropReason, Path};
-pub use maps::{LocalPod, NodeConfig, RouteTarget};
+pub use maps::{LocalPod, NodeConfig, PodSlot, RouteTarget};

@@ -7,6 +7,7 @@
 pub mod names {
     pub const ROUTES: &str = "ROUTES";
     pub const LOCAL_PODS: &str = "LOCAL_PODS";
+    pub const POD_SLOTS: &str = "POD_SLOTS";
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const DROPS: &str = "DROPS";
     pub const PATHS: &str = "PATHS";
@@ -16,9 +17,10 @@ pub mod names {
     pub use crate::{events::names::*, nat::names::*, services::names::*};
     /// Pinned maps (PORT_HINTS, PORT_BITMAPS and EVENT_BUDGET are per load:
     /// two hints and a rate limiter).
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         ROUTES,
         LOCAL_PODS,
+        POD_SLOTS,
         NODE_CONFIG,
         DROPS,
         PATHS,
@@ -68,6 +70,30 @@ pub mod programs {
 pub const MAX_ROUTES: u32 = 1024;
 /// LOCAL_PODS capacity (above limits::MAX_PODS_PER_NODE_AKS).
 pub const MAX_LOCAL_PODS: u32 = 256;
+
+/// POD_SLOTS length: a power of two, so that the slot is the ifindex's low
+/// bits. Two live veths whose ifindexes share a slot are correct but slower
+/// (the later one's packets take the LOCAL_PODS lookup).
+pub const POD_SLOTS_LEN: u32 = 1024;
+
+/// POD_SLOTS index of a veth's ifindex.
+#[inline(always)]
+pub const fn pod_slot(ifindex: u32) -> u32 {
+    ifindex & (POD_SLOTS_LEN - 1)
+}
+
+/// POD_SLOTS value: the pod behind a host-side veth, so that `from_pod`'s
+/// anti-spoofing check is an array read rather than a hash lookup. A slot
+/// only ever confirms: a packet whose (ifindex, source) it does not hold
+/// takes the LOCAL_PODS check, which decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodSlot {
+    /// The veth's ifindex (0: empty).
+    pub ifindex: u32,
+    /// The pod's IP ([`ip_key`] form).
+    pub ip: u32,
+}
 
 /// Flows opened toward this node's pods from outside the cluster pod CIDR
 /// (another node, a hostNetwork pod) that INBOUND_FLOWS remembers so that
@@ -124,12 +150,14 @@ impl NodeConfig {
     }
 }
 
-kernel_abi!(LocalPod => 16, RouteTarget => 4, NodeConfig => 16);
+kernel_abi!(LocalPod => 16, PodSlot => 8, RouteTarget => 4, NodeConfig => 16);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::LocalPod {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PodSlot {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::RouteTarget {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).

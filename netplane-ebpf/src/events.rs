@@ -3,13 +3,17 @@
 //! packets never come here.
 use aya_ebpf::{
     Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use netplane_common::{
     DropReason,
-    events::{EVENT_BURST, EVENT_RING_BYTES, EVENTS_PER_SEC_PER_CPU, EventBudget, FlowEvent, kind},
+    events::{
+        EVENT_BURST, EVENT_RING_BYTES, EVENT_WAKEUP_BYTES, EVENTS_PER_SEC_PER_CPU, EventBudget,
+        FlowEvent, kind,
+    },
 };
 
 use crate::{
@@ -54,12 +58,23 @@ pub fn emit(mut ev: FlowEvent) {
     }
     if b.tokens == 0 || {
         ev.ts_ns = now;
-        FLOW_EVENTS.output::<FlowEvent>(&ev, 0).is_err()
+        FLOW_EVENTS.output::<FlowEvent>(&ev, wakeup()).is_err()
     } {
         bump(&EVENTS_SUPPRESSED, 0);
         return;
     }
     b.tokens -= 1;
+}
+
+/// Wake the agent only when the ring fills up; it drains on its own clock
+/// (EVENT_DRAIN_INTERVAL_MS) otherwise.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if FLOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENT_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 /// A drop, with the packet's addresses when it is IPv4.

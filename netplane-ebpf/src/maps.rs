@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
 use netplane_common::{
-    DropReason, LocalPod, NodeConfig, Path, RouteTarget,
+    DropReason, LocalPod, NodeConfig, Path, PodSlot, RouteTarget,
     counters::PathCounter,
-    maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES},
+    maps::{MAX_INBOUND_FLOWS, MAX_LOCAL_PODS, MAX_ROUTES, POD_SLOTS_LEN},
     nat::{
         BITMAP_PROTOS, EVICTION_CANDIDATES, FlowKey, FragKey, FragPorts, MAX_CONE_PEERS,
         MAX_FRAGMENTED_DATAGRAMS, MAX_NAT_ENTRIES, MAX_PORT_HINTS, MAX_SNAT_IPS, MAX_SNAT_SLOTS,
@@ -34,6 +34,11 @@ pub static INBOUND_FLOWS: LruHashMap<FlowKey, u64> =
 /// Pods on this node: pod IP -> veth ifindex and MACs.
 #[map]
 pub static LOCAL_PODS: HashMap<u32, LocalPod> = HashMap::with_max_entries(MAX_LOCAL_PODS, 0);
+
+/// Host-side veth ifindex (its low bits) -> the pod behind it: the
+/// anti-spoofing check's fast answer (netplane_common::maps::PodSlot).
+#[map]
+pub static POD_SLOTS: Array<PodSlot> = Array::with_max_entries(POD_SLOTS_LEN, 0);
 
 /// This node: slot 0.
 #[map]

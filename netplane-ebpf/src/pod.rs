@@ -37,17 +37,14 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // own veth.
     // SAFETY: the skb pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match route::local_pod(ip.src) {
-        Some(pod) if pod.ifindex == ifindex => {}
-        _ => {
-            debug!(
-                ctx,
-                "spoofed source {:i} on ifindex {}",
-                u32::from_be(ip.src),
-                ifindex
-            );
-            return Err(DropReason::SpoofedSource);
-        }
+    if !route::pod_sends_as(ifindex, ip.src) {
+        debug!(
+            ctx,
+            "spoofed source {:i} on ifindex {}",
+            u32::from_be(ip.src),
+            ifindex
+        );
+        return Err(DropReason::SpoofedSource);
     }
 
     match service::from_client(ctx, cfg, &ip)? {

@@ -6,12 +6,15 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netplane_common::{DropReason, LocalPod, NodeConfig, Path, maps::MARK_ROUTED};
+use netplane_common::{
+    DropReason, LocalPod, NodeConfig, Path,
+    maps::{MARK_ROUTED, pod_slot},
+};
 use network_types::eth::EthHdr;
 
 use crate::{
     counters::count,
-    maps::{LOCAL_PODS, NODE_CONFIG, ROUTES},
+    maps::{LOCAL_PODS, NODE_CONFIG, POD_SLOTS, ROUTES},
     packet::{self, Ipv4},
 };
 
@@ -37,6 +40,20 @@ pub fn local_pod(ip: u32) -> Option<&'static LocalPod> {
     // SAFETY: the agent replaces values whole; a reader sees an old or a new
     // one, both valid.
     unsafe { LOCAL_PODS.get(ip) }
+}
+
+/// True when `ip` is the pod behind the veth `ifindex`: its POD_SLOTS
+/// slot says so, or else LOCAL_PODS does (a slot two veths share, or one
+/// not written yet).
+#[inline(always)]
+pub fn pod_sends_as(ifindex: u32, ip: u32) -> bool {
+    if let Some(slot) = POD_SLOTS.get(pod_slot(ifindex))
+        && slot.ifindex == ifindex
+        && slot.ip == ip
+    {
+        return true;
+    }
+    local_pod(ip).is_some_and(|pod| pod.ifindex == ifindex)
 }
 
 /// The owner node of `ip` from the UDR table (longest prefix match).

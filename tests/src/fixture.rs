@@ -79,7 +79,6 @@ pub fn node0_datapath_loaded(opts: &LoadOptions) -> Datapath {
         )
         .unwrap();
     }
-    let mut pods = dp.pods_map().unwrap();
     let a = LocalPod {
         ifindex: 1,
         pod_mac: POD_A_MAC,
@@ -90,8 +89,8 @@ pub fn node0_datapath_loaded(opts: &LoadOptions) -> Datapath {
         pod_mac: POD_B_MAC,
         host_mac: POD_B_HOST_MAC,
     };
-    pods.insert(key(POD_A.into()), a, 0).unwrap();
-    pods.insert(key(POD_B.into()), b, 0).unwrap();
+    dp.add_pod(key(POD_A.into()), a).unwrap();
+    dp.add_pod(key(POD_B.into()), b).unwrap();
     dp
 }
 

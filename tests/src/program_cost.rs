@@ -3,12 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use aya::maps::Array;
 use etherparse::PacketBuilder;
-use netplane_common::{
-    maps::programs,
-    nat::{NatConfig, SnatSlot, names},
-};
+use netplane_common::{maps::programs, nat::names};
 use serde::Serialize;
 
 use netplane::datapath::{Datapath, key};
@@ -43,29 +39,9 @@ fn tcp_frame(
     out
 }
 
+/// node-0 with the masquerade on over the whole port range.
 fn datapath(events: bool) -> Result<Datapath> {
-    let mut dp = node0_datapath_with(events);
-    let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG)?)?;
-    cfg.set(
-        0,
-        NatConfig {
-            gateway_ip: key([10, 224, 0, 1].into()),
-            subnet: key([10, 224, 0, 0].into()),
-            subnet_mask: key([255, 255, 0, 0].into()),
-            slots_per_backend: 1,
-            ..Default::default()
-        },
-        0,
-    )?;
-    netplane::agent::snat::set_masquerade_slot(
-        &mut dp,
-        SnatSlot {
-            nat_ip: key(NODE0.into()),
-            port_lo: 1024,
-            port_hi: 65535,
-        },
-    )?;
-    Ok(dp)
+    Ok(masquerade_on(node0_datapath_with(events), 1024, 65535))
 }
 
 /// The cost of flow events: each case timed with the programs built to
@@ -124,26 +100,14 @@ pub struct PathCost {
 /// interleaved rounds. New flows each get their own source port, so every
 /// run allocates.
 pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
-    let pod = (POD_A_MAC, POD_A_HOST_MAC);
-    let same_node = tcp_frame(pod, (POD_A, 40000), (POD_B, 8080), false);
-    let cross_node = tcp_frame(pod, (POD_A, 40000), (REMOTE_POD, 8080), false);
-    let snat = tcp_frame(pod, (POD_A, 40000), (INTERNET, 443), false);
     let mut dp = datapath(false)?;
-    let (verdict, out) = dp.run(programs::FROM_POD, &snat, 0, 0)?;
-    anyhow::ensure!(
-        verdict == TC_ACT_REDIRECT,
-        "SNAT frame not forwarded ({verdict})"
-    );
-    let translated = etherparse::SlicedPacket::from_ethernet(&out)?;
-    let Some(etherparse::TransportSlice::Tcp(t)) = translated.transport else {
-        anyhow::bail!("SNAT output is not TCP");
-    };
-    let reply = tcp_frame(
-        (PEER_NODE_MAC, UPLINK_MAC),
-        (INTERNET, 443),
-        (NODE0, t.source_port()),
-        false,
-    );
+    let Frames {
+        same_node,
+        cross_node,
+        snat,
+        reply,
+    } = Frames::on(&mut dp)?;
+    let pod = (POD_A_MAC, POD_A_HOST_MAC);
     let mut out: Vec<PathCost> = Vec::new();
     let mut sample = |path, program, ns: std::time::Duration| {
         let ns = ns.as_nanos() as f64;
@@ -157,16 +121,13 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
         }
     };
     for round in 0..rounds {
+        use ProfiledPath as P;
         let fixed: [(&'static str, &'static str, &[u8]); 5] = [
-            (
-                "floor: parse + redirect",
-                programs::BENCH_FLOOR,
-                &cross_node,
-            ),
+            (P::Floor.cost_row(), programs::BENCH_FLOOR, &cross_node),
             ("same node", programs::FROM_POD, &same_node),
-            ("cross node", programs::FROM_POD, &cross_node),
-            ("SNAT established", programs::FROM_POD, &snat),
-            ("reverse NAT (reply)", programs::FROM_UPLINK, &reply),
+            (P::CrossNode.cost_row(), programs::FROM_POD, &cross_node),
+            (P::SnatEstablished.cost_row(), programs::FROM_POD, &snat),
+            (P::ReverseNat.cost_row(), programs::FROM_UPLINK, &reply),
         ];
         for (path, program, frame) in fixed {
             sample(path, program, dp.time(program, frame, runs)?);
@@ -188,13 +149,133 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
             "{made} allocations for {} new flows",
             new_flows.len()
         );
-        sample("SNAT new flow (allocates a port)", programs::FROM_POD, ns);
+        sample(P::SnatNewFlow.cost_row(), programs::FROM_POD, ns);
         for (path, fill) in NEW_FLOW_FILLS {
             let ns = new_flow_at_fill(fill, round, FILL_RUNS)?;
             sample(path, programs::FROM_POD, ns);
         }
     }
     Ok(out)
+}
+
+/// The frames of the fixed paths on node-0's world; the SNAT flow is made
+/// in `dp`, so `snat` and `reply` are its established packets.
+struct Frames {
+    same_node: Vec<u8>,
+    cross_node: Vec<u8>,
+    snat: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+impl Frames {
+    fn on(dp: &mut Datapath) -> Result<Frames> {
+        let pod = (POD_A_MAC, POD_A_HOST_MAC);
+        let snat = tcp_frame(pod, (POD_A, 40000), (INTERNET, 443), false);
+        let (verdict, out) = dp.run(programs::FROM_POD, &snat, 0, 0)?;
+        anyhow::ensure!(
+            verdict == TC_ACT_REDIRECT,
+            "SNAT frame not forwarded ({verdict})"
+        );
+        let translated = etherparse::SlicedPacket::from_ethernet(&out)?;
+        let Some(etherparse::TransportSlice::Tcp(t)) = translated.transport else {
+            anyhow::bail!("SNAT output is not TCP");
+        };
+        Ok(Frames {
+            same_node: tcp_frame(pod, (POD_A, 40000), (POD_B, 8080), false),
+            cross_node: tcp_frame(pod, (POD_A, 40000), (REMOTE_POD, 8080), false),
+            snat,
+            reply: tcp_frame(
+                (PEER_NODE_MAC, UPLINK_MAC),
+                (INTERNET, 443),
+                (NODE0, t.source_port()),
+                false,
+            ),
+        })
+    }
+}
+
+/// A path `run_path` repeats for a profiler to watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfiledPath {
+    Floor,
+    CrossNode,
+    SnatEstablished,
+    ReverseNat,
+    /// Each run a fresh source port: every run claims a port.
+    SnatNewFlow,
+}
+
+impl ProfiledPath {
+    pub const ALL: [ProfiledPath; 5] = [
+        ProfiledPath::Floor,
+        ProfiledPath::CrossNode,
+        ProfiledPath::SnatEstablished,
+        ProfiledPath::ReverseNat,
+        ProfiledPath::SnatNewFlow,
+    ];
+
+    /// The row of `program_costs` this path is.
+    pub fn cost_row(self) -> &'static str {
+        match self {
+            ProfiledPath::Floor => "floor: parse + redirect",
+            ProfiledPath::CrossNode => "cross node",
+            ProfiledPath::SnatEstablished => "SNAT established",
+            ProfiledPath::ReverseNat => "reverse NAT (reply)",
+            ProfiledPath::SnatNewFlow => "SNAT new flow (allocates a port)",
+        }
+    }
+}
+
+/// New flows per data path in `run_path`: well inside the NAT table, so
+/// no run evicts.
+const NEW_FLOWS_PER_DATAPATH: u32 = 120_000;
+
+/// Runs one path over and over, one run per frame as `program_costs` times
+/// them, for `secs` seconds or `max_runs` runs, whichever ends first:
+/// something for `perf record` to sample. Returns the runs made.
+pub fn run_path(path: ProfiledPath, secs: f64, max_runs: u64) -> Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    let mut dp = datapath(false)?;
+    let frames = Frames::on(&mut dp)?;
+    let (program, frame) = match path {
+        ProfiledPath::Floor => (programs::BENCH_FLOOR, &frames.cross_node),
+        ProfiledPath::CrossNode => (programs::FROM_POD, &frames.cross_node),
+        ProfiledPath::SnatEstablished => (programs::FROM_POD, &frames.snat),
+        ProfiledPath::ReverseNat => (programs::FROM_UPLINK, &frames.reply),
+        ProfiledPath::SnatNewFlow => return run_new_flows(deadline, max_runs),
+    };
+    let mut runs = 0;
+    while runs < max_runs && std::time::Instant::now() < deadline {
+        dp.time(program, frame, 1_000)?;
+        runs += 1_000;
+    }
+    Ok(runs)
+}
+
+/// New flows from pod A toward the internet: 60,000 source ports per
+/// destination port, a fresh data path every NEW_FLOWS_PER_DATAPATH.
+fn run_new_flows(deadline: std::time::Instant, max_runs: u64) -> Result<u64> {
+    let pod = (POD_A_MAC, POD_A_HOST_MAC);
+    let mut runs = 0u64;
+    while runs < max_runs && std::time::Instant::now() < deadline {
+        let mut dp = datapath(false)?;
+        for i in 0..NEW_FLOWS_PER_DATAPATH / 1_000 {
+            let frames: Vec<Vec<u8>> = (0..1_000u32)
+                .map(|j| {
+                    let n = i * 1_000 + j;
+                    let dport = 10_000 + (n / 60_000) as u16;
+                    let sport = 1024 + (n % 60_000) as u16;
+                    tcp_frame(pod, (POD_A, sport), (INTERNET, dport), true)
+                })
+                .collect();
+            dp.time_frames(programs::FROM_POD, frames.iter().map(Vec::as_slice))?;
+            runs += 1_000;
+            if runs >= max_runs || std::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+    Ok(runs)
 }
 
 /// New flows timed with a share of the node's ports toward their
@@ -223,13 +304,14 @@ const HOLDER: [u8; 4] = [10, 244, 0, 9];
 /// time, so the fill is exact.
 fn new_flow_at_fill(fill: f64, round: usize, runs: usize) -> Result<std::time::Duration> {
     let mut dp = datapath(false)?;
-    let mut pods = dp.pods_map()?;
     let holder = netplane_common::LocalPod {
         ifindex: 1, // the test runs' device, as pod-0-0's
         pod_mac: POD_A_MAC,
         host_mac: POD_A_HOST_MAC,
     };
-    pods.insert(key(HOLDER.into()), holder, 0)?;
+    // Into LOCAL_PODS alone: the holder only fills, through the hash
+    // check; the timed pod A keeps the device's POD_SLOTS slot.
+    dp.pods_map()?.insert(key(HOLDER.into()), holder, 0)?;
     let pod = (POD_A_MAC, POD_A_HOST_MAC);
     let dport = 30_000 + round as u16;
     let mut ports: Vec<u16> = (1024..=65535).collect();

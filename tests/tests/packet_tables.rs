@@ -328,6 +328,75 @@ fn from_pod_table() {
     );
 }
 
+/// POD_SLOTS, the anti-spoofing check's array, only ever confirms what
+/// LOCAL_PODS holds: a pod moved onto another veth leaves its old slot
+/// empty, two pods on one veth (one slot) both pass, and a forgotten pod
+/// is dropped whoever holds the slot.
+#[test]
+fn pod_slots_follow_registration() {
+    use netplane::datapath::{Datapath, key};
+    use netplane_common::{PodSlot, maps::names};
+    if !privileged() {
+        return;
+    }
+    let verdict = |dp: &mut Datapath, src: [u8; 4]| {
+        let frame = tcp(POD_A_MAC, POD_A_HOST_MAC, src, REMOTE_POD, 64);
+        test_run(dp, programs::FROM_POD, &frame, 0).unwrap().0
+    };
+    let slot = |dp: &mut Datapath, ifindex: u32| -> PodSlot {
+        let a: aya::maps::Array<_, PodSlot> =
+            aya::maps::Array::try_from(dp.map(names::POD_SLOTS).unwrap()).unwrap();
+        a.get(&netplane_common::maps::pod_slot(ifindex), 0).unwrap()
+    };
+    let (a, b) = (key(POD_A.into()), key(POD_B.into()));
+    let mut dp = node0_datapath();
+    assert_eq!(slot(&mut dp, 1), PodSlot { ifindex: 1, ip: a });
+    assert_eq!(slot(&mut dp, 42), PodSlot { ifindex: 42, ip: b });
+    assert_eq!(verdict(&mut dp, POD_A), TC_ACT_REDIRECT, "A from its veth");
+    assert_eq!(
+        verdict(&mut dp, POD_B),
+        TC_ACT_SHOT,
+        "B's address from A's veth"
+    );
+
+    // B moves onto the test's veth: it takes the slot, its old one empties,
+    // and A, now without a slot, passes through LOCAL_PODS.
+    let mut moved = dp.pods_map().unwrap().get(&b, 0).unwrap();
+    moved.ifindex = 1;
+    dp.add_pod(b, moved).unwrap();
+    assert_eq!(slot(&mut dp, 42), PodSlot::default());
+    assert_eq!(slot(&mut dp, 1), PodSlot { ifindex: 1, ip: b });
+    assert_eq!(verdict(&mut dp, POD_B), TC_ACT_REDIRECT, "B by its slot");
+    assert_eq!(verdict(&mut dp, POD_A), TC_ACT_REDIRECT, "A by LOCAL_PODS");
+
+    // A forgotten: dropped, though B's slot is on the same veth. B
+    // forgotten: its slot empties and it is dropped too.
+    dp.remove_pod(a).unwrap();
+    assert_eq!(slot(&mut dp, 1), PodSlot { ifindex: 1, ip: b });
+    assert_eq!(verdict(&mut dp, POD_A), TC_ACT_SHOT, "A forgotten");
+    dp.remove_pod(b).unwrap();
+    assert_eq!(slot(&mut dp, 1), PodSlot::default());
+    assert_eq!(verdict(&mut dp, POD_B), TC_ACT_SHOT, "B forgotten");
+    dp.remove_pod(b)
+        .expect("forgetting an unknown pod is no error");
+
+    // The program does read the slot, and a slot alone vouches: that is
+    // why removal empties it before LOCAL_PODS forgets the pod.
+    let hand_written = [10, 244, 0, 77];
+    let mut slots: aya::maps::Array<_, PodSlot> =
+        aya::maps::Array::try_from(dp.map(names::POD_SLOTS).unwrap()).unwrap();
+    let vouch = PodSlot {
+        ifindex: 1,
+        ip: key(hand_written.into()),
+    };
+    slots.set(1, vouch, 0).unwrap();
+    assert_eq!(
+        verdict(&mut dp, hand_written),
+        TC_ACT_REDIRECT,
+        "by the slot alone"
+    );
+}
+
 #[test]
 fn from_uplink_table() {
     let from_peer = |dst, ttl| tcp(PEER_NODE_MAC, UPLINK_MAC, REMOTE_POD, dst, ttl);

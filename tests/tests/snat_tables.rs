@@ -893,10 +893,9 @@ fn a_pod_spraying_destinations_cannot_stop_its_neighbours() {
     let small = netplane_common::nat::NAT_TABLE_ENTRIES_MIN;
     let mut dp = masquerading_with_table(small);
     // Pod B sends from the same test device as pod A.
-    let mut pods = dp.pods_map().unwrap();
-    let mut b = pods.get(&key(POD_B.into()), 0).unwrap();
+    let mut b = dp.pods_map().unwrap().get(&key(POD_B.into()), 0).unwrap();
     b.ifindex = 1;
-    pods.insert(key(POD_B.into()), b, 0).unwrap();
+    dp.add_pod(key(POD_B.into()), b).unwrap();
     let from_b = (POD_B_MAC, POD_B_HOST_MAC);
 
     // Pod B's connection, answered before the spray.

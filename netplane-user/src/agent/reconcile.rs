@@ -68,7 +68,7 @@ pub fn reconcile_pods(
         .collect();
     for id in gone {
         let a = attached.remove(&id).expect("listed above");
-        dp.pods_map()?.remove(&key(a.ip)).ok();
+        dp.remove_pod(key(a.ip))?;
         hooks.remove(&hooks::pod_hook(&id))?;
         info!(container = id, ip = %a.ip, "pod removed");
     }
@@ -96,14 +96,14 @@ pub fn reconcile_pods(
     }
     // What no registered pod owns (left while no agent ran) goes too.
     let owned: Vec<u32> = attached.values().map(|a| key(a.ip)).collect();
-    let mut map = dp.pods_map()?;
-    let stale: Vec<u32> = map
+    let stale: Vec<u32> = dp
+        .pods_map()?
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !owned.contains(k))
         .collect();
     for k in stale {
-        map.remove(&k).ok();
+        dp.remove_pod(k)?;
     }
     for hook in hooks.pinned() {
         let pod_of = hook.strip_prefix("pod-");
@@ -122,7 +122,7 @@ fn attach_pod(dp: &mut Datapath, hooks: &Hooks, rec: &PodRecord) -> Result<Attac
         host_mac: veth.mac,
     };
     // Map first: from the moment the program sees packets, the pod is known.
-    dp.pods_map()?.insert(key(rec.ip), pod, 0)?;
+    dp.add_pod(key(rec.ip), pod)?;
     hooks.tc(
         dp,
         programs::FROM_POD,

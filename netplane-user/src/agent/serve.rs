@@ -1,7 +1,8 @@
 //! The agent's life after attaching, as tasks on one tokio runtime: the
 //! status file, signals, the cluster file watched by inotify (and SIGHUP),
 //! the reconcile tick, collection of expired translations, flow events from
-//! the ring buffer and the programs' log (both woken by `AsyncFd`), and one
+//! the ring buffer (drained on a clock, or woken by `AsyncFd` when it fills
+//! up) and the programs' log (woken by `AsyncFd`), and one
 //! HTTP server for metrics. A current-thread runtime: the node's network
 //! namespace was entered on this thread, and one thread owns the maps.
 use std::{
@@ -32,6 +33,8 @@ use super::{
     roles::Role,
     services::ServiceTable,
 };
+use netplane_common::events::EVENT_DRAIN_INTERVAL_MS;
+
 use crate::{
     config::Cluster,
     datapath::{Datapath, hooks::Hooks},
@@ -178,6 +181,10 @@ impl<R: Role> Agent<R> {
         };
         let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The programs wake the agent only when the ring fills up: below
+        // that it drains on this clock.
+        let mut drain = tokio::time::interval(Duration::from_millis(EVENT_DRAIN_INTERVAL_MS));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             tokio::select! {
@@ -192,6 +199,11 @@ impl<R: Role> Agent<R> {
                 Some(()) = node_change(&mut self.nodes) => self.apply_nodes(),
                 Some(()) = node_change(&mut self.services) => self.apply_services(),
                 _ = tick.tick() => self.tick(&mut events),
+                _ = drain.tick() => {
+                    if let Some(r) = ring.as_mut() {
+                        events.drain(r.get_mut());
+                    }
+                }
                 ready = readable(&mut ring) => {
                     let mut guard = ready?;
                     events.drain(guard.get_inner_mut());

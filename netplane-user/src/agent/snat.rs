@@ -14,7 +14,7 @@ use crate::{
         Cluster,
         outbound::{LbPlan, gateway},
     },
-    datapath::{Datapath, key},
+    datapath::{Datapath, key, replace_entries},
 };
 
 /// Node role: the masquerade uses the node IP over the configured range.
@@ -85,19 +85,12 @@ pub fn configure_lb(
         }
     }
     let mut be: HashMap<_, u32, u32> = HashMap::try_from(dp.map(names::LB_BACKENDS)?)?;
-    let want: Vec<u32> = plan.backends.iter().map(|(ip, _)| key(*ip)).collect();
-    let stale: Vec<u32> = be
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !want.contains(k))
+    let want: Vec<(u32, u32)> = plan
+        .backends
+        .iter()
+        .map(|(ip, first)| (key(*ip), *first))
         .collect();
-    for k in stale {
-        be.remove(&k)?;
-    }
-    for (ip, first) in &plan.backends {
-        be.insert(key(*ip), *first, 0)?;
-    }
-    Ok(())
+    replace_entries(&mut be, &want)
 }
 
 fn set_config(dp: &mut Datapath, cfg: NatConfig) -> Result<()> {
@@ -137,10 +130,8 @@ pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
         .iter()
         .flat_map(|ip| BITMAP_PROTOS.map(|p| PortBitmap::key(*ip, p)))
         .collect();
-    let mut bitmaps: Vec<(u64, Box<PortBitmap>)> = wanted
-        .iter()
-        .map(|k| (*k, Box::new(PortBitmap::EMPTY)))
-        .collect();
+    let mut bitmaps: Vec<(u64, PortBitmap)> =
+        wanted.iter().map(|k| (*k, PortBitmap::EMPTY)).collect();
     // Batched: a restarted agent may find 262,144 marks.
     let owned: Vec<(FlowKey, u64)> =
         crate::datapath::dump_hash(dp.hash_map_data(names::PORT_OWNED)?)?;
@@ -153,18 +144,7 @@ pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
         }
     }
     let mut map: HashMap<_, u64, PortBitmap> = HashMap::try_from(dp.map(names::PORT_BITMAPS)?)?;
-    let stale: Vec<u64> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for k in stale {
-        map.remove(&k)?;
-    }
-    for (k, b) in bitmaps {
-        map.insert(k, *b, 0)?;
-    }
-    Ok(())
+    replace_entries(&mut map, &bitmaps)
 }
 
 /// Clears the bits of ports no flow holds any more (the collector's

@@ -31,6 +31,27 @@ pub fn put_route<M: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Makes a hash map hold exactly `wanted`: keys not in it are removed,
+/// then every wanted entry is written (a reader sees old and new values,
+/// never a gap for a key that stays).
+pub fn replace_entries<K: aya::Pod + PartialEq, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    wanted: &[(K, V)],
+) -> Result<()> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.iter().any(|(w, _)| w == k))
+        .collect();
+    for k in stale {
+        map.remove(&k)?;
+    }
+    for (k, v) in wanted {
+        map.insert(k, v, 0)?;
+    }
+    Ok(())
+}
+
 /// All UDR routes: (pod CIDR, owner node IP).
 pub fn list_routes<M: std::borrow::Borrow<MapData>>(
     routes: &LpmTrie<M, u32, RouteTarget>,

@@ -10,6 +10,7 @@ mod testrun;
 
 pub use maps::{
     Counters, DropStat, PathStat, list_routes, pinned_pod_ips, pinned_routes, put_route,
+    replace_entries,
 };
 use std::{net::Ipv4Addr, path::PathBuf};
 pub use sys::{HashWalk, delete_batch, dump_hash, put_new, take};
@@ -21,8 +22,8 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use netplane_common::{
-    LocalPod, NodeConfig, RouteTarget,
-    maps::{ip_key, names},
+    LocalPod, NodeConfig, PodSlot, RouteTarget,
+    maps::{ip_key, names, pod_slot},
 };
 
 /// The object built by build.rs, aligned as the ELF parser wants.
@@ -160,8 +161,67 @@ impl Datapath {
         Ok(LpmTrie::try_from(self.map(names::ROUTES)?)?)
     }
 
+    /// LOCAL_PODS, to read. Pods come and go with [`Self::add_pod`] and
+    /// [`Self::remove_pod`], which keep POD_SLOTS in step.
     pub fn pods_map(&mut self) -> Result<HashMap<&mut MapData, u32, LocalPod>> {
         Ok(HashMap::try_from(self.map(names::LOCAL_PODS)?)?)
+    }
+
+    fn pod_slots(&mut self) -> Result<Array<&mut MapData, PodSlot>> {
+        Ok(Array::try_from(self.map(names::POD_SLOTS)?)?)
+    }
+
+    /// Registers a pod (`ip` in key form), or moves it to another veth:
+    /// LOCAL_PODS, then its veth's POD_SLOTS slot, which from then on
+    /// answers the anti-spoofing check.
+    pub fn add_pod(&mut self, ip: u32, pod: LocalPod) -> Result<()> {
+        if let Ok(old) = self.pods_map()?.get(&ip, 0) {
+            self.clear_slot(ip, old.ifindex)?;
+        }
+        self.pods_map()?.insert(ip, pod, 0)?;
+        let slot = PodSlot {
+            ifindex: pod.ifindex,
+            ip,
+        };
+        self.pod_slots()?.set(pod_slot(pod.ifindex), slot, 0)?;
+        Ok(())
+    }
+
+    /// Forgets a pod: its slot first, so that no slot vouches for a pod
+    /// LOCAL_PODS no longer has. Forgetting an unknown pod is no error.
+    pub fn remove_pod(&mut self, ip: u32) -> Result<()> {
+        let Ok(pod) = self.pods_map()?.get(&ip, 0) else {
+            return Ok(());
+        };
+        self.clear_slot(ip, pod.ifindex)?;
+        self.pods_map()?.remove(&ip)?;
+        Ok(())
+    }
+
+    /// Empties the slot of `ifindex` if it holds this pod (a veth sharing
+    /// the slot may hold it instead).
+    fn clear_slot(&mut self, ip: u32, ifindex: u32) -> Result<()> {
+        let mut slots = self.pod_slots()?;
+        let at = pod_slot(ifindex);
+        if slots.get(&at, 0)? == (PodSlot { ifindex, ip }) {
+            slots.set(at, PodSlot::default(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every LOCAL_PODS pod's slot (a copy made from another
+    /// agent's pins starts with LOCAL_PODS alone).
+    pub fn refill_pod_slots(&mut self) -> Result<()> {
+        let pods: Vec<(u32, LocalPod)> = self.pods_map()?.iter().collect::<Result<_, _>>()?;
+        let mut slots = self.pod_slots()?;
+        for (ip, pod) in pods {
+            let slot = PodSlot {
+                ifindex: pod.ifindex,
+                ip,
+            };
+            slots.set(pod_slot(pod.ifindex), slot, 0)?;
+        }
+        Ok(())
     }
 
     pub fn counters(&mut self) -> Result<Counters> {

@@ -107,6 +107,7 @@ impl Datapath {
             }};
         }
         copy_hash!(names::LOCAL_PODS, u32, LocalPod);
+        dp.refill_pod_slots()?;
         copy_hash!(names::LB_BACKENDS, u32, u32);
         copy_hash!(names::LB_FRONTENDS, u32, u32);
         copy_hash!(nat::names::NAT_OUT, FlowKey, NatEntry);

@@ -261,13 +261,12 @@ impl World<'_> {
     /// interface.
     fn as_sender(&mut self, node: &str, pod_ip: Ipv4Addr) -> Result<()> {
         let dp = self.copies.get(node)?;
-        let mut pods: HashMap<_, u32, LocalPod> = HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
-        let mut me = pods
+        let mut me = dp
+            .pods_map()?
             .get(&key(pod_ip), 0)
             .context("the pod is not in its node's data path")?;
         me.ifindex = 1;
-        pods.insert(key(pod_ip), me, 0)?;
-        Ok(())
+        dp.add_pod(key(pod_ip), me)
     }
 
     fn outbound(&self) -> &Host {

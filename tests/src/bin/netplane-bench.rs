@@ -44,6 +44,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         runs: u32,
     },
+    /// One program path run over and over (one run per frame), for a
+    /// profiler to sample; prints the runs made. Ends at --secs or
+    /// --max-runs, whichever comes first.
+    RunPath {
+        #[arg(long, value_enum)]
+        path: netplane_tests::program_cost::ProfiledPath,
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 10_000_000)]
+        max_runs: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +87,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::FlowEvents { rounds, runs } => {
             let cases = netplane_tests::program_cost::flow_events(rounds.max(1), runs.max(1))?;
             println!("{}", serde_json::to_string(&cases)?);
+            Ok(())
+        }
+        Cmd::RunPath {
+            path,
+            secs,
+            max_runs,
+        } => {
+            let runs =
+                netplane_tests::program_cost::run_path(path, secs.clamp(0.1, 60.0), max_runs)?;
+            let row = path.cost_row();
+            println!("{}", serde_json::json!({ "runs": runs, "cost_row": row }));
             Ok(())
         }
     }

@@ -13,6 +13,7 @@ pub mod extra;
 mod gate;
 pub mod model;
 mod plots;
+mod profile;
 pub mod report;
 mod results;
 pub mod scale;
@@ -107,6 +108,7 @@ mod tests {
                 program("SNAT established", "from_pod", [300.0, 500.0]),
             ],
             profiles: Vec::new(),
+            path_profiles: Vec::new(),
             seconds: 1.0,
         }
     }

@@ -171,8 +171,11 @@ pub struct Run {
     pub fills: Vec<(Dp, FillRun)>,
     /// Per-program costs (BPF_PROG_TEST_RUN), one sample per round.
     pub programs: Vec<ProgramSamples>,
-    /// Where the machine's CPU went during the UDP flood, per data path.
+    /// Where the machine's CPU went under each profiled workload, per data
+    /// path.
     pub profiles: Vec<(Dp, Profile)>,
+    /// Where the time of each profiled program path goes.
+    pub path_profiles: Vec<PathProfile>,
     pub seconds: f64,
 }
 
@@ -205,15 +208,43 @@ pub struct ProgramSamples {
     pub ns: Vec<f64>,
 }
 
-/// A perf profile of the whole machine under the UDP flood.
+/// A perf profile of the whole machine under a workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
+    /// (Runs before 2026-11-30 profiled the UDP flood only.)
+    #[serde(default = "udp_flood")]
+    pub workload: String,
     pub samples_of_machine: String,
     pub bpf_programs_percent: f64,
     pub netfilter_percent: f64,
     pub bridge_percent: f64,
     pub fib_percent: f64,
     pub top: Vec<Symbol>,
+    /// The busiest processes (perf's comm), by share of all samples.
+    #[serde(default)]
+    pub processes: Vec<Symbol>,
+}
+
+fn udp_flood() -> String {
+    "the 64-byte UDP flood".into()
+}
+
+/// Where one program path's time goes, from call graphs sampled while
+/// `netplane-bench run-path` repeats it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathProfile {
+    /// `netplane-bench run-path`'s name for it.
+    pub path: String,
+    /// Its row in the program-cost table.
+    pub cost_row: String,
+    /// Samples inside the program (its code and what it called).
+    pub samples: u64,
+    /// Those samples' share of the process's (the rest is the syscall
+    /// around each run, and building frames).
+    pub of_process_percent: f64,
+    /// The program's own code and each function it called, by share of
+    /// `samples`.
+    pub parts: Vec<Symbol>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +293,8 @@ pub struct Results {
     pub test_run_ns: Vec<ProgramCost>,
     pub conntrack_live_entries: Vec<LiveEntries>,
     pub profiles: Vec<DatapathProfile>,
+    #[serde(default)]
+    pub path_profiles: Vec<PathProfile>,
     pub conntrack_note: String,
 }
 

@@ -295,6 +295,7 @@ fn markdown(results: &Results) -> Result<String> {
             ratio_cell(p.vs_floor),
         )?;
     }
+    path_profile_section(&mut r, results)?;
     profile_section(&mut r, results)?;
     let notes =
         std::fs::read_to_string(workspace_root().join("docs/bench/notes.md")).unwrap_or_default();
@@ -349,44 +350,145 @@ fn fill_section(r: &mut String, results: &Results) -> Result<()> {
     Ok(())
 }
 
-fn profile_section(r: &mut String, results: &Results) -> Result<()> {
-    if results.profiles.is_empty() {
+fn path_profile_section(r: &mut String, results: &Results) -> Result<()> {
+    if results.path_profiles.is_empty() {
         return Ok(());
     }
     writeln!(
         r,
-        "\n## Where the CPU goes (perf, under the 64-byte UDP flood)\n"
+        "\n## Where a path's time goes (perf, BPF_PROG_TEST_RUN)\n"
     )?;
     writeln!(
         r,
-        "`perf record -a -e cpu-clock` over the whole machine while the flood of the first \
-         table runs (a VM has no hardware counters; samples land where interrupts are \
-         enabled, so time with interrupts off shows up at `_raw_spin_unlock_irqrestore`).\n"
+        "`perf record -g -e cpu-clock` while `netplane-bench run-path` repeats one path as \
+         the table above times it. Of the samples inside the program, the share in its own \
+         instructions (parsing, checks, inlined array lookups, in-place rewrites) and in each \
+         function it called: hash-map lookups (`__htab_map_lookup_elem`, \
+         `lookup_nulls_elem_raw`), inserts (`htab_map_update_elem`), helpers. ≈ ns is that \
+         share of the path's median above.\n"
     )?;
     writeln!(
         r,
-        "| | netplane's programs | netfilter | bridges (cbr0 in K; the lab's VNet switch in all) | FIB lookups | top symbols |"
+        "| path | ns per run | samples | own code | hash lookups | hash inserts | other calls |"
     )?;
-    writeln!(r, "|---|---|---|---|---|---|")?;
-    for p in &results.profiles {
-        let q = &p.profile;
-        let top: Vec<String> = q
-            .top
+    writeln!(r, "|---|---|---|---|---|---|---|")?;
+    for p in &results.path_profiles {
+        let ns = results
+            .test_run_ns
             .iter()
-            .take(6)
-            .map(|t| format!("`{}` {:.1} %", t.symbol, t.percent))
-            .collect();
-        let pct = |x: f64| format!("{:.1} %", x + 0.0);
+            .find(|c| c.path == p.cost_row)
+            .and_then(|c| c.ns.map(|s| s.median));
+        let share = |pct: f64| match ns {
+            Some(ns) => format!("{pct:.0} % (≈{:.0} ns)", pct * ns / 100.0),
+            None => format!("{pct:.0} %"),
+        };
+        let (mut own, mut lookups, mut inserts) = (0.0, 0.0, 0.0);
+        let mut other = Vec::new();
+        for part in &p.parts {
+            match path_part(&part.symbol) {
+                PathPart::Own => own += part.percent,
+                PathPart::Lookup => lookups += part.percent,
+                PathPart::Insert => inserts += part.percent,
+                PathPart::Other if part.percent >= 0.5 => {
+                    other.push(format!("`{}` {}", part.symbol, share(part.percent)))
+                }
+                PathPart::Other => {}
+            }
+        }
         writeln!(
             r,
-            "| {} | {} | {} | {} | {} | {} |",
-            p.datapath,
-            pct(q.bpf_programs_percent),
-            pct(q.netfilter_percent),
-            pct(q.bridge_percent),
-            pct(q.fib_percent),
-            top.join(", ")
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.cost_row,
+            ns.map_or("–".into(), |n| format!("{n:.0}")),
+            p.samples,
+            share(own),
+            share(lookups),
+            share(inserts),
+            other.join(", ")
         )?;
+    }
+    Ok(())
+}
+
+enum PathPart {
+    Own,
+    Lookup,
+    Insert,
+    Other,
+}
+
+/// Which column a function a program called falls in.
+fn path_part(symbol: &str) -> PathPart {
+    if symbol == super::profile::OWN_CODE {
+        PathPart::Own
+    } else if symbol.contains("lookup") || symbol == "htab_map_hash" || symbol == "memcmp" {
+        PathPart::Lookup
+    } else if symbol.contains("update") || symbol.contains("push") || symbol.contains("delete") {
+        PathPart::Insert
+    } else {
+        PathPart::Other
+    }
+}
+
+fn profile_section(r: &mut String, results: &Results) -> Result<()> {
+    if results.profiles.is_empty() {
+        return Ok(());
+    }
+    writeln!(r, "\n## Where the CPU goes (perf, whole machine)\n")?;
+    writeln!(
+        r,
+        "`perf record -a -e cpu-clock` over the whole machine while a test of the first \
+         table runs (a VM has no hardware counters; samples land where interrupts are \
+         enabled, so time with interrupts off shows up at `_raw_spin_unlock_irqrestore`). \
+         `swapper` is the idle CPUs; `netplane` the three agents, `netplane-bench` the \
+         traffic's client and server.\n"
+    )?;
+    let mut workloads: Vec<&str> = Vec::new();
+    for p in &results.profiles {
+        if !workloads.contains(&p.profile.workload.as_str()) {
+            workloads.push(&p.profile.workload);
+        }
+    }
+    let pct = |x: f64| format!("{:.1} %", x + 0.0);
+    let listed = |v: &[super::model::Symbol], n: usize, code: bool| -> String {
+        v.iter()
+            .take(n)
+            .map(|t| {
+                if code {
+                    format!("`{}` {}", t.symbol, pct(t.percent))
+                } else {
+                    format!("{} {}", t.symbol, pct(t.percent))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for workload in workloads {
+        writeln!(r, "Under {workload}:\n")?;
+        writeln!(
+            r,
+            "| | netplane's programs | netfilter | bridges (cbr0 in K; the lab's VNet switch in all) | FIB lookups | processes | top symbols |"
+        )?;
+        writeln!(r, "|---|---|---|---|---|---|---|")?;
+        for p in results
+            .profiles
+            .iter()
+            .filter(|p| p.profile.workload == workload)
+        {
+            let q = &p.profile;
+            writeln!(
+                r,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.datapath,
+                pct(q.bpf_programs_percent),
+                pct(q.netfilter_percent),
+                pct(q.bridge_percent),
+                pct(q.fib_percent),
+                listed(&q.processes, 5, false),
+                listed(&q.top, 6, true),
+            )?;
+        }
+        writeln!(r)?;
     }
     Ok(())
 }

@@ -109,6 +109,7 @@ impl Results {
                     profile: p.clone(),
                 })
                 .collect(),
+            path_profiles: run.path_profiles.clone(),
             conntrack_note: CONNTRACK_NOTE.into(),
         })
     }

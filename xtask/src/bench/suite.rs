@@ -2,7 +2,7 @@
 //! path up in turn (the order rotates), runs the same traffic with client
 //! and server pinned to fixed CPUs, and takes it down. Produces a `Run`.
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -13,21 +13,21 @@ use serde_json::Value;
 use super::{
     Options,
     model::{
-        BENCH_POOL, CONNTRACK_CAPACITY, CONNTRACK_LEVELS, Dp, FillRun, Profile,
-        QUICK_CONNTRACK_MAX, Run, Samples, Symbol,
+        BENCH_POOL, CONNTRACK_CAPACITY, CONNTRACK_LEVELS, Dp, FillRun, QUICK_CONNTRACK_MAX, Run,
+        Samples,
     },
+    profile::{self, Workload},
 };
 
 use crate::workspace_root;
 
 use super::traffic::{
-    CLIENT_CPU, CpuMeter, SERVER_POD_IP, client, finish, in_netns, iperf, num, server, stop,
+    CLIENT_CPU, CpuMeter, INET, SERVER_POD_IP, client, finish, in_netns, iperf, num, server, stop,
     sum_field, tcp_echo_args, udp_flood, udp_sink,
 };
 
-/// Destinations in `inet` (203.0.113.10): each test its own port, so that
-/// one test's translations never take another's ports.
-const INET: &str = "203.0.113.10";
+// Destinations in `inet` (traffic::INET): each test its own port, so that
+// one test's translations never take another's ports.
 
 const CRR_SNAT_PORT: u16 = 7001;
 
@@ -38,6 +38,15 @@ const FILL_PORT: u16 = 9100;
 const SPRAY_DPORTS: (u16, u16) = (20_000, 20_999);
 
 const POD_PORT: u16 = 7000;
+
+/// `netplane-bench run-path`'s paths, profiled after the program costs.
+const PROFILED_PATHS: [&str; 5] = [
+    "floor",
+    "cross-node",
+    "snat-established",
+    "reverse-nat",
+    "snat-new-flow",
+];
 
 /// Runs every round, the profiles and the program costs.
 pub fn run(opts: &Options) -> Result<Run> {
@@ -92,17 +101,20 @@ pub fn run(opts: &Options) -> Result<Run> {
         }
     }
     if !opts.quick {
-        for dp in Dp::ALL {
-            eprintln!(
-                "== profile: {} under the UDP flood (perf, cpu-clock)",
-                dp.describe()
-            );
-            lab_up_for(np, dp, &cluster)?;
-            let p = profile(np, dp, opts);
-            crate::cmd(np, &["lab", "down"])?;
-            match p {
-                Ok(p) => run.profiles.push((dp, p)),
-                Err(e) => eprintln!("   no profile: {e:#}"),
+        for workload in Workload::ALL {
+            for dp in Dp::ALL {
+                eprintln!(
+                    "== profile: {} under {} (perf, cpu-clock)",
+                    dp.describe(),
+                    workload.describe()
+                );
+                lab_up_for(np, dp, &cluster)?;
+                let p = profile::machine(np, dp, workload, opts);
+                crate::cmd(np, &["lab", "down"])?;
+                match p {
+                    Ok(p) => run.profiles.push((dp, p)),
+                    Err(e) => eprintln!("   no profile: {e:#}"),
+                }
             }
         }
     }
@@ -121,6 +133,15 @@ pub fn run(opts: &Options) -> Result<Run> {
         );
     }
     run.programs = serde_json::from_slice(&out.stdout).context("netplane-bench programs")?;
+    if !opts.quick {
+        for path in PROFILED_PATHS {
+            eprintln!("== profile: the program path {path} (perf -g, BPF_PROG_TEST_RUN)");
+            match profile::path(np, path, opts.secs()) {
+                Ok(p) => run.path_profiles.push(p),
+                Err(e) => eprintln!("   no profile: {e:#}"),
+            }
+        }
+    }
     run.seconds = started.elapsed().as_secs_f64();
     Ok(run)
 }
@@ -379,90 +400,6 @@ fn drop_counts(np: &str) -> Result<String> {
             .map(|(what, n)| format!("{what} {n}"))
             .collect::<Vec<_>>()
             .join(", ")
-    })
-}
-
-/// A whole-machine CPU profile (perf's cpu-clock: a VM has no hardware
-/// counters) while the 64-byte UDP flood runs: the top kernel symbols, and
-/// the shares of netplane's programs, netfilter and the bridge.
-fn profile(np: &str, dp: Dp, opts: &Options) -> Result<Profile> {
-    let secs = opts.secs();
-    let data = workspace_root().join(format!("target/bench/perf-{}.data", dp.letter()));
-    let data = data.to_str().context("utf-8 path")?.to_string();
-    let sink = udp_sink(np, secs)?;
-    let record = Command::new("perf")
-        .args([
-            "record",
-            "-a",
-            "-e",
-            "cpu-clock",
-            "-F",
-            "1999",
-            "-o",
-            &data,
-            "--",
-            "sleep",
-        ])
-        .arg((secs - 0.5).max(0.5).to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("perf (package linux-perf)")?;
-    let flood = udp_flood(np, secs);
-    let recorded = record.wait_with_output()?;
-    finish(sink)?;
-    flood?;
-    if !recorded.status.success() {
-        bail!("perf record failed");
-    }
-    let out = Command::new("perf")
-        .args([
-            "report",
-            "-i",
-            &data,
-            "--stdio",
-            "--no-children",
-            "--sort",
-            "symbol",
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<(f64, String)> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let pct = w.next()?.strip_suffix('%')?.parse::<f64>().ok()?;
-            let _kind = w.next()?;
-            Some((pct, w.next()?.to_string()))
-        })
-        .collect();
-    let share = |pred: &dyn Fn(&str) -> bool| -> f64 {
-        // (A float sum of nothing is -0.0.)
-        rows.iter()
-            .filter(|(_, s)| pred(s))
-            .map(|(p, _)| p)
-            .sum::<f64>()
-            + 0.0
-    };
-    Ok(Profile {
-        samples_of_machine: "all CPUs, cpu-clock at 1999 Hz".into(),
-        bpf_programs_percent: share(&|s| s.starts_with("bpf_prog_")),
-        netfilter_percent: share(&|s| {
-            ["nf_", "ipt_", "nft_", "__nf_", "ipv4_conntrack", "nf_nat"]
-                .iter()
-                .any(|p| s.starts_with(p))
-        }),
-        bridge_percent: share(&|s| s.starts_with("br_") || s.starts_with("__br_")),
-        fib_percent: share(&|s| s.starts_with("fib_") || s.starts_with("ip_route")),
-        top: rows
-            .iter()
-            .take(12)
-            .map(|(percent, symbol)| Symbol {
-                percent: *percent,
-                symbol: symbol.clone(),
-            })
-            .collect(),
     })
 }
 

@@ -9,6 +9,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+/// The lab's internet host: destinations of the SNAT tests.
+pub(super) const INET: &str = "203.0.113.10";
+
 /// Pod-to-pod server: pod-1-0.
 pub(super) const SERVER_POD_IP: &str = "10.244.1.2";
 
