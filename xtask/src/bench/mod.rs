@@ -165,6 +165,35 @@ mod tests {
     }
 
     #[test]
+    fn the_program_gate_holds_the_committed_run_and_catches_a_slow_search() {
+        let path = crate::workspace_root().join("docs/bench/results.json");
+        let mut r: Results = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(gate::program_gate(&r), Vec::<String>::new());
+        // The port search as it was before the bitmap: 20× at 99 %.
+        let tenth = r
+            .test_run_ns
+            .iter()
+            .find(|p| p.path == "SNAT new flow, 10 % of ports held")
+            .and_then(|p| p.ns)
+            .unwrap();
+        let full = r
+            .test_run_ns
+            .iter_mut()
+            .find(|p| p.path == "SNAT new flow, 99 % of ports held")
+            .unwrap();
+        let slow = |x: f64| x * 20.0;
+        full.ns = Some(model::Spread {
+            min: slow(tenth.min),
+            median: slow(tenth.median),
+            max: slow(tenth.max),
+            n: tenth.n,
+        });
+        let failed = gate::program_gate(&r);
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].starts_with("SNAT new flow, 99 %"), "{failed:?}");
+    }
+
+    #[test]
     fn the_committed_results_read_back_into_the_model() {
         let path = crate::workspace_root().join("docs/bench/results.json");
         let text = std::fs::read_to_string(path).unwrap();
