@@ -179,11 +179,13 @@ impl Datapath {
             self.clear_slot(ip, old.ifindex)?;
         }
         self.pods_map()?.insert(ip, pod, 0)?;
-        let slot = PodSlot {
-            ifindex: pod.ifindex,
-            ip,
-        };
-        self.pod_slots()?.set(pod_slot(pod.ifindex), slot, 0)?;
+        self.write_slot(ip, pod.ifindex)
+    }
+
+    /// Makes the slot of `ifindex` vouch for the pod `ip` behind it.
+    fn write_slot(&mut self, ip: u32, ifindex: u32) -> Result<()> {
+        let slot = PodSlot { ifindex, ip };
+        self.pod_slots()?.set(pod_slot(ifindex), slot, 0)?;
         Ok(())
     }
 
@@ -213,13 +215,8 @@ impl Datapath {
     /// agent's pins starts with LOCAL_PODS alone).
     pub fn refill_pod_slots(&mut self) -> Result<()> {
         let pods: Vec<(u32, LocalPod)> = self.pods_map()?.iter().collect::<Result<_, _>>()?;
-        let mut slots = self.pod_slots()?;
         for (ip, pod) in pods {
-            let slot = PodSlot {
-                ifindex: pod.ifindex,
-                ip,
-            };
-            slots.set(pod_slot(pod.ifindex), slot, 0)?;
+            self.write_slot(ip, pod.ifindex)?;
         }
         Ok(())
     }
