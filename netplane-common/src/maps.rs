@@ -63,6 +63,9 @@ pub mod programs {
     pub const LB_FROM_INTERNET: &str = "lb_from_internet";
     /// Parse-and-redirect floor that `cargo xtask bench` times the paths against.
     pub const BENCH_FLOOR: &str = "bench_floor";
+    /// The collector's release of claims (XDP, run with BPF_PROG_TEST_RUN
+    /// on a frame of `nat::ClaimRelease`s; never attached).
+    pub const RELEASE_CLAIMS: &str = "release_claims";
 }
 
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the

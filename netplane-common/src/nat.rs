@@ -177,6 +177,29 @@ pub struct NatReverse {
     pub _pad: u16,
 }
 
+/// One claim the agent's collector releases: its NAT_IN key and the slot
+/// its port is counted in (`NO_SLOT`: none, nothing to credit). The
+/// `release_claims` program deletes the claim and, only if it was there,
+/// credits the slot in SNAT_FREES, within one program run: no kill of the
+/// agent can come between the two (docs/decisions.md §47). It sets
+/// `released` to 1 for each claim it deleted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimRelease {
+    pub key: FlowKey,
+    pub slot: u32,
+    pub released: u32,
+}
+
+impl ClaimRelease {
+    /// The slot of a claim whose port no slot counts.
+    pub const NO_SLOT: u32 = u32::MAX;
+}
+
+/// Claims per run of `release_claims`: the frame is the claims, and
+/// 64 × 24 bytes fits the page an XDP test run gets.
+pub const RELEASE_BATCH: usize = 64;
+
 /// A block of ports on one SNAT IP: the unit of allocation and accounting.
 /// Node masquerade: one slot (node IP, port range). Load balancer: one slot
 /// per backend node per frontend IP (that node's fixed block).
@@ -399,7 +422,7 @@ impl PortBitmap {
 
 kernel_abi!(FlowKey => 16, NatEntry => 40, NatReverse => 8, SnatSlot => 8, NatConfig => 40);
 kernel_abi!(PortBitmap => 8192);
-kernel_abi!(FragKey => 12, FragPorts => 4);
+kernel_abi!(FragKey => 12, FragPorts => 4, ClaimRelease => 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -419,6 +442,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: repr(C), plain integers, no padding (sizes checked above).
     unsafe impl aya::Pod for super::FragPorts {}
+    // SAFETY: repr(C), plain integers, no padding (sizes checked above).
+    unsafe impl aya::Pod for super::ClaimRelease {}
 }
 
 #[cfg(test)]

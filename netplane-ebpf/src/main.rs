@@ -11,6 +11,8 @@
 //! - `uplink_xdp`: optional XDP on the node NIC, dropping what `from_uplink`
 //!   would drop, earlier (off by default; docs/decisions.md says why).
 //! - `bench_floor`: the benchmarks' floor (parse and redirect); never attached.
+//! - `release_claims`: the agent's collector deletes claims and credits
+//!   their ports through it (BPF_PROG_TEST_RUN); never attached.
 #![no_std]
 #![no_main]
 
@@ -68,6 +70,11 @@ pub fn bench_floor(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     uplink::uplink_xdp(&ctx)
+}
+
+#[xdp]
+pub fn release_claims(ctx: XdpContext) -> u32 {
+    snat::release_claims(&ctx)
 }
 
 #[cfg(not(test))]

@@ -73,8 +73,9 @@ pub static SNAT_SLOTS: Array<SnatSlot> = Array::with_max_entries(MAX_SNAT_SLOTS,
 #[map]
 pub static SNAT_ALLOCS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SNAT_SLOTS, 0);
 
-/// Ports ever freed per slot: written only by the agent's collector, so
-/// allocated = allocs - frees is exact without a shared counter.
+/// Ports ever freed per slot: written only by `release_claims`, which the
+/// agent's collector runs, so allocated = allocs - frees is exact without a
+/// shared counter.
 #[map]
 pub static SNAT_FREES: Array<u64> = Array::with_max_entries(MAX_SNAT_SLOTS, 0);
 

@@ -7,6 +7,7 @@ use std::{
 };
 
 use netplane::config::cluster::DEFAULT_CLUSTER;
+use netplane_common::nat::{FlowKey, NatEntry, NatReverse, names};
 use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
 
@@ -697,6 +698,49 @@ fn private_ranges_outside_the_vnet_go_nowhere() {
         assert_eq!(hop(none).as_deref(), Some("None"), "{none}");
     }
     assert_eq!(hop("0.0.0.0/0").as_deref(), Some("Internet"));
+}
+
+/// Failure injection: an agent killed between a removal's two deletes
+/// leaves a claim (NAT_IN) whose translation (NAT_OUT) is gone, holding its
+/// port. Orphans come only from such a death, so the next agent's first two
+/// collection passes are sweeps: the port comes back within seconds of the
+/// restart. (The second sweep used to wait for the 30th pass, so an agent
+/// killed every 14 s, as in the soak, never returned such a port.)
+#[test]
+fn a_restarted_agent_returns_the_port_of_a_removal_cut_short() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let mut server = inet_server(true, 1);
+    ask("pod-0-0", true);
+    server.wait().unwrap();
+    let held = |slots: &[Value], field: &str| -> u64 {
+        slots.iter().map(|s| s[field].as_u64().unwrap()).sum()
+    };
+    let before = ports_of("node-0");
+    assert_eq!(held(&before, "allocated"), 1, "{before:?}");
+    assert_eq!(held(&before, "live_entries"), 1, "{before:?}");
+    // Cut the removal short as a kill would: the forward entry goes, the
+    // reverse one stays.
+    let pins = netplane::paths::pins("node-0");
+    let out = aya::maps::MapData::from_pin(pins.join(names::NAT_OUT)).unwrap();
+    let mut out: aya::maps::HashMap<_, FlowKey, NatEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(out)).unwrap();
+    let key = out.keys().next().unwrap().unwrap();
+    out.remove(&key).unwrap();
+    let orphaned = ports_of("node-0");
+    assert_eq!(held(&orphaned, "allocated"), 1, "{orphaned:?}");
+    assert_eq!(held(&orphaned, "live_entries"), 0, "{orphaned:?}");
+
+    ok(&["lab", "agent-restart", "node-0", "--kill"]);
+    wait_until("the orphan's port to come back", || {
+        held(&ports_of("node-0"), "allocated") == 0
+    });
+    let reverse = aya::maps::MapData::from_pin(pins.join(names::NAT_IN)).unwrap();
+    let reverse: aya::maps::HashMap<_, FlowKey, NatReverse> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(reverse)).unwrap();
+    assert_eq!(reverse.keys().count(), 0, "the claim is gone too");
 }
 
 /// Failure injection: the agent's port-peaks file cannot be written (a

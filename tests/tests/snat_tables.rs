@@ -14,7 +14,10 @@ use netplane::{
 use netplane_common::{
     DropReason, Path,
     maps::programs,
-    nat::{FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, names},
+    nat::{
+        ClaimRelease, FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, RELEASE_BATCH,
+        names,
+    },
 };
 use netplane_tests::{privileged, world::*};
 
@@ -1037,6 +1040,74 @@ fn an_orphan_claim_left_by_a_cut_short_removal_is_swept() {
         &tcp_port(INTERNET, cut.dst_port, NODE0, entry.nat_port, FROM_VNET),
     );
     assert_eq!(v, TC_ACT_OK);
+}
+
+/// A claim and its port's credit go together: `release_claims` deletes a
+/// claim and credits its slot in one program run, so no death of the agent
+/// comes between them (a kill between a batch delete and the credit used
+/// to leave the port counted for good). A claim there is released and
+/// credited once; one already gone is neither, however often it is asked;
+/// a claim of no slot is deleted without a credit; more claims than one
+/// run takes (RELEASE_BATCH) are all released.
+#[test]
+fn a_claim_and_its_credit_go_together() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    let (ports, _) = open_flows(&mut dp, 1, 100);
+    assert_eq!(ports.len(), 100);
+    // The collector first takes the forward entries it removes.
+    let take = |dp: &mut Datapath, n: usize| -> Vec<(FlowKey, NatEntry)> {
+        let mut out: HashMap<_, FlowKey, NatEntry> =
+            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let keys: Vec<FlowKey> = out.keys().take(n).map(Result::unwrap).collect();
+        keys.into_iter()
+            .map(|k| {
+                let e = out.get(&k, 0).unwrap();
+                out.remove(&k).unwrap();
+                (k, e)
+            })
+            .collect()
+    };
+    let frees = |dp: &mut Datapath| -> u64 {
+        let a: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES).unwrap()).unwrap();
+        a.get(&0, 0).unwrap()
+    };
+    let claim = |(k, e): &(FlowKey, NatEntry), slot: u32| ClaimRelease {
+        key: collector::reply_key(k, e),
+        slot,
+        released: 0,
+    };
+    let taken = take(&mut dp, 70);
+    assert!(taken.len() > RELEASE_BATCH);
+    let mut claims: Vec<ClaimRelease> = taken.iter().map(|f| claim(f, f.1.slot)).collect();
+    let gone = FlowKey::new(key(INTERNET.into()), key(NODE0.into()), 80, 1, PROTO_TCP);
+    claims.push(ClaimRelease {
+        key: gone,
+        slot: 0,
+        released: 0,
+    });
+    let before = frees(&mut dp);
+    let released = dp.release_claims(&claims).unwrap();
+    assert_eq!(released.len(), 71);
+    assert!(released[..70].iter().all(|r| *r), "every claim there");
+    assert!(!released[70], "a claim not there is not released");
+    assert_eq!(frees(&mut dp) - before, 70);
+    assert_eq!(assert_accounting_exact(&mut dp), 30);
+    let again = dp.release_claims(&claims).unwrap();
+    assert!(again.iter().all(|r| !r), "released once");
+    assert_eq!(frees(&mut dp) - before, 70, "credited once");
+    // No slot: the claim goes, no slot is credited.
+    let last = take(&mut dp, 1);
+    let released = dp
+        .release_claims(&[claim(&last[0], ClaimRelease::NO_SLOT)])
+        .unwrap();
+    assert_eq!(released, [true]);
+    assert_eq!(frees(&mut dp) - before, 70);
+    let inn: HashMap<_, FlowKey, NatReverse> =
+        HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+    assert_eq!(inn.keys().count(), 29);
 }
 
 /// UDP at the load balancer is Azure's port-restricted cone NAT: "one SNAT

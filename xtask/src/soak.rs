@@ -515,20 +515,34 @@ fn soak(np: &str, f: &Files, minutes: f64) -> Result<String> {
     std::thread::sleep(SETTLE);
     let ports = json(np, &["ports", "--json"])?;
     let nat = json(np, &["nat", "--json"])?;
-    let allocated: u64 = ports["agents"]
+    // Per agent: ports its counters hold, and translations holding them
+    // (fewer translations than ports is a claim without its translation).
+    let per_agent: Vec<(String, u64, u64)> = ports["agents"]
         .as_object()
         .into_iter()
-        .flat_map(|m| m.values())
-        .flat_map(|blocks| blocks.as_array().into_iter().flatten())
-        .map(|b| b["allocated"].as_u64().unwrap_or(0))
-        .sum();
+        .flatten()
+        .map(|(agent, blocks)| {
+            let blocks = blocks.as_array().into_iter().flatten();
+            let sum = |field: &str| blocks.clone().map(|b| b[field].as_u64().unwrap_or(0)).sum();
+            (agent.clone(), sum("allocated"), sum("live_entries"))
+        })
+        .collect();
+    let allocated: u64 = per_agent.iter().map(|(_, a, _)| a).sum();
     let translations: usize = nat["agents"]
         .as_object()
         .into_iter()
         .flat_map(|m| m.values())
         .map(|flows| flows.as_array().map_or(0, Vec::len))
         .sum();
-    report(&rounds, &long_rr, allocated, translations, minutes)
+    report(&rounds, &long_rr, allocated, translations, minutes).map_err(|e| {
+        let held: Vec<String> = per_agent
+            .iter()
+            .map(|(a, ports, live)| {
+                format!("{a}: {ports} ports allocated, {live} held by a translation")
+            })
+            .collect();
+        e.context(format!("per agent: {}", held.join("; ")))
+    })
 }
 
 fn report(

@@ -6,12 +6,16 @@
 //! - `l4`: the transport fields a translation is keyed by;
 //! - `table`: finding, creating (port claim) and refreshing translations;
 //! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes;
-//! - `fragments`: a datagram's later fragments follow its first.
+//! - `fragments`: a datagram's later fragments follow its first;
+//! - `release`: the collector's release of claims, delete and credit in
+//!   one program run.
 mod fragments;
 pub mod l4;
+mod release;
 pub mod rewrite;
 mod table;
 
+pub use release::release_claims;
 pub use table::port_owned;
 
 use aya_ebpf::programs::TcContext;

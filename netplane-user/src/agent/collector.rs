@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use anyhow::Result;
 use aya::maps::Array;
 use netplane_common::nat::{
-    FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, names, owned_key,
+    ClaimRelease, FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, names, owned_key,
 };
 
 use crate::{config::outbound::Timeouts, datapath::Datapath};
@@ -32,8 +32,8 @@ pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool 
 }
 
 /// One whole collection pass: the flows `expired` picks are removed and
-/// their ports returned exactly (SNAT_FREES, which only this collector
-/// writes); owned-port marks no flow holds any more are cleared. Returns
+/// their ports returned exactly (SNAT_FREES, which only the collector's
+/// `release_claims` runs write); owned-port marks no flow holds any more are cleared. Returns
 /// the removed flows. The agent runs the same pass a piece per tick
 /// (`Collector`).
 pub fn collect_where(
@@ -55,11 +55,12 @@ pub fn collect_where(
 /// NAT_OUT removing expired flows, then, if any expired, NAT_IN to learn
 /// which translated ports are held and PORT_OWNED to clear the rest.
 ///
-/// A sweep pass (`start_sweep`, the agent's every SWEEP_EVERY passes) also
-/// finds reverse entries whose forward entry is gone: removal is two
-/// deletes, and an agent killed between them left the port claimed and
-/// counted forever. A reverse entry without its forward one in two sweeps
-/// in a row (not one claim in flight) is removed and its port returned.
+/// A sweep pass (`start_sweep`: an agent's first two passes, then every
+/// SWEEP_EVERY, as `is_sweep` says) also finds reverse entries whose
+/// forward entry is gone: removal is two deletes, and an agent killed
+/// between them left the port claimed and counted forever. A reverse entry
+/// without its forward one in two sweeps in a row (not one claim in
+/// flight) is removed and its port returned.
 #[derive(Default)]
 pub struct Collector {
     phase: Phase,
@@ -215,29 +216,35 @@ fn forward_key(k: &FlowKey, rev: &NatReverse) -> FlowKey {
 
 /// Removes reverse entries whose translation is gone and returns their
 /// ports to the slot they came from (found by address and port range).
+/// Returns how many it removed.
 fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
     if orphans.is_empty() {
         return Ok(0);
     }
-    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, orphans)?;
     let slots: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
     // Read once: one syscall per slot, not per slot and orphan.
     let slots: Vec<(u32, SnatSlot)> = (0..slots.len())
         .filter_map(|i| Some((i, slots.get(&i, 0).ok()?)))
         .filter(|(_, s)| s.nat_ip != 0)
         .collect();
-    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-    for (k, took) in orphans.iter().zip(took) {
-        let slot = slots
-            .iter()
-            .find(|(_, s)| s.nat_ip == k.dst_ip && (s.port_lo..=s.port_hi).contains(&k.dst_port));
-        if let (true, Some((slot, _))) = (took, slot) {
-            *freed.entry(*slot).or_default() += 1;
-        }
-    }
-    let n = freed.values().sum();
-    add_frees(dp, freed)?;
-    Ok(n)
+    let claims: Vec<ClaimRelease> = orphans
+        .iter()
+        .map(|k| {
+            let slot = slots
+                .iter()
+                .find(|(_, s)| {
+                    s.nat_ip == k.dst_ip && (s.port_lo..=s.port_hi).contains(&k.dst_port)
+                })
+                .map_or(ClaimRelease::NO_SLOT, |(i, _)| *i);
+            ClaimRelease {
+                key: *k,
+                slot,
+                released: 0,
+            }
+        })
+        .collect();
+    let took = dp.release_claims(&claims)?;
+    Ok(took.into_iter().filter(|t| *t).count() as u64)
 }
 
 /// Removes translations and returns their ports. Each forward entry is
@@ -270,24 +277,15 @@ fn remove_flows(
             ours.push((k, seen));
         }
     }
-    let replies: Vec<FlowKey> = ours.iter().map(|(k, e)| reply_key(k, e)).collect();
-    let took = crate::datapath::delete_batch(dp.hash_map_data(names::NAT_IN)?, &replies)?;
-    let mut freed: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
-    for ((_, e), took) in ours.iter().zip(took) {
-        if took {
-            *freed.entry(e.slot).or_default() += 1;
-        }
-    }
-    add_frees(dp, freed)?;
+    // Each claim goes with its credit, in one program run.
+    let claims: Vec<ClaimRelease> = ours
+        .iter()
+        .map(|(k, e)| ClaimRelease {
+            key: reply_key(k, e),
+            slot: e.slot,
+            released: 0,
+        })
+        .collect();
+    dp.release_claims(&claims)?;
     Ok(ours)
-}
-
-/// Credits freed ports to their slots (SNAT_FREES: written only here).
-fn add_frees(dp: &mut Datapath, freed: std::collections::HashMap<u32, u64>) -> Result<()> {
-    let mut frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES)?)?;
-    for (slot, n) in freed {
-        let v = frees.get(&slot, 0)?;
-        frees.set(slot, v + n, 0)?;
-    }
-    Ok(())
 }

@@ -102,6 +102,17 @@ impl Options {
 pub const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// Every this many passes, a sweep for orphan claims (collector.rs).
 pub const SWEEP_EVERY: u64 = 30;
+/// A new agent's first passes are sweeps too. Orphans appear only when an
+/// agent dies in the middle of a removal, so its successor is the one to
+/// find them: two sweeps a pass apart confirm and remove them about two
+/// seconds after the restart, not 30 (and not never, for an agent killed
+/// more often than every 30 s, as the soak kills them; decisions §47).
+pub const SWEEPS_AT_START: u64 = 2;
+
+/// Whether collection pass `pass` (0 for an agent's first) is a sweep.
+pub fn is_sweep(pass: u64) -> bool {
+    pass < SWEEPS_AT_START || pass.is_multiple_of(SWEEP_EVERY)
+}
 /// Entries a collection step looks at per tick: a table up to this size is
 /// collected in one tick every COLLECT_INTERVAL as before; a larger one a
 /// piece per tick (1M translations: a pass every ~6 s, each tick a few ms
@@ -374,6 +385,20 @@ fn load(name: &str, opts: &Options, cluster: &Cluster) -> Result<(Datapath, Hook
             "the pinned NAT tables keep their size until the data path is removed (lab down, or --detach-on-exit)"
         );
     }
+    // The collector's release program, verified now: a kernel that refused
+    // it should stop the agent at start, not fail every collection.
+    dp.xdp(netplane_common::maps::programs::RELEASE_CLAIMS)?;
     let hooks = Hooks::new(&pins)?;
     Ok((dp, hooks, pins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_agent_sweeps_twice_then_every_thirty_passes() {
+        let sweeps: Vec<u64> = (0..100).filter(|&p| is_sweep(p)).collect();
+        assert_eq!(sweeps, [0, 1, 30, 60, 90]);
+    }
 }

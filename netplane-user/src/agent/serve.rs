@@ -25,9 +25,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     AgentStatus, COLLECT_BUDGET, COLLECT_INTERVAL, Options, RECONCILE_INTERVAL,
-    SERVICES_STATUS_FILE, SWEEP_EVERY,
+    SERVICES_STATUS_FILE,
     collector::{Collector, expired_at, monotonic_ns},
     flows::EventLog,
+    is_sweep,
     metrics::{self, AgentCounters},
     nat_view::record_peaks,
     roles::Role,
@@ -434,7 +435,7 @@ impl<R: Role> Agent<R> {
         if self.last_collect.elapsed() >= COLLECT_INTERVAL && self.collector.idle() {
             self.last_collect = Instant::now();
             let runs = self.own.collection_runs.fetch_add(1, Ordering::Relaxed);
-            if runs.is_multiple_of(SWEEP_EVERY) {
+            if is_sweep(runs) {
                 self.collector.start_sweep();
             } else {
                 self.collector.start();

@@ -1,10 +1,15 @@
 //! Test runs (BPF_PROG_TEST_RUN): one frame through a loaded program, its
-//! timing, and private copies of a running agent's maps for `trace`.
+//! timing, private copies of a running agent's maps for `trace`, and the
+//! collector's release of claims.
 use std::path::Path as FsPath;
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, MapData};
-use netplane_common::{LocalPod, NodeConfig, RouteTarget, maps::names};
+use netplane_common::{
+    LocalPod, NodeConfig, RouteTarget,
+    maps::{names, programs},
+    nat::{ClaimRelease, RELEASE_BATCH},
+};
 
 use super::{Datapath, LoadOptions};
 
@@ -41,6 +46,34 @@ impl Datapath {
         };
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
+    }
+
+    /// Deletes `claims` from NAT_IN and credits the port of each one that
+    /// was there to its slot (SNAT_FREES), RELEASE_BATCH claims per run of
+    /// `release_claims`: a delete and its credit happen in one program
+    /// run, so no death of the agent comes between them (decisions §47).
+    /// Returns, per claim, whether it was there.
+    pub fn release_claims(&mut self, claims: &[ClaimRelease]) -> Result<Vec<bool>> {
+        const SIZE: usize = size_of::<ClaimRelease>();
+        let mut released = Vec::with_capacity(claims.len());
+        for batch in claims.chunks(RELEASE_BATCH) {
+            let frame: Vec<u8> = batch
+                .iter()
+                .flat_map(|c| {
+                    let c = ClaimRelease { released: 0, ..*c };
+                    // SAFETY: repr(C), plain integers, no padding (the
+                    // size is checked in netplane-common).
+                    unsafe { std::mem::transmute::<ClaimRelease, [u8; SIZE]>(c) }
+                })
+                .collect();
+            let (_, out) = self.run(programs::RELEASE_CLAIMS, &frame, 0, 0)?;
+            anyhow::ensure!(
+                out.len() == frame.len(),
+                "release_claims changed the frame's size"
+            );
+            released.extend(out.chunks_exact(SIZE).map(|c| c[SIZE - 4..] != [0; 4]));
+        }
+        Ok(released)
     }
 
     /// Average time one run of `prog` on a fresh copy of `frame` takes,
