@@ -33,9 +33,9 @@ pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool 
 
 /// One whole collection pass: the flows `expired` picks are removed and
 /// their ports returned exactly (SNAT_FREES, which only the collector's
-/// `release_claims` runs write); owned-port marks no flow holds any more are cleared. Returns
-/// the removed flows. The agent runs the same pass a piece per tick
-/// (`Collector`).
+/// runs of `release_claims` write); owned-port marks no flow holds any
+/// more are cleared. Returns the removed flows. The agent runs the same
+/// pass a piece per tick (`Collector`).
 pub fn collect_where(
     dp: &mut Datapath,
     mut expired: impl FnMut(&FlowKey, &NatEntry) -> bool,
