@@ -25,6 +25,15 @@ pub const AKS_KUBENET_MAX_PODS: u32 = 110;
 /// Port the lab's agents serve Prometheus metrics on (at their host's IP).
 pub const LAB_METRICS_PORT: u16 = 9464;
 
+/// Most instructions the kernel's verifier may process for any one of
+/// netplane's programs, under every load option: a quarter of the kernel's
+/// own limit (BPF_COMPLEXITY_LIMIT_INSNS, 1,000,000), so that a kernel,
+/// compiler or option change has room before a program stops loading
+/// (docs/verifier.md).
+pub const VERIFIER_BUDGET: u32 = 250_000;
+/// The kernel's limit itself, quoted when a program is refused.
+pub const VERIFIER_LIMIT: u32 = 1_000_000;
+
 /// Default SNAT port range per SNAT IP (64,512 ports).
 pub const SNAT_PORT_MIN: u16 = 1024;
 pub const SNAT_PORT_MAX: u16 = 65535;

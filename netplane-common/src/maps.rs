@@ -66,6 +66,18 @@ pub mod programs {
     /// The collector's release of claims (XDP, run with BPF_PROG_TEST_RUN
     /// on a frame of `nat::ClaimRelease`s; never attached).
     pub const RELEASE_CLAIMS: &str = "release_claims";
+    /// Every program in the object: the verifier's budget test loads each
+    /// and checks that the object holds no other.
+    pub const ALL: [&str; 8] = [
+        FROM_POD,
+        FROM_UPLINK,
+        TO_UPLINK,
+        UPLINK_XDP,
+        LB_FROM_VNET,
+        LB_FROM_INTERNET,
+        BENCH_FLOOR,
+        RELEASE_CLAIMS,
+    ];
 }
 
 /// ROUTES capacity. Azure's UDR limit (400) is enforced by validation; the

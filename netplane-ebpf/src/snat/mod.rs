@@ -59,7 +59,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReas
         return rewrite::address(ctx, Side::Source, ip.src, e.nat_ip);
     }
     let l4 = l4::parse(ctx, ip, Dir::Out, target.udp_cone)?;
-    let e = table::translate_out(&l4.key(ip), &l4, target).inspect_err(|r| {
+    let (nat_ip, nat_port) = table::translate_out(&l4.key(ip), &l4, target).inspect_err(|r| {
         if *r == DropReason::NatPortsExhausted {
             warn!(
                 ctx,
@@ -79,7 +79,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4, target: Target) -> Result<(), DropReas
         &l4,
         Side::Source,
         Endpoint::new(ip.src, l4.src_port),
-        Endpoint::new(e.nat_ip, e.nat_port),
+        Endpoint::new(nat_ip, nat_port),
     )
 }
 

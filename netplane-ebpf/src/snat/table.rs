@@ -139,41 +139,138 @@ fn set(flag: &mut u8) {
     }
 }
 
-/// The translation of an outbound flow: found, or made from the first
-/// slot of the target (tried from a per-flow rotation) that has a free
-/// port for this destination.
+/// The translation of an outbound flow: found (refreshed), or made by
+/// [`netplane_new_flow`]. Returns its address and port.
 #[inline(always)]
-pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry, DropReason> {
+pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<(u32, u16), DropReason> {
     if let Some(e) = NAT_OUT.get_ptr_mut(key) {
         touch(e, l4, false);
         // SAFETY: as in `touch`.
-        return Ok(unsafe { *e });
+        return Ok(unsafe { ((*e).nat_ip, (*e).nat_port) });
     }
     if l4.proto == PROTO_TCP && l4.tcp_flags & (tcp::RST | tcp::FIN) != 0 {
         // Closing a flow that has no translation: never claim a port for it.
         return Err(DropReason::TcpInvalid);
     }
-    let spread = mix(key);
+    let req = NewFlow {
+        key: *key,
+        first_slot: target.first,
+        slots: target.count,
+        ack: l4.ack,
+        tcp_flags: l4.tcp_flags,
+        keep_port: u8::from(target.keep_port),
+        search_bitmap: u8::from(target.search_bitmap),
+        _pad: 0,
+    };
+    match Answer::from(netplane_new_flow(&req)) {
+        Answer::Translation(ip, port) => Ok((ip, port)),
+        Answer::TableFull => Err(DropReason::NatTableFull),
+        Answer::NoPort => Err(DropReason::NatPortsExhausted),
+    }
+}
+
+/// A new flow, as the engine's global functions take it: plain values and
+/// no implicit padding (the verifier wants every byte a global function's
+/// pointer argument covers initialised).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NewFlow {
+    key: FlowKey,
+    /// The target's slots: `slots` from `first_slot`.
+    first_slot: u32,
+    slots: u32,
+    /// The packet's TCP acknowledgment number and flags (a flow another
+    /// CPU made first is refreshed with them).
+    ack: u32,
+    tcp_flags: u8,
+    keep_port: u8,
+    search_bitmap: u8,
+    _pad: u8,
+}
+
+impl NewFlow {
+    /// The transport fields `touch` reads.
+    #[inline(always)]
+    fn l4(&self) -> L4 {
+        L4 {
+            proto: self.key.proto,
+            src_port: self.key.src_port,
+            dst_port: self.key.dst_port,
+            tcp_flags: self.tcp_flags,
+            ack: self.ack,
+            ..L4::default()
+        }
+    }
+}
+
+/// What the global functions answer, in the one scalar a global function
+/// may return: a translation (`1 << 48 | address << 16 | port`), no port
+/// (0), or a full table (-1).
+enum Answer {
+    Translation(u32, u16),
+    NoPort,
+    TableFull,
+}
+
+const NO_PORT: i64 = 0;
+const TABLE_FULL: i64 = -1;
+
+#[inline(always)]
+fn translation(nat_ip: u32, port: u16) -> i64 {
+    (1 << 48) | (i64::from(nat_ip) << 16) | i64::from(port)
+}
+
+impl From<i64> for Answer {
+    #[inline(always)]
+    fn from(v: i64) -> Self {
+        match v {
+            TABLE_FULL => Answer::TableFull,
+            v if v > 0 => Answer::Translation((v >> 16) as u32, v as u16),
+            _ => Answer::NoPort,
+        }
+    }
+}
+
+/// Makes the translation of a new flow from the first slot of its target
+/// (tried from a per-flow rotation) that has a free port toward its
+/// destination. A global function (BTF linkage global, as every
+/// `no_mangle` function bpf-linker emits): the verifier checks it once,
+/// with unknown arguments, rather than at every call site and in every
+/// state of its caller (docs/verifier.md).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_new_flow(req: *const NewFlow) -> i64 {
+    // SAFETY: a global function's pointer argument may be null (checked
+    // here); otherwise it points to a whole initialised NewFlow.
+    let Some(req) = (unsafe { req.as_ref() }) else {
+        return NO_PORT;
+    };
+    let spread = mix(&req.key);
     let mut i = 0;
     let mut evicted = false;
     while i < MAX_FRONTENDS {
-        if i >= target.count {
+        if i >= req.slots {
             break;
         }
-        let slot = target.first + (spread.wrapping_add(i)) % target.count;
-        // One call site: the verifier checks the claim (and its loops) once
-        // per slot, not once more for the retry.
-        match claim(key, l4, slot, spread, target) {
-            Ok(Some(e)) => return Ok(e),
-            Ok(None) => i += 1,
+        let slot = req.first_slot + (spread.wrapping_add(i)) % req.slots;
+        // The port search and the commit are separate functions so that
+        // the search's frames and the commit's never add up on the stack.
+        let found = match netplane_find_port(req, slot, spread) {
+            TABLE_FULL => TABLE_FULL,
+            port if port > 0 => netplane_commit(req, slot, port as u32),
+            _ => NO_PORT,
+        };
+        match Answer::from(found) {
+            Answer::Translation(ip, port) => return translation(ip, port),
+            Answer::NoPort => i += 1,
             // A full table: give up an unreplied flow and try once more, so
             // that a pod spraying destinations cannot stop its neighbours.
-            Err(DropReason::NatTableFull) if !evicted && evict_unreplied() => evicted = true,
-            Err(r) => return Err(r),
+            Answer::TableFull if !evicted && netplane_evict_unreplied() != 0 => evicted = true,
+            Answer::TableFull => return TABLE_FULL,
         }
     }
-    bump(&SNAT_FAILS, target.first);
-    Err(DropReason::NatPortsExhausted)
+    bump(&SNAT_FAILS, req.first_slot);
+    NO_PORT
 }
 
 /// Makes room in a full table, as Linux's early_drop does: removes the
@@ -181,12 +278,14 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<NatEntry,
 /// EVICTION_TRIES candidates at most. A flow that has been answered is
 /// never given up. Whoever removes the forward entry (this or the agent's
 /// collector) removes its claim and counts its port, so it is counted once.
-#[inline(always)]
-fn evict_unreplied() -> bool {
+/// Returns 1 when it made room. A global function, as above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_evict_unreplied() -> i64 {
     let mut i = 0;
     while i < EVICTION_TRIES {
         let Ok(Some(k)) = EVICTION_QUEUE.pop() else {
-            return false;
+            return 0;
         };
         if let Some(e) = translation_of(&k)
             && e.replied == 0
@@ -194,39 +293,39 @@ fn evict_unreplied() -> bool {
         {
             let _ = NAT_IN.remove(k.reply_via(e.nat_ip, e.nat_port));
             bump(&SNAT_EVICTS, e.slot);
-            return true;
+            return 1;
         }
         i += 1;
     }
-    false
+    0
 }
 
-/// Tries to claim a port in `slot` for `key`'s destination.
-#[inline(always)]
-fn claim(
-    key: &FlowKey,
-    l4: &L4,
-    slot: u32,
-    spread: u32,
-    target: Target,
-) -> Result<Option<NatEntry>, DropReason> {
+/// Claims a free port of `slot` toward the flow's destination (its NAT_IN
+/// key inserted): the port, no port (0), or a full table (-1). A global
+/// function, as above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_find_port(req: *const NewFlow, slot: u32, spread: u32) -> i64 {
+    // SAFETY: as in `netplane_new_flow`.
+    let Some(req) = (unsafe { req.as_ref() }) else {
+        return NO_PORT;
+    };
+    let key = &req.key;
     let Some(s) = SNAT_SLOTS.get(slot) else {
-        return Ok(None);
+        return NO_PORT;
     };
     let size = s.size();
     if s.nat_ip == 0 || size == 0 {
-        return Ok(None);
+        return NO_PORT;
     }
-    // The reply tuple with the port left open; its destination part keys
-    // the hint.
-    let dest = FlowKey::new(key.dst_ip, s.nat_ip, key.dst_port, 0, key.proto);
+    let dest = reply_dest(key, s.nat_ip);
     let own = u32::from(key.src_port);
     let (lo, hi) = (u32::from(s.port_lo), u32::from(s.port_hi));
-    let start = if target.keep_port && (lo..=hi).contains(&own) {
+    let start = if req.keep_port != 0 && (lo..=hi).contains(&own) {
         // Linux's nf_nat tries the original port first; if it is taken,
         // the search (find_port) goes on from there.
         own - lo
-    } else if target.search_bitmap {
+    } else if req.search_bitmap != 0 {
         // The bitmap finds the next unheld port from anywhere.
         spread % size
     } else {
@@ -237,7 +336,7 @@ fn claim(
             None => spread % size,
         }
     };
-    let bitmap = if target.search_bitmap {
+    let bitmap = if req.search_bitmap != 0 {
         PORT_BITMAPS.get_ptr_mut(PortBitmap::key(s.nat_ip, key.proto))
     } else {
         None
@@ -260,16 +359,42 @@ fn claim(
         // The table itself is full: no port of any slot can help, so stop
         // here rather than walk every port (a table-full flood must not cost
         // the node a whole port range per packet).
-        return Err(DropReason::NatTableFull);
+        return TABLE_FULL;
     }
     if probe.found == 0 {
-        return Ok(None);
+        return NO_PORT;
     }
     if let Some(b) = bitmap {
         mark_used(b, probe.found);
     }
-    let port = probe.found as u16;
-    let mut rev_key = dest;
+    i64::from(probe.found)
+}
+
+/// The reply tuple toward `nat_ip` with the port left open; its
+/// destination part keys the hint.
+#[inline(always)]
+fn reply_dest(key: &FlowKey, nat_ip: u32) -> FlowKey {
+    FlowKey::new(key.dst_ip, nat_ip, key.dst_port, 0, key.proto)
+}
+
+/// Makes the translation of a port [`netplane_find_port`] claimed: the
+/// forward entry, the accounting, the hints and the event. Returns the
+/// translation (another CPU's, if it made this flow first) or a full
+/// table (-1). A global function, as above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_commit(req: *const NewFlow, slot: u32, port: u32) -> i64 {
+    // SAFETY: as in `netplane_new_flow`.
+    let Some(req) = (unsafe { req.as_ref() }) else {
+        return TABLE_FULL;
+    };
+    let key = &req.key;
+    let Some(s) = SNAT_SLOTS.get(slot) else {
+        return TABLE_FULL;
+    };
+    let size = s.size().max(1);
+    let port = port as u16;
+    let mut rev_key = reply_dest(key, s.nat_ip);
     rev_key.dst_port = port;
     let now = crate::clock::precise();
     let entry = NatEntry {
@@ -286,19 +411,20 @@ fn claim(
         let _ = NAT_IN.remove(rev_key);
         return match NAT_OUT.get_ptr_mut(key) {
             Some(e) => {
-                touch(e, l4, false);
+                touch(e, &req.l4(), false);
                 // SAFETY: as in `touch`.
-                Ok(Some(unsafe { *e }))
+                unsafe { translation((*e).nat_ip, (*e).nat_port) }
             }
-            None => Err(DropReason::NatTableFull),
+            None => TABLE_FULL,
         };
     }
     bump(&SNAT_ALLOCS, slot);
     // BPF_EXIST: a full queue drops its oldest candidate.
     let _ = EVICTION_QUEUE.push(key, BPF_EXIST as u64);
-    if !target.search_bitmap {
-        let next = (port as u32 - s.port_lo as u32 + 1) % size;
-        let _ = PORT_HINTS.insert(dest, next, 0);
+    if req.search_bitmap == 0 {
+        let next = (u32::from(port).wrapping_sub(u32::from(s.port_lo)) + 1) % size;
+        rev_key.dst_port = 0;
+        let _ = PORT_HINTS.insert(rev_key, next, 0);
     }
     let owned = owned_key(s.nat_ip, port, key.proto);
     let _ = PORT_OWNED.insert(owned, now, 0);
@@ -313,7 +439,7 @@ fn claim(
         nat_port: port,
         ..Default::default()
     });
-    Ok(Some(entry))
+    translation(s.nat_ip, port)
 }
 
 #[repr(C)]

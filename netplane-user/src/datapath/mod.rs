@@ -7,6 +7,7 @@ pub mod maps;
 pub mod memory;
 pub mod sys;
 mod testrun;
+pub mod verifier;
 
 pub use maps::{
     Counters, DropStat, PathStat, list_routes, pinned_pod_ips, pinned_routes, put_route,
@@ -114,29 +115,23 @@ impl Datapath {
 
     /// A TC program, loaded into the kernel (verified) on first use.
     pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        self.verify(name)?;
         let prog: &mut SchedClassifier = self
             .bpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()?;
-        if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-        }
         Ok(prog)
     }
 
     /// An XDP program, loaded on first use.
     pub fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.verify(name)?;
         let prog: &mut Xdp = self
             .bpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()?;
-        if prog.fd().is_err() {
-            prog.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-        }
         Ok(prog)
     }
 

@@ -17,6 +17,7 @@ mod table;
 mod trace;
 mod ui;
 mod validate;
+mod verifier;
 mod whoami;
 
 use std::process::ExitCode;
@@ -80,6 +81,10 @@ enum Cmd {
     Ui(ui::UiArgs),
     /// Check a cluster file against AKS's rules; all errors at once.
     Validate(validate::ValidateArgs),
+    /// Load every program under every load option on this kernel and show
+    /// what the verifier processed against netplane's budget (exit 1 over
+    /// it).
+    Verifier(verifier::VerifierArgs),
     /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
     Plan(plan::PlanArgs),
     /// Draw the teaching guides' two pictures (vnet.svg, egress.svg) from
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Services(select) => services::run(&select)?,
         Cmd::Ui(args) => ui::run(args)?,
         Cmd::Validate(args) => return validate::run(args),
+        Cmd::Verifier(args) => return verifier::run(args),
         Cmd::Plan(args) => plan::run(args)?,
         Cmd::Diagrams { dir, config } => {
             use netplane::tools::diagrams;

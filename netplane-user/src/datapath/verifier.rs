@@ -1,0 +1,321 @@
+//! The verifier as a budget: every program of the object loaded under every
+//! load option, with the instructions the kernel's verifier processed for
+//! it (`verified_insns`) held against [`VERIFIER_BUDGET`]; and the one line
+//! a user reads when the kernel refuses a program (docs/verifier.md).
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context, Result};
+use aya::programs::{Program, ProgramError};
+use netplane_common::{
+    limits::{VERIFIER_BUDGET, VERIFIER_LIMIT},
+    maps::programs,
+};
+use serde::Serialize;
+
+use super::{Datapath, LoadOptions};
+
+/// The load options that change what the verifier sees: flow events on or
+/// off, and each level of the programs' own log (a level turns the log
+/// calls below it into dead code the verifier prunes).
+pub fn variants() -> Vec<LoadOptions> {
+    use aya_log::Level::*;
+    let mut out = Vec::new();
+    for flow_events in [true, false] {
+        for log_level in [Error, Warn, Info, Debug, Trace] {
+            out.push(LoadOptions {
+                flow_events,
+                log_level,
+                // The tables' size does not change what is verified; small
+                // ones keep ten loads quick.
+                nat_entries: 1024,
+                ..LoadOptions::default()
+            });
+        }
+    }
+    out
+}
+
+/// One program under one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Count {
+    pub program: String,
+    pub flow_events: bool,
+    pub log_level: String,
+    /// Instructions the verifier processed: the kernel's count when it
+    /// accepted the program, the log's when it refused it.
+    pub processed: Option<u32>,
+    /// Why the kernel refused it (one line), if it did.
+    pub refused: Option<String>,
+}
+
+impl Count {
+    pub fn within_budget(&self) -> bool {
+        self.refused.is_none() && self.processed.is_some_and(|n| n <= VERIFIER_BUDGET)
+    }
+}
+
+/// Every program under every variant, on this kernel.
+#[derive(Debug, Serialize)]
+pub struct Table {
+    pub kernel: String,
+    pub budget: u32,
+    pub limit: u32,
+    pub counts: Vec<Count>,
+    /// Programs in the object that `programs::ALL` does not list (a new
+    /// program must join the list, so that nothing escapes the budget).
+    pub unlisted: Vec<String>,
+}
+
+impl Table {
+    /// Loads each program under each of [`variants`]; `progress` hears
+    /// about each variant as it starts.
+    pub fn measure(progress: &mut dyn FnMut(&str)) -> Result<Table> {
+        let mut counts = Vec::new();
+        let mut unlisted = Vec::new();
+        for opts in variants() {
+            let level = format!("{:?}", opts.log_level).to_lowercase();
+            progress(&format!(
+                "flow events {}, log level {level}",
+                if opts.flow_events { "on" } else { "off" }
+            ));
+            let mut dp = Datapath::load(&opts)?;
+            let in_object: Vec<String> = dp.bpf.programs().map(|(n, _)| n.to_string()).collect();
+            for name in &in_object {
+                if !programs::ALL.contains(&name.as_str()) && !unlisted.contains(name) {
+                    unlisted.push(name.clone());
+                }
+            }
+            for name in programs::ALL {
+                let (processed, refused) = if in_object.iter().any(|n| n == name) {
+                    match dp.verify(name) {
+                        Ok(n) => (n, None),
+                        Err(r) => (r.processed, Some(r.summary())),
+                    }
+                } else {
+                    (None, Some("not in the object".to_string()))
+                };
+                counts.push(Count {
+                    program: name.to_string(),
+                    flow_events: opts.flow_events,
+                    log_level: level.clone(),
+                    processed,
+                    refused,
+                });
+            }
+        }
+        Ok(Table {
+            kernel: kernel_release(),
+            budget: VERIFIER_BUDGET,
+            limit: VERIFIER_LIMIT,
+            counts,
+            unlisted,
+        })
+    }
+
+    /// The counts over budget or refused.
+    pub fn failures(&self) -> Vec<&Count> {
+        self.counts.iter().filter(|c| !c.within_budget()).collect()
+    }
+
+    /// Per program, its largest count over the variants (and the variant).
+    pub fn worst(&self) -> BTreeMap<&str, &Count> {
+        let mut worst: BTreeMap<&str, &Count> = BTreeMap::new();
+        for c in &self.counts {
+            let e = worst.entry(c.program.as_str()).or_insert(c);
+            let bad = |x: &Count| (x.refused.is_some(), x.processed.unwrap_or(0));
+            if bad(c) > bad(e) {
+                *e = c;
+            }
+        }
+        worst
+    }
+
+    /// A table per program: its least and largest count, the variant of
+    /// the largest, and its share of the budget.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "verifier budget on kernel {}: {} instructions per program ({} % of the kernel's {})\n",
+            self.kernel,
+            group(self.budget),
+            self.budget * 100 / self.limit,
+            group(self.limit)
+        );
+        out += &format!(
+            "{:<18} {:>10} {:>10} {:>8}  {}\n",
+            "program", "least", "largest", "budget", "largest under"
+        );
+        for (program, w) in self.worst() {
+            let least = self
+                .counts
+                .iter()
+                .filter(|c| c.program == program)
+                .filter_map(|c| c.processed)
+                .min()
+                .unwrap_or(0);
+            let largest = w.processed.unwrap_or(0);
+            let status = match &w.refused {
+                Some(why) => format!("REFUSED: {why}"),
+                None if largest > self.budget => "OVER BUDGET".to_string(),
+                None => format!(
+                    "flow events {}, log {}",
+                    if w.flow_events { "on" } else { "off" },
+                    w.log_level
+                ),
+            };
+            out += &format!(
+                "{program:<18} {:>10} {:>10} {:>7}%  {status}\n",
+                group(least),
+                group(largest),
+                u64::from(largest) * 100 / u64::from(self.budget),
+            );
+        }
+        for name in &self.unlisted {
+            out +=
+                &format!("{name:<18} UNLISTED: add it to netplane_common::maps::programs::ALL\n");
+        }
+        out
+    }
+}
+
+/// 1234567 as "1,234,567".
+fn group(n: u32) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// A program the kernel refused: what a user can act on, with the
+/// verifier's whole log in a file rather than on the terminal.
+#[derive(Debug)]
+pub struct Refusal {
+    pub program: String,
+    pub kernel: String,
+    /// Instructions processed, from the log's last "processed N insns".
+    pub processed: Option<u32>,
+    /// The log's last line that says what went wrong.
+    pub reason: String,
+    pub log: Option<PathBuf>,
+}
+
+impl Refusal {
+    /// Reads a load error; a verifier log goes to `verifier/<program>.log`
+    /// under the run directory.
+    pub fn from_load_error(program: &str, err: ProgramError) -> Refusal {
+        let kernel = kernel_release();
+        let (log_text, reason) = match &err {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => (verifier_log.to_string(), io_error.to_string()),
+            other => (String::new(), other.to_string()),
+        };
+        let processed = log_text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("processed "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        let last = log_text
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| {
+                !l.is_empty()
+                    && !l.starts_with("processed ")
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+            })
+            .map(str::to_string);
+        let log = (!log_text.is_empty())
+            .then(|| write_log(program, &log_text).ok())
+            .flatten();
+        Refusal {
+            program: program.to_string(),
+            kernel,
+            processed,
+            reason: last.unwrap_or(reason),
+            log,
+        }
+    }
+
+    /// One line: the program, the kernel, the count against the limit or
+    /// the verifier's last word.
+    pub fn summary(&self) -> String {
+        match self.processed {
+            Some(n) if n >= VERIFIER_LIMIT => format!(
+                "too large: the verifier processed {} instructions (limit {})",
+                group(n),
+                group(VERIFIER_LIMIT)
+            ),
+            _ => self.reason.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kernel ({}) refused program {}: {}",
+            self.kernel,
+            self.program,
+            self.summary()
+        )?;
+        if let Some(log) = &self.log {
+            write!(f, "; the verifier's log: {}", log.display())?;
+        }
+        write!(f, "; see docs/verifier.md")
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+fn write_log(program: &str, text: &str) -> Result<PathBuf> {
+    let dir = crate::paths::run_dir().join("verifier");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{program}.log"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+impl Datapath {
+    /// Loads (verifies) program `name` if it is not loaded yet; returns
+    /// the kernel's count of the instructions its verifier processed.
+    pub fn verify(&mut self, name: &str) -> Result<Option<u32>, Refusal> {
+        let plain = |reason: &str| Refusal {
+            program: name.to_string(),
+            kernel: kernel_release(),
+            processed: None,
+            reason: reason.to_string(),
+            log: None,
+        };
+        let prog = self
+            .bpf
+            .program_mut(name)
+            .ok_or_else(|| plain("not in the object"))?;
+        let loaded = match prog {
+            Program::SchedClassifier(p) if p.fd().is_err() => p.load(),
+            Program::Xdp(p) if p.fd().is_err() => p.load(),
+            Program::SchedClassifier(_) | Program::Xdp(_) => Ok(()),
+            _ => return Err(plain("not a TC or XDP program")),
+        };
+        loaded.map_err(|e| Refusal::from_load_error(name, e))?;
+        Ok(prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count()))
+    }
+}
