@@ -102,10 +102,23 @@ fn reconcile_routes_under_traffic() {
 /// pinned data path keeps forwarding and the new agents adopt it.
 #[test]
 fn agents_restart_without_loss() {
+    agents_restart_without_loss_with("tcx");
+}
+
+/// The same with the TC programs on clsact filters, as on a kernel before
+/// 6.6: the filters outlive the killed agents, the new ones replace their
+/// programs in place, and each hook stays one filter.
+#[test]
+fn agents_restart_without_loss_on_clsact_filters() {
+    agents_restart_without_loss_with("clsact");
+}
+
+fn agents_restart_without_loss_with(mode: &str) {
     if !privileged() {
         return;
     }
-    let (_turn, _guard) = lab_up();
+    let (_turn, _guard) = lab_up_with(&["--tc-attach", mode]);
+    assert_attach_mode(mode);
     assert!(
         exec("pod-1-0", &["iperf3", "-s", "-1", "-D"])
             .status
@@ -133,15 +146,43 @@ fn agents_restart_without_loss() {
     assert_no_loss(ping, "pod-0-1 -> pod-1-1 across agent kills");
     // The restarted agents still serve new connections.
     assert_tcp_preserves_source("pod-1-1", "10.244.1.3", "pod-0-1", "10.244.0.3");
+    assert_attach_mode(mode);
+}
+
+/// Every agent says it attached its TC programs the way `mode` says, and
+/// each of node-0's uplink hooks is one clsact filter exactly when the
+/// mode is clsact.
+fn assert_attach_mode(mode: &str) {
+    let stats: Value = serde_json::from_str(&ok(&["stats", "--json"])).unwrap();
+    for agent in ["node-0", "node-1", "lb"] {
+        assert_eq!(stats["nodes"][agent]["tc_attach"], mode, "{agent}: {stats}");
+    }
+    for dir in ["ingress", "egress"] {
+        let out = exec("node-0", &["tc", "filter", "show", "dev", "eth0", dir]);
+        let filters = String::from_utf8_lossy(&out.stdout);
+        let ours = filters.matches("handle 0x4e50").count();
+        let want = usize::from(mode == "clsact");
+        assert_eq!(ours, want, "node-0 eth0 {dir} filters:\n{filters}");
+    }
 }
 
 /// --detach-on-exit: SIGTERM leaves no program and no pin behind.
 #[test]
 fn detach_on_exit_removes_the_data_path() {
+    detach_on_exit_removes_the_data_path_with("tcx");
+}
+
+/// The same with clsact filters: SIGTERM deletes them.
+#[test]
+fn detach_on_exit_removes_the_clsact_filters() {
+    detach_on_exit_removes_the_data_path_with("clsact");
+}
+
+fn detach_on_exit_removes_the_data_path_with(mode: &str) {
     if !privileged() {
         return;
     }
-    let (_turn, _guard) = lab_up();
+    let (_turn, _guard) = lab_up_with(&["--tc-attach", mode]);
     let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
     assert_eq!(st["agents"][0]["node"], "node-0");
     let pid = st["agents"][0]["pid"].as_u64().unwrap();
@@ -166,6 +207,7 @@ fn detach_on_exit_removes_the_data_path() {
             "node-0",
         ])
         .args(["--netns", "np-node-0", "--detach-on-exit"])
+        .args(["--tc-attach", mode])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -187,6 +229,12 @@ fn detach_on_exit_removes_the_data_path() {
     wait_until("node-0's data path to stop forwarding", || {
         !ping("pod-1-0", &["-c", "1", "10.244.0.2"]).status.success()
     });
+    let out = exec(
+        "node-0",
+        &["tc", "filter", "show", "dev", "eth0", "ingress"],
+    );
+    let filters = String::from_utf8_lossy(&out.stdout);
+    assert!(!filters.contains("0x4e50"), "filters left: {filters}");
 }
 
 #[test]

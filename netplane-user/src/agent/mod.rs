@@ -38,7 +38,7 @@ use crate::{
     config::{Cluster, OutboundType},
     datapath::{
         Datapath, LoadOptions,
-        hooks::{self, Attach, Hooks},
+        hooks::{self, Attach, Hooks, TcMode},
     },
     paths,
     source::{NodeSource, NodeView, services::ServiceView},
@@ -60,6 +60,10 @@ pub struct AgentStatus {
     pub pins: String,
     /// Hooks found pinned by an earlier agent and adopted.
     pub adopted: Vec<String>,
+    /// How its TC programs are attached (None: an agent from before the
+    /// choice existed, which used tcx).
+    #[serde(default)]
+    pub tc_attach: Option<TcMode>,
 }
 
 /// How the agent runs, besides which node it is.
@@ -90,6 +94,8 @@ pub struct Options {
     pub outside_interface: Option<String>,
     /// The NAT tables' size, over the cluster file's (the lab's share).
     pub nat_table_entries: Option<u32>,
+    /// How TC programs attach (None: probe the kernel).
+    pub tc_attach: Option<TcMode>,
 }
 
 impl Options {
@@ -199,6 +205,7 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
         netns: opts.netns.clone(),
         pins: pins.display().to_string(),
         adopted,
+        tc_attach: Some(hooks.mode()),
     };
     let services = match &opts.source {
         NodeSource::Kubernetes { kubeconfig } => Some(runtime.block_on(async {
@@ -269,6 +276,7 @@ pub fn run_lb(opts: &Options) -> Result<()> {
         netns: opts.netns.clone(),
         pins: pins.display().to_string(),
         adopted,
+        tc_attach: Some(hooks.mode()),
     };
     let watches = serve::Watches {
         nodes,
@@ -388,7 +396,18 @@ fn load(name: &str, opts: &Options, cluster: &Cluster) -> Result<(Datapath, Hook
     // The collector's release program, verified now: a kernel that refused
     // it should stop the agent at start, not fail every collection.
     dp.xdp(netplane_common::maps::programs::RELEASE_CLAIMS)?;
-    let hooks = Hooks::new(&pins)?;
+    let mode = opts.tc_attach.unwrap_or_else(TcMode::probe);
+    let why = match (opts.tc_attach, mode) {
+        (Some(_), _) => "as --tc-attach says",
+        (None, TcMode::Tcx) => "the kernel has tcx",
+        (None, TcMode::Clsact) => "the kernel has no tcx (Linux 6.6 brought it)",
+    };
+    tracing::info!(
+        kernel = %crate::datapath::verifier::kernel_release(),
+        "TC programs attach through {}: {why}",
+        mode.describe()
+    );
+    let hooks = Hooks::new(&pins, &paths::node_dir(name), mode)?;
     Ok((dp, hooks, pins))
 }
 

@@ -1,11 +1,20 @@
-//! Program attachments that outlive the agent: every hook (program on an
-//! interface) is a tcx link pinned in the node's bpffs directory. The pin
-//! keeps the program attached, so the agent can stop, crash or restart
-//! while traffic flows. A new agent adopts each pinned link by swapping in
-//! its freshly loaded program atomically (BPF_LINK_UPDATE); removing a pin
-//! detaches. The running agent also holds each link open, so that if the
-//! bpffs is unmounted under it (which drops every pin) nothing detaches
-//! and it can pin them again (`repin`).
+//! Program attachments that outlive the agent. A TC hook (program on an
+//! interface) is attached one of two ways, whichever the kernel has
+//! ([`TcMode`], probed at start):
+//! - tcx (Linux 6.6+): a link pinned in the node's bpffs directory. The pin
+//!   keeps the program attached, so the agent can stop, crash or restart
+//!   while traffic flows. A new agent adopts each pinned link by swapping
+//!   in its freshly loaded program atomically (BPF_LINK_UPDATE); removing a
+//!   pin detaches. The running agent also holds each link open, so that if
+//!   the bpffs is unmounted under it (which drops every pin) nothing
+//!   detaches and it can pin them again (`repin`).
+//! - clsact filters (any kernel): a direct-action bpf filter at netplane's
+//!   own priority and handle, on the interface's clsact qdisc, with a
+//!   record (interface, direction) in the node's state directory. The
+//!   filter lives in the kernel until it is deleted, agent or not; a new
+//!   agent adopts it by replacing its program in place (RTM_NEWTFILTER on
+//!   the same priority and handle, no gap); removing the hook deletes the
+//!   filter and its record.
 use std::{
     cell::RefCell,
     collections::BTreeMap,
@@ -14,10 +23,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::{
-    TcAttachType,
-    links::{FdLink, PinnedLink},
-    tc::SchedClassifierLink,
+    SchedClassifier, TcAttachType,
+    links::{FdLink, Link as _, PinnedLink},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
 };
+use serde::{Deserialize, Serialize};
 
 use super::{Datapath, sys::detach_pinned};
 
@@ -35,20 +45,94 @@ pub enum Attach {
     New,
 }
 
+/// How TC programs attach on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TcMode {
+    /// tcx links (Linux 6.6+), pinned.
+    Tcx,
+    /// Filters on a clsact qdisc, set up over netlink (every kernel).
+    Clsact,
+}
+
+impl TcMode {
+    /// tcx where the kernel has it: a BPF_PROG_QUERY for tcx on `lo`
+    /// succeeds from 6.6 on and fails with EINVAL before.
+    pub fn probe() -> TcMode {
+        match SchedClassifier::query_tcx("lo", TcAttachType::Ingress) {
+            Ok(_) => TcMode::Tcx,
+            Err(_) => TcMode::Clsact,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TcMode::Tcx => "tcx links",
+            TcMode::Clsact => "clsact filters",
+        }
+    }
+}
+
+/// netplane's clsact filters: one per interface and direction, always at
+/// this priority and handle, so that a new agent finds its predecessor's.
+pub const FILTER_PRIORITY: u16 = 1;
+pub const FILTER_HANDLE: u32 = 0x4e50; // "NP"
+
+/// A clsact filter's record, one file per hook.
+#[derive(Debug, Serialize, Deserialize)]
+struct FilterRecord {
+    iface: String,
+    egress: bool,
+}
+
+impl FilterRecord {
+    fn kind(&self) -> TcAttachType {
+        if self.egress {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        }
+    }
+
+    /// The filter as aya knows a netlink link (no kernel object to open).
+    fn link(&self) -> std::io::Result<SchedClassifierLink> {
+        SchedClassifierLink::attached(
+            &self.iface,
+            self.kind(),
+            FILTER_PRIORITY,
+            TcHandle::from(FILTER_HANDLE),
+            None,
+        )
+    }
+}
+
 pub struct Hooks {
     dir: PathBuf,
-    /// Every link this agent attached or adopted, held open.
+    /// Clsact filters' records (plain files: a bpffs holds no files).
+    filters: PathBuf,
+    mode: TcMode,
+    /// Every tcx or XDP link this agent attached or adopted, held open.
     held: RefCell<BTreeMap<String, FdLink>>,
 }
 
 impl Hooks {
-    pub fn new(pins: &Path) -> Result<Hooks> {
+    /// `pins`: the node's bpffs directory; `state`: its plain directory.
+    pub fn new(pins: &Path, state: &Path, mode: TcMode) -> Result<Hooks> {
         let dir = links_dir(pins);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let filters = state.join("tc-filters");
+        std::fs::create_dir_all(&filters)
+            .with_context(|| format!("creating {}", filters.display()))?;
         Ok(Hooks {
             dir,
+            filters,
+            mode,
             held: RefCell::new(BTreeMap::new()),
         })
+    }
+
+    pub fn mode(&self) -> TcMode {
+        self.mode
     }
 
     /// Pins again every held link whose pin is gone (the bpffs was
@@ -76,9 +160,29 @@ impl Hooks {
         self.dir.join(hook)
     }
 
-    /// Attaches TC program `prog` to `iface`, or adopts the pinned link of
-    /// `hook` and swaps `prog` in without a gap.
+    /// Attaches TC program `prog` to `iface`, or adopts the hook an earlier
+    /// agent left and swaps `prog` in without a gap.
     pub fn tc(
+        &self,
+        dp: &mut Datapath,
+        prog: &str,
+        iface: &str,
+        kind: TcAttachType,
+        hook: &str,
+    ) -> Result<Attach> {
+        match self.mode {
+            TcMode::Tcx => {
+                self.remove_filter(hook)?; // left by an agent forced to clsact
+                self.tcx(dp, prog, iface, kind, hook)
+            }
+            TcMode::Clsact => {
+                self.remove_link(hook)?;
+                self.clsact(dp, prog, iface, kind, hook)
+            }
+        }
+    }
+
+    fn tcx(
         &self,
         dp: &mut Datapath,
         prog: &str,
@@ -107,8 +211,8 @@ impl Hooks {
             }
         }
         let id = program
-            .attach(iface, kind)
-            .with_context(|| format!("attaching {prog} to {iface}"))?;
+            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(Default::default()))
+            .with_context(|| format!("attaching {prog} to {iface} (tcx)"))?;
         let link: FdLink = program.take_link(id)?.try_into()?;
         let pinned = link
             .pin(&pin)
@@ -117,6 +221,58 @@ impl Hooks {
             .borrow_mut()
             .insert(hook.to_string(), FdLink::from(pinned));
         Ok(Attach::New)
+    }
+
+    fn clsact(
+        &self,
+        dp: &mut Datapath,
+        prog: &str,
+        iface: &str,
+        kind: TcAttachType,
+        hook: &str,
+    ) -> Result<Attach> {
+        let record = FilterRecord {
+            iface: iface.to_string(),
+            egress: kind == TcAttachType::Egress,
+        };
+        let program = dp.classifier(prog)?;
+        // A filter at netplane's priority and handle on this interface is
+        // an earlier agent's: replace its program in place. None there
+        // (ENOENT): make it.
+        let replaced = record
+            .link()
+            .map_err(anyhow::Error::from)
+            .and_then(|link| Ok(program.attach_to_link(link)?));
+        let (id, attach) = match replaced {
+            Ok(id) => (id, Attach::Adopted),
+            Err(_) => {
+                match tc::qdisc_add_clsact(iface) {
+                    Ok(()) => {}
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("adding clsact to {iface}"));
+                    }
+                }
+                let opts = NlOptions {
+                    priority: FILTER_PRIORITY,
+                    handle: TcHandle::from(FILTER_HANDLE),
+                    classid: None,
+                };
+                let id = program
+                    .attach_with_options(iface, kind, TcAttachOptions::Netlink(opts))
+                    .with_context(|| format!("attaching {prog} to {iface} (clsact filter)"))?;
+                (id, Attach::New)
+            }
+        };
+        // aya detaches a netlink link it drops; the filter must outlive
+        // this agent as a pinned link does. Forgetting it leaks nothing (it
+        // is an interface index and a handle, no file descriptor).
+        std::mem::forget(program.take_link(id)?);
+        let path = self.filters.join(hook);
+        std::fs::write(&path, serde_json::to_vec(&record)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(attach)
     }
 
     /// Attaches XDP program `prog` to `iface` (native mode). aya 0.14 cannot
@@ -136,10 +292,16 @@ impl Hooks {
         Ok(())
     }
 
-    /// Detaches a hook now (BPF_LINK_DETACH) and removes its pin. Absent is
-    /// fine. Only unpinning would detach too, but later: the kernel frees an
-    /// unlinked bpffs inode after an RCU grace period.
+    /// Detaches a hook now and removes its pin or record. Absent is fine.
     pub fn remove(&self, hook: &str) -> Result<()> {
+        self.remove_link(hook)?;
+        self.remove_filter(hook)
+    }
+
+    /// A pinned link: BPF_LINK_DETACH, then the pin. Only unpinning would
+    /// detach too, but later: the kernel frees an unlinked bpffs inode
+    /// after an RCU grace period.
+    fn remove_link(&self, hook: &str) -> Result<()> {
         let held = self.held.borrow_mut().remove(hook);
         let pin = self.pin(hook);
         if !pin.exists() {
@@ -156,6 +318,29 @@ impl Hooks {
         }
     }
 
+    /// A clsact filter: deleted (RTM_DELTFILTER), then its record.
+    fn remove_filter(&self, hook: &str) -> Result<()> {
+        let path = self.filters.join(hook);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        if let Ok(record) = serde_json::from_slice::<FilterRecord>(&bytes) {
+            // A filter whose interface is gone went with it.
+            match record.link() {
+                Ok(link) => {
+                    if let Err(e) = link.detach() {
+                        tracing::debug!(hook, "deleting the clsact filter: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(hook, "clsact filter's interface: {e}"),
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Detaches and unpins every hook.
     pub fn remove_all(&self) -> Result<()> {
         for hook in self.pinned() {
@@ -164,15 +349,16 @@ impl Hooks {
         Ok(())
     }
 
-    /// The hooks pinned now.
+    /// The hooks attached now: pinned links and recorded filters.
     pub fn pinned(&self) -> Vec<String> {
-        std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut hooks: Vec<String> = [&self.dir, &self.filters]
+            .into_iter()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        hooks.sort();
+        hooks.dedup();
+        hooks
     }
 }
 

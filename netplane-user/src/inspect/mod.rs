@@ -79,6 +79,9 @@ pub struct Stats {
     #[serde(flatten)]
     pub counters: Counters,
     pub memory: Memory,
+    /// How the agent attached its TC programs (tcx or clsact), as its
+    /// status file says; None without one.
+    pub tc_attach: Option<crate::datapath::hooks::TcMode>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,12 +94,15 @@ pub struct Memory {
 
 /// Counters and memory of one agent.
 pub fn stats(agent: &str) -> Result<Stats> {
-    let agent_rss_bytes = std::fs::read(paths::agent_status(agent))
+    let status = std::fs::read(paths::agent_status(agent))
         .ok()
-        .and_then(|b| serde_json::from_slice::<crate::agent::AgentStatus>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<crate::agent::AgentStatus>(&b).ok());
+    let agent_rss_bytes = status
+        .as_ref()
         .filter(|s| lab::is_our_agent(s.pid, agent))
         .and_then(|s| memory::rss_bytes(s.pid));
     Ok(Stats {
+        tc_attach: status.and_then(|s| s.tc_attach),
         counters: counters(agent)?,
         memory: Memory {
             kernel: memory::kernel_memory(&paths::pins(agent))?,

@@ -80,6 +80,13 @@ pub(super) fn start_agent(
     if !OUTBOUND_AGENTS.contains(&node) {
         cmd.args(opts.uplink_xdp.then_some("--uplink-xdp"));
     }
+    if let Some(mode) = opts.tc_attach {
+        let mode = clap::ValueEnum::to_possible_value(&mode).expect("no variant is skipped");
+        cmd.args(["--tc-attach", mode.get_name()]);
+    }
+    // An agent attaches as its own flag says, not as the lab's caller's
+    // environment happens to.
+    cmd.env_remove("NETPLANE_TC_ATTACH");
     if let Some(share) = nat_share {
         cmd.args(["--nat-table-entries", &share.to_string()]);
     }
@@ -257,6 +264,7 @@ pub fn restart_agent(
         datapath: state.datapath,
         kubernetes: state.kubernetes.is_some(),
         ui: None,
+        tc_attach: state.tc_attach,
     };
     let ip = state
         .hosts

@@ -99,6 +99,7 @@ pub(super) fn build(
         cluster_file: cluster_copy.display().to_string(),
         uplink_xdp: opts.uplink_xdp,
         datapath: opts.datapath,
+        tc_attach: opts.tc_attach,
         vnet: Vnet {
             netns: VNET_NETNS.into(),
             bridge: VNET_BRIDGE.into(),

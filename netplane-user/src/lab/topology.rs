@@ -56,6 +56,9 @@ pub struct LabState {
     pub uplink_xdp: bool,
     #[serde(default)]
     pub datapath: DataPathKind,
+    /// Agents run with this --tc-attach (None: they probe).
+    #[serde(default)]
+    pub tc_attach: Option<crate::datapath::hooks::TcMode>,
     pub vnet: Vnet,
     pub hosts: Vec<Host>,
     pub agents: Vec<AgentProc>,
@@ -107,6 +110,8 @@ pub struct UpOptions {
     pub kubernetes: bool,
     /// Start the web page (`netplane ui`) listening here.
     pub ui: Option<std::net::SocketAddr>,
+    /// The agents' `--tc-attach` (None: they probe the kernel).
+    pub tc_attach: Option<crate::datapath::hooks::TcMode>,
 }
 
 /// Which data path the lab's nodes and load balancer run.

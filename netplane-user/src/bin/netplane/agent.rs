@@ -58,6 +58,11 @@ pub struct AgentArgs {
     /// path) or debug.
     #[arg(long, value_parser = parse_level)]
     bpf_log_level: Option<aya_log::Level>,
+    /// How the TC programs attach: tcx links (Linux 6.6+) or filters on a
+    /// clsact qdisc (every kernel). Default: probe the kernel, tcx where
+    /// it has it.
+    #[arg(long, value_enum, env = "NETPLANE_TC_ATTACH")]
+    tc_attach: Option<netplane::datapath::hooks::TcMode>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,6 +92,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         bpf_log_level: args.bpf_log_level,
         outside_interface: args.outside_interface,
         nat_table_entries: args.nat_table_entries,
+        tc_attach: args.tc_attach,
     };
     match args.node {
         Some(node) if !args.lb => netplane::agent::run(&node, &opts),

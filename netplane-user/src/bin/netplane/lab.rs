@@ -42,6 +42,11 @@ pub enum LabCmd {
         #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
               default_missing_value = netplane::ui::DEFAULT_LISTEN)]
         ui: Option<std::net::SocketAddr>,
+        /// How the agents attach their TC programs (default: each probes
+        /// the kernel; tcx where it has it). `clsact` shows on a new kernel
+        /// what an older one does.
+        #[arg(long, value_enum, env = "NETPLANE_TC_ATTACH")]
+        tc_attach: Option<netplane::datapath::hooks::TcMode>,
     },
     /// Remove everything the lab made (idempotent, also after a crash).
     Down,
@@ -110,6 +115,7 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
             datapath,
             source,
             ui,
+            tc_attach,
         } => {
             eprintln!("bringing the lab up");
             let opts = lab::UpOptions {
@@ -117,6 +123,7 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
                 datapath,
                 kubernetes: source == LabSource::Kubernetes,
                 ui,
+                tc_attach,
             };
             let state = lab::up(config.as_deref(), &opts, &mut |l| progress(l))?;
             print_hosts(&state.hosts);

@@ -83,7 +83,10 @@ pub fn run(select: &Select) -> Result<()> {
         return table::print_json(&serde_json::json!({ "nodes": all }));
     }
     for (n, s) in &all {
-        println!("{n}");
+        match s.tc_attach {
+            Some(mode) => println!("{n}  (TC programs: {})", mode.describe()),
+            None => println!("{n}"),
+        }
         table::print("  ", &s.counters.paths);
         table::print("  ", &s.counters.drops);
         print_memory(&s.memory);
