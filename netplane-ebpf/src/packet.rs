@@ -58,6 +58,24 @@ pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// A pointer to a `T` at a variable offset of at most `max` (a transport
+/// header's), if the packet holds it. The verifier must know the bound of
+/// the very register added to the packet pointer, and older verifiers
+/// (6.1) forget a bound learned on one copy of a value when the compiler
+/// reloads another copy from the stack. So once checked, the offset passes
+/// through memory the compiler cannot see through (it could otherwise drop
+/// the mask as redundant) and is masked: the bound comes from the mask, on
+/// the value used.
+#[inline(always)]
+pub fn ptr_at_variable<T>(ctx: &impl Frame, offset: usize, max: usize) -> Option<*mut T> {
+    if offset > max {
+        return None;
+    }
+    // SAFETY: a volatile read of a live local.
+    let opaque = unsafe { core::ptr::read_volatile(&offset) };
+    ptr_at(ctx, opaque & ((max + 1).next_power_of_two() - 1))
+}
+
 #[inline(always)]
 pub fn eth(ctx: &impl Frame) -> Result<*mut EthHdr, DropReason> {
     ptr_at::<EthHdr>(ctx, 0).ok_or(DropReason::TruncatedEthernet)
@@ -130,9 +148,7 @@ pub const MAX_L4_OFF: usize = EthHdr::LEN + 60;
 /// bpf_skb_load_bytes (a header in paged data).
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    if off <= MAX_L4_OFF
-        && let Some(p) = ptr_at::<T>(ctx, off)
-    {
+    if let Some(p) = ptr_at_variable::<T>(ctx, off, MAX_L4_OFF) {
         // SAFETY: ptr_at checked that the whole `T` is in bounds; packet
         // data has no alignment.
         return Some(unsafe { core::ptr::read_unaligned(p) });

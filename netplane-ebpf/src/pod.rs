@@ -15,6 +15,7 @@ use crate::{
     service::{self, Forward},
 };
 
+#[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> i32 {
     match try_from_pod(ctx) {
         Ok(verdict) => verdict,

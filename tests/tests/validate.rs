@@ -249,6 +249,21 @@ fn bad_config_matrix() {
             "loadBalancer needs at least one frontend IP",
         ),
         (
+            "more frontend IPs than the data path draws from",
+            edited(
+                "frontend_ips = [\"198.51.100.10\"]",
+                &format!(
+                    "frontend_ips = [{}]",
+                    (1..=17)
+                        .map(|i| format!("\"198.51.100.{i}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            "outbound.frontend_ips",
+            "netplane's data path draws a node's ports from at most 16 frontend IPs (MAX_FRONTENDS); more would never be used",
+        ),
+        (
             "duplicate frontend IP",
             edited(
                 "frontend_ips = [\"198.51.100.10\"]",

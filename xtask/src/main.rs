@@ -122,7 +122,12 @@ enum Cmd {
 #[derive(Subcommand)]
 enum VmCmd {
     /// Boot the VMs, run the checks, tear everything down.
-    Test,
+    Test {
+        /// The guests' kernel: Debian 12's 6.1 (no tcx: clsact filters) or
+        /// bookworm-backports' 6.12 (tcx).
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: vm::kernel::Kernel,
+    },
     /// The Vagrant deployment (vagrant/) for real: build the box, start a
     /// private libvirtd, `vagrant up`, check the README's demo, `vagrant
     /// destroy`. Minutes under software emulation; not in CI.
@@ -228,11 +233,11 @@ fn run(cli: Cli) -> Result<()> {
             soak::run_soak(minutes)
         }
         Cmd::Vm {
-            command: VmCmd::Test,
+            command: VmCmd::Test { kernel },
         } => {
             setup::run()?;
             build()?;
-            vm::test()
+            vm::test(kernel)
         }
         Cmd::Vm {
             command: VmCmd::Vagrant { driver, cluster },

@@ -88,8 +88,8 @@ pub fn address(ctx: &TcContext, side: Side, old: u32, new: u32) -> Result<(), Dr
 /// the linear part, else with a helper.
 #[inline(always)]
 fn store_port(ctx: &TcContext, off: usize, port: u16) -> Result<(), DropReason> {
-    if off <= packet::MAX_L4_OFF + icmp::ECHO_ID
-        && let Some(p) = packet::ptr_at::<[u8; 2]>(ctx, off)
+    if let Some(p) =
+        packet::ptr_at_variable::<[u8; 2]>(ctx, off, packet::MAX_L4_OFF + icmp::ECHO_ID)
     {
         // SAFETY: ptr_at checked the two bytes are in bounds.
         unsafe { *p = port.to_ne_bytes() };

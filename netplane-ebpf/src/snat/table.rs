@@ -139,8 +139,18 @@ fn set(flag: &mut u8) {
     }
 }
 
-/// The translation of an outbound flow: found (refreshed), or made by
-/// [`netplane_new_flow`]. Returns its address and port.
+/// The translation of an outbound flow: found (refreshed), or made from
+/// the first slot of the target (tried from a per-flow rotation) that has a
+/// free port toward its destination. Returns its address and port.
+///
+/// The port search, the commit, the event and the eviction are global
+/// functions (BTF linkage global, as for every `no_mangle` function
+/// bpf-linker emits): the verifier checks each once, with unknown
+/// arguments, rather than at every call site, slot and retry in every
+/// state of its caller (docs/verifier.md). The loop over the slots stays
+/// here, so that the stack holds one global function's frame above the
+/// caller's at a time (Linux 6.1 counts 512 bytes over the whole chain,
+/// each frame rounded up to 32).
 #[inline(always)]
 pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<(u32, u16), DropReason> {
     if let Some(e) = NAT_OUT.get_ptr_mut(key) {
@@ -154,19 +164,42 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<(u32, u16
     }
     let req = NewFlow {
         key: *key,
-        first_slot: target.first,
-        slots: target.count,
         ack: l4.ack,
         tcp_flags: l4.tcp_flags,
         keep_port: u8::from(target.keep_port),
         search_bitmap: u8::from(target.search_bitmap),
         _pad: 0,
     };
-    match Answer::from(netplane_new_flow(&req)) {
-        Answer::Translation(ip, port) => Ok((ip, port)),
-        Answer::TableFull => Err(DropReason::NatTableFull),
-        Answer::NoPort => Err(DropReason::NatPortsExhausted),
+    let spread = mix(key);
+    let mut i = 0;
+    let mut evicted = false;
+    while i < MAX_FRONTENDS {
+        if i >= target.count {
+            break;
+        }
+        let slot = target.first + (spread.wrapping_add(i)) % target.count;
+        let found = match netplane_find_port(&req, slot, spread) {
+            TABLE_FULL => TABLE_FULL,
+            port if port > 0 => {
+                let made = netplane_commit(&req, slot, port as u32);
+                if made & MADE_HERE != 0 {
+                    netplane_report_translation(&req, made);
+                }
+                made
+            }
+            _ => NO_PORT,
+        };
+        match Answer::from(found) {
+            Answer::Translation(ip, port) => return Ok((ip, port)),
+            Answer::NoPort => i += 1,
+            // A full table: give up an unreplied flow and try once more, so
+            // that a pod spraying destinations cannot stop its neighbours.
+            Answer::TableFull if !evicted && netplane_evict_unreplied() != 0 => evicted = true,
+            Answer::TableFull => return Err(DropReason::NatTableFull),
+        }
     }
+    bump(&SNAT_FAILS, target.first);
+    Err(DropReason::NatPortsExhausted)
 }
 
 /// A new flow, as the engine's global functions take it: plain values and
@@ -176,9 +209,6 @@ pub fn translate_out(key: &FlowKey, l4: &L4, target: Target) -> Result<(u32, u16
 #[derive(Clone, Copy)]
 pub struct NewFlow {
     key: FlowKey,
-    /// The target's slots: `slots` from `first_slot`.
-    first_slot: u32,
-    slots: u32,
     /// The packet's TCP acknowledgment number and flags (a flow another
     /// CPU made first is refreshed with them).
     ack: u32,
@@ -204,8 +234,9 @@ impl NewFlow {
 }
 
 /// What the global functions answer, in the one scalar a global function
-/// may return: a translation (`1 << 48 | address << 16 | port`), no port
-/// (0), or a full table (-1).
+/// may return: a translation (`1 << 48 | address << 16 | port`, with
+/// [`MADE_HERE`] from the commit that made it), no port (0), or a full
+/// table (-1).
 enum Answer {
     Translation(u32, u16),
     NoPort,
@@ -214,6 +245,9 @@ enum Answer {
 
 const NO_PORT: i64 = 0;
 const TABLE_FULL: i64 = -1;
+/// Set beside a translation by the commit that made it (not another
+/// CPU's): its event is still to report.
+const MADE_HERE: i64 = 1 << 49;
 
 #[inline(always)]
 fn translation(nat_ip: u32, port: u16) -> i64 {
@@ -231,54 +265,12 @@ impl From<i64> for Answer {
     }
 }
 
-/// Makes the translation of a new flow from the first slot of its target
-/// (tried from a per-flow rotation) that has a free port toward its
-/// destination. A global function (BTF linkage global, as every
-/// `no_mangle` function bpf-linker emits): the verifier checks it once,
-/// with unknown arguments, rather than at every call site and in every
-/// state of its caller (docs/verifier.md).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn netplane_new_flow(req: *const NewFlow) -> i64 {
-    // SAFETY: a global function's pointer argument may be null (checked
-    // here); otherwise it points to a whole initialised NewFlow.
-    let Some(req) = (unsafe { req.as_ref() }) else {
-        return NO_PORT;
-    };
-    let spread = mix(&req.key);
-    let mut i = 0;
-    let mut evicted = false;
-    while i < MAX_FRONTENDS {
-        if i >= req.slots {
-            break;
-        }
-        let slot = req.first_slot + (spread.wrapping_add(i)) % req.slots;
-        // The port search and the commit are separate functions so that
-        // the search's frames and the commit's never add up on the stack.
-        let found = match netplane_find_port(req, slot, spread) {
-            TABLE_FULL => TABLE_FULL,
-            port if port > 0 => netplane_commit(req, slot, port as u32),
-            _ => NO_PORT,
-        };
-        match Answer::from(found) {
-            Answer::Translation(ip, port) => return translation(ip, port),
-            Answer::NoPort => i += 1,
-            // A full table: give up an unreplied flow and try once more, so
-            // that a pod spraying destinations cannot stop its neighbours.
-            Answer::TableFull if !evicted && netplane_evict_unreplied() != 0 => evicted = true,
-            Answer::TableFull => return TABLE_FULL,
-        }
-    }
-    bump(&SNAT_FAILS, req.first_slot);
-    NO_PORT
-}
-
 /// Makes room in a full table, as Linux's early_drop does: removes the
 /// oldest of the newest translations that has seen no reply, looking at
 /// EVICTION_TRIES candidates at most. A flow that has been answered is
 /// never given up. Whoever removes the forward entry (this or the agent's
 /// collector) removes its claim and counts its port, so it is counted once.
-/// Returns 1 when it made room. A global function, as above.
+/// Returns 1 when it made room. A global function (see `translate_out`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn netplane_evict_unreplied() -> i64 {
@@ -302,11 +294,13 @@ pub extern "C" fn netplane_evict_unreplied() -> i64 {
 
 /// Claims a free port of `slot` toward the flow's destination (its NAT_IN
 /// key inserted): the port, no port (0), or a full table (-1). A global
-/// function, as above.
+/// function (see `translate_out`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn netplane_find_port(req: *const NewFlow, slot: u32, spread: u32) -> i64 {
-    // SAFETY: as in `netplane_new_flow`.
+    // SAFETY: a global function's pointer argument may be null (checked
+    // here); otherwise it points to a whole initialised NewFlow. Read in
+    // place: the map keys below are built on this stack.
     let Some(req) = (unsafe { req.as_ref() }) else {
         return NO_PORT;
     };
@@ -378,17 +372,20 @@ fn reply_dest(key: &FlowKey, nat_ip: u32) -> FlowKey {
 }
 
 /// Makes the translation of a port [`netplane_find_port`] claimed: the
-/// forward entry, the accounting, the hints and the event. Returns the
-/// translation (another CPU's, if it made this flow first) or a full
-/// table (-1). A global function, as above.
+/// forward entry, the accounting and the hints. Returns the translation
+/// (another CPU's, if it made this flow first) or a full table (-1). A
+/// global function (see `translate_out`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn netplane_commit(req: *const NewFlow, slot: u32, port: u32) -> i64 {
-    // SAFETY: as in `netplane_new_flow`.
+    // SAFETY: as in `netplane_find_port`.
     let Some(req) = (unsafe { req.as_ref() }) else {
         return TABLE_FULL;
     };
-    let key = &req.key;
+    // Copied onto this stack: the verifier of older kernels (6.1) takes a
+    // map key from the stack, a packet or a map value, not from an
+    // argument's memory.
+    let key = &{ req.key };
     let Some(s) = SNAT_SLOTS.get(slot) else {
         return TABLE_FULL;
     };
@@ -428,6 +425,23 @@ pub extern "C" fn netplane_commit(req: *const NewFlow, slot: u32, port: u32) -> 
     }
     let owned = owned_key(s.nat_ip, port, key.proto);
     let _ = PORT_OWNED.insert(owned, now, 0);
+    translation(s.nat_ip, port) | MADE_HERE
+}
+
+/// Reports a translation [`netplane_commit`] made (a flow event). Apart
+/// from the commit so that the event's frame and the commit's never add
+/// up on the stack. A global function (see `translate_out`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_report_translation(req: *const NewFlow, made: i64) -> i64 {
+    // SAFETY: as in `netplane_find_port`.
+    let Some(req) = (unsafe { req.as_ref() }) else {
+        return 0;
+    };
+    let Answer::Translation(nat_ip, nat_port) = Answer::from(made) else {
+        return 0;
+    };
+    let key = &req.key;
     crate::events::emit(FlowEvent {
         kind: kind::TRANSLATION,
         proto: key.proto,
@@ -435,11 +449,11 @@ pub extern "C" fn netplane_commit(req: *const NewFlow, slot: u32, port: u32) -> 
         dst_ip: key.dst_ip,
         src_port: key.src_port,
         dst_port: key.dst_port,
-        nat_ip: s.nat_ip,
-        nat_port: port,
+        nat_ip,
+        nat_port,
         ..Default::default()
     });
-    translation(s.nat_ip, port)
+    0
 }
 
 #[repr(C)]

@@ -142,6 +142,17 @@ impl Cluster {
                         "loadBalancer needs at least one frontend IP".into(),
                     );
                 }
+                let most = netplane_common::nat::MAX_FRONTENDS as usize;
+                if o.frontend_ips.len() > most {
+                    bad(
+                        "outbound.frontend_ips",
+                        &format!("{} IPs", o.frontend_ips.len()),
+                        format!(
+                            "netplane's data path draws a node's ports from at most {most} \
+                             frontend IPs (MAX_FRONTENDS); more would never be used"
+                        ),
+                    );
+                }
                 let mut seen = HashSet::new();
                 for (i, ip) in o.frontend_ips.iter().enumerate() {
                     let field = format!("outbound.frontend_ips[{i}]");

@@ -214,7 +214,6 @@ impl Refusal {
     /// Reads a load error; a verifier log goes to `verifier/<program>.log`
     /// under the run directory.
     pub fn from_load_error(program: &str, err: ProgramError) -> Refusal {
-        let kernel = kernel_release();
         let (log_text, reason) = match &err {
             ProgramError::LoadError {
                 io_error,
@@ -222,13 +221,24 @@ impl Refusal {
             } => (verifier_log.to_string(), io_error.to_string()),
             other => (String::new(), other.to_string()),
         };
-        let processed = log_text
+        let mut refusal = Refusal::from_log(program, &log_text, &reason);
+        if !log_text.is_empty() {
+            refusal.log = write_log(program, &log_text).ok();
+        }
+        refusal
+    }
+
+    /// What a verifier log says: the count of its last "processed N insns"
+    /// line and its last line that says what went wrong (`fallback` for
+    /// an empty log).
+    pub fn from_log(program: &str, log: &str, fallback: &str) -> Refusal {
+        let processed = log
             .lines()
             .rev()
-            .find_map(|l| l.strip_prefix("processed "))
+            .find_map(|l| l.trim().strip_prefix("processed "))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok());
-        let last = log_text
+        let reason = log
             .lines()
             .rev()
             .map(str::trim)
@@ -238,16 +248,14 @@ impl Refusal {
                     && !l.starts_with("verification time")
                     && !l.starts_with("stack depth")
             })
-            .map(str::to_string);
-        let log = (!log_text.is_empty())
-            .then(|| write_log(program, &log_text).ok())
-            .flatten();
+            .unwrap_or(fallback)
+            .to_string();
         Refusal {
             program: program.to_string(),
-            kernel,
+            kernel: kernel_release(),
             processed,
-            reason: last.unwrap_or(reason),
-            log,
+            reason,
+            log: None,
         }
     }
 
@@ -317,5 +325,48 @@ impl Datapath {
             .info()
             .ok()
             .and_then(|i| i.verified_instruction_count()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_size_reads_as_the_count_against_the_limit() {
+        let log = "0: (bf) r6 = r1\n...\nBPF program is too large. Processed 1000001 insn\n\
+                   processed 1000001 insns (limit 1000000) max_states_per_insn 36 total_states 25790\n";
+        let r = Refusal::from_log("lb_from_vnet", log, "Argument list too long");
+        assert_eq!(r.processed, Some(1_000_001));
+        assert_eq!(
+            r.summary(),
+            "too large: the verifier processed 1,000,001 instructions (limit 1,000,000)"
+        );
+        let line = r.to_string();
+        assert!(line.starts_with("the kernel ("), "{line}");
+        assert!(
+            line.contains("refused program lb_from_vnet: too large"),
+            "{line}"
+        );
+        assert!(line.ends_with("see docs/verifier.md"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn another_refusal_reads_as_the_verifiers_last_word() {
+        let log =
+            "func#0 @0\n12: R1 invalid mem access 'scalar'\nprocessed 40 insns (limit 1000000)\n";
+        let r = Refusal::from_log("from_pod", log, "Permission denied");
+        assert_eq!(r.processed, Some(40));
+        assert_eq!(r.summary(), "12: R1 invalid mem access 'scalar'");
+        let empty = Refusal::from_log("from_pod", "", "Permission denied (os error 13)");
+        assert_eq!(empty.summary(), "Permission denied (os error 13)");
+    }
+
+    #[test]
+    fn counts_group_by_thousands() {
+        assert_eq!(group(51), "51");
+        assert_eq!(group(250_000), "250,000");
+        assert_eq!(group(1_000_001), "1,000,001");
     }
 }

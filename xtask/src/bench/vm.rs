@@ -42,7 +42,7 @@ const SERVER_POD_IP: &str = "10.244.1.2";
 
 pub fn run(opts: &Options) -> Result<()> {
     let secs = if opts.quick { 3.0 } else { 10.0 };
-    let vmlinuz = kernel::ensure()?;
+    let vmlinuz = kernel::ensure(kernel::Kernel::V6_12)?;
     machines::preflight()?;
     let cluster = write_bench_cluster("cluster.toml", None)?;
     let boot = |dp: Dp| Boot {

@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use super::machines::{Cluster, Machine};
+use super::{
+    kernel::Kernel,
+    machines::{Cluster, Machine},
+};
 use crate::workspace_root;
 
 /// The binaries the VMs run: the host's build, through the shared root.
@@ -72,8 +75,39 @@ fn stream_kept_moving(report: &Value, what: &str) -> Result<usize> {
     Ok(intervals.len())
 }
 
-pub fn run(c: &Cluster) -> Result<()> {
+pub fn run(c: &Cluster, kernel: Kernel) -> Result<()> {
     let (node0, node1, lb) = (c.get("node-0"), c.get("node-1"), c.get("lb"));
+
+    eprintln!(
+        "== the verifier's budget on the guest's kernel ({})",
+        kernel.name()
+    );
+    // Every program under every load option; exits 1 over the budget.
+    let table_file = workspace_root().join(format!("target/vm/verifier-{}.txt", kernel.name()));
+    let (code, table) = node0.sh(
+        &format!("{} verifier 2>/dev/null", np()),
+        Duration::from_secs(900),
+    )?;
+    std::fs::write(&table_file, &table)?;
+    eprint!("{table}");
+    ensure!(
+        code == 0,
+        "a program is over the verifier's budget (or refused) on {}: {}",
+        kernel.name(),
+        table_file.display()
+    );
+
+    eprintln!("== the agents attach their TC programs as the kernel allows");
+    let want = match kernel {
+        Kernel::V6_1 => "clsact",
+        Kernel::V6_12 => "tcx",
+    };
+    for (m, agent) in [(node0, "node-0"), (node1, "node-1"), (lb, "lb")] {
+        let v = json(&m.ok(&format!("{} stats --node {agent} --json", np()))?)?;
+        let mode = &v["nodes"][agent]["tc_attach"];
+        ensure!(mode == want, "{agent} attached through {mode}, not {want}");
+    }
+    eprintln!("   every agent: {want}");
 
     eprintln!("== pod to pod across VMs: the source is kept");
     serve(node1, "pod-1-0", 1)?;
@@ -128,6 +162,15 @@ pub fn run(c: &Cluster) -> Result<()> {
     )?;
     node0.ok("sleep 4")?;
     restart_agent(node0, "node-0")?;
+    let status = json(&node0.ok("cat /run/netplane/nodes/node-0/agent.json")?)?;
+    for hook in ["uplink-ingress", "uplink-egress"] {
+        ensure!(
+            status["adopted"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|h| h == hook)),
+            "the new agent did not adopt {hook}: {status}"
+        );
+    }
     node0.ok("for i in $(seq 120); do grep -q '\"end\"' /tmp/stream.json && grep -q sum_received /tmp/stream.json && exit 0; sleep 0.5; done; exit 1")?;
     let report = json(&node0.ok("cat /tmp/stream.json")?)?;
     let seconds = stream_kept_moving(&report, "pod-0-0 -> pod-1-0 across the restart")?;

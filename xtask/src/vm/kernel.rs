@@ -1,15 +1,44 @@
-//! The guest kernel: Debian's `linux-image-amd64` from bookworm-backports
-//! (6.12: BTF, tcx, 9p, virtio-net, bpf_redirect_peer and _neigh), fetched
-//! with `apt-get download` and unpacked with `dpkg-deb -x` under
-//! target/vm/kernel/ — the host keeps its own kernel and packages.
+//! The guest kernels: Debian's `linux-image-amd64`, from bookworm (6.1:
+//! BTF, no tcx) or bookworm-backports (6.12: tcx), fetched with `apt-get
+//! download` and unpacked with `dpkg-deb -x` under target/vm/kernel-<v>/ —
+//! the host keeps its own kernel and packages. Both have 9p, virtio-net,
+//! bpf_redirect_peer and _neigh, bpf_loop and global BPF functions.
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
 use crate::workspace_root;
 
-/// The versioned image package the backports meta-package depends on.
-fn image_package() -> Result<String> {
+/// A guest kernel the VM test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernel {
+    /// Debian 12's own (6.1): the TC programs attach through clsact filters.
+    #[value(name = "6.1")]
+    V6_1,
+    /// bookworm-backports' (6.12): tcx.
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::V6_1 => "6.1",
+            Kernel::V6_12 => "6.12",
+        }
+    }
+
+    /// Whether an apt version of linux-image-amd64 is this kernel's.
+    fn is_version(self, v: &str) -> bool {
+        match self {
+            Kernel::V6_1 => v.starts_with("6.1.") && !v.contains("bpo"),
+            Kernel::V6_12 => v.starts_with("6.12.") && v.contains("~bpo12"),
+        }
+    }
+}
+
+/// The versioned image package the meta-package of `kernel` depends on.
+fn image_package(kernel: Kernel) -> Result<String> {
     let policy = Command::new("apt-cache")
         .args(["policy", "linux-image-amd64"])
         .output()
@@ -17,10 +46,13 @@ fn image_package() -> Result<String> {
     let text = String::from_utf8_lossy(&policy.stdout);
     let version = text
         .split_whitespace()
-        .find(|w| w.contains("~bpo12"))
-        .context(
-            "no bookworm-backports linux-image-amd64 (cargo xtask setup adds bookworm-backports)",
-        )?;
+        .find(|w| kernel.is_version(w))
+        .with_context(|| {
+            format!(
+                "no linux-image-amd64 {} in apt's lists (cargo xtask setup adds bookworm-backports)",
+                kernel.name()
+            )
+        })?;
     let deps = Command::new("apt-cache")
         .args(["depends", &format!("linux-image-amd64={version}")])
         .output()?;
@@ -34,8 +66,8 @@ fn image_package() -> Result<String> {
 
 /// The unpacked kernel's vmlinuz (its modules beside it, where virtme-ng
 /// finds them), fetched on first use.
-pub fn ensure() -> Result<PathBuf> {
-    let dir = workspace_root().join("target/vm/kernel");
+pub fn ensure(kernel: Kernel) -> Result<PathBuf> {
+    let dir = workspace_root().join(format!("target/vm/kernel-{}", kernel.name()));
     let existing = || -> Option<PathBuf> {
         std::fs::read_dir(dir.join("boot"))
             .ok()?
@@ -50,7 +82,7 @@ pub fn ensure() -> Result<PathBuf> {
         eprintln!("== guest kernel: {}", v.display());
         return Ok(v);
     }
-    let package = image_package()?;
+    let package = image_package(kernel)?;
     eprintln!(
         "== guest kernel: downloading {package} (once, into {})",
         dir.display()

@@ -23,16 +23,17 @@ use anyhow::Result;
 /// `cargo xtask vm test`: two node VMs and a load balancer VM (with the
 /// internet host as a namespace in it), each running its agent on its
 /// virtio NIC, and the checks of `checks`.
-pub fn test() -> Result<()> {
-    let vmlinuz = kernel::ensure()?;
+pub fn test(kernel: kernel::Kernel) -> Result<()> {
+    let vmlinuz = kernel::ensure(kernel)?;
     machines::preflight()?;
     let started = std::time::Instant::now();
     let cluster = machines::Cluster::boot(&vmlinuz, &machines::Boot::vm_test())?;
-    let result = checks::run(&cluster);
+    let result = checks::run(&cluster, kernel);
     cluster.shut_down();
     result?;
     eprintln!(
-        "== vm test: passed in {:.0} s (boot and checks)",
+        "== vm test: passed on Linux {} in {:.0} s (boot and checks)",
+        kernel.name(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
