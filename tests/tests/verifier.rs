@@ -3,7 +3,7 @@
 //! the kernel's limit). The VM test runs the same table on 6.1 and 6.12.
 use std::collections::BTreeSet;
 
-use netplane::datapath::verifier::{Table, variants};
+use netplane::datapath::verifier::{Baseline, Table, kernel_series, variants};
 use netplane_common::{limits::VERIFIER_BUDGET, maps::programs};
 use netplane_tests::privileged;
 
@@ -36,4 +36,28 @@ fn every_program_verifies_within_the_budget_under_every_option() {
             c.refused
         );
     }
+}
+
+/// No program grew by more than a fifth over the counts docs/verifier.json
+/// records for this kernel series (a change that makes one costlier to
+/// verify records the new count and says so in its commit).
+#[test]
+fn no_program_grew_past_its_recorded_count() {
+    if !privileged() {
+        return;
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/verifier.json");
+    let baseline: Baseline = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let table = Table::measure(&mut |_| {}).unwrap();
+    let series = kernel_series(&table.kernel);
+    if !baseline.contains_key(&series) {
+        eprintln!("no counts recorded for Linux {series}: nothing to compare");
+        return;
+    }
+    let grown = table.growth(&baseline);
+    assert!(
+        grown.is_empty(),
+        "grew more than a fifth on Linux {series}: {grown:?}; record with \
+         `netplane verifier --record docs/verifier.json` and say so in the commit"
+    );
 }

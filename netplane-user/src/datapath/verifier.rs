@@ -177,6 +177,64 @@ impl Table {
     }
 }
 
+/// The counts last recorded, per kernel series ("6.1") and program: each
+/// program's largest over the variants. A count that grows by more than
+/// [`GROWTH_FLAG_PERCENT`] over it is flagged, so that a change that makes
+/// a program costlier to verify says so (docs/verifier.md).
+pub type Baseline = BTreeMap<String, BTreeMap<String, u32>>;
+
+/// Growth over the recorded count that a review must see.
+pub const GROWTH_FLAG_PERCENT: u64 = 20;
+
+/// "6.18.44-fc-v1300" as "6.18".
+pub fn kernel_series(release: &str) -> String {
+    release.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// A program whose largest count grew past the flag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Growth {
+    pub program: String,
+    pub recorded: u32,
+    pub now: u32,
+}
+
+impl Table {
+    /// Each program's largest count.
+    pub fn largest(&self) -> BTreeMap<String, u32> {
+        self.worst()
+            .into_iter()
+            .map(|(p, c)| (p.to_string(), c.processed.unwrap_or(0)))
+            .collect()
+    }
+
+    /// The programs that grew by more than GROWTH_FLAG_PERCENT over the
+    /// baseline's counts for this kernel series (none recorded: none).
+    pub fn growth(&self, baseline: &Baseline) -> Vec<Growth> {
+        let Some(recorded) = baseline.get(&kernel_series(&self.kernel)) else {
+            return Vec::new();
+        };
+        self.largest()
+            .into_iter()
+            .filter_map(|(program, now)| {
+                let was = *recorded.get(&program)?;
+                (u64::from(now) * 100 > u64::from(was) * (100 + GROWTH_FLAG_PERCENT)).then_some(
+                    Growth {
+                        program,
+                        recorded: was,
+                        now,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Writes this kernel series' counts into the baseline.
+    pub fn record(&self, baseline: &mut Baseline) {
+        baseline.insert(kernel_series(&self.kernel), self.largest());
+    }
+}
+
 /// 1234567 as "1,234,567".
 fn group(n: u32) -> String {
     let s = n.to_string();
@@ -361,6 +419,40 @@ mod tests {
         assert_eq!(r.summary(), "12: R1 invalid mem access 'scalar'");
         let empty = Refusal::from_log("from_pod", "", "Permission denied (os error 13)");
         assert_eq!(empty.summary(), "Permission denied (os error 13)");
+    }
+
+    #[test]
+    fn growth_past_a_fifth_is_flagged_per_kernel_series() {
+        let count = |program: &str, n| Count {
+            program: program.to_string(),
+            flow_events: true,
+            log_level: "info".to_string(),
+            processed: Some(n),
+            refused: None,
+        };
+        let table = Table {
+            kernel: "6.1.0-57-amd64".to_string(),
+            budget: VERIFIER_BUDGET,
+            limit: VERIFIER_LIMIT,
+            counts: vec![count("a", 1_200), count("a", 900), count("b", 1_201)],
+            unlisted: Vec::new(),
+        };
+        let mut baseline = Baseline::new();
+        assert!(table.growth(&baseline).is_empty(), "nothing recorded");
+        baseline.insert(
+            "6.1".to_string(),
+            [("a".to_string(), 1_000), ("b".to_string(), 1_000)].into(),
+        );
+        let flagged: Vec<String> = table
+            .growth(&baseline)
+            .into_iter()
+            .map(|g| g.program)
+            .collect();
+        assert_eq!(flagged, ["b"], "1,200 is 20 %, 1,201 more");
+        table.record(&mut baseline);
+        assert!(table.growth(&baseline).is_empty());
+        assert_eq!(baseline["6.1"]["a"], 1_200);
+        assert_eq!(kernel_series("6.18.44-fc-v1300"), "6.18");
     }
 
     #[test]
