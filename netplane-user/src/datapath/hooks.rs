@@ -106,6 +106,15 @@ impl FilterRecord {
     }
 }
 
+/// A TC program on an interface, by the hook's name.
+#[derive(Clone, Copy)]
+struct TcHook<'a> {
+    prog: &'a str,
+    iface: &'a str,
+    kind: TcAttachType,
+    hook: &'a str,
+}
+
 pub struct Hooks {
     dir: PathBuf,
     /// Clsact filters' records (plain files: a bpffs holds no files).
@@ -170,28 +179,27 @@ impl Hooks {
         kind: TcAttachType,
         hook: &str,
     ) -> Result<Attach> {
+        let want = TcHook {
+            prog,
+            iface,
+            kind,
+            hook,
+        };
         match self.mode {
             TcMode::Tcx => {
                 self.remove_filter(hook)?; // left by an agent forced to clsact
-                self.tcx(dp, prog, iface, kind, hook)
+                self.tcx(dp, &want)
             }
             TcMode::Clsact => {
                 self.remove_link(hook)?;
-                self.clsact(dp, prog, iface, kind, hook)
+                self.clsact(dp, &want)
             }
         }
     }
 
-    fn tcx(
-        &self,
-        dp: &mut Datapath,
-        prog: &str,
-        iface: &str,
-        kind: TcAttachType,
-        hook: &str,
-    ) -> Result<Attach> {
-        let pin = self.pin(hook);
-        let program = dp.classifier(prog)?;
+    fn tcx(&self, dp: &mut Datapath, want: &TcHook) -> Result<Attach> {
+        let pin = self.pin(want.hook);
+        let program = dp.classifier(want.prog)?;
         if pin.exists() {
             let adopted = PinnedLink::from_pin(&pin)
                 .map_err(anyhow::Error::from)
@@ -200,42 +208,42 @@ impl Hooks {
             match adopted {
                 Ok(id) => {
                     let link: FdLink = program.take_link(id)?.try_into()?;
-                    self.held.borrow_mut().insert(hook.to_string(), link);
+                    self.held.borrow_mut().insert(want.hook.to_string(), link);
                     return Ok(Attach::Adopted);
                 }
                 // The interface went away with the link (a deleted pod): start over.
                 Err(e) => {
-                    tracing::warn!(hook, "stale pinned link ({e:#}); attaching anew");
+                    tracing::warn!(
+                        hook = want.hook,
+                        "stale pinned link ({e:#}); attaching anew"
+                    );
                     let _ = std::fs::remove_file(&pin);
                 }
             }
         }
         let id = program
-            .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(Default::default()))
-            .with_context(|| format!("attaching {prog} to {iface} (tcx)"))?;
+            .attach_with_options(
+                want.iface,
+                want.kind,
+                TcAttachOptions::TcxOrder(Default::default()),
+            )
+            .with_context(|| format!("attaching {} to {} (tcx)", want.prog, want.iface))?;
         let link: FdLink = program.take_link(id)?.try_into()?;
         let pinned = link
             .pin(&pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
         self.held
             .borrow_mut()
-            .insert(hook.to_string(), FdLink::from(pinned));
+            .insert(want.hook.to_string(), FdLink::from(pinned));
         Ok(Attach::New)
     }
 
-    fn clsact(
-        &self,
-        dp: &mut Datapath,
-        prog: &str,
-        iface: &str,
-        kind: TcAttachType,
-        hook: &str,
-    ) -> Result<Attach> {
+    fn clsact(&self, dp: &mut Datapath, want: &TcHook) -> Result<Attach> {
         let record = FilterRecord {
-            iface: iface.to_string(),
-            egress: kind == TcAttachType::Egress,
+            iface: want.iface.to_string(),
+            egress: want.kind == TcAttachType::Egress,
         };
-        let program = dp.classifier(prog)?;
+        let program = dp.classifier(want.prog)?;
         // A filter at netplane's priority and handle on this interface is
         // an earlier agent's: replace its program in place. None there
         // (ENOENT): make it.
@@ -246,22 +254,17 @@ impl Hooks {
         let (id, attach) = match replaced {
             Ok(id) => (id, Attach::Adopted),
             Err(_) => {
-                match tc::qdisc_add_clsact(iface) {
-                    Ok(()) => {}
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("adding clsact to {iface}"));
-                    }
-                }
+                ensure_clsact(want.iface)?;
                 let opts = NlOptions {
                     priority: FILTER_PRIORITY,
                     handle: TcHandle::from(FILTER_HANDLE),
                     classid: None,
                 };
                 let id = program
-                    .attach_with_options(iface, kind, TcAttachOptions::Netlink(opts))
-                    .with_context(|| format!("attaching {prog} to {iface} (clsact filter)"))?;
+                    .attach_with_options(want.iface, want.kind, TcAttachOptions::Netlink(opts))
+                    .with_context(|| {
+                        format!("attaching {} to {} (clsact filter)", want.prog, want.iface)
+                    })?;
                 (id, Attach::New)
             }
         };
@@ -269,7 +272,7 @@ impl Hooks {
         // this agent as a pinned link does. Forgetting it leaks nothing (it
         // is an interface index and a handle, no file descriptor).
         std::mem::forget(program.take_link(id)?);
-        let path = self.filters.join(hook);
+        let path = self.filters.join(want.hook);
         std::fs::write(&path, serde_json::to_vec(&record)?)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(attach)
@@ -359,6 +362,15 @@ impl Hooks {
         hooks.sort();
         hooks.dedup();
         hooks
+    }
+}
+
+/// Adds the clsact qdisc to `iface`; one already there is fine.
+fn ensure_clsact(iface: &str) -> Result<()> {
+    let there = |e: &tc::TcError| matches!(e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+    match tc::qdisc_add_clsact(iface) {
+        Err(e) if !there(&e) => Err(e).with_context(|| format!("adding clsact to {iface}")),
+        _ => Ok(()),
     }
 }
 

@@ -255,6 +255,19 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// The helpers netplane's programs call that a kernel of the 5.x series
+/// may lack, with the release that brought each: a refusal for an unknown
+/// helper names the kernel the data path needs.
+const HELPERS_SINCE: [(&str, &str); 7] = [
+    ("bpf_ringbuf_output", "5.8"),
+    ("bpf_ringbuf_query", "5.8"),
+    ("bpf_redirect_neigh", "5.10"),
+    ("bpf_redirect_peer", "5.10"),
+    ("bpf_ktime_get_coarse_ns", "5.11"),
+    ("bpf_check_mtu", "5.12"),
+    ("bpf_loop", "5.17"),
+];
+
 /// A program the kernel refused: what a user can act on, with the
 /// verifier's whole log in a file rather than on the terminal.
 #[derive(Debug)]
@@ -317,16 +330,30 @@ impl Refusal {
         }
     }
 
-    /// One line: the program, the kernel, the count against the limit or
-    /// the verifier's last word.
+    /// One line: the program, the kernel, the count against the limit,
+    /// the helper the kernel lacks and which kernel brought it, or the
+    /// verifier's last word.
     pub fn summary(&self) -> String {
-        match self.processed {
-            Some(n) if n >= VERIFIER_LIMIT => format!(
+        if let Some(n) = self.processed
+            && n >= VERIFIER_LIMIT
+        {
+            return format!(
                 "too large: the verifier processed {} instructions (limit {})",
                 group(n),
                 group(VERIFIER_LIMIT)
+            );
+        }
+        let lacking = self
+            .reason
+            .split("unknown func ")
+            .nth(1)
+            .map(|f| f.split('#').next().unwrap_or(f).trim());
+        match lacking.and_then(|f| HELPERS_SINCE.iter().find(|(h, _)| *h == f)) {
+            Some((helper, since)) => format!(
+                "this kernel lacks the helper {helper}, which Linux {since} brought ({})",
+                self.reason
             ),
-            _ => self.reason.clone(),
+            None => self.reason.clone(),
         }
     }
 }
@@ -417,6 +444,15 @@ mod tests {
         let r = Refusal::from_log("from_pod", log, "Permission denied");
         assert_eq!(r.processed, Some(40));
         assert_eq!(r.summary(), "12: R1 invalid mem access 'scalar'");
+        let old = Refusal::from_log(
+            "from_pod",
+            "1234: (85) call unknown#181\nunknown func bpf_loop#181\nprocessed 900 insns\n",
+            "Invalid argument",
+        );
+        assert_eq!(
+            old.summary(),
+            "this kernel lacks the helper bpf_loop, which Linux 5.17 brought (unknown func bpf_loop#181)"
+        );
         let empty = Refusal::from_log("from_pod", "", "Permission denied (os error 13)");
         assert_eq!(empty.summary(), "Permission denied (os error 13)");
     }
