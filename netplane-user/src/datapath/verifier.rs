@@ -283,7 +283,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// Reads a load error; a verifier log goes to `verifier/<program>.log`
-    /// under the run directory.
+    /// under the run directory (`lab down` removes it with the rest).
     pub fn from_load_error(program: &str, err: ProgramError) -> Refusal {
         let (log_text, reason) = match &err {
             ProgramError::LoadError {

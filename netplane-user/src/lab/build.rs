@@ -471,7 +471,15 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
     while sys::is_bpffs(&bpffs) {
         nix::mount::umount(&bpffs).with_context(|| format!("unmounting {}", bpffs.display()))?;
     }
-    for dir in [paths::run_dir().join("nodes"), paths::lab_dir(), bpffs] {
+    // The verifier's logs of programs a kernel refused (an agent's or
+    // `netplane verifier`'s) go with the rest of the run state.
+    let verifier_logs = paths::run_dir().join("verifier");
+    for dir in [
+        paths::run_dir().join("nodes"),
+        paths::lab_dir(),
+        verifier_logs,
+        bpffs,
+    ] {
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", dir.display()));
