@@ -36,6 +36,11 @@ pub fn agent_status(node: &str) -> PathBuf {
     node_dir(node).join("agent.json")
 }
 
+/// The verifier's logs of programs the kernel refused, one per program.
+pub fn verifier_logs() -> PathBuf {
+    run_dir().join("verifier")
+}
+
 /// The lab's state (hosts, agents, logs).
 pub fn lab_dir() -> PathBuf {
     run_dir().join("lab")

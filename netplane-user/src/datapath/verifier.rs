@@ -377,7 +377,7 @@ impl std::fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 fn write_log(program: &str, text: &str) -> Result<PathBuf> {
-    let dir = crate::paths::run_dir().join("verifier");
+    let dir = crate::paths::verifier_logs();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{program}.log"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

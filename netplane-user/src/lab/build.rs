@@ -473,11 +473,10 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
     }
     // The verifier's logs of programs a kernel refused (an agent's or
     // `netplane verifier`'s) go with the rest of the run state.
-    let verifier_logs = paths::run_dir().join("verifier");
     for dir in [
         paths::run_dir().join("nodes"),
         paths::lab_dir(),
-        verifier_logs,
+        paths::verifier_logs(),
         bpffs,
     ] {
         match std::fs::remove_dir_all(&dir) {
