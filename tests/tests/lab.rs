@@ -237,6 +237,74 @@ fn detach_on_exit_removes_the_data_path_with(mode: &str) {
     assert!(!filters.contains("0x4e50"), "filters left: {filters}");
 }
 
+/// The read-only views describe the cluster the agent runs, from what it
+/// published, not the lab's file: node-0's agent restarted on a file of
+/// its own (a third node, another name) shows that file's cluster in
+/// `netplane routes`.
+#[test]
+fn routes_show_the_agents_own_cluster_file() {
+    if !privileged() {
+        return;
+    }
+    let (_turn, _guard) = lab_up();
+    let own = std::env::temp_dir().join(format!("netplane-own-{}.toml", std::process::id()));
+    let lab_file = std::fs::read_to_string("/run/netplane/lab/cluster.toml").unwrap();
+    let mut file: toml::Table = lab_file.parse().unwrap();
+    file["name"] = "own-file".into();
+    let far: toml::Table =
+        toml::from_str("name = \"node-far\"\nip = \"10.224.0.9\"\npod_cidr = \"10.244.9.0/24\"")
+            .unwrap();
+    file["nodes"].as_array_mut().unwrap().push(far.into());
+    std::fs::write(&own, toml::to_string(&file).unwrap()).unwrap();
+    let pid = agent_pid("node-0");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_until("the lab's agent to stop", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+    let mut agent = Command::new(netplane_bin())
+        .args([
+            "agent",
+            "--config",
+            own.to_str().unwrap(),
+            "--node",
+            "node-0",
+        ])
+        .args(["--netns", "np-node-0"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_pid = format!("\"pid\": {}", agent.id());
+    wait_until("the new agent", || {
+        std::fs::read_to_string("/run/netplane/nodes/node-0/agent.json")
+            .is_ok_and(|s| s.contains(&agent_pid))
+    });
+    let routes: Value =
+        serde_json::from_str(&ok(&["routes", "--node", "node-0", "--json"])).unwrap();
+    let table = &routes["nodes"]["node-0"];
+    let far = table["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address_prefix"] == "10.244.9.0/24")
+        .unwrap_or_else(|| panic!("no route to node-far's pods: {routes}"));
+    assert_eq!(far["node"], "node-far", "{routes}");
+    assert_eq!(table["count"], 3, "{routes}");
+    let applied: Value =
+        serde_json::from_slice(&std::fs::read("/run/netplane/nodes/node-0/applied.json").unwrap())
+            .unwrap();
+    assert_eq!(applied["config"], own.to_str().unwrap(), "{applied}");
+    assert_eq!(applied["cluster"]["name"], "own-file", "{applied}");
+    Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(agent.wait().unwrap().success());
+    let _ = std::fs::remove_file(&own);
+}
+
 #[test]
 fn lab_end_to_end() {
     if !privileged() {

@@ -10,6 +10,7 @@
 //!   log through `AsyncFd`, the HTTP server for metrics);
 //! - `snat`, `collector`, `nat_view`: the SNAT engine's configuration,
 //!   collection and state; `flows`, `metrics`: what the agent reports.
+pub mod applied;
 pub mod collector;
 pub mod flows;
 pub mod metrics;
@@ -128,6 +129,33 @@ pub const COLLECT_BUDGET: usize = 32_768;
 /// A node's Services as last applied (`netplane services` reads it), in
 /// the node's state directory.
 pub const SERVICES_STATUS_FILE: &str = "services.json";
+
+/// The names an outbound agent (load balancer or appliance) goes by.
+pub const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
+
+/// True when `pid` is alive (a zombie is not).
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// True when `pid` is a netplane agent for `agent` (a node's name, or an
+/// outbound agent's), so a recycled PID is never taken for one.
+pub fn is_agent_of(pid: u32, agent: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let me = if OUTBOUND_AGENTS.contains(&agent) {
+        b"--lb".as_slice()
+    } else {
+        agent.as_bytes()
+    };
+    args.contains(&b"agent".as_slice()) && args.contains(&me)
+}
 
 /// Name of the load balancer's (or appliance's) agent and pin directory.
 pub fn lb_name(cluster: &Cluster) -> &'static str {

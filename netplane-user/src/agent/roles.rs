@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::{
         Cluster, NodePlan,
-        outbound::{Timeouts, lb_plan},
+        outbound::{LbPlan, Timeouts, lb_plan},
     },
     datapath::{Datapath, hooks::Hooks, key},
 };
@@ -28,6 +28,10 @@ pub trait Role {
     /// Runs every RECONCILE_INTERVAL.
     fn tick(&mut self, dp: &mut Datapath, hooks: &Hooks) -> Result<()>;
     fn timeouts(&self, cluster: &Cluster) -> Timeouts;
+    /// The port layout it applies (the load balancer's or appliance's).
+    fn outbound_plan(&self, _cluster: &Cluster) -> Option<LbPlan> {
+        None
+    }
     /// Translations the collector has just removed.
     fn expired(&mut self, _cluster: &Cluster, _flows: &[(FlowKey, NatEntry)]) -> Result<()> {
         Ok(())
@@ -71,6 +75,10 @@ pub struct LbRole {
 }
 
 impl Role for LbRole {
+    fn outbound_plan(&self, cluster: &Cluster) -> Option<LbPlan> {
+        Some(lb_plan(cluster, self.appliance))
+    }
+
     fn apply(&mut self, dp: &mut Datapath, cluster: &Cluster) -> Result<()> {
         let plan = lb_plan(cluster, self.appliance);
         snat::configure_lb(

@@ -104,6 +104,7 @@ pub fn serve(
         agent.hooks.remove_all()?;
         drop(agent.dp);
         let _ = std::fs::remove_dir_all(&status.pins);
+        let _ = std::fs::remove_file(paths::node_dir(name).join(super::applied::APPLIED_FILE));
     } else {
         info!(
             agent = name,
@@ -314,9 +315,17 @@ impl<R: Role> Agent<R> {
         cluster
     }
 
-    /// Where the nodes came from and the watch's state, for `routes` and
-    /// the metrics.
+    /// What the views read: where the nodes came from and the watch's
+    /// state (for `routes` and the metrics), and the cluster as applied.
     fn write_source_status(&self) {
+        let applied = super::applied::Applied {
+            config: self.opts.config.clone(),
+            cluster: self.cluster.clone(),
+            outbound: self.role.outbound_plan(&self.cluster),
+        };
+        if let Err(e) = super::applied::publish(&self.status.node, &applied) {
+            warn!("{e:#}");
+        }
         let status = SourceStatus {
             source: if self.nodes.is_some() {
                 "kubernetes"

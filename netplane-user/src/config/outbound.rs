@@ -9,7 +9,7 @@ use netplane_common::{
     limits,
     nat::{NatEntry, PROTO_TCP, PROTO_UDP, Phase},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cluster::{Cluster, OutboundType};
 
@@ -145,7 +145,7 @@ pub fn subnet_routes(c: &Cluster) -> Vec<SubnetRoute> {
 }
 
 /// The load balancer's (or appliance's) port layout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LbPlan {
     /// Translated-to addresses.
     pub frontends: Vec<Ipv4Addr>,
@@ -160,7 +160,7 @@ pub struct LbPlan {
     pub udp_cone: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LbSlot {
     pub nat_ip: Ipv4Addr,
     pub port_lo: u16,

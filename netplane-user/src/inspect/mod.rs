@@ -7,7 +7,7 @@ mod ports;
 mod routes;
 mod topology;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -18,7 +18,7 @@ pub use self::{
     topology::{Topology, topology},
 };
 use crate::{
-    agent::{lb_name, nat_view},
+    agent::{applied, is_agent_of, lb_name, nat_view},
     cni::registry,
     config::{Cluster, outbound::Timeouts},
     datapath::{
@@ -26,16 +26,21 @@ use crate::{
         memory::{self, KernelMemory},
         pinned_pod_ips,
     },
-    lab, paths,
+    paths,
 };
 
-/// The cluster file the running agents use: the lab's, else the default.
+/// The cluster the running agents applied, as the first of them that
+/// published one says (they run one cluster); the embedded default when
+/// none has.
 pub fn running_cluster() -> Result<Cluster> {
-    let lab_file = lab::load_state()
-        .ok()
-        .flatten()
-        .map(|s| PathBuf::from(s.cluster_file));
-    Ok(Cluster::load(lab_file.as_deref())?)
+    let published = agents(None)
+        .unwrap_or_default()
+        .iter()
+        .find_map(|a| applied::read(a).ok());
+    match published {
+        Some(a) => Ok(a.cluster),
+        None => Ok(Cluster::load(None)?),
+    }
 }
 
 /// The agents to report on: `only`, or every agent with pins.
@@ -99,7 +104,7 @@ pub fn stats(agent: &str) -> Result<Stats> {
         .and_then(|b| serde_json::from_slice::<crate::agent::AgentStatus>(&b).ok());
     let agent_rss_bytes = status
         .as_ref()
-        .filter(|s| lab::is_our_agent(s.pid, agent))
+        .filter(|s| is_agent_of(s.pid, agent))
         .and_then(|s| memory::rss_bytes(s.pid));
     Ok(Stats {
         tc_attach: status.and_then(|s| s.tc_attach),
@@ -111,12 +116,14 @@ pub fn stats(agent: &str) -> Result<Stats> {
     })
 }
 
-/// Live translations of one agent, with the idle timers of its role.
-pub fn translations(cluster: &Cluster, agent: &str) -> Result<Vec<nat_view::Flow>> {
-    let t = if agent == lb_name(cluster) {
-        Timeouts::load_balancer(cluster)
+/// Live translations of one agent, with the idle timers of its role in
+/// the cluster it published.
+pub fn translations(agent: &str) -> Result<Vec<nat_view::Flow>> {
+    let cluster = applied::read(agent)?.cluster;
+    let t = if agent == lb_name(&cluster) {
+        Timeouts::load_balancer(&cluster)
     } else {
-        Timeouts::node(cluster)
+        Timeouts::node(&cluster)
     };
     nat_view::flows(&paths::pins(agent), &t)
 }

@@ -4,12 +4,10 @@ use serde::Serialize;
 
 use crate::{
     agent::{
-        lb_name,
+        applied,
         nat_view::{self, SlotUse},
     },
-    config::{Cluster, outbound::lb_plan},
-    lab, paths,
-    source::as_applied_by,
+    paths,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,20 +21,20 @@ pub struct PortRow {
 }
 
 /// Port use of one agent's slots, each with its peak and its owner.
-pub fn port_use(cluster: &Cluster, agent: &str) -> Result<Vec<PortRow>> {
-    let lb = lb_name(cluster);
-    let appliance = (lb == "appliance").then_some(lab::APPLIANCE_OUTSIDE_IP);
+pub fn port_use(agent: &str) -> Result<Vec<PortRow>> {
+    // Whose block each slot is: a node's are its own, the load balancer's
+    // as its published layout says.
+    let plan = applied::read(agent)?.outbound;
     let peaks = nat_view::read_peaks(agent);
-    // Whose block each slot is: the load balancer's are per node.
     let owner = |slot: u32| -> String {
-        if agent != lb {
-            return agent.to_string();
+        match &plan {
+            None => agent.to_string(),
+            Some(plan) => plan
+                .slots
+                .get(slot as usize)
+                .and_then(|s| s.node.clone())
+                .unwrap_or_else(|| "all nodes".into()),
         }
-        lb_plan(&as_applied_by(lb, cluster), appliance)
-            .slots
-            .get(slot as usize)
-            .and_then(|s| s.node.clone())
-            .unwrap_or_else(|| "all nodes".into())
     };
     Ok(nat_view::slot_use(&paths::pins(agent))?
         .into_iter()

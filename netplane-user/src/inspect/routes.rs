@@ -7,13 +7,11 @@ use netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
 use serde::Serialize;
 
 use crate::{
-    config::{
-        Cluster,
-        outbound::{SubnetRoute, subnet_routes},
-    },
+    agent::applied,
+    config::outbound::{SubnetRoute, subnet_routes},
     datapath::pinned_routes,
     paths,
-    source::{SourceStatus, as_applied_by, read_status},
+    source::{SourceStatus, read_status},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,11 +35,11 @@ pub struct RouteTable {
     pub source: Option<SourceStatus>,
 }
 
-/// The routes `agent` has pinned, each named by the node it leads to.
-pub fn route_table(cluster: &Cluster, agent: &str) -> Result<RouteTable> {
-    // The agent's own view of the nodes names them (the API's nodes are
-    // not in the cluster file).
-    let names: Vec<(Ipv4Addr, String)> = as_applied_by(agent, cluster)
+/// The routes `agent` has pinned, each named by the node it leads to in
+/// the cluster the agent published (the API's nodes are not in any file).
+pub fn route_table(agent: &str) -> Result<RouteTable> {
+    let cluster = applied::read(agent)?.cluster;
+    let names: Vec<(Ipv4Addr, String)> = cluster
         .nodes()
         .into_iter()
         .map(|p| (p.ip, p.name))
@@ -65,7 +63,7 @@ pub fn route_table(cluster: &Cluster, agent: &str) -> Result<RouteTable> {
         count: routes.len(),
         routes,
         limit: AZURE_UDR_ROUTE_LIMIT,
-        system_routes: subnet_routes(cluster),
+        system_routes: subnet_routes(&cluster),
         source: read_status(agent),
     })
 }

@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::agent::pid_alive;
+pub(crate) use crate::agent::{OUTBOUND_AGENTS, is_agent_of as is_our_agent};
 use crate::{config::Cluster, datapath, paths};
 
 use super::topology::{
@@ -22,7 +24,6 @@ pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Agents that are not a node's.
-pub(super) const OUTBOUND_AGENTS: [&str; 2] = ["lb", "appliance"];
 
 /// Where a lab host's agent serves metrics (nodes, load balancer,
 /// appliance), reachable through `lab exec`.
@@ -150,30 +151,6 @@ pub(super) fn wait_for_pods(hosts: &[Host]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    // A zombie still has /proc/PID; only count running ones.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
-}
-
-/// True when PID is a netplane agent for `node` (so a recycled PID is never
-/// signalled).
-pub(crate) fn is_our_agent(pid: u32, node: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let me = if OUTBOUND_AGENTS.contains(&node) {
-        b"--lb".as_slice()
-    } else {
-        node.as_bytes()
-    };
-    args.contains(&b"agent".as_slice()) && args.contains(&me)
 }
 
 pub(super) fn stop_pid(pid: u32) {

@@ -175,12 +175,11 @@ async fn status() -> Reply {
 async fn per_agent_view<T: serde::Serialize + 'static>(
     q: Result<Query<NodeQuery>, QueryRejection>,
     key: &'static str,
-    view: fn(&crate::config::Cluster, &str) -> anyhow::Result<T>,
+    view: fn(&str) -> anyhow::Result<T>,
 ) -> Reply {
     let Query(q) = q?;
     blocking(move || {
-        let cluster = inspect::running_cluster()?;
-        let all = inspect::per_agent(&agents(q.node.as_deref())?, |n| view(&cluster, n))?;
+        let all = inspect::per_agent(&agents(q.node.as_deref())?, view)?;
         Ok(json!({ key: all }))
     })
     .await
@@ -199,7 +198,7 @@ async fn nat(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
 }
 
 async fn stats(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {
-    per_agent_view(q, "nodes", |_, n| inspect::stats(n)).await
+    per_agent_view(q, "nodes", inspect::stats).await
 }
 
 async fn pods(q: Result<Query<NodeQuery>, QueryRejection>) -> Reply {

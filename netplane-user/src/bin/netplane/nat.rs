@@ -31,8 +31,7 @@ impl Row for Flow {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let cluster = inspect::running_cluster()?;
-    let all = inspect::per_agent(&select.agents()?, |n| inspect::translations(&cluster, n))?;
+    let all = inspect::per_agent(&select.agents()?, inspect::translations)?;
     if select.json {
         return table::print_json(&serde_json::json!({ "agents": all }));
     }

@@ -33,8 +33,7 @@ impl Row for PortRow {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let cluster = inspect::running_cluster()?;
-    let all = inspect::per_agent(&select.agents()?, |n| port_use(&cluster, n))?;
+    let all = inspect::per_agent(&select.agents()?, port_use)?;
     if select.json {
         return table::print_json(&serde_json::json!({ "agents": all }));
     }

@@ -46,8 +46,7 @@ impl Row for SubnetRoute {
 }
 
 pub fn run(select: &Select) -> Result<()> {
-    let cluster = inspect::running_cluster()?;
-    let all = inspect::per_agent(&select.agents()?, |n| route_table(&cluster, n))?;
+    let all = inspect::per_agent(&select.agents()?, route_table)?;
     if select.json {
         return table::print_json(&serde_json::json!({ "nodes": all }));
     }
