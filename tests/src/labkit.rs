@@ -17,7 +17,7 @@ pub fn netplane_bin() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("netplane");
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p netplane-user --bins` (cargo xtask test does)",
+        "{} missing: run `cargo build -p netplane-cli -p netplane-user --bins` (cargo xtask test does)",
         bin.display()
     );
     bin
@@ -291,7 +291,7 @@ pub fn with_api<T: Send, F: std::future::Future<Output = anyhow::Result<T>> + Se
     agent: bool,
     f: impl FnOnce(kube::Client) -> F + Send,
 ) -> T {
-    use netplane::lab::{self, control_plane};
+    use netplane_lab::{self as lab, control_plane};
     let state = lab::load_state().unwrap().expect("lab up");
     let cp = state.kubernetes.expect("lab up --source kubernetes");
     let kubeconfig = if agent {

@@ -18,7 +18,7 @@ fn plugin() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("netplane-cni");
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build -p netplane-user --bins`",
+        "{} missing: run `cargo build -p netplane-cli -p netplane-user --bins`",
         bin.display()
     );
     bin

@@ -676,7 +676,7 @@ fn publish_services() {
                     vec![(b.parse().unwrap(), node, true)]
                 }
             };
-            netplane::lab::services::publish(
+            netplane_lab::services::publish(
                 &c,
                 "default",
                 name,

@@ -14,7 +14,8 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use netplane::{config::NodePlan, lab::control_plane};
+use netplane::config::NodePlan;
+use netplane_lab::control_plane;
 use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
 
@@ -204,7 +205,7 @@ fn routes_follow_the_node_objects() {
                 &node("intruder", [10, 224, 0, 30], "10.244.30.0/24"),
             )
             .await;
-        let svc = netplane::lab::services::service_object(
+        let svc = netplane_lab::services::service_object(
             "default",
             "intruder",
             "10.0.9.9".parse().unwrap(),

@@ -16,7 +16,7 @@ use kube::{
     Api,
     api::{DynamicObject, Patch, PatchParams},
 };
-use netplane::lab::services::{self as lab_services, Port};
+use netplane_lab::services::{self as lab_services, Port};
 use netplane_tests::{labkit::*, privileged};
 use serde_json::{Value, json};
 

@@ -250,7 +250,7 @@ fn the_api_serves_the_clis_views_and_says_what_was_wrong() {
 
     // A pod added through the CNI plugin appears on the page, and goes
     // when it is deleted.
-    let state = netplane::lab::load_state().unwrap().expect("lab up");
+    let state = netplane_lab::load_state().unwrap().expect("lab up");
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "netplane", "type": "netplane-cni",
         "cluster": state.cluster_file, "node": "node-0",
@@ -264,7 +264,7 @@ fn the_api_serves_the_clis_views_and_says_what_was_wrong() {
             .success()
     );
     let cni = |command: &str| {
-        netplane::lab::run_cni(
+        netplane_lab::run_cni(
             &plugin,
             "node-0",
             command,

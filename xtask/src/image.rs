@@ -5,6 +5,8 @@
 //! machine's packages, found by ldd), nothing else. Everything buildah
 //! keeps lives under target/image/ (its own storage, vfs driver, chroot
 //! isolation), so the machine's container configuration is untouched.
+//! `netplane` is built without the `lab` feature: the image carries the
+//! agent, the CNI plugin and the views, not the lab.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -15,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd, workspace_root};
 
 pub const IMAGE: &str = "localhost/netplane:latest";
+const MIB: f64 = 1024.0 * 1024.0;
 const BINARIES: [&str; 2] = ["netplane", "netplane-cni"];
 
 pub fn archive() -> PathBuf {
@@ -44,9 +47,20 @@ fn buildah(args: &[&str]) -> Result<String> {
 
 pub fn build() -> Result<()> {
     eprintln!("== image {IMAGE}");
+    // The agent without the lab (its page, control plane and tools stay
+    // on the developer's machine).
     cmd(
         "cargo",
-        &["build", "--release", "-p", "netplane-user", "--bins"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "netplane-cli",
+            "-p",
+            "netplane-user",
+            "--no-default-features",
+            "--bins",
+        ],
     )?;
     let release = workspace_root().join("target/release");
     let ctr = buildah(&["from", "scratch"])?;
@@ -93,12 +107,17 @@ pub fn build() -> Result<()> {
             IMAGE,
             &format!("oci-archive:{}:{IMAGE}", archive.display()),
         ])?;
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / MIB;
         eprintln!(
-            "   {} ({} binaries, {} libraries from this machine's Debian packages)",
+            "   {} ({:.1} MiB: {} binaries, {} libraries from this machine's Debian packages)",
             archive.display(),
+            size(&archive),
             BINARIES.len(),
             libs.len()
         );
+        for b in BINARIES {
+            eprintln!("   {b}: {:.1} MiB", size(&release.join(b)));
+        }
         Ok(())
     })();
     let _ = buildah(&["rm", &ctr]);
@@ -122,6 +141,14 @@ fn check() -> Result<()> {
             &["/usr/local/bin/netplane", "--version"],
         )?;
         let cni = run("CNI_COMMAND=VERSION", &["/usr/local/bin/netplane-cni"])?;
+        // Built without the lab: its commands are not there.
+        let help = run(
+            "NETPLANE_IMAGE_CHECK=1",
+            &["/usr/local/bin/netplane", "--help"],
+        )?;
+        if help.lines().any(|l| l.trim_start().starts_with("lab ")) {
+            bail!("the image's netplane has the lab's commands:\n{help}");
+        }
         if !version.starts_with("netplane ") || !cni.contains("supportedVersions") {
             bail!("the image's binaries answered {version:?} and {cni:?}");
         }

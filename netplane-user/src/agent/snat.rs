@@ -5,16 +5,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
-use netplane_common::nat::{
-    BITMAP_PROTOS, FlowKey, MAX_SNAT_IPS, NatConfig, PortBitmap, SnatSlot, names,
-};
+use netplane_common::nat::{FlowKey, NatConfig, PortBitmap, SnatSlot, names};
 
 use crate::{
     config::{
         Cluster,
         outbound::{LbPlan, gateway},
     },
-    datapath::{Datapath, key, replace_entries},
+    datapath::{Datapath, key, make_port_bitmaps, replace_entries},
 };
 
 /// Node role: the masquerade uses the node IP over the configured range.
@@ -112,39 +110,6 @@ fn set_slots(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
 pub fn set_masquerade_slot(dp: &mut Datapath, slot: SnatSlot) -> Result<()> {
     set_slots(dp, &[slot])?;
     make_port_bitmaps(dp, &[slot])
-}
-
-/// One port bitmap per SNAT IP of `slots` and protocol, holding the ports
-/// the owned-port marks hold (a restarted agent's flows, a snapshot's),
-/// and none for IPs no longer in use. An IP beyond MAX_SNAT_IPS gets none:
-/// its new flows walk.
-pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
-    let mut ips: Vec<u32> = Vec::new();
-    for s in slots.iter().filter(|s| s.nat_ip != 0) {
-        if !ips.contains(&s.nat_ip) {
-            ips.push(s.nat_ip);
-        }
-    }
-    ips.truncate(MAX_SNAT_IPS as usize);
-    let wanted: Vec<u64> = ips
-        .iter()
-        .flat_map(|ip| BITMAP_PROTOS.map(|p| PortBitmap::key(*ip, p)))
-        .collect();
-    let mut bitmaps: Vec<(u64, PortBitmap)> =
-        wanted.iter().map(|k| (*k, PortBitmap::EMPTY)).collect();
-    // Batched: a restarted agent may find 262,144 marks.
-    let owned: Vec<(FlowKey, u64)> =
-        crate::datapath::dump_hash(dp.hash_map_data(names::PORT_OWNED)?)?;
-    for (k, _) in owned {
-        if let Some((_, b)) = bitmaps
-            .iter_mut()
-            .find(|(key, _)| *key == PortBitmap::key(k.dst_ip, k.proto))
-        {
-            b.set(k.dst_port);
-        }
-    }
-    let mut map: HashMap<_, u64, PortBitmap> = HashMap::try_from(dp.map(names::PORT_BITMAPS)?)?;
-    replace_entries(&mut map, &bitmaps)
 }
 
 /// Clears the bits of ports no flow holds any more (the collector's

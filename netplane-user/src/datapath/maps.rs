@@ -9,10 +9,13 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netplane_common::{
-    DropReason, LocalPod, Path, RouteTarget, counters::PathCounter, maps::names,
+    DropReason, LocalPod, Path, RouteTarget,
+    counters::PathCounter,
+    maps::names,
+    nat::{self, BITMAP_PROTOS, FlowKey, MAX_SNAT_IPS, PortBitmap, SnatSlot},
 };
 
-use super::{addr, key};
+use super::{Datapath, addr, key};
 
 /// Inserts or replaces one UDR route.
 pub fn put_route<M: std::borrow::BorrowMut<MapData>>(
@@ -158,4 +161,37 @@ pub fn pinned_routes(pin_dir: &FsPath) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
     let map = aya::maps::Map::LpmTrie(data);
     let routes: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&map)?;
     list_routes(&routes)
+}
+
+/// One port bitmap per SNAT IP of `slots` and protocol, holding the ports
+/// the owned-port marks hold (a restarted agent's flows, a snapshot's),
+/// and none for IPs no longer in use. An IP beyond MAX_SNAT_IPS gets none:
+/// its new flows walk.
+pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
+    let mut ips: Vec<u32> = Vec::new();
+    for s in slots.iter().filter(|s| s.nat_ip != 0) {
+        if !ips.contains(&s.nat_ip) {
+            ips.push(s.nat_ip);
+        }
+    }
+    ips.truncate(MAX_SNAT_IPS as usize);
+    let wanted: Vec<u64> = ips
+        .iter()
+        .flat_map(|ip| BITMAP_PROTOS.map(|p| PortBitmap::key(*ip, p)))
+        .collect();
+    let mut bitmaps: Vec<(u64, PortBitmap)> =
+        wanted.iter().map(|k| (*k, PortBitmap::EMPTY)).collect();
+    // Batched: a restarted agent may find 262,144 marks.
+    let owned: Vec<(FlowKey, u64)> = super::dump_hash(dp.hash_map_data(nat::names::PORT_OWNED)?)?;
+    for (k, _) in owned {
+        if let Some((_, b)) = bitmaps
+            .iter_mut()
+            .find(|(key, _)| *key == PortBitmap::key(k.dst_ip, k.proto))
+        {
+            b.set(k.dst_port);
+        }
+    }
+    let mut map: HashMap<_, u64, PortBitmap> =
+        HashMap::try_from(dp.map(nat::names::PORT_BITMAPS)?)?;
+    replace_entries(&mut map, &bitmaps)
 }

@@ -10,8 +10,8 @@ mod testrun;
 pub mod verifier;
 
 pub use maps::{
-    Counters, DropStat, PathStat, list_routes, pinned_pod_ips, pinned_routes, put_route,
-    replace_entries,
+    Counters, DropStat, PathStat, list_routes, make_port_bitmaps, pinned_pod_ips, pinned_routes,
+    put_route, replace_entries,
 };
 use std::{net::Ipv4Addr, path::PathBuf};
 pub use sys::{HashWalk, delete_batch, dump_hash, put_new, take};

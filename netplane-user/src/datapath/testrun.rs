@@ -153,7 +153,7 @@ impl Datapath {
             // The bitmaps are not pinned: made again from the copied marks.
             let slots: Array<_, SnatSlot> = Array::try_from(dp.map(nat::names::SNAT_SLOTS)?)?;
             let slots: Vec<SnatSlot> = slots.iter().collect::<Result<_, _>>()?;
-            crate::agent::snat::make_port_bitmaps(&mut dp, &slots)?;
+            super::make_port_bitmaps(&mut dp, &slots)?;
         }
         // Services: what a new flow would find (its own flow is made in
         // the copy).

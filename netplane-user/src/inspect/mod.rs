@@ -5,7 +5,6 @@
 //! shape.
 mod ports;
 mod routes;
-mod topology;
 
 use std::collections::BTreeMap;
 
@@ -15,7 +14,6 @@ use serde::Serialize;
 pub use self::{
     ports::{PortRow, port_use},
     routes::{RouteRow, RouteTable, route_table},
-    topology::{Topology, topology},
 };
 use crate::{
     agent::{applied, is_agent_of, lb_name, nat_view},
@@ -30,15 +28,19 @@ use crate::{
 };
 
 /// The cluster the running agents applied, as the first of them that
-/// published one says (they run one cluster); the embedded default when
-/// none has.
-pub fn running_cluster() -> Result<Cluster> {
-    let published = agents(None)
+/// published one says (they run one cluster).
+pub fn published_cluster() -> Option<Cluster> {
+    agents(None)
         .unwrap_or_default()
         .iter()
-        .find_map(|a| applied::read(a).ok());
-    match published {
-        Some(a) => Ok(a.cluster),
+        .find_map(|a| applied::read(a).ok())
+        .map(|a| a.cluster)
+}
+
+/// The published cluster; the embedded default when no agent runs.
+pub fn running_cluster() -> Result<Cluster> {
+    match published_cluster() {
+        Some(c) => Ok(c),
         None => Ok(Cluster::load(None)?),
     }
 }

@@ -131,25 +131,6 @@ pub fn read_status(agent: &str) -> Option<SourceStatus> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// The cluster as `agent` applies it: the cluster file's settings with the
-/// nodes the agent took from its source (the Kubernetes API's are not in
-/// the file).
-pub fn as_applied_by(agent: &str, file: &Cluster) -> Cluster {
-    let mut c = file.clone();
-    if let Some(s) = read_status(agent).filter(|s| s.source == "kubernetes") {
-        c.nodes = s
-            .nodes
-            .into_iter()
-            .map(|p| Node {
-                name: p.name,
-                ip: p.ip,
-                pod_cidr: Some(p.pod_cidr),
-            })
-            .collect();
-    }
-    c
-}
-
 /// Why a node the API lists is not routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {

@@ -117,7 +117,7 @@ fn block(i: usize) -> (u32, u32) {
 }
 
 /// K or R on the booted VMs, as the lab builds them in namespaces
-/// (netplane-user/src/lab/classic.rs): pods by the CNI bridge (K) or ptp
+/// (netplane-lab/src/classic.rs): pods by the CNI bridge (K) or ptp
 /// (R) plugin with host-local IPAM, kernel routes between nodes, and for K
 /// kubenet's MASQUERADE and the load balancer's SNAT rules.
 fn kernel_datapath(vms: &Cluster, dp: Dp) -> Result<()> {

@@ -1,9 +1,14 @@
 //! `netplane`: the node agent, the lab, and the commands that look inside.
 //! One file per command: its arguments, what it does, and its typed rows
 //! (`table` renders them; the same rows serialize for `--json`).
+//!
+//! The lab's commands (lab, trace, ui, diagrams, whoami) come with the
+//! `lab` feature (on by default); the DaemonSet's image is built without
+//! it.
 mod agent;
 mod flows;
 mod install_cni;
+#[cfg(feature = "lab")]
 mod lab;
 mod nat;
 mod plan;
@@ -14,10 +19,13 @@ mod select;
 mod services;
 mod stats;
 mod table;
+#[cfg(feature = "lab")]
 mod trace;
+#[cfg(feature = "lab")]
 mod ui;
 mod validate;
 mod verifier;
+#[cfg(feature = "lab")]
 mod whoami;
 
 use std::process::ExitCode;
@@ -49,6 +57,7 @@ enum Cmd {
         /// The directory, e.g. /opt/cni/bin.
         dir: std::path::PathBuf,
     },
+    #[cfg(feature = "lab")]
     /// The lab: the cluster built in network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -62,6 +71,7 @@ enum Cmd {
     /// SNAT port use per SNAT IP and port block: capacity, allocated, peak,
     /// allocation failures.
     Ports(Select),
+    #[cfg(feature = "lab")]
     /// A packet's walk through the lab, hop by hop, computed by the real
     /// programs on a crafted packet against copies of the live maps.
     Trace(trace::TraceArgs),
@@ -76,6 +86,7 @@ enum Cmd {
     /// ClusterIP Services each node holds (from the Kubernetes API): the
     /// frontend, its ready backends, the flows open through it.
     Services(Select),
+    #[cfg(feature = "lab")]
     /// The live web page of the running cluster: topology, UDR, SNAT ports
     /// filling, flows, counters, and traces drawn hop by hop.
     Ui(ui::UiArgs),
@@ -87,6 +98,7 @@ enum Cmd {
     Verifier(verifier::VerifierArgs),
     /// Address and SNAT-port arithmetic for an AKS cluster, formulas shown.
     Plan(plan::PlanArgs),
+    #[cfg(feature = "lab")]
     /// Draw the teaching guides' two pictures (vnet.svg, egress.svg) from
     /// a cluster file (default: the lab's) into DIR.
     Diagrams {
@@ -94,6 +106,7 @@ enum Cmd {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    #[cfg(feature = "lab")]
     /// Address echo for lab traffic: the server tells each client the
     /// address it saw.
     Whoami {
@@ -136,21 +149,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Agent(args) => agent::run(args)?,
         Cmd::InstallCni { dir } => install_cni::run(dir)?,
+        #[cfg(feature = "lab")]
         Cmd::Lab { command } => return lab::run(command),
         Cmd::Stats(select) => stats::run(&select)?,
         Cmd::Nat(select) => nat::run(&select)?,
         Cmd::Ports(select) => ports::run(&select)?,
+        #[cfg(feature = "lab")]
         Cmd::Trace(args) => trace::run(args)?,
         Cmd::Flows(args) => flows::run(args)?,
         Cmd::Pods(select) => pods::run(&select)?,
         Cmd::Routes(select) => routes::run(&select)?,
         Cmd::Services(select) => services::run(&select)?,
+        #[cfg(feature = "lab")]
         Cmd::Ui(args) => ui::run(args)?,
         Cmd::Validate(args) => return validate::run(args),
         Cmd::Verifier(args) => return verifier::run(args),
         Cmd::Plan(args) => plan::run(args)?,
+        #[cfg(feature = "lab")]
         Cmd::Diagrams { dir, config } => {
-            use netplane::tools::diagrams;
+            use netplane_lab::tools::diagrams;
             let c = netplane::config::Cluster::load(config.as_deref())?;
             std::fs::create_dir_all(&dir)?;
             for (name, svg) in [
@@ -162,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("wrote {}", path.display());
             }
         }
+        #[cfg(feature = "lab")]
         Cmd::Whoami { command } => whoami::run(command)?,
     }
     Ok(ExitCode::SUCCESS)

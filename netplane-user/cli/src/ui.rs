@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use clap::Args;
-use netplane::ui;
+use netplane_lab::ui;
 
 #[derive(Args)]
 pub struct UiArgs {

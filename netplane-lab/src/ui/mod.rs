@@ -11,6 +11,7 @@
 //!   (server-sent events).
 mod api;
 mod live;
+pub mod topology;
 
 use std::{net::SocketAddr, sync::Arc};
 

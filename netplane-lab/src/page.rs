@@ -9,20 +9,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
-use super::agents::{pid_alive, stop_pid};
-use crate::paths;
+use super::{
+    agents::{pid_alive, stop_pid},
+    topology::PageProc,
+};
+use netplane::paths;
 
 /// How long `netplane ui` may take to say where it listens.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PageProc {
-    pub pid: u32,
-    pub url: String,
-    pub log: String,
-}
 
 /// Starts `netplane ui --listen LISTEN` and waits for its first line.
 pub(super) fn start(listen: SocketAddr) -> Result<PageProc> {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::PUSH_INTERVAL;
-use crate::{
+use netplane::{
     agent::flows::LogTail,
     inspect::{self, port_use},
 };
@@ -59,8 +59,8 @@ impl Sampler {
                 data: v.to_string(),
             });
         };
-        match inspect::running_cluster()
-            .and_then(|c| inspect::topology(&c))
+        match crate::running_cluster()
+            .and_then(|c| super::topology::topology(&c))
             .and_then(|t| Ok(serde_json::to_string(&t)?))
         {
             Ok(t) if self.topology.as_ref() != Some(&t) => {

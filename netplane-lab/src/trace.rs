@@ -15,12 +15,13 @@ use netplane_common::{
 };
 use serde::Serialize;
 
-use crate::{
+use netplane::{
     config::Cluster,
     datapath::{Counters, Datapath, addr, key},
-    lab::topology::{Host, LabState, Role, find_host},
     paths,
 };
+
+use crate::topology::{Host, LabState, Role, find_host};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::sys::{self};
+use netplane::sys::{self};
 
 use super::topology::{Host, NETNS_PREFIX, new_netns};
 
@@ -27,9 +27,9 @@ pub(super) fn attach_pod(
     let node = pod.node.as_deref().expect("pods have nodes");
     new_netns(&pod.netns)?;
     let conf = match conf_dir {
-        Some(dir) => plugin_conf(&dir.join(crate::cni::CONFLIST_FILE))?,
+        Some(dir) => plugin_conf(&dir.join(netplane::cni::CONFLIST_FILE))?,
         None => serde_json::json!({
-            "cniVersion": crate::cni::CNI_VERSION,
+            "cniVersion": netplane::cni::CNI_VERSION,
             "name": "netplane",
             "type": "netplane-cni",
             "cluster": cluster_file,

@@ -11,12 +11,13 @@
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::{
+use netplane::{
     config::cluster::{Cluster, NodePlan, OutboundType, pod_gateway},
-    lab::topology::{DataPathKind, Host, NETNS_PREFIX, outside_ip},
     paths,
     sys::{self, ip_in},
 };
+
+use crate::topology::{DataPathKind, Host, NETNS_PREFIX, outside_ip};
 
 /// Where Debian's containernetworking-plugins installs the plugins.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -73,7 +74,7 @@ pub fn node_masquerade(cluster: &Cluster, node: &NodePlan) -> Result<()> {
 pub fn load_balancer(cluster: &Cluster, lb: &Host) -> Result<()> {
     let ns = lb.netns.as_str();
     sys::sysctl_in(ns, &["net.ipv4.ip_forward=1"])?;
-    let plan = crate::config::outbound::lb_plan(cluster, None);
+    let plan = netplane::config::outbound::lb_plan(cluster, None);
     let k = plan.slots_per_backend as usize;
     for (i, (node_ip, _)) in plan.backends.iter().enumerate() {
         let slot = &plan.slots[i * k];

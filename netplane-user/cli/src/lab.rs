@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use netplane::lab;
+use netplane_lab as lab;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApiserverAction {
@@ -40,7 +40,7 @@ pub enum LabCmd {
         /// Also serve the live web page (`netplane ui`), on ADDR:PORT if
         /// given (port 0: any free port).
         #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
-              default_missing_value = netplane::ui::DEFAULT_LISTEN)]
+              default_missing_value = netplane_lab::ui::DEFAULT_LISTEN)]
         ui: Option<std::net::SocketAddr>,
         /// How the agents attach their TC programs (default: each probes
         /// the kernel; tcx where it has it). `clsact` shows on a new kernel

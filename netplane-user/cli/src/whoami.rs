@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use netplane::tools::whoami;
+use netplane_lab::tools::whoami;
 
 #[derive(Subcommand)]
 pub enum WhoamiCmd {

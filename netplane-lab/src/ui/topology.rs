@@ -7,14 +7,14 @@ use anyhow::Result;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::{
-    agent::lb_name,
+use netplane::{
+    agent::{applied, lb_name},
     cni::registry,
     config::{Cluster, OutboundType, outbound::lb_plan},
-    lab::{self, Role},
     paths,
-    source::as_applied_by,
 };
+
+use crate::Role;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Topology {
@@ -66,10 +66,11 @@ pub struct OutboundView {
     pub agent: AgentView,
 }
 
-/// The running cluster of `cluster` (with the lab's state when it is up).
+/// The running cluster of `cluster` (the cluster as the agents applied
+/// it, see `crate::running_cluster`), with the lab's state when it is up.
 pub fn topology(cluster: &Cluster) -> Result<Topology> {
-    let state = lab::load_state()?;
-    let agents = lab::status()?.agents;
+    let state = crate::load_state()?;
+    let agents = crate::status()?.agents;
     let agent = |name: &str| -> AgentView {
         match agents.iter().find(|a| a.node == name) {
             Some(a) => AgentView {
@@ -89,16 +90,7 @@ pub fn topology(cluster: &Cluster) -> Result<Topology> {
             .cloned()
     };
     let lb = lb_name(cluster);
-    // The nodes the data path routes: the Kubernetes API's when it is the
-    // source, else the cluster file's.
-    let applied = as_applied_by(
-        &cluster
-            .nodes()
-            .first()
-            .map_or_else(|| "node-0".into(), |n| n.name.clone()),
-        cluster,
-    );
-    let nodes = applied
+    let nodes = cluster
         .nodes()
         .into_iter()
         .map(|n| NodeView {
@@ -110,7 +102,16 @@ pub fn topology(cluster: &Cluster) -> Result<Topology> {
         })
         .collect();
     let outbound_ip = host(Role::Lb).or_else(|| host(Role::Appliance));
-    let appliance = (lb == "appliance").then_some(lab::APPLIANCE_OUTSIDE_IP);
+    // The frontends as the outbound agent published them; the lab's plan
+    // when it has not (the classic lab has no agents).
+    let frontends = applied::read(lb)
+        .ok()
+        .and_then(|a| a.outbound)
+        .unwrap_or_else(|| {
+            let appliance = (lb == "appliance").then_some(crate::APPLIANCE_OUTSIDE_IP);
+            lb_plan(cluster, appliance)
+        })
+        .frontends;
     Ok(Topology {
         lab: state.is_some(),
         datapath: state.as_ref().map_or_else(
@@ -130,7 +131,7 @@ pub fn topology(cluster: &Cluster) -> Result<Topology> {
             name: lb.into(),
             outbound_type: cluster.outbound.kind,
             ip: outbound_ip.map(|h| h.ip),
-            frontends: lb_plan(&applied, appliance).frontends,
+            frontends,
             agent: agent(lb),
         },
         inet: host(Role::Inet).map(|h| h.ip),
@@ -139,7 +140,7 @@ pub fn topology(cluster: &Cluster) -> Result<Topology> {
 
 /// A node's pods: its CNI registry (pods come and go through the plugin),
 /// and the lab's own pods when the registry does not hold them.
-fn pods_of(node: &str, state: Option<&lab::LabState>) -> Vec<PodView> {
+fn pods_of(node: &str, state: Option<&crate::LabState>) -> Vec<PodView> {
     let mut pods: Vec<PodView> = registry::registered(node)
         .unwrap_or_default()
         .into_iter()

@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use netplane::{
     config::{Cluster, OutboundType},
     paths,
     sys::{self, ip_in, sysctl_in},
@@ -58,7 +58,7 @@ pub struct LabState {
     pub datapath: DataPathKind,
     /// Agents run with this --tc-attach (None: they probe).
     #[serde(default)]
-    pub tc_attach: Option<crate::datapath::hooks::TcMode>,
+    pub tc_attach: Option<netplane::datapath::hooks::TcMode>,
     pub vnet: Vnet,
     pub hosts: Vec<Host>,
     pub agents: Vec<AgentProc>,
@@ -67,7 +67,7 @@ pub struct LabState {
     pub kubernetes: Option<ControlPlane>,
     /// The web page, with `--ui`.
     #[serde(default)]
-    pub ui: Option<super::page::PageProc>,
+    pub ui: Option<PageProc>,
 }
 
 /// The Kubernetes control plane `up --source kubernetes` started
@@ -111,7 +111,7 @@ pub struct UpOptions {
     /// Start the web page (`netplane ui`) listening here.
     pub ui: Option<std::net::SocketAddr>,
     /// The agents' `--tc-attach` (None: they probe the kernel).
-    pub tc_attach: Option<crate::datapath::hooks::TcMode>,
+    pub tc_attach: Option<netplane::datapath::hooks::TcMode>,
 }
 
 /// Which data path the lab's nodes and load balancer run.
@@ -161,7 +161,7 @@ pub fn plan(cluster: &Cluster) -> Vec<Host> {
         name: name.into(),
         role,
         netns: format!("{NETNS_PREFIX}{name}"),
-        ip: crate::config::outbound::gateway(cluster),
+        ip: netplane::config::outbound::gateway(cluster),
         node: None,
     });
     hosts.push(Host {
@@ -246,4 +246,12 @@ pub(super) fn new_netns(ns: &str) -> Result<()> {
     )?;
     ip_in(ns, &["link", "set", "lo", "up"])?;
     Ok(())
+}
+
+/// The web page's process (`lab up --ui`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PageProc {
+    pub pid: u32,
+    pub url: String,
+    pub log: String,
 }

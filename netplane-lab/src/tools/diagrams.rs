@@ -11,7 +11,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use netplane_common::limits;
 
-use crate::config::{
+use netplane::config::{
     Cluster,
     cluster::pod_gateway,
     outbound::{gateway, lb_plan},
@@ -90,7 +90,7 @@ fn escape(s: &str) -> String {
 pub fn vnet(c: &Cluster) -> String {
     let nodes = c.nodes();
     let (a, b) = (&nodes[0], &nodes[1.min(nodes.len() - 1)]);
-    let pod = |n: &crate::config::NodePlan, i: u32| {
+    let pod = |n: &netplane::config::NodePlan, i: u32| {
         Ipv4Addr::from(u32::from(n.pod_cidr.network()) + 2 + i)
     };
     let (src, dst) = (pod(a, 0), pod(b, 0));

@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use netplane::lab;
+use netplane_lab as lab;
 
 #[derive(Args)]
 pub struct TraceArgs {

@@ -9,9 +9,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub use crate::agent::pid_alive;
-pub(crate) use crate::agent::{OUTBOUND_AGENTS, is_agent_of as is_our_agent};
-use crate::{config::Cluster, datapath, paths};
+pub use netplane::agent::pid_alive;
+pub(crate) use netplane::agent::{OUTBOUND_AGENTS, is_agent_of as is_our_agent};
+use netplane::{config::Cluster, datapath, paths};
 
 use super::topology::{
     AgentProc, DataPathKind, Host, NETNS_PREFIX, Role, UpOptions, load_state, save_state,
@@ -22,8 +22,6 @@ pub const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long `down` waits after SIGTERM before SIGKILL.
 pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Agents that are not a node's.
 
 /// Where a lab host's agent serves metrics (nodes, load balancer,
 /// appliance), reachable through `lab exec`.
@@ -120,7 +118,7 @@ pub(super) fn wait_for_agent(agent: &AgentProc) -> Result<()> {
     let status = paths::agent_status(&agent.node);
     loop {
         if let Ok(b) = std::fs::read(&status)
-            && serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+            && serde_json::from_slice::<netplane::agent::AgentStatus>(&b)
                 .is_ok_and(|s| s.pid == agent.pid)
         {
             return Ok(());
@@ -207,7 +205,7 @@ pub fn restart_agent(
     node: &str,
     kill: bool,
     progress: &mut dyn FnMut(&str),
-) -> Result<crate::agent::AgentStatus> {
+) -> Result<netplane::agent::AgentStatus> {
     use nix::sys::signal::Signal;
     let mut state = load_state()?.context("the lab is down")?;
     let idx = state
@@ -273,7 +271,7 @@ pub fn restart_agent(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::cluster::Node;
+    use netplane::config::cluster::Node;
     use netplane_common::nat::{LAB_NAT_BUDGET, LAB_NAT_ENTRIES_MIN, MAX_NAT_ENTRIES};
 
     fn with_nodes(n: u32) -> Cluster {

@@ -13,11 +13,12 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{
+use netplane::{
     agent::flows,
     inspect::{self, port_use, route_table},
-    lab::{self, Role, trace},
 };
+
+use crate::{Role, trace};
 
 /// Each endpoint, with what it returns (`GET /api` lists them).
 pub const ENDPOINTS: &[(&str, &str)] = &[
@@ -160,14 +161,14 @@ async fn unknown() -> ApiError {
 
 async fn topology() -> Reply {
     blocking(|| {
-        let t = inspect::topology(&inspect::running_cluster()?)?;
+        let t = super::topology::topology(&crate::running_cluster()?)?;
         Ok(serde_json::to_value(t).map_err(anyhow::Error::from)?)
     })
     .await
 }
 
 async fn status() -> Reply {
-    blocking(|| Ok(serde_json::to_value(lab::status()?).map_err(anyhow::Error::from)?)).await
+    blocking(|| Ok(serde_json::to_value(crate::status()?).map_err(anyhow::Error::from)?)).await
 }
 
 /// One of the CLI's per-agent views under `key`, for the agents a
@@ -256,7 +257,7 @@ struct TraceQuery {
 async fn trace_walk(q: Result<Query<TraceQuery>, QueryRejection>) -> Reply {
     let Query(q) = q?;
     blocking(move || {
-        let state = lab::load_state()?.ok_or_else(|| {
+        let state = crate::load_state()?.ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the lab is down: traces walk the lab (netplane lab up)",
@@ -271,7 +272,7 @@ async fn trace_walk(q: Result<Query<TraceQuery>, QueryRejection>) -> Reply {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let from = lab::find_host(&state, &q.from).ok_or_else(|| {
+        let from = crate::find_host(&state, &q.from).ok_or_else(|| {
             ApiError::not_found(format!("from: no pod {:?}; pods: {}", q.from, pods()))
         })?;
         if from.role != Role::Pod {

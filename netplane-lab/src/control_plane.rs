@@ -29,7 +29,7 @@ use kube::{
 };
 use serde::Deserialize;
 
-use crate::{
+use netplane::{
     config::{Cluster, NodePlan},
     paths,
     sys::{self, ip_in},
@@ -46,7 +46,7 @@ pub const API_PORT: u16 = 6443;
 /// How long `up` waits for the API server to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The manifests the lab takes its RBAC from (and users deploy).
-pub const DEPLOY_MANIFEST: &str = include_str!("../../../deploy/netplane.yaml");
+pub const DEPLOY_MANIFEST: &str = include_str!("../../deploy/netplane.yaml");
 /// The agents' ServiceAccount (deploy/netplane.yaml).
 pub const SERVICE_ACCOUNT: (&str, &str) = ("kube-system", "netplane");
 
@@ -314,7 +314,7 @@ pub fn in_netns<T: Send>(ns: &str, fut: impl Future<Output = Result<T>> + Send) 
 
 /// A client with the admin kubeconfig (call inside the namespace).
 pub async fn admin_client(cp: &ControlPlane) -> Result<Client> {
-    crate::source::kubernetes::client(Some(Path::new(&cp.kubeconfig))).await
+    netplane::source::kubernetes::client(Some(Path::new(&cp.kubeconfig))).await
 }
 
 async fn wait_ready(client: &Client, cp: &ControlPlane) -> Result<()> {

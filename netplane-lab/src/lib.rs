@@ -1,5 +1,7 @@
-//! The lab: the cluster of the cluster file, built in network namespaces on
-//! this machine. A VNet segment (np-vnet) joins the nodes; each node runs an
+//! netplane's lab: the cluster of the cluster file, built in network
+//! namespaces on this machine, with its control plane, its web page (`ui`)
+//! and the tools its traffic uses (`tools`). It is built on the production
+//! crate (`netplane`), which never depends on it. A VNet segment (np-vnet) joins the nodes; each node runs an
 //! agent; pods hang off their node by veth pairs.
 //!
 //! Safety: everything lives in `np-` namespaces the lab creates; nothing is
@@ -18,13 +20,15 @@ mod cni;
 pub mod control_plane;
 mod page;
 pub mod services;
+pub mod tools;
 mod topology;
 pub mod trace;
+pub mod ui;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::sys::{self};
+use netplane::sys::{self};
 
 pub(crate) use self::agents::is_our_agent;
 pub use self::{
@@ -33,7 +37,6 @@ pub use self::{
     },
     build::{down, up},
     cni::{cni_add, cni_plugin, run_cni},
-    page::PageProc,
     topology::*,
 };
 
@@ -133,10 +136,25 @@ pub fn status() -> Result<Status> {
     })
 }
 
+/// The cluster the page and the lab's views show: what the running agents
+/// published (with the Kubernetes API's nodes when that is their source),
+/// else the lab's cluster file (the classic lab runs no agents), else the
+/// embedded default.
+pub fn running_cluster() -> Result<netplane::config::Cluster> {
+    if let Some(c) = netplane::inspect::published_cluster() {
+        return Ok(c);
+    }
+    let lab_file = load_state()
+        .ok()
+        .flatten()
+        .map(|s| std::path::PathBuf::from(s.cluster_file));
+    Ok(netplane::config::Cluster::load(lab_file.as_deref())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Cluster;
+    use netplane::config::Cluster;
 
     #[test]
     fn the_default_lab_has_two_nodes_with_two_pods_each_a_load_balancer_and_inet() {

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
+use netplane::{
     config::Cluster,
     paths,
     sys::{self, ip_in, sysctl_in},
@@ -94,7 +94,7 @@ pub(super) fn build(
     let cluster_copy = paths::lab_dir().join("cluster.toml");
     std::fs::write(&cluster_copy, toml::to_string(cluster)?)?;
     lab_violations(cluster)?;
-    let gateway = crate::config::outbound::gateway(cluster);
+    let gateway = netplane::config::outbound::gateway(cluster);
     let mut state = LabState {
         cluster_file: cluster_copy.display().to_string(),
         uplink_xdp: opts.uplink_xdp,
@@ -440,7 +440,7 @@ pub fn down(progress: &mut dyn FnMut(&str)) -> Result<()> {
         for e in entries.flatten() {
             let node = e.file_name().to_string_lossy().into_owned();
             if let Ok(b) = std::fs::read(paths::agent_status(&node))
-                && let Ok(s) = serde_json::from_slice::<crate::agent::AgentStatus>(&b)
+                && let Ok(s) = serde_json::from_slice::<netplane::agent::AgentStatus>(&b)
             {
                 agents.push((node, s.pid));
             }
