@@ -19,6 +19,7 @@ pub mod events;
 pub mod limits;
 pub mod maps;
 pub mod nat;
+pub mod registry;
 pub mod services;
 
 pub use counters::{DropReason, Path};

@@ -4,7 +4,6 @@
 use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::TcContext,
 };
@@ -18,6 +17,7 @@ use netplane_common::{
 
 use crate::{
     maps::bump,
+    registry::maps,
     packet::{ETH_P_IP, ip},
 };
 
@@ -28,15 +28,16 @@ const ETHER_TYPE_OFF: usize = 12;
 #[unsafe(no_mangle)]
 static FLOW_EVENTS_ON: Global<u8> = Global::new(1);
 
-#[map]
-pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+maps! {
+    /// Flow events to the agent.
+    FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
-#[map]
-pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+    /// Each CPU's token bucket for events.
+    EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
-/// Events not reported for want of budget (or ring space), per CPU.
-#[map]
-pub static EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    /// Events not reported for want of budget (or ring space), per CPU.
+    EVENTS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+}
 
 /// Reports an event if this CPU's budget allows.
 #[inline(always)]

@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+mod registry;
 mod arp;
 mod clock;
 mod counters;
