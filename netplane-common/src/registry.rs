@@ -112,7 +112,6 @@ pub const SERVICE_AFFINITY: MapDef<kind::LruHash, AffinityKey, Affinity> =
     MapDef::new(svc::SERVICE_AFFINITY);
 
 pub const FLOW_EVENTS: MapDef<kind::RingBuf, (), ()> = MapDef::new(ev::FLOW_EVENTS);
-pub const EVENT_BUDGET: MapDef<kind::PerCpuArray, u32, EventBudget> =
-    MapDef::new(ev::EVENT_BUDGET);
+pub const EVENT_BUDGET: MapDef<kind::PerCpuArray, u32, EventBudget> = MapDef::new(ev::EVENT_BUDGET);
 pub const EVENTS_SUPPRESSED: MapDef<kind::PerCpuArray, u32, u64> =
     MapDef::new(ev::EVENTS_SUPPRESSED);

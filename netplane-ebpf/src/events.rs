@@ -17,8 +17,8 @@ use netplane_common::{
 
 use crate::{
     maps::bump,
-    registry::maps,
     packet::{ETH_P_IP, ip},
+    registry::maps,
 };
 
 /// Where the Ethernet type sits in a frame.

@@ -16,7 +16,6 @@
 #![no_std]
 #![no_main]
 
-mod registry;
 mod arp;
 mod clock;
 mod counters;
@@ -28,6 +27,7 @@ mod maps;
 mod masquerade;
 mod packet;
 mod pod;
+mod registry;
 mod route;
 mod service;
 mod snat;

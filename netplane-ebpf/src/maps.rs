@@ -1,11 +1,11 @@
 //! The maps, each declared through `maps!` against
 //! `netplane_common::registry` (name, kind, key and value checked at
 //! compile time).
+use crate::registry::maps;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
-use crate::registry::maps;
 use netplane_common::{
     DropReason, LocalPod, NodeConfig, Path, PodSlot, RouteTarget,
     counters::PathCounter,

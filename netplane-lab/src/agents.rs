@@ -136,7 +136,9 @@ pub(super) fn wait_for_pods(hosts: &[Host]) -> Result<()> {
     for pod in hosts.iter().filter(|h| h.role == Role::Pod) {
         let node = pod.node.as_deref().expect("pods have nodes");
         loop {
-            if datapath::pinned_pod_ips(&paths::pins(node)).is_ok_and(|ips| ips.contains(&pod.ip)) {
+            if datapath::pinned_pod_ips(&datapath::Pins::of(node))
+                .is_ok_and(|ips| ips.contains(&pod.ip))
+            {
                 break;
             }
             if Instant::now() > deadline {

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, lpm_trie::Key};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use netplane_common::registry;
 use netplane_common::{
     DropReason, LocalPod, Path,
-    maps::{names, programs},
+    maps::programs,
     nat::{FlowKey, NatEntry, NatReverse},
 };
 use serde::Serialize;
@@ -18,7 +19,6 @@ use serde::Serialize;
 use netplane::{
     config::Cluster,
     datapath::{Counters, Datapath, addr, key},
-    paths,
 };
 
 use crate::topology::{Host, LabState, Role, find_host};
@@ -109,7 +109,7 @@ struct Copies {
 impl Copies {
     fn get(&mut self, agent: &str) -> Result<&mut Datapath> {
         if !self.dps.contains_key(agent) {
-            let dp = Datapath::snapshot(&paths::pins(agent))
+            let dp = Datapath::snapshot(&netplane::datapath::Pins::of(agent))
                 .with_context(|| format!("copying {agent}'s maps (is its agent running?)"))?;
             self.dps.insert(agent.to_string(), dp);
         }
@@ -204,9 +204,9 @@ fn service_maps(
     (dst, dport): (Ipv4Addr, u16),
     proto: u8,
 ) -> Result<Vec<String>> {
-    use netplane_common::services::{Service, ServiceFlow, ServiceKey, names as svc};
+    use netplane_common::services::{Service, ServiceFlow, ServiceKey};
     let mut out = Vec::new();
-    let services: HashMap<_, ServiceKey, Service> = HashMap::try_from(dp.map(svc::SERVICES)?)?;
+    let services: HashMap<_, ServiceKey, Service> = dp.hash(registry::SERVICES)?;
     if let Ok(s) = services.get(&ServiceKey::new(key(dst), dport, proto), 0) {
         out.push(format!(
             "SERVICES[{dst}:{dport}] = service {}, {} ready backend(s){}",
@@ -220,7 +220,7 @@ fn service_maps(
         ));
     }
     let flows: aya::maps::HashMap<_, FlowKey, ServiceFlow> =
-        aya::maps::HashMap::try_from(dp.map(svc::SERVICE_FLOWS)?)?;
+        dp.lru_hash(registry::SERVICE_FLOWS)?;
     let k = FlowKey::new(key(src), key(dst), sport, dport, proto);
     if let Ok(f) = flows.get(&k, 0) {
         out.push(format!(
@@ -295,7 +295,7 @@ impl World<'_> {
             programs::LB_FROM_INTERNET => "tc ingress, the internet side (eth1)",
             _ => "tc",
         };
-        let pods: HashMap<_, u32, LocalPod> = HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
+        let pods: HashMap<_, u32, LocalPod> = dp.hash(registry::LOCAL_PODS)?;
         if let Ok(p) = pods.get(&key(dst), 0) {
             maps.push(format!("LOCAL_PODS[{dst}] = veth ifindex {}", p.ifindex));
         }
@@ -304,7 +304,7 @@ impl World<'_> {
             .get(&Key::new(32, key(dst)), 0)
             .ok()
             .map(|r| addr(r.node_ip));
-        let nat_out: HashMap<_, FlowKey, NatEntry> = HashMap::try_from(dp.map(names::NAT_OUT)?)?;
+        let nat_out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT)?;
         let proto = match f.get(14 + 9) {
             Some(6) => 6,
             Some(17) => 17,
@@ -322,8 +322,7 @@ impl World<'_> {
         );
         let translated = nat_out.get(&out_key, 0).ok();
         if matches!(path, Some(Path::SnatIn | Path::LbIn)) {
-            let nat_in: HashMap<_, FlowKey, NatReverse> =
-                HashMap::try_from(dp.map(names::NAT_IN)?)?;
+            let nat_in: HashMap<_, FlowKey, NatReverse> = dp.hash(registry::NAT_IN)?;
             let in_key = FlowKey::new(
                 key(src),
                 key(dst),
@@ -357,8 +356,7 @@ impl World<'_> {
                 maps.extend(service_maps(dp, (src, sport), (dst, dport), proto)?);
                 let decision =
                     format!("service {dst}:{dport}: destination -> backend {backend}:{bport}");
-                let here: HashMap<_, u32, LocalPod> =
-                    HashMap::try_from(dp.map(names::LOCAL_PODS)?)?;
+                let here: HashMap<_, u32, LocalPod> = dp.hash(registry::LOCAL_PODS)?;
                 if here.get(&key(backend), 0).is_ok() {
                     let pod = self.name_of(backend);
                     (decision, Next::Done(format!("delivered to {pod}"), pod))

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use ipnet::Ipv4Net;
+use netplane_common::registry;
 use netplane_common::{LocalPod, NodeConfig};
 
 use netplane::datapath::{Datapath, LoadOptions, key, put_route};
@@ -101,8 +102,8 @@ pub const GATEWAY: [u8; 4] = [10, 224, 0, 1];
 /// `lo..=hi`, the gateway and the node subnet as the default cluster's.
 pub fn masquerade_on(mut dp: Datapath, lo: u16, hi: u16) -> Datapath {
     use aya::maps::Array;
-    use netplane_common::nat::{NatConfig, SnatSlot, names};
-    let mut cfg: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG).unwrap()).unwrap();
+    use netplane_common::nat::{NatConfig, SnatSlot};
+    let mut cfg: Array<_, NatConfig> = dp.array(registry::NAT_CONFIG).unwrap();
     cfg.set(
         0,
         NatConfig {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use etherparse::PacketBuilder;
-use netplane_common::{maps::programs, nat::names};
+use netplane_common::maps::programs;
+use netplane_common::registry;
 use serde::Serialize;
 
 use netplane::datapath::{Datapath, key};
@@ -350,8 +351,7 @@ fn shuffle(v: &mut [u16], mut seed: u64) {
 
 /// Ports allocated so far, all slots and CPUs.
 fn allocations(dp: &mut Datapath) -> Result<u64> {
-    let allocs: aya::maps::PerCpuArray<_, u64> =
-        aya::maps::PerCpuArray::try_from(dp.map(names::SNAT_ALLOCS)?)?;
+    let allocs: aya::maps::PerCpuArray<_, u64> = dp.per_cpu_array(registry::SNAT_ALLOCS)?;
     let mut total = 0;
     for slot in allocs.iter() {
         total += slot?.iter().sum::<u64>();

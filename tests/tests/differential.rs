@@ -12,6 +12,7 @@
 //! NETPLANE_DIFF_SEED the seed (default: from the clock, printed).
 use std::collections::BTreeMap;
 
+use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::{MARK_ROUTED, programs},
@@ -331,8 +332,8 @@ fn source_port(f: &[u8]) -> Option<u16> {
 /// The program's translations (NAT_OUT) as the model prints its own.
 fn nat_out_lines(dp: &mut netplane::datapath::Datapath) -> Vec<String> {
     use netplane::datapath::{addr, dump_hash};
-    use netplane_common::nat::{FlowKey, NatEntry, names};
-    let map = dp.hash_map_data(names::NAT_OUT).unwrap();
+    use netplane_common::nat::{FlowKey, NatEntry};
+    let map = dp.hash_data(registry::NAT_OUT).unwrap();
     let mut lines: Vec<String> = dump_hash::<FlowKey, NatEntry>(map)
         .unwrap()
         .into_iter()

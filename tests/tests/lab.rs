@@ -82,11 +82,12 @@ fn reconcile_routes_under_traffic() {
                 .contains("cluster file not applied, keeping the previous one")
         });
         // Read from the pinned map: the CLI itself refuses the garbage.
-        let pinned: Vec<String> = netplane::datapath::pinned_routes(&netplane::paths::pins(node))
-            .unwrap()
-            .into_iter()
-            .map(|(cidr, _)| cidr.to_string())
-            .collect();
+        let pinned: Vec<String> =
+            netplane::datapath::pinned_routes(&netplane::datapath::Pins::of(node))
+                .unwrap()
+                .into_iter()
+                .map(|(cidr, _)| cidr.to_string())
+                .collect();
         assert_eq!(pinned, ["10.244.0.0/24", "10.244.1.0/24"]);
     }
     assert_no_loss(ping, "pod-0-0 -> pod-1-0 with a garbage cluster file");

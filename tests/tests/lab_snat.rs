@@ -7,7 +7,6 @@ use std::{
 };
 
 use netplane::config::cluster::DEFAULT_CLUSTER;
-use netplane_common::nat::{FlowKey, NatEntry, NatReverse, names};
 use netplane_tests::{labkit::*, privileged};
 use serde_json::Value;
 
@@ -723,10 +722,8 @@ fn a_restarted_agent_returns_the_port_of_a_removal_cut_short() {
     assert_eq!(held(&before, "live_entries"), 1, "{before:?}");
     // Cut the removal short as a kill would: the forward entry goes, the
     // reverse one stays.
-    let pins = netplane::paths::pins("node-0");
-    let out = aya::maps::MapData::from_pin(pins.join(names::NAT_OUT)).unwrap();
-    let mut out: aya::maps::HashMap<_, FlowKey, NatEntry> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(out)).unwrap();
+    let pins = netplane::datapath::Pins::of("node-0");
+    let mut out = pins.hash(netplane_common::registry::NAT_OUT).unwrap();
     let key = out.keys().next().unwrap().unwrap();
     out.remove(&key).unwrap();
     let orphaned = ports_of("node-0");
@@ -737,9 +734,7 @@ fn a_restarted_agent_returns_the_port_of_a_removal_cut_short() {
     wait_until("the orphan's port to come back", || {
         held(&ports_of("node-0"), "allocated") == 0
     });
-    let reverse = aya::maps::MapData::from_pin(pins.join(names::NAT_IN)).unwrap();
-    let reverse: aya::maps::HashMap<_, FlowKey, NatReverse> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(reverse)).unwrap();
+    let reverse = pins.hash(netplane_common::registry::NAT_IN).unwrap();
     assert_eq!(reverse.keys().count(), 0, "the claim is gone too");
 }
 

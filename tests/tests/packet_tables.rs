@@ -6,6 +6,7 @@
 //! BPF_PROG_TEST_RUN puts every packet); pod B 10.244.0.3 lives behind
 //! ifindex 42; node-1 (10.224.0.5) owns 10.244.1.0/24.
 use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket};
+use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::{MARK_ROUTED, programs},
@@ -335,7 +336,7 @@ fn from_pod_table() {
 #[test]
 fn pod_slots_follow_registration() {
     use netplane::datapath::{Datapath, key};
-    use netplane_common::{PodSlot, maps::names};
+    use netplane_common::PodSlot;
     if !privileged() {
         return;
     }
@@ -344,8 +345,7 @@ fn pod_slots_follow_registration() {
         test_run(dp, programs::FROM_POD, &frame, 0).unwrap().0
     };
     let slot = |dp: &mut Datapath, ifindex: u32| -> PodSlot {
-        let a: aya::maps::Array<_, PodSlot> =
-            aya::maps::Array::try_from(dp.map(names::POD_SLOTS).unwrap()).unwrap();
+        let a: aya::maps::Array<_, PodSlot> = dp.array(registry::POD_SLOTS).unwrap();
         a.get(&netplane_common::maps::pod_slot(ifindex), 0).unwrap()
     };
     let (a, b) = (key(POD_A.into()), key(POD_B.into()));
@@ -383,8 +383,7 @@ fn pod_slots_follow_registration() {
     // The program does read the slot, and a slot alone vouches: that is
     // why removal empties it before LOCAL_PODS forgets the pod.
     let hand_written = [10, 244, 0, 77];
-    let mut slots: aya::maps::Array<_, PodSlot> =
-        aya::maps::Array::try_from(dp.map(names::POD_SLOTS).unwrap()).unwrap();
+    let mut slots: aya::maps::Array<_, PodSlot> = dp.array(registry::POD_SLOTS).unwrap();
     let vouch = PodSlot {
         ifindex: 1,
         ip: key(hand_written.into()),
@@ -543,7 +542,7 @@ fn uplink_xdp_table() {
 /// what the elapsed time earns) and counts the rest as suppressed.
 #[test]
 fn drop_events_are_reported_and_rate_limited() {
-    use netplane_common::events::{EVENT_BURST, FlowEvent, kind, names};
+    use netplane_common::events::{EVENT_BURST, FlowEvent, kind};
     if !privileged() {
         return;
     }
@@ -554,13 +553,14 @@ fn drop_events_are_reported_and_rate_limited() {
         let (verdict, _) = test_run(&mut dp, programs::FROM_POD, &spoofed, 0).unwrap();
         assert_eq!(verdict, TC_ACT_SHOT);
     }
-    let suppressed: u64 = {
-        let m = dp.map(names::EVENTS_SUPPRESSED).unwrap();
-        let a: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(m).unwrap();
-        a.get(&0, 0).unwrap().iter().sum()
-    };
-    let mut ring =
-        aya::maps::RingBuf::try_from(dp.bpf.take_map(names::FLOW_EVENTS).unwrap()).unwrap();
+    let suppressed: u64 = dp
+        .per_cpu_array(registry::EVENTS_SUPPRESSED)
+        .unwrap()
+        .get(&0, 0)
+        .unwrap()
+        .iter()
+        .sum();
+    let mut ring = dp.take_ring(registry::FLOW_EVENTS).unwrap().unwrap();
     let mut reported = 0u64;
     while let Some(item) = ring.next() {
         // SAFETY: the programs write whole FlowEvents into the ring; the

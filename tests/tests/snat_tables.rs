@@ -11,12 +11,12 @@ use netplane::{
     agent::collector,
     datapath::{Datapath, key},
 };
+use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::programs,
     nat::{
         ClaimRelease, FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, RELEASE_BATCH,
-        names,
     },
 };
 use netplane_tests::{privileged, world::*};
@@ -160,20 +160,17 @@ fn masquerading_with_table(entries: u32) -> Datapath {
 
 /// Live translations and the allocator's count must agree, exactly.
 fn assert_accounting_exact(dp: &mut Datapath) -> u64 {
-    let out: HashMap<_, FlowKey, NatEntry> =
-        HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+    let out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
     let live = out.keys().count() as u64;
-    let inn: HashMap<_, FlowKey, NatReverse> =
-        HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+    let inn: HashMap<_, FlowKey, NatReverse> = dp.hash(registry::NAT_IN).unwrap();
     assert_eq!(
         inn.keys().count() as u64,
         live,
         "claims (NAT_IN) vs translations (NAT_OUT)"
     );
-    let allocs: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(dp.map(names::SNAT_ALLOCS).unwrap()).unwrap();
+    let allocs: PerCpuArray<_, u64> = dp.per_cpu_array(registry::SNAT_ALLOCS).unwrap();
     let a: u64 = allocs.get(&0, 0).unwrap().iter().sum();
-    let frees: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES).unwrap()).unwrap();
+    let frees: Array<_, u64> = dp.array(registry::SNAT_FREES).unwrap();
     let f = frees.get(&0, 0).unwrap();
     let ev: u64 = evictions(dp);
     assert_eq!(
@@ -186,8 +183,7 @@ fn assert_accounting_exact(dp: &mut Datapath) -> u64 {
 
 /// Ports taken back from unreplied flows, slot 0, all CPUs.
 fn evictions(dp: &mut Datapath) -> u64 {
-    let ev: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(dp.map(names::SNAT_EVICTS).unwrap()).unwrap();
+    let ev: PerCpuArray<_, u64> = dp.per_cpu_array(registry::SNAT_EVICTS).unwrap();
     ev.get(&0, 0).unwrap().iter().sum()
 }
 
@@ -354,8 +350,7 @@ fn one_port_serves_several_destinations_and_exhaustion_is_clean() {
     );
     assert_eq!(v, TC_ACT_SHOT);
     assert_eq!(drops(&mut dp, DropReason::NatPortsExhausted), d + 1);
-    let fails: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(dp.map(names::SNAT_FAILS).unwrap()).unwrap();
+    let fails: PerCpuArray<_, u64> = dp.per_cpu_array(registry::SNAT_FAILS).unwrap();
     assert_eq!(fails.get(&0, 0).unwrap().iter().sum::<u64>(), 1);
     // The existing flow is untouched.
     let (v, out) = run(
@@ -407,11 +402,10 @@ fn the_whole_pool_is_usable_toward_one_destination() {
     // The collector's batch read (16 batches here) sees exactly what the
     // one-by-one iterator sees.
     let one_by_one: std::collections::HashMap<FlowKey, NatEntry> = {
-        let out: HashMap<_, FlowKey, NatEntry> =
-            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
         out.iter().map(Result::unwrap).collect()
     };
-    let data = dp.hash_map_data(names::NAT_OUT).unwrap();
+    let data = dp.hash_data(registry::NAT_OUT).unwrap();
     let batched = netplane::datapath::dump_hash::<FlowKey, NatEntry>(data).unwrap();
     assert_eq!(batched.len(), 64_512);
     let batched: std::collections::HashMap<FlowKey, NatEntry> = batched.into_iter().collect();
@@ -420,15 +414,13 @@ fn the_whole_pool_is_usable_toward_one_destination() {
 
 /// Node-0's TCP port bitmap, as the programs see it.
 fn port_bitmap(dp: &mut Datapath) -> PortBitmap {
-    let map: HashMap<_, u64, PortBitmap> =
-        HashMap::try_from(dp.map(names::PORT_BITMAPS).unwrap()).unwrap();
+    let map: HashMap<_, u64, PortBitmap> = dp.hash(registry::PORT_BITMAPS).unwrap();
     map.get(&PortBitmap::key(key(NODE0.into()), PROTO_TCP), 0)
         .expect("node-0 has a TCP port bitmap")
 }
 
 fn set_port_bitmap(dp: &mut Datapath, b: PortBitmap) {
-    let mut map: HashMap<_, u64, PortBitmap> =
-        HashMap::try_from(dp.map(names::PORT_BITMAPS).unwrap()).unwrap();
+    let mut map: HashMap<_, u64, PortBitmap> = dp.hash(registry::PORT_BITMAPS).unwrap();
     map.insert(PortBitmap::key(key(NODE0.into()), PROTO_TCP), b, 0)
         .unwrap();
 }
@@ -754,8 +746,7 @@ fn flows_go_through_their_phases_and_a_syn_reopens_a_closed_one() {
     let (_, out) = run(&mut dp, programs::FROM_POD, &syn);
     let port = parse_checked(&out).src_port;
     let phase = |dp: &mut Datapath| {
-        let out: HashMap<_, FlowKey, NatEntry> =
-            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
         let k = FlowKey::new(key(POD_A.into()), key(INTERNET.into()), 41000, 80, 6);
         out.get(&k, 0).unwrap().phase()
     };
@@ -819,8 +810,7 @@ fn collection_in_small_steps_is_exact() {
     assert!(removed.iter().all(|(k, _)| k.src_port.is_multiple_of(2)));
     assert_eq!(assert_accounting_exact(&mut dp), 10_000);
     // Owned-port marks: one per port still held.
-    let owned: HashMap<_, FlowKey, u64> =
-        HashMap::try_from(dp.map(names::PORT_OWNED).unwrap()).unwrap();
+    let owned: HashMap<_, FlowKey, u64> = dp.hash(registry::PORT_OWNED).unwrap();
     assert_eq!(owned.keys().count(), 10_000);
 }
 
@@ -848,8 +838,7 @@ fn a_full_table_refuses_new_flows_at_once_with_the_right_reason() {
     // Fill the reply table to its last entry with claims no flow is
     // queued for.
     {
-        let mut nat_in: HashMap<_, FlowKey, NatReverse> =
-            HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+        let mut nat_in: HashMap<_, FlowKey, NatReverse> = dp.hash(registry::NAT_IN).unwrap();
         let mut filled = 0u32;
         while filled < small * 2 {
             let remote = key(Ipv4Addr::from(0xc633_6400 + filled)); // 198.51.100.0 on
@@ -939,8 +928,7 @@ fn a_pod_spraying_destinations_cannot_stop_its_neighbours() {
     let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
     assert_eq!(v, TC_ACT_REDIRECT);
     assert_eq!(parse_checked(&back).dst, Ipv4Addr::from(POD_B));
-    let out: HashMap<_, FlowKey, NatEntry> =
-        HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+    let out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
     let b_flows = out
         .keys()
         .filter(|k| k.as_ref().unwrap().src_ip == key(POD_B.into()))
@@ -1013,8 +1001,7 @@ fn an_orphan_claim_left_by_a_cut_short_removal_is_swept() {
     let (ports, _) = open_flows(&mut dp, 1, 10);
     assert_eq!(ports.len(), 10);
     let (cut, entry) = {
-        let mut out: HashMap<_, FlowKey, NatEntry> =
-            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let mut out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
         let k = out.keys().next().unwrap().unwrap();
         let e = out.get(&k, 0).unwrap();
         out.remove(&k).unwrap();
@@ -1059,8 +1046,7 @@ fn a_claim_and_its_credit_go_together() {
     assert_eq!(ports.len(), 100);
     // The collector first takes the forward entries it removes.
     let take = |dp: &mut Datapath, n: usize| -> Vec<(FlowKey, NatEntry)> {
-        let mut out: HashMap<_, FlowKey, NatEntry> =
-            HashMap::try_from(dp.map(names::NAT_OUT).unwrap()).unwrap();
+        let mut out: HashMap<_, FlowKey, NatEntry> = dp.hash(registry::NAT_OUT).unwrap();
         let keys: Vec<FlowKey> = out.keys().take(n).map(Result::unwrap).collect();
         keys.into_iter()
             .map(|k| {
@@ -1071,7 +1057,7 @@ fn a_claim_and_its_credit_go_together() {
             .collect()
     };
     let frees = |dp: &mut Datapath| -> u64 {
-        let a: Array<_, u64> = Array::try_from(dp.map(names::SNAT_FREES).unwrap()).unwrap();
+        let a: Array<_, u64> = dp.array(registry::SNAT_FREES).unwrap();
         a.get(&0, 0).unwrap()
     };
     let claim = |(k, e): &(FlowKey, NatEntry), slot: u32| ClaimRelease {
@@ -1105,8 +1091,7 @@ fn a_claim_and_its_credit_go_together() {
         .unwrap();
     assert_eq!(released, [true]);
     assert_eq!(frees(&mut dp) - before, 70);
-    let inn: HashMap<_, FlowKey, NatReverse> =
-        HashMap::try_from(dp.map(names::NAT_IN).unwrap()).unwrap();
+    let inn: HashMap<_, FlowKey, NatReverse> = dp.hash(registry::NAT_IN).unwrap();
     assert_eq!(inn.keys().count(), 29);
 }
 
@@ -1233,7 +1218,7 @@ fn a_flow_refreshed_while_a_pass_decides_it_expired_survives() {
     // A second handle on NAT_OUT: the data path's refresh, made while the
     // pass holds its snapshot.
     let id = dp
-        .hash_map_data(names::NAT_OUT)
+        .hash_data(registry::NAT_OUT)
         .unwrap()
         .info()
         .unwrap()

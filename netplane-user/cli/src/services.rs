@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use netplane::{agent::SERVICES_STATUS_FILE, datapath::key, paths, source::services::Frontend};
-use netplane_common::{
-    nat::{FlowKey, PROTO_TCP},
-    services::{ServiceFlow, names},
+use netplane::{
+    agent::SERVICES_STATUS_FILE,
+    datapath::{Pins, key},
+    paths,
+    source::services::Frontend,
 };
+use netplane_common::{nat::PROTO_TCP, registry};
 use serde::Serialize;
 
 use crate::{
@@ -58,11 +59,7 @@ impl Row for ServiceRow {
 /// Open flows per frontend (address, port, protocol) in a node's pinned
 /// SERVICE_FLOWS.
 fn flows_per_frontend(node: &str) -> Result<BTreeMap<(u32, u16, u8), usize>> {
-    let path = paths::pins(node).join(names::SERVICE_FLOWS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
-    let map = Map::LruHashMap(data);
-    let flows: HashMap<_, FlowKey, ServiceFlow> = HashMap::try_from(&map)?;
+    let flows = Pins::of(node).lru_hash(registry::SERVICE_FLOWS)?;
     let mut out = BTreeMap::new();
     for e in flows.iter() {
         let (k, _) = e?;

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use anyhow::Result;
 use aya::maps::Array;
 use netplane_common::nat::{
-    ClaimRelease, FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, names, owned_key,
+    ClaimRelease, FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, owned_key,
 };
+use netplane_common::registry;
 
 use crate::{config::outbound::Timeouts, datapath::Datapath};
 
@@ -142,7 +143,7 @@ impl Collector {
                 Phase::Idle => {}
                 Phase::Expire => {
                     let chunk: Vec<(FlowKey, NatEntry)> =
-                        self.walk.next(dp.hash_map_data(names::NAT_OUT)?, left)?;
+                        self.walk.next(dp.hash_data(registry::NAT_OUT)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     if self.sweeping {
                         self.forward.extend(chunk.iter().map(|(k, _)| *k));
@@ -162,7 +163,7 @@ impl Collector {
                 }
                 Phase::LearnHeldPorts => {
                     let chunk: Vec<(FlowKey, NatReverse)> =
-                        self.walk.next(dp.hash_map_data(names::NAT_IN)?, left)?;
+                        self.walk.next(dp.hash_data(registry::NAT_IN)?, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     let mut orphans = Vec::new();
                     for (k, rev) in chunk {
@@ -185,7 +186,7 @@ impl Collector {
                     }
                 }
                 Phase::ClearStaleMarks => {
-                    let owned = dp.hash_map_data(names::PORT_OWNED)?;
+                    let owned = dp.hash_data(registry::PORT_OWNED)?;
                     let chunk: Vec<(FlowKey, u64)> = self.walk.next(owned, left)?;
                     left = left.saturating_sub(chunk.len().max(1));
                     let stale: Vec<FlowKey> = chunk
@@ -221,7 +222,7 @@ fn remove_orphans(dp: &mut Datapath, orphans: &[FlowKey]) -> Result<u64> {
     if orphans.is_empty() {
         return Ok(0);
     }
-    let slots: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
+    let slots: Array<_, SnatSlot> = dp.array(registry::SNAT_SLOTS)?;
     // Read once: one syscall per slot, not per slot and orphan.
     let slots: Vec<(u32, SnatSlot)> = (0..slots.len())
         .filter_map(|i| Some((i, slots.get(&i, 0).ok()?)))
@@ -263,7 +264,7 @@ fn remove_flows(
     }
     let mut ours = Vec::with_capacity(flows.len());
     {
-        let nat_out = dp.hash_map_data(names::NAT_OUT)?;
+        let nat_out = dp.hash_data(registry::NAT_OUT)?;
         for (k, seen) in flows {
             let Some(now) = crate::datapath::take::<FlowKey, NatEntry>(nat_out, &k)? else {
                 continue; // evicted by the data path meanwhile

@@ -13,8 +13,9 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use netplane_common::{
     DropReason,
-    events::{FlowEvent, kind, names},
+    events::{FlowEvent, kind},
     nat::{FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    registry,
 };
 use serde_json::{Value, json};
 
@@ -35,10 +36,7 @@ pub struct EventLog {
 
 impl EventLog {
     pub fn open(agent: &str, dp: &mut Datapath) -> Result<EventLog> {
-        let ring = match dp.bpf.take_map(names::FLOW_EVENTS) {
-            Some(m) => Some(RingBuf::try_from(m)?),
-            None => None,
-        };
+        let ring = dp.take_ring(registry::FLOW_EVENTS).transpose()?;
         Ok(EventLog {
             agent: agent.to_string(),
             ring,

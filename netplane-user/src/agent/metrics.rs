@@ -10,12 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{HashMap, LpmTrie, Map, MapData};
-use netplane_common::{
-    LocalPod, RouteTarget,
-    maps::names,
-    nat::{FlowKey, NatEntry, NatReverse},
-};
+use netplane_common::registry;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -24,7 +19,7 @@ use prometheus_client::{
 };
 
 use super::nat_view::{self, SlotUse};
-use crate::datapath::{Counters, memory};
+use crate::datapath::{Counters, memory, pins::Pins};
 
 /// What the agent itself counts (the rest is in the maps).
 #[derive(Debug, Default)]
@@ -58,7 +53,7 @@ impl AgentCounters {
 
 #[derive(Debug)]
 struct DataPath {
-    pins: PathBuf,
+    pins: Pins,
     own: Arc<AgentCounters>,
 }
 
@@ -92,37 +87,14 @@ fn gauge(
     Ok(())
 }
 
-fn entries(pins: &std::path::Path, name: &str) -> Option<usize> {
-    let data = MapData::from_pin(pins.join(name)).ok()?;
+/// Entries in one of the maps whose fill the metrics show.
+fn entries(pins: &Pins, name: &str) -> Option<usize> {
     Some(match name {
-        names::ROUTES => {
-            let m = Map::LpmTrie(data);
-            LpmTrie::<_, u32, RouteTarget>::try_from(&m)
-                .ok()?
-                .keys()
-                .count()
-        }
-        names::LOCAL_PODS => {
-            let m = Map::HashMap(data);
-            HashMap::<_, u32, LocalPod>::try_from(&m)
-                .ok()?
-                .keys()
-                .count()
-        }
-        names::NAT_OUT => {
-            let m = Map::HashMap(data);
-            HashMap::<_, FlowKey, NatEntry>::try_from(&m)
-                .ok()?
-                .keys()
-                .count()
-        }
-        _ => {
-            let m = Map::HashMap(data);
-            HashMap::<_, FlowKey, NatReverse>::try_from(&m)
-                .ok()?
-                .keys()
-                .count()
-        }
+        n if n == registry::ROUTES.name => pins.lpm_trie(registry::ROUTES).ok()?.keys().count(),
+        n if n == registry::LOCAL_PODS.name => pins.hash(registry::LOCAL_PODS).ok()?.keys().count(),
+        n if n == registry::NAT_OUT.name => pins.hash(registry::NAT_OUT).ok()?.keys().count(),
+        n if n == registry::NAT_IN.name => pins.hash(registry::NAT_IN).ok()?.keys().count(),
+        _ => return None,
     })
 }
 
@@ -206,7 +178,7 @@ impl Collector for DataPath {
                 &evicted,
             )?;
         }
-        let nat = entries(&self.pins, names::NAT_OUT).unwrap_or(0);
+        let nat = entries(&self.pins, registry::NAT_OUT.name).unwrap_or(0);
         gauge(
             &mut enc,
             "netplane_nat_entries",
@@ -222,10 +194,10 @@ impl Collector for DataPath {
                 .map(|m| m.max_entries)
         };
         let fill: Vec<(Labels, f64)> = [
-            names::ROUTES,
-            names::LOCAL_PODS,
-            names::NAT_OUT,
-            names::NAT_IN,
+            registry::ROUTES.name,
+            registry::LOCAL_PODS.name,
+            registry::NAT_OUT.name,
+            registry::NAT_IN.name,
         ]
         .iter()
         .filter_map(|name| {
@@ -322,7 +294,10 @@ impl Collector for DataPath {
 /// The metrics text of an agent (Prometheus text exposition format).
 pub fn render(pins: PathBuf, own: Arc<AgentCounters>) -> Result<String> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(DataPath { pins, own }));
+    registry.register_collector(Box::new(DataPath {
+        pins: Pins::at(pins),
+        own,
+    }));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
     Ok(out)

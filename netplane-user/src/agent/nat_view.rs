@@ -1,15 +1,20 @@
 //! What the SNAT engine holds now, read from a running agent's pins: live
 //! translations (`netplane nat`), port use per slot (`netplane ports`,
 //! metrics) and the peaks the agent samples.
-use std::{net::Ipv4Addr, path::Path as FsPath};
+use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData, PerCpuArray};
-use netplane_common::nat::{FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SnatSlot, names};
+use anyhow::Result;
+use netplane_common::{
+    nat::{FlowKey, NatEntry, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    registry,
+};
 use serde::Serialize;
 
 use super::collector::monotonic_ns;
-use crate::{config::outbound::Timeouts, datapath::addr};
+use crate::{
+    config::outbound::Timeouts,
+    datapath::{addr, pins::Pins},
+};
 
 /// A live translation, for `netplane nat`.
 #[derive(Debug, Clone, Serialize)]
@@ -40,15 +45,9 @@ fn endpoint(ip: u32, port: u16, proto: u8) -> String {
     }
 }
 
-fn open_pinned(pins: &FsPath, name: &str) -> Result<MapData> {
-    let path = pins.join(name);
-    MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent running?)", path.display()))
-}
-
 /// Live translations of a running agent, oldest first.
-pub fn flows(pins: &FsPath, t: &Timeouts) -> Result<Vec<Flow>> {
-    let out = open_pinned(pins, names::NAT_OUT)?;
+pub fn flows(pins: &Pins, t: &Timeouts) -> Result<Vec<Flow>> {
+    let out = pins.data(registry::NAT_OUT)?;
     let now = monotonic_ns();
     let mut v: Vec<(u64, Flow)> = crate::datapath::dump_hash::<FlowKey, NatEntry>(&out)?
         .into_iter()
@@ -95,26 +94,21 @@ pub struct SlotUse {
 }
 
 /// Per-slot port use of a running agent, from its pins.
-pub fn slot_use(pins: &FsPath) -> Result<Vec<SlotUse>> {
+pub fn slot_use(pins: &Pins) -> Result<Vec<SlotUse>> {
     slot_use_counting(pins, true)
 }
 
 /// As `slot_use` from the counters alone (live_entries left 0): no walk
 /// of the translations.
-fn slot_use_counting(pins: &FsPath, count_live: bool) -> Result<Vec<SlotUse>> {
-    let slots_map = Map::Array(open_pinned(pins, names::SNAT_SLOTS)?);
-    let slots: Array<_, SnatSlot> = Array::try_from(&slots_map)?;
-    let allocs_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_ALLOCS)?);
-    let allocs: PerCpuArray<_, u64> = PerCpuArray::try_from(&allocs_map)?;
-    let fails_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_FAILS)?);
-    let fails: PerCpuArray<_, u64> = PerCpuArray::try_from(&fails_map)?;
-    let frees_map = Map::Array(open_pinned(pins, names::SNAT_FREES)?);
-    let frees: Array<_, u64> = Array::try_from(&frees_map)?;
-    let evicts_map = Map::PerCpuArray(open_pinned(pins, names::SNAT_EVICTS)?);
-    let evicts: PerCpuArray<_, u64> = PerCpuArray::try_from(&evicts_map)?;
+fn slot_use_counting(pins: &Pins, count_live: bool) -> Result<Vec<SlotUse>> {
+    let slots = pins.array(registry::SNAT_SLOTS)?;
+    let allocs = pins.per_cpu_array(registry::SNAT_ALLOCS)?;
+    let fails = pins.per_cpu_array(registry::SNAT_FAILS)?;
+    let frees = pins.array(registry::SNAT_FREES)?;
+    let evicts = pins.per_cpu_array(registry::SNAT_EVICTS)?;
     let mut live: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let flows = if count_live {
-        crate::datapath::dump_hash::<FlowKey, NatEntry>(&open_pinned(pins, names::NAT_OUT)?)?
+        crate::datapath::dump_hash::<FlowKey, NatEntry>(&pins.data(registry::NAT_OUT)?)?
     } else {
         Vec::new()
     };
@@ -158,7 +152,7 @@ pub fn read_peaks(agent: &str) -> std::collections::HashMap<u32, u64> {
 }
 
 /// Samples allocated ports per slot into the agent's peaks file.
-pub fn record_peaks(agent: &str, pins: &FsPath) -> Result<()> {
+pub fn record_peaks(agent: &str, pins: &Pins) -> Result<()> {
     let mut peaks = read_peaks(agent);
     let mut changed = false;
     for s in slot_use_counting(pins, false)? {

@@ -36,6 +36,7 @@ use super::{
 };
 use netplane_common::events::EVENT_DRAIN_INTERVAL_MS;
 
+use crate::datapath::Pins;
 use crate::{
     config::Cluster,
     datapath::{Datapath, hooks::Hooks},
@@ -170,7 +171,7 @@ impl<R: Role> Agent<R> {
         let mut events = EventLog::open(&name, &mut self.dp)?;
         let mut ring = events.take_ring().map(watch_fd).transpose()?;
         // The programs' own messages, into this log (tracing picks up `log`).
-        let mut bpf_log = match aya_log::EbpfLogger::init(&mut self.dp.bpf) {
+        let mut bpf_log = match self.dp.logger() {
             Ok(l) => Some(watch_fd(l)?),
             Err(e) => {
                 warn!("no eBPF log: {e}");
@@ -391,18 +392,7 @@ impl<R: Role> Agent<R> {
         }
         crate::sys::ensure_bpffs(&paths::bpffs())?;
         std::fs::create_dir_all(&pins)?;
-        for name in netplane_common::maps::names::ALL {
-            let path = pins.join(name);
-            // The flow events' ring is the event log's now: the next agent
-            // makes its own.
-            let Some(map) = self.dp.bpf.map(name) else {
-                continue;
-            };
-            if !path.exists() {
-                map.pin(&path)
-                    .with_context(|| format!("pinning {name} again"))?;
-            }
-        }
+        self.dp.repin_maps(&pins)?;
         let links = match self.hooks.repin() {
             Ok(n) => n,
             Err(e) => {
@@ -451,7 +441,7 @@ impl<R: Role> Agent<R> {
             }
             // The peaks are for people; their failure must not stop the
             // collection, which returns ports.
-            let peaks = record_peaks(name, Path::new(&self.status.pins));
+            let peaks = record_peaks(name, &Pins::at(&self.status.pins));
             self.report("recording port peaks", peaks);
         }
         if !self.collector.idle() {

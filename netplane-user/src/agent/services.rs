@@ -13,11 +13,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData};
+use netplane_common::registry;
 use netplane_common::{
     nat::{FlowKey, PROTO_UDP},
     services::{
         Affinity, AffinityKey, Backend, BackendKey, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES,
-        Service, ServiceConfig, ServiceFlow, ServiceKey, ServiceReply, names,
+        Service, ServiceConfig, ServiceFlow, ServiceKey, ServiceReply,
     },
 };
 use tracing::{info, warn};
@@ -45,11 +46,9 @@ impl ServiceTable {
     /// What an earlier agent left in the pinned maps (ids and backends),
     /// so a restart changes nothing that has not changed.
     pub fn adopt(dp: &mut Datapath) -> Result<Self> {
-        let services: HashMap<_, ServiceKey, Service> =
-            HashMap::try_from(dp.map(names::SERVICES)?)?;
+        let services: HashMap<_, ServiceKey, Service> = dp.hash(registry::SERVICES)?;
         let found: Vec<(ServiceKey, Service)> = services.iter().filter_map(Result::ok).collect();
-        let backends: HashMap<_, BackendKey, Backend> =
-            HashMap::try_from(dp.map(names::SERVICE_BACKENDS)?)?;
+        let backends: HashMap<_, BackendKey, Backend> = dp.hash(registry::SERVICE_BACKENDS)?;
         let mut written = BTreeMap::new();
         for (k, svc) in found {
             let list = (0..svc.backends)
@@ -205,19 +204,18 @@ fn backend_key(ip: u32, port: u16) -> Backend {
 }
 
 fn services_map(dp: &mut Datapath) -> Result<HashMap<&mut MapData, ServiceKey, Service>> {
-    Ok(HashMap::try_from(dp.map(names::SERVICES)?)?)
+    Ok(dp.hash(registry::SERVICES)?)
 }
 
 fn backends_map(dp: &mut Datapath) -> Result<HashMap<&mut MapData, BackendKey, Backend>> {
-    Ok(HashMap::try_from(dp.map(names::SERVICE_BACKENDS)?)?)
+    Ok(dp.hash(registry::SERVICE_BACKENDS)?)
 }
 
 /// Removes the UDP flows (with their reply entries) and the affinities
 /// that point at backends which are gone.
 fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
     let stale: Vec<(FlowKey, ServiceFlow)> = {
-        let flows: HashMap<_, FlowKey, ServiceFlow> =
-            HashMap::try_from(dp.map(names::SERVICE_FLOWS)?)?;
+        let flows: HashMap<_, FlowKey, ServiceFlow> = dp.lru_hash(registry::SERVICE_FLOWS)?;
         flows
             .iter()
             .filter_map(Result::ok)
@@ -227,15 +225,14 @@ fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
             .collect()
     };
     {
-        let mut flows: HashMap<_, FlowKey, ServiceFlow> =
-            HashMap::try_from(dp.map(names::SERVICE_FLOWS)?)?;
+        let mut flows: HashMap<_, FlowKey, ServiceFlow> = dp.lru_hash(registry::SERVICE_FLOWS)?;
         for (k, _) in &stale {
             flows.remove(k).ok();
         }
     }
     {
         let mut replies: HashMap<_, FlowKey, ServiceReply> =
-            HashMap::try_from(dp.map(names::SERVICE_REPLIES)?)?;
+            dp.lru_hash(registry::SERVICE_REPLIES)?;
         for (k, f) in &stale {
             // The reply tuple: from the backend to the source it saw.
             let reply = FlowKey::new(f.backend_ip, f.src_ip, f.backend_port, f.src_port, k.proto);
@@ -243,7 +240,7 @@ fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
         }
     }
     let mut affinity: HashMap<_, AffinityKey, Affinity> =
-        HashMap::try_from(dp.map(names::SERVICE_AFFINITY)?)?;
+        dp.lru_hash(registry::SERVICE_AFFINITY)?;
     let keys: Vec<AffinityKey> = affinity
         .iter()
         .filter_map(Result::ok)
@@ -263,7 +260,7 @@ fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
 }
 
 fn config_map(dp: &mut Datapath) -> Result<Array<&mut MapData, ServiceConfig>> {
-    Ok(Array::try_from(dp.map(names::SERVICE_CONFIG)?)?)
+    Ok(dp.array(registry::SERVICE_CONFIG)?)
 }
 
 /// The service CIDR and this node's hairpin address (its pod gateway),

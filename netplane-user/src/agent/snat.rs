@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
-use netplane_common::nat::{FlowKey, NatConfig, PortBitmap, SnatSlot, names};
+use netplane_common::nat::{FlowKey, NatConfig, PortBitmap, SnatSlot};
+use netplane_common::registry;
 
 use crate::{
     config::{
@@ -77,12 +78,12 @@ pub fn configure_lb(
         .collect();
     set_slots(dp, &slots)?;
     {
-        let mut fe: HashMap<_, u32, u32> = HashMap::try_from(dp.map(names::LB_FRONTENDS)?)?;
+        let mut fe: HashMap<_, u32, u32> = dp.hash(registry::LB_FRONTENDS)?;
         for f in &plan.frontends {
             fe.insert(key(*f), 1, 0)?;
         }
     }
-    let mut be: HashMap<_, u32, u32> = HashMap::try_from(dp.map(names::LB_BACKENDS)?)?;
+    let mut be: HashMap<_, u32, u32> = dp.hash(registry::LB_BACKENDS)?;
     let want: Vec<(u32, u32)> = plan
         .backends
         .iter()
@@ -92,13 +93,13 @@ pub fn configure_lb(
 }
 
 fn set_config(dp: &mut Datapath, cfg: NatConfig) -> Result<()> {
-    let mut a: Array<_, NatConfig> = Array::try_from(dp.map(names::NAT_CONFIG)?)?;
+    let mut a: Array<_, NatConfig> = dp.array(registry::NAT_CONFIG)?;
     a.set(0, cfg, 0)?;
     Ok(())
 }
 
 fn set_slots(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
-    let mut a: Array<_, SnatSlot> = Array::try_from(dp.map(names::SNAT_SLOTS)?)?;
+    let mut a: Array<_, SnatSlot> = dp.array(registry::SNAT_SLOTS)?;
     for (i, s) in slots.iter().enumerate() {
         a.set(i as u32, *s, 0)?;
     }
@@ -119,7 +120,7 @@ pub fn release_ports(dp: &mut Datapath, ports: &[FlowKey]) -> Result<()> {
     if ports.is_empty() {
         return Ok(());
     }
-    let mut map: HashMap<_, u64, PortBitmap> = HashMap::try_from(dp.map(names::PORT_BITMAPS)?)?;
+    let mut map: HashMap<_, u64, PortBitmap> = dp.hash(registry::PORT_BITMAPS)?;
     let mut keys: Vec<u64> = ports
         .iter()
         .map(|k| PortBitmap::key(k.dst_ip, k.proto))

@@ -1,21 +1,18 @@
 //! Typed access to the maps: the UDR routes, counters summed over CPUs,
 //! and what a running agent's pins hold.
-use std::{net::Ipv4Addr, path::Path as FsPath};
+use std::{borrow::Borrow, net::Ipv4Addr};
 
-use anyhow::{Context, Result};
-use aya::{
-    Ebpf,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-};
+use anyhow::Result;
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use netplane_common::{
-    DropReason, LocalPod, Path, RouteTarget,
+    DropReason, Path, RouteTarget,
     counters::PathCounter,
-    maps::names,
-    nat::{self, BITMAP_PROTOS, FlowKey, MAX_SNAT_IPS, PortBitmap, SnatSlot},
+    nat::{BITMAP_PROTOS, FlowKey, MAX_SNAT_IPS, PortBitmap, SnatSlot},
+    registry,
 };
 
-use super::{Datapath, addr, key};
+use super::{Datapath, addr, key, pins::Pins};
 
 /// Inserts or replaces one UDR route.
 pub fn put_route<M: std::borrow::BorrowMut<MapData>>(
@@ -91,43 +88,20 @@ pub struct PathStat {
 }
 
 impl Counters {
-    fn from_maps(drops: &aya::maps::Map, paths: &aya::maps::Map) -> Result<Self> {
-        let drops: PerCpuArray<_, u64> = PerCpuArray::try_from(drops)?;
-        let paths: PerCpuArray<_, PathCounter> = PerCpuArray::try_from(paths)?;
-        let mut out = Counters::default();
-        for r in DropReason::ALL {
-            let packets = drops.get(&(r as u32), 0)?.iter().sum();
-            out.drops.push(DropStat {
-                reason: r.name(),
-                code: r as u32,
-                packets,
-            });
-        }
-        for p in Path::ALL {
-            let per_cpu = paths.get(&(p as u32), 0)?;
-            out.paths.push(PathStat {
-                path: p.name(),
-                packets: per_cpu.iter().map(|c| c.packets).sum(),
-                bytes: per_cpu.iter().map(|c| c.bytes).sum(),
-            });
-        }
-        Ok(out)
+    /// The counters of a loaded object.
+    pub fn read(dp: &mut Datapath) -> Result<Self> {
+        Ok(Self {
+            drops: drop_stats(&dp.per_cpu_array(registry::DROPS)?)?,
+            paths: path_stats(&dp.per_cpu_array(registry::PATHS)?)?,
+        })
     }
 
-    pub fn read(bpf: &Ebpf) -> Result<Self> {
-        let get = |n| bpf.map(n).with_context(|| format!("map {n} missing"));
-        Self::from_maps(get(names::DROPS)?, get(names::PATHS)?)
-    }
-
-    /// Reads the counters of a running agent from its pins.
-    pub fn read_pinned(pin_dir: &FsPath) -> Result<Self> {
-        let open = |n: &str| -> Result<aya::maps::Map> {
-            let path = pin_dir.join(n);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
-            Ok(aya::maps::Map::PerCpuArray(data))
-        };
-        Self::from_maps(&open(names::DROPS)?, &open(names::PATHS)?)
+    /// The counters of a running agent, from its pins.
+    pub fn read_pinned(pins: &Pins) -> Result<Self> {
+        Ok(Self {
+            drops: drop_stats(&pins.per_cpu_array(registry::DROPS)?)?,
+            paths: path_stats(&pins.per_cpu_array(registry::PATHS)?)?,
+        })
     }
 
     pub fn drops_of(&self, reason: DropReason) -> u64 {
@@ -145,22 +119,44 @@ impl Counters {
     }
 }
 
+/// Drops per reason, summed over CPUs.
+fn drop_stats<M: Borrow<MapData>>(drops: &PerCpuArray<M, u64>) -> Result<Vec<DropStat>> {
+    DropReason::ALL
+        .iter()
+        .map(|r| {
+            Ok(DropStat {
+                reason: r.name(),
+                code: *r as u32,
+                packets: drops.get(&(*r as u32), 0)?.iter().sum(),
+            })
+        })
+        .collect()
+}
+
+/// Packets and bytes per path, summed over CPUs.
+fn path_stats<M: Borrow<MapData>>(paths: &PerCpuArray<M, PathCounter>) -> Result<Vec<PathStat>> {
+    Path::ALL
+        .iter()
+        .map(|p| {
+            let per_cpu = paths.get(&(*p as u32), 0)?;
+            Ok(PathStat {
+                path: p.name(),
+                packets: per_cpu.iter().map(|c| c.packets).sum(),
+                bytes: per_cpu.iter().map(|c| c.bytes).sum(),
+            })
+        })
+        .collect()
+}
+
 /// Pod IPs in a running agent's LOCAL_PODS, read from its pins.
-pub fn pinned_pod_ips(pin_dir: &FsPath) -> Result<Vec<Ipv4Addr>> {
-    let data = MapData::from_pin(pin_dir.join(names::LOCAL_PODS))?;
-    let map = aya::maps::Map::HashMap(data);
-    let pods: HashMap<_, u32, LocalPod> = HashMap::try_from(&map)?;
+pub fn pinned_pod_ips(pins: &Pins) -> Result<Vec<Ipv4Addr>> {
+    let pods = pins.hash(registry::LOCAL_PODS)?;
     Ok(pods.keys().filter_map(Result::ok).map(addr).collect())
 }
 
 /// UDR routes of a running agent, read from its pins.
-pub fn pinned_routes(pin_dir: &FsPath) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
-    let path = pin_dir.join(names::ROUTES);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent running?)", path.display()))?;
-    let map = aya::maps::Map::LpmTrie(data);
-    let routes: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&map)?;
-    list_routes(&routes)
+pub fn pinned_routes(pins: &Pins) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+    list_routes(&pins.lpm_trie(registry::ROUTES)?)
 }
 
 /// One port bitmap per SNAT IP of `slots` and protocol, holding the ports
@@ -182,7 +178,7 @@ pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
     let mut bitmaps: Vec<(u64, PortBitmap)> =
         wanted.iter().map(|k| (*k, PortBitmap::EMPTY)).collect();
     // Batched: a restarted agent may find 262,144 marks.
-    let owned: Vec<(FlowKey, u64)> = super::dump_hash(dp.hash_map_data(nat::names::PORT_OWNED)?)?;
+    let owned: Vec<(FlowKey, u64)> = super::dump_hash(dp.hash_data(registry::PORT_OWNED)?)?;
     for (k, _) in owned {
         if let Some((_, b)) = bitmaps
             .iter_mut()
@@ -191,7 +187,5 @@ pub fn make_port_bitmaps(dp: &mut Datapath, slots: &[SnatSlot]) -> Result<()> {
             b.set(k.dst_port);
         }
     }
-    let mut map: HashMap<_, u64, PortBitmap> =
-        HashMap::try_from(dp.map(nat::names::PORT_BITMAPS)?)?;
-    replace_entries(&mut map, &bitmaps)
+    replace_entries(&mut dp.hash(registry::PORT_BITMAPS)?, &bitmaps)
 }

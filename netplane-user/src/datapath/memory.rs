@@ -4,13 +4,14 @@
 use std::{
     collections::BTreeSet,
     os::fd::{AsFd, AsRawFd},
-    path::Path,
 };
 
 use anyhow::{Context, Result};
 use aya::{maps::MapInfo, programs::loaded_programs};
 use netplane_common::maps::names;
 use serde::Serialize;
+
+use super::pins::Pins;
 
 /// One map's size and the kernel memory it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,16 +31,8 @@ pub struct KernelMemory {
 /// Reads every map of the data path pinned under `pins`: the pinned ones,
 /// and those only its programs hold (found through the programs that use
 /// a pinned one).
-pub fn kernel_memory(pins: &Path) -> Result<KernelMemory> {
-    let mut pinned: BTreeSet<u32> = BTreeSet::new();
-    for name in names::ALL {
-        let path = pins.join(name);
-        if path.exists() {
-            let info =
-                MapInfo::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            pinned.insert(info.id());
-        }
-    }
+pub fn kernel_memory(pins: &Pins) -> Result<KernelMemory> {
+    let pinned: BTreeSet<u32> = pins.map_ids()?;
     let mut ids = pinned.clone();
     for prog in loaded_programs().flatten() {
         if let Ok(Some(maps)) = prog.map_ids()

@@ -5,6 +5,7 @@
 pub mod hooks;
 pub mod maps;
 pub mod memory;
+pub mod pins;
 pub mod sys;
 mod testrun;
 pub mod verifier;
@@ -13,6 +14,7 @@ pub use maps::{
     Counters, DropStat, PathStat, list_routes, make_port_bitmaps, pinned_pod_ips, pinned_routes,
     put_route, replace_entries,
 };
+pub use pins::Pins;
 use std::{net::Ipv4Addr, path::PathBuf};
 pub use sys::{HashWalk, delete_batch, dump_hash, put_new, take};
 
@@ -25,6 +27,7 @@ use aya::{
 use netplane_common::{
     LocalPod, NodeConfig, PodSlot, RouteTarget,
     maps::{ip_key, names, pod_slot},
+    registry::{self, MapDef, kind},
 };
 
 /// The object built by build.rs, aligned as the ELF parser wants.
@@ -69,9 +72,10 @@ impl Default for LoadOptions {
 }
 
 /// The loaded object: programs plus maps, optionally pinned in a directory
-/// (reused if the pins already exist).
+/// (reused if the pins already exist). Its maps are reached by their
+/// registry entries (`netplane_common::registry`), typed as declared.
 pub struct Datapath {
-    pub bpf: Ebpf,
+    bpf: Ebpf,
 }
 
 impl Datapath {
@@ -102,15 +106,84 @@ impl Datapath {
 
     /// The NAT tables' capacity as the kernel made them.
     pub fn nat_table_entries(&mut self) -> Result<u32> {
-        Ok(self.hash_map_data(names::NAT_OUT)?.info()?.max_entries())
+        Ok(self.hash_data(registry::NAT_OUT)?.info()?.max_entries())
     }
 
-    /// A hash map's own handle, for the batch operations below.
-    pub fn hash_map_data(&mut self, name: &str) -> Result<&MapData> {
-        match self.map(name)? {
+    /// A hash map's own handle, for the batch operations (`sys`).
+    pub fn hash_data<K, V>(&mut self, def: MapDef<kind::Hash, K, V>) -> Result<&MapData> {
+        match self.map(def.name)? {
             aya::maps::Map::HashMap(m) => Ok(m),
-            _ => anyhow::bail!("{name} is not a hash map"),
+            _ => anyhow::bail!("{} is not a hash map", def.name),
         }
+    }
+
+    pub fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        def: MapDef<kind::Hash, K, V>,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        Ok(HashMap::try_from(self.map(def.name)?)?)
+    }
+
+    pub fn lru_hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        def: MapDef<kind::LruHash, K, V>,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        Ok(HashMap::try_from(self.map(def.name)?)?)
+    }
+
+    pub fn array<V: aya::Pod>(
+        &mut self,
+        def: MapDef<kind::Array, u32, V>,
+    ) -> Result<Array<&mut MapData, V>> {
+        Ok(Array::try_from(self.map(def.name)?)?)
+    }
+
+    pub fn per_cpu_array<V: aya::Pod>(
+        &mut self,
+        def: MapDef<kind::PerCpuArray, u32, V>,
+    ) -> Result<aya::maps::PerCpuArray<&mut MapData, V>> {
+        Ok(aya::maps::PerCpuArray::try_from(self.map(def.name)?)?)
+    }
+
+    pub fn lpm_trie<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        def: MapDef<kind::LpmTrie, K, V>,
+    ) -> Result<LpmTrie<&mut MapData, K, V>> {
+        Ok(LpmTrie::try_from(self.map(def.name)?)?)
+    }
+
+    /// The flow events' ring, taken out of the object (its reader owns
+    /// it); None when already taken.
+    pub fn take_ring(
+        &mut self,
+        def: MapDef<kind::RingBuf, (), ()>,
+    ) -> Option<Result<aya::maps::RingBuf<MapData>>> {
+        let map = self.bpf.take_map(def.name)?;
+        Some(aya::maps::RingBuf::try_from(map).map_err(Into::into))
+    }
+
+    /// The programs' own log (aya-log), into `tracing`.
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        Ok(aya_log::EbpfLogger::init(&mut self.bpf)?)
+    }
+
+    /// Pins again every pinned map whose pin is missing from `dir` (the
+    /// bpffs was unmounted under the agent); the flow ring, taken by its
+    /// reader, is left to the next agent. Returns how many it pinned.
+    pub fn repin_maps(&mut self, dir: &std::path::Path) -> Result<usize> {
+        let mut pinned = 0;
+        for name in names::ALL {
+            let path = dir.join(name);
+            let Some(map) = self.bpf.map(name) else {
+                continue;
+            };
+            if !path.exists() {
+                map.pin(&path)
+                    .with_context(|| format!("pinning {name} again"))?;
+                pinned += 1;
+            }
+        }
+        Ok(pinned)
     }
 
     /// A TC program, loaded into the kernel (verified) on first use.
@@ -135,35 +208,33 @@ impl Datapath {
         Ok(prog)
     }
 
-    pub fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.bpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing from the object"))
     }
 
     pub fn set_node(&mut self, cfg: NodeConfig) -> Result<()> {
-        let mut arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
-        arr.set(0, cfg, 0)?;
+        self.array(registry::NODE_CONFIG)?.set(0, cfg, 0)?;
         Ok(())
     }
 
     pub fn node(&mut self) -> Result<NodeConfig> {
-        let arr: Array<_, NodeConfig> = Array::try_from(self.map(names::NODE_CONFIG)?)?;
-        Ok(arr.get(&0, 0)?)
+        Ok(self.array(registry::NODE_CONFIG)?.get(&0, 0)?)
     }
 
     pub fn routes_map(&mut self) -> Result<LpmTrie<&mut MapData, u32, RouteTarget>> {
-        Ok(LpmTrie::try_from(self.map(names::ROUTES)?)?)
+        self.lpm_trie(registry::ROUTES)
     }
 
     /// LOCAL_PODS, to read. Pods come and go with [`Self::add_pod`] and
     /// [`Self::remove_pod`], which keep POD_SLOTS in step.
     pub fn pods_map(&mut self) -> Result<HashMap<&mut MapData, u32, LocalPod>> {
-        Ok(HashMap::try_from(self.map(names::LOCAL_PODS)?)?)
+        self.hash(registry::LOCAL_PODS)
     }
 
     fn pod_slots(&mut self) -> Result<Array<&mut MapData, PodSlot>> {
-        Ok(Array::try_from(self.map(names::POD_SLOTS)?)?)
+        self.array(registry::POD_SLOTS)
     }
 
     /// Registers a pod (`ip` in key form), or moves it to another veth:
@@ -217,6 +288,6 @@ impl Datapath {
     }
 
     pub fn counters(&mut self) -> Result<Counters> {
-        Counters::read(&self.bpf)
+        Counters::read(self)
     }
 }

@@ -3,14 +3,20 @@
 //! types), from a running agent's pins (`Pins`) or a loaded object
 //! (`Datapath`'s methods of the same names). Nothing else opens a map by a
 //! string.
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray},
 };
-use netplane_common::registry::{MapDef, kind};
+use netplane_common::{
+    maps::names,
+    registry::{MapDef, kind},
+};
 
 use crate::paths;
 
@@ -33,6 +39,21 @@ impl Pins {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The kernel's IDs of every pinned map of the registry (a map an
+    /// agent does not pin is left out).
+    pub fn map_ids(&self) -> Result<BTreeSet<u32>> {
+        let mut ids = BTreeSet::new();
+        for name in names::ALL {
+            let path = self.dir.join(name);
+            if path.exists() {
+                let info = MapInfo::from_pin(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                ids.insert(info.id());
+            }
+        }
+        Ok(ids)
     }
 
     /// The map's own handle: batch operations, its fdinfo.

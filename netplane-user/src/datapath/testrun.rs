@@ -1,17 +1,14 @@
 //! Test runs (BPF_PROG_TEST_RUN): one frame through a loaded program, its
 //! timing, private copies of a running agent's maps for `trace`, and the
 //! collector's release of claims.
-use std::path::Path as FsPath;
-
-use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, LpmTrie, MapData};
+use anyhow::Result;
 use netplane_common::{
-    LocalPod, NodeConfig, RouteTarget,
-    maps::{names, programs},
-    nat::{ClaimRelease, RELEASE_BATCH},
+    maps::programs,
+    nat::{ClaimRelease, RELEASE_BATCH, SnatSlot},
+    registry,
 };
 
-use super::{Datapath, LoadOptions};
+use super::{Datapath, LoadOptions, Pins};
 
 impl Datapath {
     /// Runs one frame through a program with BPF_PROG_TEST_RUN: a TC
@@ -112,17 +109,12 @@ impl Datapath {
     /// anew, its maps filled from the agent's pins. Running packets through
     /// it changes nothing the agent uses (counters and translations land in
     /// the copy).
-    pub fn snapshot(pins: &FsPath) -> Result<Datapath> {
-        use netplane_common::nat::{self, FlowKey, NatConfig, NatEntry, NatReverse, SnatSlot};
+    pub fn snapshot(pins: &Pins) -> Result<Datapath> {
         let mut dp = Datapath::load(&LoadOptions::default())?;
-        let open = |n: &str| {
-            MapData::from_pin(pins.join(n)).with_context(|| format!("opening pinned {n}"))
-        };
         macro_rules! copy_hash {
-            ($name:expr, $k:ty, $v:ty) => {{
-                let src = aya::maps::Map::HashMap(open($name)?);
-                let src: HashMap<_, $k, $v> = HashMap::try_from(&src)?;
-                let mut dst: HashMap<_, $k, $v> = HashMap::try_from(dp.map($name)?)?;
+            ($def:expr) => {{
+                let src = pins.hash($def)?;
+                let mut dst = dp.hash($def)?;
                 for e in src.iter() {
                     let (k, v) = e?;
                     dst.insert(k, v, 0)?;
@@ -130,44 +122,39 @@ impl Datapath {
             }};
         }
         macro_rules! copy_array {
-            ($name:expr, $v:ty) => {{
-                let src = aya::maps::Map::Array(open($name)?);
-                let src: Array<_, $v> = Array::try_from(&src)?;
-                let mut dst: Array<_, $v> = Array::try_from(dp.map($name)?)?;
+            ($def:expr) => {{
+                let src = pins.array($def)?;
+                let mut dst = dp.array($def)?;
                 for i in 0..src.len() {
                     dst.set(i, src.get(&i, 0)?, 0)?;
                 }
             }};
         }
-        copy_hash!(names::LOCAL_PODS, u32, LocalPod);
+        copy_hash!(registry::LOCAL_PODS);
         dp.refill_pod_slots()?;
-        copy_hash!(names::LB_BACKENDS, u32, u32);
-        copy_hash!(names::LB_FRONTENDS, u32, u32);
-        copy_hash!(nat::names::NAT_OUT, FlowKey, NatEntry);
-        copy_hash!(nat::names::NAT_IN, FlowKey, NatReverse);
-        copy_hash!(nat::names::PORT_OWNED, FlowKey, u64);
-        copy_array!(names::NODE_CONFIG, NodeConfig);
-        copy_array!(nat::names::NAT_CONFIG, NatConfig);
-        copy_array!(nat::names::SNAT_SLOTS, SnatSlot);
+        copy_hash!(registry::LB_BACKENDS);
+        copy_hash!(registry::LB_FRONTENDS);
+        copy_hash!(registry::NAT_OUT);
+        copy_hash!(registry::NAT_IN);
+        copy_hash!(registry::PORT_OWNED);
+        copy_array!(registry::NODE_CONFIG);
+        copy_array!(registry::NAT_CONFIG);
+        copy_array!(registry::SNAT_SLOTS);
         {
             // The bitmaps are not pinned: made again from the copied marks.
-            let slots: Array<_, SnatSlot> = Array::try_from(dp.map(nat::names::SNAT_SLOTS)?)?;
-            let slots: Vec<SnatSlot> = slots.iter().collect::<Result<_, _>>()?;
+            let slots: Vec<SnatSlot> = dp
+                .array(registry::SNAT_SLOTS)?
+                .iter()
+                .collect::<Result<_, _>>()?;
             super::make_port_bitmaps(&mut dp, &slots)?;
         }
         // Services: what a new flow would find (its own flow is made in
         // the copy).
+        copy_hash!(registry::SERVICES);
+        copy_hash!(registry::SERVICE_BACKENDS);
+        copy_array!(registry::SERVICE_CONFIG);
         {
-            use netplane_common::services::{
-                Backend, BackendKey, Service, ServiceConfig, ServiceKey, names as svc,
-            };
-            copy_hash!(svc::SERVICES, ServiceKey, Service);
-            copy_hash!(svc::SERVICE_BACKENDS, BackendKey, Backend);
-            copy_array!(svc::SERVICE_CONFIG, ServiceConfig);
-        }
-        {
-            let src = aya::maps::Map::LpmTrie(open(names::ROUTES)?);
-            let src: LpmTrie<_, u32, RouteTarget> = LpmTrie::try_from(&src)?;
+            let src = pins.lpm_trie(registry::ROUTES)?;
             let mut dst = dp.routes_map()?;
             for e in src.iter() {
                 let (k, v) = e?;

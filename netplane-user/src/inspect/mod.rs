@@ -15,6 +15,7 @@ pub use self::{
     ports::{PortRow, port_use},
     routes::{RouteRow, RouteTable, route_table},
 };
+use crate::datapath::Pins;
 use crate::{
     agent::{applied, is_agent_of, lb_name, nat_view},
     cni::registry,
@@ -76,7 +77,7 @@ pub fn nodes(only: Option<&str>) -> Result<Vec<String>> {
 
 /// Packets per path and drops per reason of one agent.
 pub fn counters(agent: &str) -> Result<Counters> {
-    Counters::read_pinned(&paths::pins(agent))
+    Counters::read_pinned(&Pins::of(agent))
 }
 
 /// What `netplane stats` shows of one agent: its counters, and what its
@@ -112,7 +113,7 @@ pub fn stats(agent: &str) -> Result<Stats> {
         tc_attach: status.and_then(|s| s.tc_attach),
         counters: counters(agent)?,
         memory: Memory {
-            kernel: memory::kernel_memory(&paths::pins(agent))?,
+            kernel: memory::kernel_memory(&Pins::of(agent))?,
             agent_rss_bytes,
         },
     })
@@ -127,7 +128,7 @@ pub fn translations(agent: &str) -> Result<Vec<nat_view::Flow>> {
     } else {
         Timeouts::node(&cluster)
     };
-    nat_view::flows(&paths::pins(agent), &t)
+    nat_view::flows(&Pins::of(agent), &t)
 }
 
 /// One pod as its node's CNI registry has it, and whether the node's data
@@ -146,7 +147,7 @@ pub struct PodRow {
 pub fn pods(nodes: &[String]) -> Result<Vec<PodRow>> {
     let mut rows = Vec::new();
     for n in nodes {
-        let loaded = pinned_pod_ips(&paths::pins(n)).unwrap_or_default();
+        let loaded = pinned_pod_ips(&Pins::of(n)).unwrap_or_default();
         for p in registry::registered(n)? {
             rows.push(PodRow {
                 pod: p.name,

@@ -2,13 +2,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{
-    agent::{
-        applied,
-        nat_view::{self, SlotUse},
-    },
-    paths,
+use crate::agent::{
+    applied,
+    nat_view::{self, SlotUse},
 };
+use crate::datapath::Pins;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PortRow {
@@ -36,7 +34,7 @@ pub fn port_use(agent: &str) -> Result<Vec<PortRow>> {
                 .unwrap_or_else(|| "all nodes".into()),
         }
     };
-    Ok(nat_view::slot_use(&paths::pins(agent))?
+    Ok(nat_view::slot_use(&Pins::of(agent))?
         .into_iter()
         .map(|s| PortRow {
             peak: peaks.get(&s.slot).copied().unwrap_or(0).max(s.allocated),

@@ -6,11 +6,11 @@ use anyhow::Result;
 use netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
 use serde::Serialize;
 
+use crate::datapath::Pins;
 use crate::{
     agent::applied,
     config::outbound::{SubnetRoute, subnet_routes},
     datapath::pinned_routes,
-    paths,
     source::{SourceStatus, read_status},
 };
 
@@ -50,7 +50,7 @@ pub fn route_table(agent: &str) -> Result<RouteTable> {
             .find(|(i, _)| *i == ip)
             .map_or("-".to_string(), |(_, n)| n.clone())
     };
-    let routes: Vec<RouteRow> = pinned_routes(&paths::pins(agent))?
+    let routes: Vec<RouteRow> = pinned_routes(&Pins::of(agent))?
         .into_iter()
         .map(|(cidr, ip)| RouteRow {
             address_prefix: cidr.to_string(),
