@@ -22,16 +22,14 @@ use netplane_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
+    l4::{L4, be16},
     maps::{
         SERVICE_AFFINITY, SERVICE_BACKENDS, SERVICE_CONFIG, SERVICE_FLOWS, SERVICE_REPLIES,
         SERVICES,
     },
     packet::{self, Ipv4},
+    rewrite::{self, Endpoint, Side},
     route,
-    snat::{
-        l4::{L4, be16},
-        rewrite::{self, Endpoint, Side},
-    },
 };
 
 /// The ports of a TCP or UDP packet that carries them.

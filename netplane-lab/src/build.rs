@@ -15,7 +15,7 @@ use super::{
     },
     classic,
     cni::attach_pod,
-    control_plane, services,
+    control_plane, kube_services,
     topology::{
         APPLIANCE_OUTSIDE_IP, DataPathKind, Host, INET_IP, LB_OUTSIDE_IP, LabState, NETNS_PREFIX,
         Role, UpOptions, VNET_BRIDGE, VNET_NETNS, Vnet, lab_namespaces, load_state, new_netns,
@@ -86,7 +86,7 @@ pub(super) fn build(
 ) -> Result<LabState> {
     let mut hosts = plan(cluster);
     if opts.kubernetes {
-        hosts.push(services::dns_pod(cluster));
+        hosts.push(kube_services::dns_pod(cluster));
     }
     let nodes = cluster.nodes();
     std::fs::create_dir_all(paths::lab_dir())?;
@@ -249,12 +249,12 @@ fn start_services(
     let Some(cp) = state.kubernetes.as_mut() else {
         return Ok(());
     };
-    let dns = services::dns_pod(cluster);
-    let args = services::dnsmasq_args(&dns, hosts);
+    let dns = kube_services::dns_pod(cluster);
+    let args = kube_services::dnsmasq_args(&dns, hosts);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = control_plane::dir().join("dnsmasq.log");
     cp.dns_pid = control_plane::spawn_in(&dns.netns, "dnsmasq", &args, &log)?;
-    let (ns, name) = services::DNS_SERVICE;
+    let (ns, name) = kube_services::DNS_SERVICE;
     progress(&format!(
         "DNS pod {} {} (dnsmasq, pid {}) behind Service {ns}/{name} {}",
         dns.name, dns.ip, cp.dns_pid, cluster.network.dns_service_ip
@@ -263,7 +263,7 @@ fn start_services(
     save_state(state)?;
     control_plane::in_netns(&control_plane::netns(), async {
         let client = control_plane::admin_client(&cp).await?;
-        services::publish_dns(&client, cluster, &dns).await
+        kube_services::publish_dns(&client, cluster, &dns).await
     })
 }
 
@@ -324,13 +324,13 @@ pub(super) fn build_classic(
         classic::attach_pod(host, node, state.datapath)?;
     }
     if let Some(cp) = state.kubernetes.as_mut() {
-        let kube_proxy = services::kube_proxy_binary()?;
+        let kube_proxy = kube_services::kube_proxy_binary()?;
         for node in &nodes {
             let ns = format!("{NETNS_PREFIX}{}", node.name);
             // kubenet's bridge hands pod traffic to iptables (br_netfilter),
             // so kube-proxy's rules see same-node service traffic too.
             sysctl_in(&ns, &["net.bridge.bridge-nf-call-iptables=1"])?;
-            let args = services::kube_proxy_args(cluster, &node.name, &cp.kubeconfig);
+            let args = kube_services::kube_proxy_args(cluster, &node.name, &cp.kubeconfig);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let log = control_plane::dir().join(format!("kube-proxy-{}.log", node.name));
             let program = kube_proxy

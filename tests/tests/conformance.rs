@@ -676,7 +676,7 @@ fn publish_services() {
                     vec![(b.parse().unwrap(), node, true)]
                 }
             };
-            netplane_lab::services::publish(
+            netplane_lab::kube_services::publish(
                 &c,
                 "default",
                 name,

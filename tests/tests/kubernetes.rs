@@ -191,7 +191,7 @@ fn routes_follow_the_node_objects() {
             .list(&ListParams::default())
             .await
             .is_ok();
-        let resource = netplane::source::services::slice_resource(&c).await?;
+        let resource = netplane::source::service_watch::slice_resource(&c).await?;
         let slices = Api::<kube::api::DynamicObject>::all_with(c.clone(), &resource)
             .list(&ListParams::default())
             .await
@@ -205,7 +205,7 @@ fn routes_follow_the_node_objects() {
                 &node("intruder", [10, 224, 0, 30], "10.244.30.0/24"),
             )
             .await;
-        let svc = netplane_lab::services::service_object(
+        let svc = netplane_lab::kube_services::service_object(
             "default",
             "intruder",
             "10.0.9.9".parse().unwrap(),

@@ -11,10 +11,10 @@ use etherparse::{
     icmpv4::DestUnreachableHeader,
 };
 use netplane::{
-    agent::services::{ServiceTable, configure_node},
+    agent::service_table::{ServiceTable, configure_node},
     config::Cluster,
     datapath::{Counters, Datapath},
-    source::services::Frontend,
+    source::service_watch::Frontend,
 };
 use netplane_common::{
     DropReason, Path, checksum,

@@ -16,7 +16,7 @@ use kube::{
     Api,
     api::{DynamicObject, Patch, PatchParams},
 };
-use netplane_lab::services::{self as lab_services, Port};
+use netplane_lab::kube_services::{self as lab_services, Port};
 use netplane_tests::{labkit::*, privileged};
 use serde_json::{Value, json};
 
@@ -98,7 +98,7 @@ fn applied_backends(name: &str) -> Option<usize> {
 fn set_endpoints(endpoints: &[(Ipv4Addr, &'static str, bool)]) {
     let endpoints = endpoints.to_vec();
     with_api(false, |c| async move {
-        let resource = netplane::source::services::slice_resource(&c).await?;
+        let resource = netplane::source::service_watch::slice_resource(&c).await?;
         let slice =
             lab_services::slice_object(&resource, "default", "web", &WEB_PORTS, &endpoints)?;
         let patch = json!({ "endpoints": serde_json::to_value(&slice)?["endpoints"] });

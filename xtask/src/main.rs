@@ -262,7 +262,7 @@ fn run(cli: Cli) -> Result<()> {
             apiserver::ensure()?;
             eprintln!("== build (release: the traffic generators run at full speed)");
             cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
-            bench::services::services(rounds.max(1))
+            bench::clusterip::services(rounds.max(1))
         }
     }
 }

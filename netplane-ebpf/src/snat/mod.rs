@@ -3,16 +3,15 @@
 //! take its port from (a [`Target`]) and what to do with the packet after
 //! [`egress`] or [`ingress`]; the engine does the rest.
 //!
-//! - `l4`: the transport fields a translation is keyed by;
 //! - `table`: finding, creating (port claim) and refreshing translations;
-//! - `rewrite`: addresses, ports and checksums, and ICMP errors' quotes;
 //! - `fragments`: a datagram's later fragments follow its first;
 //! - `release`: the collector's release of claims, delete and credit in
 //!   one program run.
+//!
+//! The transport fields (`crate::l4`) and the header rewrites
+//! (`crate::rewrite`) it uses serve the Services' DNAT too.
 mod fragments;
-pub mod l4;
 mod release;
-pub mod rewrite;
 mod table;
 
 pub use release::release_claims;
@@ -22,11 +21,11 @@ use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::warn;
 use netplane_common::{DropReason, nat::NatReverse};
 
-use self::{
-    l4::{Dir, L4},
-    rewrite::{Endpoint, IcmpError, Side},
+use crate::{
+    l4::{self, Dir, L4},
+    packet::Ipv4,
+    rewrite::{self, Endpoint, IcmpError, Side},
 };
-use crate::packet::Ipv4;
 
 /// Where a new flow may take its port from: `count` accounting slots from
 /// `first` (the node: its one slot; the load balancer: a backend's block on

@@ -13,10 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use netplane::{
-    agent::flows,
-    inspect::{self, port_use, route_table},
-};
+use netplane::inspect::{self, flows, port_use, route_table};
 
 use crate::{Role, trace};
 

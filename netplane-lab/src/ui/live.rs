@@ -19,10 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::PUSH_INTERVAL;
-use netplane::{
-    agent::flows::LogTail,
-    inspect::{self, port_use},
-};
+use netplane::inspect::{self, flows::LogTail, port_use};
 
 /// One named event and its JSON.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use netplane::agent::flows;
+use netplane::inspect::flows;
 
 use crate::select::Select;
 

@@ -147,13 +147,13 @@ pub fn run(command: LabCmd) -> Result<ExitCode> {
             delete,
         } => {
             if delete {
-                lab::services::delete_service(&name)?;
+                lab::kube_services::delete_service(&name)?;
                 eprintln!("Service default/{name} deleted");
             } else {
                 let ip = ip.context("--ip is required")?;
                 let spec =
-                    lab::services::LabService::parse(&name, ip, &ports, &backends, affinity)?;
-                lab::services::create_service(&spec)?;
+                    lab::kube_services::LabService::parse(&name, ip, &ports, &backends, affinity)?;
+                lab::kube_services::create_service(&spec)?;
                 eprintln!("Service default/{name} created: {spec}");
             }
         }

@@ -8,7 +8,7 @@ use netplane::{
     agent::SERVICES_STATUS_FILE,
     datapath::{Pins, key},
     paths,
-    source::services::Frontend,
+    source::service_watch::Frontend,
 };
 use netplane_common::{nat::PROTO_TCP, registry};
 use serde::Serialize;

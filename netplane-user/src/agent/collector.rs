@@ -9,7 +9,7 @@ use netplane_common::nat::{
 };
 use netplane_common::registry;
 
-use crate::{config::outbound::Timeouts, datapath::Datapath};
+use crate::{config::outbound::IdleTimers, datapath::Datapath};
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns and its coarse twin.
 pub fn monotonic_ns() -> u64 {
@@ -28,7 +28,7 @@ pub fn reply_key(k: &FlowKey, e: &NatEntry) -> FlowKey {
 }
 
 /// A flow idle past its timeout at `now_ns`.
-pub fn expired_at(t: &Timeouts, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
+pub fn expired_at(t: &IdleTimers, now_ns: u64, k: &FlowKey, e: &NatEntry) -> bool {
     now_ns.saturating_sub(e.last_seen_ns) > t.of(k.proto, e).as_nanos() as u64
 }
 

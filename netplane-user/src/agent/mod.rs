@@ -19,7 +19,7 @@ mod reconcile;
 mod reset;
 mod roles;
 mod serve;
-pub mod services;
+pub mod service_table;
 pub mod snat;
 
 use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, time::Duration};
@@ -42,7 +42,7 @@ use crate::{
         hooks::{self, Attach, Hooks, TcMode},
     },
     paths,
-    source::{NodeSource, NodeView, services::ServiceView},
+    source::{NodeSource, NodeView, service_watch::ServiceView},
     sys,
 };
 
@@ -240,12 +240,14 @@ pub fn run(node_name: &str, opts: &Options) -> Result<()> {
             let client = crate::source::kubernetes::client(kubeconfig.as_deref()).await?;
             let (tx, rx) = tokio::sync::watch::channel(ServiceView::default());
             let own = node_name.to_string();
-            tokio::spawn(crate::source::services::watch_services(client, own, tx));
+            tokio::spawn(crate::source::service_watch::watch_services(
+                client, own, tx,
+            ));
             anyhow::Ok(rx)
         })?),
         NodeSource::File => {
             // No Services without the API: none an earlier agent wrote stay.
-            services::ServiceTable::adopt(&mut dp)?.apply(&mut dp, &[])?;
+            service_table::ServiceTable::adopt(&mut dp)?.apply(&mut dp, &[])?;
             None
         }
     };

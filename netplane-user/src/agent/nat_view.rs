@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::collector::monotonic_ns;
 use crate::{
-    config::outbound::Timeouts,
+    config::outbound::IdleTimers,
     datapath::{addr, pins::Pins},
 };
 
@@ -46,7 +46,7 @@ fn endpoint(ip: u32, port: u16, proto: u8) -> String {
 }
 
 /// Live translations of a running agent, oldest first.
-pub fn flows(pins: &Pins, t: &Timeouts) -> Result<Vec<Flow>> {
+pub fn flows(pins: &Pins, t: &IdleTimers) -> Result<Vec<Flow>> {
     let out = pins.data(registry::NAT_OUT)?;
     let now = monotonic_ns();
     let mut v: Vec<(u64, Flow)> = crate::datapath::dump_hash::<FlowKey, NatEntry>(&out)?

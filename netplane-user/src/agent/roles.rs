@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::{
         Cluster, NodePlan,
-        outbound::{LbPlan, Timeouts, lb_plan},
+        outbound::{IdleTimers, LbPlan, lb_plan},
     },
     datapath::{Datapath, hooks::Hooks, key},
 };
@@ -27,7 +27,7 @@ pub trait Role {
     fn apply(&mut self, dp: &mut Datapath, cluster: &Cluster) -> Result<()>;
     /// Runs every RECONCILE_INTERVAL.
     fn tick(&mut self, dp: &mut Datapath, hooks: &Hooks) -> Result<()>;
-    fn timeouts(&self, cluster: &Cluster) -> Timeouts;
+    fn timeouts(&self, cluster: &Cluster) -> IdleTimers;
     /// The port layout it applies (the load balancer's or appliance's).
     fn outbound_plan(&self, _cluster: &Cluster) -> Option<LbPlan> {
         None
@@ -53,7 +53,7 @@ impl Role for NodeRole {
             .with_context(|| format!("node {} is not in the cluster file", self.name))?;
         set_node(dp, cluster, &node, self.uplink_ifindex)?;
         snat::configure_node(dp, cluster, node.ip)?;
-        super::services::configure_node(dp, cluster, &node)?;
+        super::service_table::configure_node(dp, cluster, &node)?;
         reconcile_routes(dp, &cluster.nodes())
     }
 
@@ -61,8 +61,8 @@ impl Role for NodeRole {
         reconcile_pods(dp, hooks, &self.name, &mut self.attached).map(|_| ())
     }
 
-    fn timeouts(&self, cluster: &Cluster) -> Timeouts {
-        Timeouts::node(cluster)
+    fn timeouts(&self, cluster: &Cluster) -> IdleTimers {
+        IdleTimers::node(cluster)
     }
 }
 
@@ -94,10 +94,10 @@ impl Role for LbRole {
         Ok(())
     }
 
-    fn timeouts(&self, cluster: &Cluster) -> Timeouts {
+    fn timeouts(&self, cluster: &Cluster) -> IdleTimers {
         match self.appliance {
-            Some(_) => Timeouts::node(cluster),
-            None => Timeouts::load_balancer(cluster),
+            Some(_) => IdleTimers::node(cluster),
+            None => IdleTimers::load_balancer(cluster),
         }
     }
 

@@ -32,7 +32,7 @@ use super::{
     metrics::{self, AgentCounters},
     nat_view::record_peaks,
     roles::Role,
-    services::ServiceTable,
+    service_table::ServiceTable,
 };
 use netplane_common::events::EVENT_DRAIN_INTERVAL_MS;
 
@@ -41,7 +41,7 @@ use crate::{
     config::Cluster,
     datapath::{Datapath, hooks::Hooks},
     paths,
-    source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus, services::ServiceView},
+    source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus, service_watch::ServiceView},
 };
 
 /// The agent's runtime: current-thread, on the thread that entered the

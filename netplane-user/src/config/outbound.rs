@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::{Cluster, OutboundType};
 
-/// Idle timeouts by protocol and phase, for one SNAT stage.
+/// Idle timers by protocol and phase, for one SNAT stage: the node's from
+/// the cluster file's `[timeouts]` (`cluster::Timeouts`), the load
+/// balancer's from Azure's idle timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub struct IdleTimers {
     pub tcp_syn_sent: Duration,
     pub tcp_established: Duration,
     pub tcp_fin_wait: Duration,
@@ -31,12 +33,12 @@ fn secs(s: u32) -> Duration {
     Duration::from_secs(s.into())
 }
 
-impl Timeouts {
+impl IdleTimers {
     /// The node stage: a kubenet node's conntrack (the cluster file's
     /// `[timeouts]`, kube-proxy's settings by default).
-    pub fn node(c: &Cluster) -> Timeouts {
+    pub fn node(c: &Cluster) -> IdleTimers {
         let t = &c.timeouts;
-        Timeouts {
+        IdleTimers {
             tcp_syn_sent: secs(t.tcp_syn_sent_s),
             tcp_established: secs(t.tcp_established_s),
             tcp_fin_wait: secs(t.tcp_fin_wait_s),
@@ -53,10 +55,10 @@ impl Timeouts {
     /// (either side) the port goes `fin_release_s` later, after an RST
     /// `rst_release_s` later, otherwise at the idle timeout (UDP too).
     /// ICMP, which Azure does not describe, keeps the node's timeout.
-    pub fn load_balancer(c: &Cluster) -> Timeouts {
+    pub fn load_balancer(c: &Cluster) -> IdleTimers {
         let o = &c.outbound;
         let (idle, fin) = (secs(o.idle_timeout_s()), secs(o.fin_release_s));
-        Timeouts {
+        IdleTimers {
             tcp_syn_sent: idle,
             tcp_established: idle,
             tcp_fin_wait: fin,
@@ -65,7 +67,7 @@ impl Timeouts {
             tcp_close: secs(o.rst_release_s),
             udp: idle,
             udp_stream: idle,
-            icmp: Timeouts::node(c).icmp,
+            icmp: IdleTimers::node(c).icmp,
         }
     }
 
@@ -432,7 +434,7 @@ mod tests {
 
     #[test]
     fn the_node_stage_times_out_as_a_kubenet_nodes_conntrack() {
-        let t = Timeouts::node(&Cluster::load(None).unwrap());
+        let t = IdleTimers::node(&Cluster::load(None).unwrap());
         let of = |p, e: NatEntry| t.of(p, &e).as_secs();
         assert_eq!(of(PROTO_TCP, entry(0, 0, 0, 0)), 120); // syn_sent
         assert_eq!(of(PROTO_TCP, entry(1, 0, 0, 0)), 86_400); // kube-proxy
@@ -448,7 +450,7 @@ mod tests {
     #[test]
     fn the_load_balancer_releases_ports_on_azures_timers() {
         let c = Cluster::load(None).unwrap();
-        let t = Timeouts::load_balancer(&c);
+        let t = IdleTimers::load_balancer(&c);
         let of = |p, e: NatEntry| t.of(p, &e).as_secs();
         assert_eq!(of(PROTO_TCP, entry(1, 0, 0, 0)), 30 * 60); // AKS idle
         assert_eq!(of(PROTO_TCP, entry(0, 0, 0, 0)), 30 * 60);
@@ -460,7 +462,7 @@ mod tests {
         assert_eq!(of(PROTO_UDP, entry(1, 0, 0, 0)), 30 * 60);
         let mut c = c;
         c.outbound.experiment_idle_timeout_s = Some(5);
-        assert_eq!(Timeouts::load_balancer(&c).tcp_established.as_secs(), 5);
+        assert_eq!(IdleTimers::load_balancer(&c).tcp_established.as_secs(), 5);
         assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
     }
 }

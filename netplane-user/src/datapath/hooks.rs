@@ -29,7 +29,7 @@ use aya::programs::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Datapath, sys::detach_pinned};
+use super::{Datapath, syscall::detach_pinned};
 
 /// Where a node's link pins live, under its map pins.
 pub fn links_dir(pins: &Path) -> PathBuf {

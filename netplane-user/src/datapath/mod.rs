@@ -6,7 +6,7 @@ pub mod hooks;
 pub mod maps;
 pub mod memory;
 pub mod pins;
-pub mod sys;
+pub mod syscall;
 mod testrun;
 pub mod verifier;
 
@@ -16,7 +16,7 @@ pub use maps::{
 };
 pub use pins::Pins;
 use std::{net::Ipv4Addr, path::PathBuf};
-pub use sys::{HashWalk, delete_batch, dump_hash, put_new, take};
+pub use syscall::{HashWalk, delete_batch, dump_hash, put_new, take};
 
 use anyhow::{Context, Result};
 use aya::{

@@ -1,8 +1,9 @@
 //! What the read-only views see: the rows behind `netplane routes`,
-//! `ports`, `nat`, `stats`, `pods` and the web page's topology, built from
-//! the running agents' pins and state files. The CLI prints them as tables
+//! `ports`, `nat`, `stats`, `pods` and `flows`, built from the running
+//! agents' pins and what each published (`agent::applied`). The CLI prints them as tables
 //! or `--json`; `netplane ui` serves the same values, so both show one
 //! shape.
+pub mod flows;
 mod ports;
 mod routes;
 
@@ -19,7 +20,7 @@ use crate::datapath::Pins;
 use crate::{
     agent::{applied, is_agent_of, lb_name, nat_view},
     cni::registry,
-    config::{Cluster, outbound::Timeouts},
+    config::{Cluster, outbound::IdleTimers},
     datapath::{
         Counters,
         memory::{self, KernelMemory},
@@ -124,9 +125,9 @@ pub fn stats(agent: &str) -> Result<Stats> {
 pub fn translations(agent: &str) -> Result<Vec<nat_view::Flow>> {
     let cluster = applied::read(agent)?.cluster;
     let t = if agent == lb_name(&cluster) {
-        Timeouts::load_balancer(&cluster)
+        IdleTimers::load_balancer(&cluster)
     } else {
-        Timeouts::node(&cluster)
+        IdleTimers::node(&cluster)
     };
     nat_view::flows(&Pins::of(agent), &t)
 }

@@ -4,7 +4,7 @@
 //! outbound, ports, timeouts) come from the cluster file, and what the
 //! source says about nodes is held to the file's rules (`admit`).
 pub mod kubernetes;
-pub mod services;
+pub mod service_watch;
 
 use std::{net::Ipv4Addr, path::PathBuf, time::SystemTime};
 

@@ -9,6 +9,7 @@
 //! - `extra`: `bench-flows` and `bench-attach`, the smaller measurements;
 //! - `services`: `bench-services`, a Service on netplane against kube-proxy;
 //! - `vm`: `bench --vm`, the traffic tests with each data path on VMs.
+pub mod clusterip;
 pub mod extra;
 mod gate;
 pub mod model;
@@ -17,7 +18,6 @@ mod profile;
 pub mod report;
 mod results;
 pub mod scale;
-pub mod services;
 mod suite;
 mod traffic;
 mod vm;

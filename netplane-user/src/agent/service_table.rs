@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::{
     config::{Cluster, NodePlan, cluster::pod_gateway},
     datapath::{Datapath, key},
-    source::services::Frontend,
+    source::service_watch::Frontend,
 };
 
 /// What is written for one frontend.

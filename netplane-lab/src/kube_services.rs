@@ -141,7 +141,7 @@ pub async fn publish(
         .create(&pp, &service_object(ns, name, cluster_ip, ports))
         .await
         .with_context(|| format!("creating Service {ns}/{name}"))?;
-    let resource = netplane::source::services::slice_resource(client).await?;
+    let resource = netplane::source::service_watch::slice_resource(client).await?;
     let slice = slice_object(&resource, ns, name, ports, endpoints)?;
     Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
         .create(&pp, &slice)
@@ -361,7 +361,7 @@ pub fn delete_service(name: &str) -> Result<()> {
             .delete(name, &dp)
             .await
             .with_context(|| format!("deleting Service default/{name}"))?;
-        let resource = netplane::source::services::slice_resource(&client).await?;
+        let resource = netplane::source::service_watch::slice_resource(&client).await?;
         let _ = Api::<DynamicObject>::namespaced_with(client, "default", &resource)
             .delete(&format!("{name}-lab"), &dp)
             .await;

@@ -1,4 +1,5 @@
-//! The transport fields a translation is keyed by.
+//! The transport fields a translation (SNAT, or a Service's DNAT) is keyed
+//! by.
 use aya_ebpf::programs::TcContext;
 use netplane_common::{
     DropReason,

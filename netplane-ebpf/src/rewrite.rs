@@ -1,4 +1,5 @@
-//! Header rewrites with their checksums, for CHECKSUM_PARTIAL skbs too
+//! Header rewrites with their checksums, for the SNAT engine and the
+//! Services' DNAT alike, for CHECKSUM_PARTIAL skbs too
 //! (BPF_F_PSEUDO_HDR; BPF_F_MARK_MANGLED_0 keeps a zero UDP checksum zero).
 //! Every call here invalidates packet pointers.
 use aya_ebpf::{
@@ -10,7 +11,7 @@ use netplane_common::{
     nat::{FlowKey, NatReverse, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
 };
 
-use super::l4::{L4, be16};
+use crate::l4::{L4, be16};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
