@@ -39,8 +39,11 @@ pub mod kind {
 /// keyed by `u32`; a queue's and a ring's key is `()`.
 pub struct MapDef<Kind, K, V> {
     pub name: &'static str,
-    types: PhantomData<fn() -> (Kind, K, V)>,
+    types: Types<Kind, K, V>,
 }
+
+/// The types a definition carries, and no value of them.
+type Types<Kind, K, V> = PhantomData<fn() -> (Kind, K, V)>;
 
 impl<Kind, K, V> MapDef<Kind, K, V> {
     pub const fn new(name: &'static str) -> Self {

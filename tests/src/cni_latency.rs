@@ -9,20 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use netplane_bench_model::tools::CniLatency;
 
 const NODE_NS: &str = "np-cnibench-node";
 const POD_NS: &str = "np-cnibench-pod";
-
-#[derive(Debug, Serialize)]
-pub struct CniLatency {
-    pub runs: usize,
-    /// Milliseconds: median and 90th percentile.
-    pub add_p50_ms: f64,
-    pub add_p90_ms: f64,
-    pub del_p50_ms: f64,
-    pub del_p90_ms: f64,
-}
 
 /// Removes the namespaces and state, also after a failure.
 struct Cleanup(std::path::PathBuf);

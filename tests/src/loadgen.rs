@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use netplane_bench_model::{
+    FillCostSample, FillRun, FillSample,
+    tools::{TcpCrr, TcpRr, UdpFlood, UdpSink, UdpSpray},
+};
 
 /// Messages per sendmmsg/recvmmsg call.
 const BATCH: usize = 64;
@@ -21,17 +24,7 @@ const IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long `tcp_echo` waits on a silent connection before taking the next.
 const ECHO_IDLE: Duration = Duration::from_secs(2);
 
-/// UDP sink: counts datagrams until `secs` have passed, or until `idle_ms`
-/// pass without one after the first.
-#[derive(Debug, Serialize)]
-pub struct UdpSinkResult {
-    pub packets: u64,
-    /// From the first datagram to the last.
-    pub seconds: f64,
-    pub packets_per_second: f64,
-}
-
-pub fn udp_sink(port: u16, secs: f64, idle_ms: u64) -> Result<UdpSinkResult> {
+pub fn udp_sink(port: u16, secs: f64, idle_ms: u64) -> Result<UdpSink> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
     set_int_opt(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -50,7 +43,7 @@ pub fn udp_sink(port: u16, secs: f64, idle_ms: u64) -> Result<UdpSinkResult> {
         }
     }
     let seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
-    Ok(UdpSinkResult {
+    Ok(UdpSink {
         packets,
         seconds,
         packets_per_second: if seconds > 0.0 {
@@ -61,17 +54,9 @@ pub fn udp_sink(port: u16, secs: f64, idle_ms: u64) -> Result<UdpSinkResult> {
     })
 }
 
-#[derive(Debug, Serialize)]
-pub struct UdpFloodResult {
-    pub sent: u64,
-    /// Sends the kernel refused (full queues).
-    pub refused: u64,
-    pub seconds: f64,
-}
-
 /// UDP flood: `payload`-byte datagrams to `to` as fast as sendmmsg goes,
 /// for `secs`.
-pub fn udp_flood(to: SocketAddrV4, payload: usize, secs: f64) -> Result<UdpFloodResult> {
+pub fn udp_flood(to: SocketAddrV4, payload: usize, secs: f64) -> Result<UdpFlood> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     sock.connect(to)?;
     let data = vec![0x5au8; payload];
@@ -96,7 +81,7 @@ pub fn udp_flood(to: SocketAddrV4, payload: usize, secs: f64) -> Result<UdpFlood
             sent += n as u64;
         }
     }
-    Ok(UdpFloodResult {
+    Ok(UdpFlood {
         sent,
         refused,
         seconds: start.elapsed().as_secs_f64(),
@@ -155,16 +140,7 @@ pub fn udp_echo(port: u16, secs: f64) -> Result<()> {
     Ok(())
 }
 
-/// Request/response latency over one TCP connection.
-#[derive(Debug, Serialize)]
-pub struct TcpRrResult {
-    pub transactions: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
-}
-
-pub fn tcp_rr(to: SocketAddrV4, size: usize, secs: f64) -> Result<TcpRrResult> {
+pub fn tcp_rr(to: SocketAddrV4, size: usize, secs: f64) -> Result<TcpRr> {
     let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(to), IO_TIMEOUT)
         .with_context(|| format!("connecting to {to}"))?;
     conn.set_nodelay(true)?;
@@ -183,7 +159,7 @@ pub fn tcp_rr(to: SocketAddrV4, size: usize, secs: f64) -> Result<TcpRrResult> {
     }
     ns.sort_unstable();
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize] as f64 / 1e3;
-    Ok(TcpRrResult {
+    Ok(TcpRr {
         transactions: ns.len() as u64,
         p50_us: at(0.50),
         p99_us: at(0.99),
@@ -191,18 +167,7 @@ pub fn tcp_rr(to: SocketAddrV4, size: usize, secs: f64) -> Result<TcpRrResult> {
     })
 }
 
-/// New connections, one at a time: connect, 1-byte request, 1-byte
-/// response, close.
-#[derive(Debug, Serialize)]
-pub struct TcpCrrResult {
-    pub connections: u64,
-    /// Connects or replies that failed or took longer than 500 ms.
-    pub failures: u64,
-    pub seconds: f64,
-    pub per_second: f64,
-}
-
-pub fn tcp_crr(to: SocketAddrV4, secs: f64, max: Option<u64>) -> Result<TcpCrrResult> {
+pub fn tcp_crr(to: SocketAddrV4, secs: f64, max: Option<u64>) -> Result<TcpCrr> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let (mut ok, mut failures) = (0u64, 0u64);
@@ -213,7 +178,7 @@ pub fn tcp_crr(to: SocketAddrV4, secs: f64, max: Option<u64>) -> Result<TcpCrrRe
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(TcpCrrResult {
+    Ok(TcpCrr {
         connections: ok,
         failures,
         seconds,
@@ -230,31 +195,6 @@ fn one_transaction(to: SocketAddrV4) -> std::io::Result<()> {
     conn.read_exact(&mut b)
 }
 
-/// One point of a SNAT port-pool fill curve.
-#[derive(Debug, Serialize)]
-pub struct FillPoint {
-    pub flows: u64,
-    pub fill_pct: f64,
-    /// New flows so far that got no reply (no port, or dropped).
-    pub failures: u64,
-}
-
-/// What a new flow's first datagram costs at a fill level, against a
-/// datagram of a flow that already has its port.
-#[derive(Debug, Serialize)]
-pub struct FillCost {
-    pub fill_pct: f64,
-    pub new_flow_ns: f64,
-    pub established_ns: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct UdpFillResult {
-    pub pool: u64,
-    pub curve: Vec<FillPoint>,
-    pub cost: Vec<FillCost>,
-}
-
 /// Fills a SNAT port pool of `pool` ports toward one destination (a UDP
 /// echo server): `flows` new flows, each from its own source port (from
 /// `first_port` on), sent in steps of 2 % of the pool; after each step,
@@ -269,7 +209,7 @@ pub fn udp_fill(
     flows: u32,
     pool: u32,
     cost_at: &[f64],
-) -> Result<UdpFillResult> {
+) -> Result<FillRun> {
     if u32::from(first_port) + flows > 65_536 {
         bail!("{flows} source ports from {first_port} do not fit below 65536");
     }
@@ -294,10 +234,10 @@ pub fn udp_fill(
         let sent = i + 1;
         if sent % step == 0 || sent == flows as usize {
             failures += unanswered(&mut open, &mut buf);
-            curve.push(FillPoint {
+            curve.push(FillSample {
                 flows: sent as u64,
                 fill_pct: 100.0 * sent as f64 / f64::from(pool),
-                failures,
+                failures: failures as f64,
             });
         }
         // A cost window ends: the batch of new flows just sent, against
@@ -311,14 +251,14 @@ pub fn udp_fill(
                 s.send_to(&[0u8; 16], to)?;
                 est.push(t.elapsed().as_nanos() as u64);
             }
-            cost.push(FillCost {
+            cost.push(FillCostSample {
                 fill_pct: 100.0 * mark as f64 / f64::from(pool),
                 new_flow_ns: median_u64(&new_ns[mark..sent]),
                 established_ns: median_u64(&est),
             });
         }
     }
-    Ok(UdpFillResult {
+    Ok(FillRun {
         pool: u64::from(pool),
         curve,
         cost,
@@ -360,22 +300,12 @@ fn bind_port(port: u16) -> Result<UdpSocket> {
     Ok(s)
 }
 
-/// Live entries for the conntrack-scale runs: one datagram from each of
-/// `sources` source ports (from `first_port`) to every port of `dports` on
-/// `to` (nobody listens there; each datagram makes one tracked flow).
-#[derive(Debug, Serialize)]
-pub struct UdpSprayResult {
-    pub flows: u64,
-    pub refused: u64,
-    pub seconds: f64,
-}
-
 pub fn udp_spray(
     to: Ipv4Addr,
     dports: (u16, u16),
     first_port: u16,
     sources: u16,
-) -> Result<UdpSprayResult> {
+) -> Result<UdpSpray> {
     let start = Instant::now();
     let (mut flows, mut refused) = (0u64, 0u64);
     let dests: Vec<libc::sockaddr_in> = (dports.0..=dports.1)
@@ -420,7 +350,7 @@ pub fn udp_spray(
             }
         }
     }
-    Ok(UdpSprayResult {
+    Ok(UdpSpray {
         flows,
         refused,
         seconds: start.elapsed().as_secs_f64(),
@@ -555,11 +485,11 @@ mod tests {
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let r = udp_fill(to, 40_000, 200, 200, &[50.0]).unwrap();
         assert_eq!(r.curve.last().unwrap().flows, 200);
-        assert_eq!(r.curve.last().unwrap().failures, 0, "{r:?}");
+        assert_eq!(r.curve.last().unwrap().failures, 0.0, "{r:?}");
         assert_eq!(r.cost.len(), 1);
         echo.join().unwrap().unwrap();
         let silent = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 1);
         let r = udp_fill(silent, 41_000, 100, 100, &[]).unwrap();
-        assert_eq!(r.curve.last().unwrap().failures, 100);
+        assert_eq!(r.curve.last().unwrap().failures, 100.0);
     }
 }

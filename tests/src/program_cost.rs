@@ -4,21 +4,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use etherparse::PacketBuilder;
-use netplane_common::maps::programs;
-use netplane_common::registry;
-use serde::Serialize;
+use netplane_bench_model::{ProgramSamples, tools::FlowEventsCase};
+use netplane_common::{maps::programs, registry};
 
 use netplane::datapath::{Datapath, key};
 
 use crate::fixture::*;
-
-#[derive(Debug, Serialize)]
-pub struct Case {
-    pub name: &'static str,
-    /// ns per run, one sample per round.
-    pub events_on: Vec<f64>,
-    pub events_off: Vec<f64>,
-}
 
 fn tcp_flags(src: [u8; 4], dst: [u8; 4], syn: bool) -> Vec<u8> {
     tcp_frame((POD_A_MAC, POD_A_HOST_MAC), (src, 40000), (dst, 8080), syn)
@@ -47,7 +38,7 @@ fn datapath(events: bool) -> Result<Datapath> {
 
 /// The cost of flow events: each case timed with the programs built to
 /// report and not to, in interleaved rounds.
-pub fn flow_events(rounds: usize, runs: u32) -> Result<Vec<Case>> {
+pub fn flow_events(rounds: usize, runs: u32) -> Result<Vec<FlowEventsCase>> {
     let established = tcp_flags(POD_A, REMOTE_POD, false);
     let new_conn = tcp_flags(POD_A, REMOTE_POD, true);
     let snat = tcp_flags(POD_A, INTERNET, false);
@@ -61,10 +52,10 @@ pub fn flow_events(rounds: usize, runs: u32) -> Result<Vec<Case>> {
         ),
         ("spoofed source (reports a drop)", &spoofed),
     ];
-    let mut out: Vec<Case> = cases
+    let mut out: Vec<FlowEventsCase> = cases
         .iter()
-        .map(|(n, _)| Case {
-            name: n,
+        .map(|(n, _)| FlowEventsCase {
+            name: n.to_string(),
             events_on: Vec::new(),
             events_off: Vec::new(),
         })
@@ -88,19 +79,11 @@ pub fn flow_events(rounds: usize, runs: u32) -> Result<Vec<Case>> {
     Ok(out)
 }
 
-/// One program path's cost, ns per run, one sample per round.
-#[derive(Debug, Serialize)]
-pub struct PathCost {
-    pub path: &'static str,
-    pub program: &'static str,
-    pub ns: Vec<f64>,
-}
-
 /// ns per run of each netplane path on node-0's world, and of the floor
 /// program (parse, rewrite MACs, redirect) on the cross-node frame, in
 /// interleaved rounds. New flows each get their own source port, so every
 /// run allocates.
-pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
+pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<ProgramSamples>> {
     let mut dp = datapath(false)?;
     let Frames {
         same_node,
@@ -109,14 +92,14 @@ pub fn program_costs(rounds: usize, runs: u32) -> Result<Vec<PathCost>> {
         reply,
     } = Frames::on(&mut dp)?;
     let pod = (POD_A_MAC, POD_A_HOST_MAC);
-    let mut out: Vec<PathCost> = Vec::new();
-    let mut sample = |path, program, ns: std::time::Duration| {
+    let mut out: Vec<ProgramSamples> = Vec::new();
+    let mut sample = |path: &str, program: &str, ns: std::time::Duration| {
         let ns = ns.as_nanos() as f64;
         match out.iter_mut().find(|c| c.path == path) {
             Some(c) => c.ns.push(ns),
-            None => out.push(PathCost {
-                path,
-                program,
+            None => out.push(ProgramSamples {
+                path: path.to_string(),
+                program: program.to_string(),
                 ns: vec![ns],
             }),
         }

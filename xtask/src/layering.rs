@@ -27,6 +27,7 @@ pub const CRATES: &[&str] = &[
     "netplane-user/cli/src",
     "netplane-lab/src",
     "tests/src",
+    "tests/bench-model/src",
     "xtask/src",
 ];
 
@@ -38,6 +39,7 @@ pub const CRATE_LAYERS: &[(&str, &str)] = &[
     ("netplane-user", "netplane-user"),
     ("netplane-lab", "netplane-lab"),
     ("netplane-cli", "netplane-user/cli"),
+    ("netplane-bench-model", "tests/bench-model"),
     ("netplane-tests", "tests"),
     ("xtask", "xtask"),
 ];

@@ -204,11 +204,11 @@ fn backend_key(ip: u32, port: u16) -> Backend {
 }
 
 fn services_map(dp: &mut Datapath) -> Result<HashMap<&mut MapData, ServiceKey, Service>> {
-    Ok(dp.hash(registry::SERVICES)?)
+    dp.hash(registry::SERVICES)
 }
 
 fn backends_map(dp: &mut Datapath) -> Result<HashMap<&mut MapData, BackendKey, Backend>> {
-    Ok(dp.hash(registry::SERVICE_BACKENDS)?)
+    dp.hash(registry::SERVICE_BACKENDS)
 }
 
 /// Removes the UDP flows (with their reply entries) and the affinities
@@ -260,7 +260,7 @@ fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
 }
 
 fn config_map(dp: &mut Datapath) -> Result<Array<&mut MapData, ServiceConfig>> {
-    Ok(dp.array(registry::SERVICE_CONFIG)?)
+    dp.array(registry::SERVICE_CONFIG)
 }
 
 /// The service CIDR and this node's hairpin address (its pod gateway),

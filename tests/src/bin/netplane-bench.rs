@@ -97,7 +97,11 @@ fn run(cli: Cli) -> Result<()> {
             let runs =
                 netplane_tests::program_cost::run_path(path, secs.clamp(0.1, 60.0), max_runs)?;
             let row = path.cost_row();
-            println!("{}", serde_json::json!({ "runs": runs, "cost_row": row }));
+            let ran = netplane_bench_model::tools::RunPath {
+                runs,
+                cost_row: row.to_string(),
+            };
+            println!("{}", serde_json::to_string(&ran)?);
             Ok(())
         }
     }

@@ -7,9 +7,11 @@ use std::{collections::BTreeMap, fmt::Write as _, process::Command};
 
 use anyhow::{Context, Result, bail};
 
+use netplane_bench_model::tools::{TcpCrr, TcpRr};
+
 use super::{
     model::min_median_max,
-    traffic::{CLIENT_CPU, SERVER_POD_IP, client, in_netns, num, server, stop, tcp_echo_args},
+    traffic::{CLIENT_CPU, SERVER_POD_IP, client, in_netns, server, stop, tcp_echo_args},
 };
 use crate::{cmd, workspace_root};
 
@@ -83,15 +85,15 @@ fn measure(np: &str, dp: &'static str, samples: &mut Samples) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let result = (|| -> Result<()> {
         for (target, to) in [("service", &service), ("pod", &pod)] {
-            let rr = client(np, "pod-0-0", &["tcp-rr", "--to", to, "--secs", &secs])?;
-            let crr = client(np, "pod-0-0", &["tcp-crr", "--to", to, "--secs", &secs])?;
-            if num(&crr, "failures")? > 0.0 {
-                bail!("{dp}: connections to the {target} failed: {crr}");
+            let rr: TcpRr = client(np, "pod-0-0", &["tcp-rr", "--to", to, "--secs", &secs])?;
+            let crr: TcpCrr = client(np, "pod-0-0", &["tcp-crr", "--to", to, "--secs", &secs])?;
+            if crr.failures > 0 {
+                bail!("{dp}: connections to the {target} failed: {crr:?}");
             }
             for (metric, v) in [
-                ("rr_p50_us", num(&rr, "p50_us")?),
-                ("rr_p99_us", num(&rr, "p99_us")?),
-                ("crr_per_s", num(&crr, "per_second")?),
+                ("rr_p50_us", rr.p50_us),
+                ("rr_p99_us", rr.p99_us),
+                ("crr_per_s", crr.per_second),
             ] {
                 samples.entry((dp, target, metric)).or_default().push(v);
                 eprintln!("   {target:<8} {metric:<10} {v:.1}");

@@ -5,6 +5,7 @@
 use std::{fmt::Write as _, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use netplane_bench_model::tools::FlowEventsCase;
 use serde_json::Value;
 
 use super::model::min_median_max as stats;
@@ -186,7 +187,8 @@ pub fn flows(rounds: usize) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let cases: Value = serde_json::from_slice(&out.stdout)?;
+    let cases: Vec<FlowEventsCase> =
+        serde_json::from_slice(&out.stdout).context("netplane-bench flow-events")?;
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
         .trim()
         .to_string();
@@ -204,22 +206,15 @@ pub fn flows(rounds: usize) -> Result<()> {
         "| case | events on: min / median / max | events off: min / median / max | ratio of medians |"
     )?;
     writeln!(r, "|---|---|---|---|")?;
-    for c in cases.as_array().context("cases")? {
-        let v = |k: &str| -> Vec<f64> {
-            c[k].as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64)
-                .collect()
-        };
+    for c in &cases {
         let (on, off) = (
-            stats(v("events_on")).context("no samples")?,
-            stats(v("events_off")).context("no samples")?,
+            stats(c.events_on.clone()).context("no samples")?,
+            stats(c.events_off.clone()).context("no samples")?,
         );
         writeln!(
             r,
             "| {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} |",
-            c["name"].as_str().unwrap_or("?"),
+            c.name,
             on.0,
             on.1,
             on.2,

@@ -12,7 +12,9 @@
 pub mod clusterip;
 pub mod extra;
 mod gate;
-pub mod model;
+/// The benchmark's model lives in `netplane-bench-model`, shared with
+/// `netplane-bench`.
+pub use netplane_bench_model as model;
 mod plots;
 mod profile;
 pub mod report;
@@ -23,8 +25,6 @@ mod traffic;
 mod vm;
 
 use anyhow::Result;
-
-use self::model::Results;
 
 pub struct Options {
     pub quick: bool,
@@ -47,7 +47,7 @@ pub fn run(opts: &Options) -> Result<()> {
         return vm::run(opts);
     }
     let run = suite::run(opts)?;
-    let results = Results::from_run(&run, opts)?;
+    let results = results::from_run(&run, opts)?;
     report::write_all(&results)?;
     if opts.gate {
         gate::gate(&results)?;
@@ -59,7 +59,9 @@ pub fn run(opts: &Options) -> Result<()> {
 mod tests {
     use super::{
         gate::gate,
-        model::{Dp, FillCostSample, FillRun, FillSample, ProgramSamples, Ratio, Run, Samples},
+        model::{
+            Dp, FillCostSample, FillRun, FillSample, ProgramSamples, Ratio, Results, Run, Samples,
+        },
         report::{fmt, goals},
         *,
     };
@@ -70,6 +72,7 @@ mod tests {
 
     fn run_with(fill_failures_e: f64) -> Run {
         let fill = |failures: f64| FillRun {
+            pool: 1000,
             curve: vec![
                 FillSample {
                     flows: 500,
@@ -124,7 +127,7 @@ mod tests {
 
     #[test]
     fn ratios_are_taken_within_each_round() {
-        let r = Results::from_run(&run_with(0.0), &opts()).unwrap();
+        let r = results::from_run(&run_with(0.0), &opts()).unwrap();
         let m = r.metric("udp_pps_cross_node").unwrap();
         // Round 0: 200/100 = 2.0, round 1: 90/100 = 0.9; not 145/100.
         let ek = m.ratio(Ratio::EK).unwrap();
@@ -139,7 +142,7 @@ mod tests {
 
     #[test]
     fn the_floor_ratio_the_fill_goal_and_the_allocation_cost_come_from_the_run() {
-        let r = Results::from_run(&run_with(0.0), &opts()).unwrap();
+        let r = results::from_run(&run_with(0.0), &opts()).unwrap();
         let est = r.test_run_ns[1].vs_floor.unwrap();
         assert_eq!((est.min, est.max), (3.0, 5.0));
         let g = goals(&r);
@@ -155,11 +158,11 @@ mod tests {
 
     #[test]
     fn the_gate_fails_on_an_early_allocation_failure_and_low_ratios() {
-        let ok = Results::from_run(&run_with(0.0), &opts()).unwrap();
+        let ok = results::from_run(&run_with(0.0), &opts()).unwrap();
         // Only udp_pps is present: the other gated ratios are missing.
         let e = gate(&ok).unwrap_err().to_string();
         assert!(e.contains("crr_pod") && !e.contains("allocations"), "{e}");
-        let bad = Results::from_run(&run_with(3.0), &opts()).unwrap();
+        let bad = results::from_run(&run_with(3.0), &opts()).unwrap();
         let e = gate(&bad).unwrap_err().to_string();
         assert!(e.contains("failed 3 allocations"), "{e}");
     }

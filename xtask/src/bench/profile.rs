@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use netplane_bench_model::tools::{RunPath, TcpCrr, UdpSink};
+
 use super::{
     Options,
     model::{Dp, PathProfile, Profile, Symbol},
@@ -77,7 +79,7 @@ pub(super) fn machine(np: &str, dp: Dp, workload: Workload, opts: &Options) -> R
         Workload::UdpFlood => {
             let sink = udp_sink(np, secs)?;
             record(&mut || udp_flood(np, secs).map(drop))?;
-            finish(sink)?;
+            finish::<UdpSink>(sink)?;
         }
         Workload::SnatConnections => {
             // As in the SNAT connection test: the client's whole port range.
@@ -100,7 +102,7 @@ pub(super) fn machine(np: &str, dp: Dp, workload: Workload, opts: &Options) -> R
                 "--max-connections",
                 &max,
             ];
-            let run = record(&mut || client(np, "pod-0-0", &args).map(drop));
+            let run = record(&mut || client::<TcpCrr>(np, "pod-0-0", &args).map(drop));
             stop(echo);
             run?;
         }
@@ -188,9 +190,8 @@ pub(super) fn path(np: &str, path: &str, secs: f64) -> Result<PathProfile> {
     if !out.status.success() {
         bail!("perf record of run-path {path} failed");
     }
-    let ran: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("netplane-bench run-path")?;
-    let cost_row = ran["cost_row"].as_str().context("run-path: no cost_row")?;
+    let ran: RunPath = serde_json::from_slice(&out.stdout).context("netplane-bench run-path")?;
+    let cost_row = ran.cost_row.as_str();
     let script = Command::new("perf")
         .args(["script", "-i", &data, "-F", "ip,sym"])
         .stderr(Stdio::null())

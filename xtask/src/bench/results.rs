@@ -43,76 +43,74 @@ pub fn conntrack_defs() -> Vec<MetricDef> {
     defs
 }
 
-impl Results {
-    /// Everything measured, summarised.
-    pub fn from_run(run: &Run, opts: &Options) -> Result<Results> {
-        let of = |dp: Dp, name: &str| -> Vec<(usize, f64)> {
-            run.samples
-                .iter()
-                .filter(|(d, ..)| *d == dp)
-                .filter_map(|(_, round, s)| s.get(name).map(|v| (*round, *v)))
-                .collect()
-        };
-        // Ratios per round: each round ran the data paths back to back.
-        let ratio = |a: &[(usize, f64)], b: &[(usize, f64)]| {
-            Spread::of(
-                a.iter()
-                    .filter_map(|(r, x)| {
-                        let y = b.iter().find(|(rb, _)| rb == r)?.1;
-                        (y != 0.0).then_some(x / y)
-                    })
-                    .collect(),
-            )
-        };
-        let vals = |v: &[(usize, f64)]| Spread::of(v.iter().map(|x| x.1).collect());
-        let mut metrics = Vec::new();
-        for m in METRICS.iter().cloned().chain(conntrack_defs()) {
-            let (e, k, r) = (of(Dp::E, m.name), of(Dp::K, m.name), of(Dp::R, m.name));
-            if e.is_empty() && k.is_empty() && r.is_empty() {
-                continue; // not run (--quick leaves out the largest conntrack level)
-            }
-            metrics.push(MetricResult {
-                name: m.name.into(),
-                unit: m.unit.into(),
-                higher_is_better: m.higher_is_better,
-                what: m.what.into_owned(),
-                e: vals(&e),
-                k: vals(&k),
-                r: vals(&r),
-                ratio_ek: ratio(&e, &k),
-                ratio_er: ratio(&e, &r),
-            });
-        }
-        let conntrack_live_entries = CONNTRACK_LEVELS
+/// Everything measured, summarised.
+pub fn from_run(run: &Run, opts: &Options) -> Result<Results> {
+    let of = |dp: Dp, name: &str| -> Vec<(usize, f64)> {
+        run.samples
             .iter()
-            .filter_map(|&(level, ..)| {
-                let name = format!("ct_live_entries_{level}");
-                let (e, k) = (of(Dp::E, &name), of(Dp::K, &name));
-                (!e.is_empty() || !k.is_empty()).then(|| LiveEntries {
-                    level,
-                    e: vals(&e),
-                    k: vals(&k),
-                })
-            })
-            .collect();
-        Ok(Results {
-            machine: machine(run, opts)?,
-            metrics,
-            fill_curve: fill_curves(run),
-            test_run_ns: program_costs(run),
-            conntrack_live_entries,
-            profiles: run
-                .profiles
-                .iter()
-                .map(|(dp, p)| DatapathProfile {
-                    datapath: dp.letter().into(),
-                    profile: p.clone(),
+            .filter(|(d, ..)| *d == dp)
+            .filter_map(|(_, round, s)| s.get(name).map(|v| (*round, *v)))
+            .collect()
+    };
+    // Ratios per round: each round ran the data paths back to back.
+    let ratio = |a: &[(usize, f64)], b: &[(usize, f64)]| {
+        Spread::of(
+            a.iter()
+                .filter_map(|(r, x)| {
+                    let y = b.iter().find(|(rb, _)| rb == r)?.1;
+                    (y != 0.0).then_some(x / y)
                 })
                 .collect(),
-            path_profiles: run.path_profiles.clone(),
-            conntrack_note: CONNTRACK_NOTE.into(),
-        })
+        )
+    };
+    let vals = |v: &[(usize, f64)]| Spread::of(v.iter().map(|x| x.1).collect());
+    let mut metrics = Vec::new();
+    for m in METRICS.iter().cloned().chain(conntrack_defs()) {
+        let (e, k, r) = (of(Dp::E, m.name), of(Dp::K, m.name), of(Dp::R, m.name));
+        if e.is_empty() && k.is_empty() && r.is_empty() {
+            continue; // not run (--quick leaves out the largest conntrack level)
+        }
+        metrics.push(MetricResult {
+            name: m.name.into(),
+            unit: m.unit.into(),
+            higher_is_better: m.higher_is_better,
+            what: m.what.into_owned(),
+            e: vals(&e),
+            k: vals(&k),
+            r: vals(&r),
+            ratio_ek: ratio(&e, &k),
+            ratio_er: ratio(&e, &r),
+        });
     }
+    let conntrack_live_entries = CONNTRACK_LEVELS
+        .iter()
+        .filter_map(|&(level, ..)| {
+            let name = format!("ct_live_entries_{level}");
+            let (e, k) = (of(Dp::E, &name), of(Dp::K, &name));
+            (!e.is_empty() || !k.is_empty()).then(|| LiveEntries {
+                level,
+                e: vals(&e),
+                k: vals(&k),
+            })
+        })
+        .collect();
+    Ok(Results {
+        machine: machine(run, opts)?,
+        metrics,
+        fill_curve: fill_curves(run),
+        test_run_ns: program_costs(run),
+        conntrack_live_entries,
+        profiles: run
+            .profiles
+            .iter()
+            .map(|(dp, p)| DatapathProfile {
+                datapath: dp.letter().into(),
+                profile: p.clone(),
+            })
+            .collect(),
+        path_profiles: run.path_profiles.clone(),
+        conntrack_note: CONNTRACK_NOTE.into(),
+    })
 }
 
 /// Failures per fill level and allocation cost, across rounds.

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use netplane_bench_model::tools::{TcpCrr, TcpRr, UdpSink, UdpSpray};
 use serde_json::Value;
 
 use super::{
@@ -22,7 +23,7 @@ use super::{
 use crate::workspace_root;
 
 use super::traffic::{
-    CLIENT_CPU, CpuMeter, INET, SERVER_POD_IP, client, finish, in_netns, iperf, num, server, stop,
+    CLIENT_CPU, CpuMeter, INET, SERVER_POD_IP, client, finish, in_netns, iperf, server, stop,
     sum_field, tcp_echo_args, udp_flood, udp_sink,
 };
 
@@ -312,12 +313,13 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>
     let cpu = CpuMeter::start()?;
     udp_flood(np, secs)?;
     let busy = cpu.busy_seconds()?;
-    let got = finish(sink)?;
-    let pps = got["packets_per_second"].as_f64().context("sink")?;
-    let packets = got["packets"].as_f64().context("sink")?;
-    s.insert("udp_pps_cross_node".into(), pps);
-    if packets > 0.0 {
-        s.insert("udp_cpu_ns_per_packet".into(), busy * 1e9 / packets);
+    let got: UdpSink = finish(sink)?;
+    s.insert("udp_pps_cross_node".into(), got.packets_per_second);
+    if got.packets > 0 {
+        s.insert(
+            "udp_cpu_ns_per_packet".into(),
+            busy * 1e9 / got.packets as f64,
+        );
     }
 
     // The client's ephemeral ports sit in TIME_WAIT for 60 s: with the
@@ -330,27 +332,27 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>
     )
     .status()?;
     let echo = server(np, "pod-1-0", &tcp_echo_args(POD_PORT, 3.0 * secs + 5.0))?;
-    let rr = client(
+    let rr: TcpRr = client(
         np,
         "pod-0-0",
         &["tcp-rr", "--to", &pod, "--secs", &secs.to_string()],
     )?;
-    s.insert("tcp_rr_p50_us".into(), num(&rr, "p50_us")?);
-    s.insert("tcp_rr_p99_us".into(), num(&rr, "p99_us")?);
-    let crr = client(
+    s.insert("tcp_rr_p50_us".into(), rr.p50_us);
+    s.insert("tcp_rr_p99_us".into(), rr.p99_us);
+    let crr: TcpCrr = client(
         np,
         "pod-0-0",
         &["tcp-crr", "--to", &pod, "--secs", &secs.to_string()],
     )?;
     stop(echo);
-    s.insert("crr_pod".into(), num(&crr, "per_second")?);
-    s.insert("crr_pod_failures".into(), num(&crr, "failures")?);
+    s.insert("crr_pod".into(), crr.per_second);
+    s.insert("crr_pod_failures".into(), crr.failures as f64);
 
     let echo = server(np, "inet", &tcp_echo_args(CRR_SNAT_PORT, secs + 5.0))?;
     // The load balancer holds each port 240 s after a FIN (Azure), so a
     // test of more connections than the block has ports would measure the
     // pool running out, not the data path: stop at nine tenths of it.
-    let crr = client(
+    let crr: TcpCrr = client(
         np,
         "pod-0-0",
         &[
@@ -364,8 +366,8 @@ fn measure(np: &str, dp: Dp, opts: &Options) -> Result<(Samples, Option<FillRun>
         ],
     )?;
     stop(echo);
-    s.insert("crr_snat".into(), num(&crr, "per_second")?);
-    s.insert("crr_snat_failures".into(), num(&crr, "failures")?);
+    s.insert("crr_snat".into(), crr.per_second);
+    s.insert("crr_snat_failures".into(), crr.failures as f64);
 
     for streams in [1, 4] {
         let (gbps, cpu_s) = iperf(streams, secs)?;
@@ -412,7 +414,7 @@ fn fill_curve(np: &str) -> Result<FillRun> {
         "inet",
         &["udp-echo", "--port", &FILL_PORT.to_string(), "--secs", "60"],
     )?;
-    let r = client(
+    let r: Result<FillRun> = client(
         np,
         "pod-0-0",
         &[
@@ -428,7 +430,7 @@ fn fill_curve(np: &str) -> Result<FillRun> {
         ],
     );
     stop(echo);
-    serde_json::from_value(r?).context("udp-fill output")
+    r
 }
 
 /// Request/response latency pod-0-0 → inet through SNAT with `level` live
@@ -447,7 +449,7 @@ fn conntrack_scale(np: &str, dp: Dp, opts: &Options, s: &mut Samples) -> Result<
         let dports = u32::from(SPRAY_DPORTS.1 - SPRAY_DPORTS.0 + 1);
         for (level, p50, p99) in levels {
             if dp != Dp::R {
-                let sprayed = client(
+                let sprayed: UdpSpray = client(
                     np,
                     "pod-0-0",
                     &[
@@ -464,12 +466,9 @@ fn conntrack_scale(np: &str, dp: Dp, opts: &Options, s: &mut Samples) -> Result<
                         &(level / dports).to_string(),
                     ],
                 )?;
-                eprintln!(
-                    "   {level} flows sprayed in {:.1} s",
-                    sprayed["seconds"].as_f64().unwrap_or(0.0)
-                );
+                eprintln!("   {level} flows sprayed in {:.1} s", sprayed.seconds);
             }
-            let rr = client(
+            let rr: TcpRr = client(
                 np,
                 "pod-0-0",
                 &[
@@ -480,8 +479,8 @@ fn conntrack_scale(np: &str, dp: Dp, opts: &Options, s: &mut Samples) -> Result<
                     &secs.to_string(),
                 ],
             )?;
-            s.insert(p50.into(), num(&rr, "p50_us")?);
-            s.insert(p99.into(), num(&rr, "p99_us")?);
+            s.insert(p50.into(), rr.p50_us);
+            s.insert(p99.into(), rr.p99_us);
             if dp != Dp::R {
                 let live = live_entries(np, dp)?;
                 s.insert(format!("ct_live_entries_{level}"), live);

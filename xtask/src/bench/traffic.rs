@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use netplane_bench_model::tools::UdpFlood;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// The lab's internet host: destinations of the SNAT tests.
@@ -42,7 +44,7 @@ pub(super) fn udp_sink(np: &str, secs: f64) -> Result<Child> {
 
 /// 64-byte frames pod-0-0 → pod-1-0 for `secs`: 18 bytes of payload plus
 /// UDP, IPv4 and Ethernet headers (+ 4 of FCS on a wire).
-pub(super) fn udp_flood(np: &str, secs: f64) -> Result<Value> {
+pub(super) fn udp_flood(np: &str, secs: f64) -> Result<UdpFlood> {
     let to = format!("{SERVER_POD_IP}:{UDP_PORT}");
     let secs = secs.to_string();
     client(
@@ -117,10 +119,6 @@ pub(super) fn sum_field(v: &Value, field: &str) -> f64 {
     }
 }
 
-pub(super) fn num(v: &Value, k: &str) -> Result<f64> {
-    v[k].as_f64().with_context(|| format!("no {k} in {v}"))
-}
-
 /// `ip netns exec np-<host> taskset -c <cpu> <argv>`.
 pub(super) fn in_netns(host: &str, cpu: &str, argv: &[&str]) -> Command {
     let mut c = Command::new("ip");
@@ -142,8 +140,8 @@ pub(super) fn server<S: AsRef<str>>(np: &str, host: &str, args: &[S]) -> Result<
     Ok(child)
 }
 
-/// Waits for a server that ends by itself, and reads its JSON.
-pub(super) fn finish(child: Child) -> Result<Value> {
+/// Waits for a server that ends by itself, and reads what it printed.
+pub(super) fn finish<T: DeserializeOwned>(child: Child) -> Result<T> {
     let out = child.wait_with_output()?;
     serde_json::from_slice(&out.stdout).context("loadgen server output")
 }
@@ -154,8 +152,8 @@ pub(super) fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// A loadgen client on the client CPU; returns its JSON.
-pub(super) fn client(np: &str, host: &str, args: &[&str]) -> Result<Value> {
+/// A loadgen client on the client CPU; returns what it printed.
+pub(super) fn client<T: DeserializeOwned>(np: &str, host: &str, args: &[&str]) -> Result<T> {
     let bench = crate::bench_bin_beside(np);
     let mut argv = vec![bench.as_str(), "loadgen"];
     argv.extend_from_slice(args);

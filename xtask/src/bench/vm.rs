@@ -8,6 +8,7 @@
 use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Context, Result, ensure};
+use netplane_bench_model::tools::{TcpCrr, TcpRr, UdpFlood, UdpSink};
 use serde_json::{Value, json};
 
 use super::{
@@ -15,7 +16,6 @@ use super::{
     model::{BENCH_POOL, Dp, Results, Run, Samples},
     report::fmt,
     suite::write_bench_cluster,
-    traffic::num,
 };
 use crate::{
     vm::{
@@ -98,7 +98,7 @@ pub fn run(opts: &Options) -> Result<()> {
         serde_json::to_vec_pretty(&raw)?,
     )?;
     // Summarised as the lab's runs are: medians, and ratios per round.
-    let results = Results::from_run(&run, opts)?;
+    let results = super::results::from_run(&run, opts)?;
     let doc = workspace_root().join("docs/bench/vm.md");
     std::fs::write(&doc, report(&results, opts, secs, run.seconds)?)?;
     eprintln!(
@@ -227,7 +227,7 @@ fn serve(m: &Machine, netns: &str, tag: &str, args: &str) -> Result<()> {
 }
 
 /// Waits for a server that ends by itself; its JSON.
-fn finish(m: &Machine, tag: &str) -> Result<Value> {
+fn finish<T: serde::de::DeserializeOwned>(m: &Machine, tag: &str) -> Result<T> {
     let out = m.ok(&format!(
         "pid=$(cat /tmp/{tag}.pid); i=0\n\
          while kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
@@ -242,7 +242,7 @@ fn stop(m: &Machine, tag: &str) {
 }
 
 /// A loadgen client in pod-0-0 on node-0; its JSON.
-fn client(vms: &Cluster, args: &str) -> Result<Value> {
+fn client<T: serde::de::DeserializeOwned>(vms: &Cluster, args: &str) -> Result<T> {
     let out = vms.get("node-0").ok(&format!(
         "ip netns exec pod-0-0 {} loadgen {args}",
         bench_bin()
@@ -265,15 +265,12 @@ fn measure(vms: &Cluster, dp: Dp, secs: f64) -> Result<Samples> {
         "sink",
         &format!("udp-sink --port 9000 --secs {} --idle-ms 1000", secs + 5.0),
     )?;
-    client(
+    client::<UdpFlood>(
         vms,
         &format!("udp-flood --to {SERVER_POD_IP}:9000 --payload 18 --secs {secs}"),
     )?;
-    let got = finish(node1, "sink")?;
-    s.insert(
-        "udp_pps_cross_node".into(),
-        num(&got, "packets_per_second")?,
-    );
+    let got: UdpSink = finish(node1, "sink")?;
+    s.insert("udp_pps_cross_node".into(), got.packets_per_second);
 
     node0.ok("ip netns exec pod-0-0 sysctl -qw net.ipv4.ip_local_port_range='1024 65535'")?;
     serve(
@@ -283,17 +280,17 @@ fn measure(vms: &Cluster, dp: Dp, secs: f64) -> Result<Samples> {
         &format!("tcp-echo --port 9001 --secs {}", 2.0 * secs + 30.0),
     )?;
     let measured = (|| -> Result<()> {
-        let rr = client(
+        let rr: TcpRr = client(
             vms,
             &format!("tcp-rr --to {SERVER_POD_IP}:9001 --secs {secs}"),
         )?;
-        s.insert("tcp_rr_p50_us".into(), num(&rr, "p50_us")?);
-        s.insert("tcp_rr_p99_us".into(), num(&rr, "p99_us")?);
-        let crr = client(
+        s.insert("tcp_rr_p50_us".into(), rr.p50_us);
+        s.insert("tcp_rr_p99_us".into(), rr.p99_us);
+        let crr: TcpCrr = client(
             vms,
             &format!("tcp-crr --to {SERVER_POD_IP}:9001 --secs {secs}"),
         )?;
-        s.insert("crr_pod".into(), num(&crr, "per_second")?);
+        s.insert("crr_pod".into(), crr.per_second);
         Ok(())
     })();
     stop(node1, "echo");
@@ -305,7 +302,7 @@ fn measure(vms: &Cluster, dp: Dp, secs: f64) -> Result<Samples> {
         "echo",
         &format!("tcp-echo --port 9002 --secs {}", secs + 30.0),
     )?;
-    let crr = client(
+    let crr: Result<TcpCrr> = client(
         vms,
         &format!(
             "tcp-crr --to {INET}:9002 --secs {secs} --max-connections {}",
@@ -314,8 +311,8 @@ fn measure(vms: &Cluster, dp: Dp, secs: f64) -> Result<Samples> {
     );
     stop(lb, "echo");
     let crr = crr?;
-    s.insert("crr_snat".into(), num(&crr, "per_second")?);
-    s.insert("crr_snat_failures".into(), num(&crr, "failures")?);
+    s.insert("crr_snat".into(), crr.per_second);
+    s.insert("crr_snat_failures".into(), crr.failures as f64);
 
     node1.ok(
         "ip netns exec pod-1-0 iperf3 -s -1 -p 5201 >/dev/null 2>&1 </dev/null & \
@@ -494,7 +491,7 @@ mod tests {
             gate: false,
             vm: true,
         };
-        let results = Results::from_run(&run, &opts).unwrap();
+        let results = super::super::results::from_run(&run, &opts).unwrap();
         let md = report(&results, &opts, 3.0, 10.0).unwrap();
         // The lab's ratios, E over K and E over R, for latencies too.
         assert!(

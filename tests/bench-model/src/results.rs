@@ -182,6 +182,9 @@ pub struct Run {
 /// `netplane-bench loadgen udp-fill`'s output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FillRun {
+    /// The pool filled, in ports.
+    #[serde(default)]
+    pub pool: u64,
     pub curve: Vec<FillSample>,
     pub cost: Vec<FillCostSample>,
 }
@@ -190,9 +193,12 @@ pub struct FillRun {
 pub struct FillSample {
     pub flows: u64,
     pub fill_pct: f64,
+    /// New flows so far that got no reply (no port, or dropped).
     pub failures: f64,
 }
 
+/// What a new flow's first datagram costs at a fill level, against a
+/// datagram of a flow that already has its port.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FillCostSample {
     pub fill_pct: f64,
