@@ -309,30 +309,6 @@ pub const MAX_NAT_ENTRIES: u32 = 262_144;
 pub const NAT_TABLE_ENTRIES_MIN: u32 = 1024;
 pub const NAT_TABLE_ENTRIES_MAX: u32 = 4 * 1024 * 1024;
 
-/// Translations all of a lab's agents hold together when its cluster file
-/// does not size the NAT tables: one machine runs every pod's traffic, so
-/// the lab shares one budget (the benchmark's 1M-flow level sets its own)
-/// instead of giving each agent a real node's 262,144 (about 100 MiB of
-/// kernel memory each with the other flow maps).
-pub const LAB_NAT_BUDGET: u32 = 1 << 20;
-/// The least an agent of a large lab gets.
-pub const LAB_NAT_ENTRIES_MIN: u32 = 16_384;
-
-/// One agent's share of [`LAB_NAT_BUDGET`] among `agents`, at most a
-/// node's default.
-pub const fn lab_nat_entries(agents: u32) -> u32 {
-    let share = LAB_NAT_BUDGET / if agents == 0 { 1 } else { agents };
-    let share = if share < LAB_NAT_ENTRIES_MIN {
-        LAB_NAT_ENTRIES_MIN
-    } else {
-        share
-    };
-    if share > MAX_NAT_ENTRIES {
-        MAX_NAT_ENTRIES
-    } else {
-        share
-    }
-}
 /// The maps whose capacity is the NAT table size.
 pub const NAT_TABLE_MAPS: [&str; 3] = [names::NAT_OUT, names::NAT_IN, names::PORT_OWNED];
 /// Per-flow maps compiled smaller than the NAT tables: tables sized below
@@ -449,14 +425,6 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_small_lab_keeps_the_node_default_and_a_large_one_shares() {
-        assert_eq!(lab_nat_entries(3), MAX_NAT_ENTRIES);
-        assert_eq!(lab_nat_entries(11), LAB_NAT_BUDGET / 11);
-        assert_eq!(lab_nat_entries(401), LAB_NAT_ENTRIES_MIN);
-        assert_eq!(lab_nat_entries(0), MAX_NAT_ENTRIES);
-    }
 
     use crate::maps::ip_key;
 

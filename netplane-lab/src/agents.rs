@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 pub use netplane::agent::pid_alive;
 pub(crate) use netplane::agent::{OUTBOUND_AGENTS, is_agent_of as is_our_agent};
 use netplane::{config::Cluster, datapath, paths};
+use netplane_common::nat::MAX_NAT_ENTRIES;
 
 use super::topology::{
     AgentProc, DataPathKind, Host, NETNS_PREFIX, Role, UpOptions, load_state, save_state,
@@ -43,12 +44,37 @@ pub fn cni_conf_dir(node: &str) -> PathBuf {
     paths::node_dir(node).join("net.d")
 }
 
+/// Translations all of a lab's agents hold together when its cluster file
+/// does not size the NAT tables: one machine runs every pod's traffic, so
+/// the lab shares one budget (the benchmark's 1M-flow level sets its own)
+/// instead of giving each agent a real node's 262,144 (about 100 MiB of
+/// kernel memory each with the other flow maps).
+pub const LAB_NAT_BUDGET: u32 = 1 << 20;
+/// The least an agent of a large lab gets.
+pub const LAB_NAT_ENTRIES_MIN: u32 = 16_384;
+
+/// One agent's share of [`LAB_NAT_BUDGET`] among `agents`, at most a
+/// node's default.
+pub const fn lab_nat_entries(agents: u32) -> u32 {
+    let share = LAB_NAT_BUDGET / if agents == 0 { 1 } else { agents };
+    let share = if share < LAB_NAT_ENTRIES_MIN {
+        LAB_NAT_ENTRIES_MIN
+    } else {
+        share
+    };
+    if share > MAX_NAT_ENTRIES {
+        MAX_NAT_ENTRIES
+    } else {
+        share
+    }
+}
+
 /// The NAT tables' size each of the lab's agents gets: the cluster file's
 /// when it sets one (None: the agent reads it there), else the lab's share.
 pub(super) fn nat_share(cluster: &Cluster) -> Option<u32> {
     cluster.limits.nat_table_entries.is_none().then(|| {
         let agents = u32::try_from(cluster.nodes.len() + 1).unwrap_or(u32::MAX);
-        netplane_common::nat::lab_nat_entries(agents)
+        lab_nat_entries(agents)
     })
 }
 
@@ -274,7 +300,7 @@ pub fn restart_agent(
 mod tests {
     use super::*;
     use netplane::config::cluster::Node;
-    use netplane_common::nat::{LAB_NAT_BUDGET, LAB_NAT_ENTRIES_MIN, MAX_NAT_ENTRIES};
+    use netplane_common::nat::MAX_NAT_ENTRIES;
 
     fn with_nodes(n: u32) -> Cluster {
         let mut c = Cluster::load(None).unwrap();
@@ -286,6 +312,14 @@ mod tests {
             })
             .collect();
         c
+    }
+
+    #[test]
+    fn a_small_lab_keeps_the_node_default_and_a_large_one_shares() {
+        assert_eq!(lab_nat_entries(3), MAX_NAT_ENTRIES);
+        assert_eq!(lab_nat_entries(11), LAB_NAT_BUDGET / 11);
+        assert_eq!(lab_nat_entries(401), LAB_NAT_ENTRIES_MIN);
+        assert_eq!(lab_nat_entries(0), MAX_NAT_ENTRIES);
     }
 
     #[test]

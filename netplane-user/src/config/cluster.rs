@@ -192,7 +192,8 @@ pub struct Limits {
     pub allow_over_route_limit: bool,
     /// Translations each node and the load balancer can hold at once
     /// (netplane's NAT tables; the kernel's would be nf_conntrack_max).
-    /// Unset: a node's default, and the lab's own share (`lab_nat_entries`).
+    /// Unset: a node's default, and the lab's own share (netplane-lab's
+    /// `lab_nat_entries`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_table_entries: Option<u32>,
 }

@@ -259,7 +259,7 @@ pub fn run(sizes: &[usize], pairs: usize) -> Result<()> {
     let mut md = format!(
         "# The lab at scale\n\nWritten by `cargo xtask bench-scale` on {} (commit {}), release build, \
          on this machine ({} CPUs, {:.0} GiB of memory): one pod per node, the lab's NAT tables \
-         sized by its share (`nat::lab_nat_entries`), {:.0} s in all.\n\n\
+         sized by its share (netplane-lab's `lab_nat_entries`), {:.0} s in all.\n\n\
          | nodes | `lab up` s | `lab down` s | kernel cleanup after s | machine memory MiB | per agent: kernel MiB | per agent: RSS MiB | NAT tables per agent | routes per node | random pod pairs |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         sh(&["date", "-u", "+%Y-%m-%d %H:%M"]),
