@@ -319,3 +319,48 @@ pub fn agent_pid(node: &str) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// Stops node-0's lab agent (SIGTERM, waits for it to go) and starts
+/// another in its namespace on `config` with `extra` arguments; returns it
+/// once its status file names it. The caller ends it with SIGTERM (by its
+/// PID); if the test fails first, dropping it does.
+pub fn replace_node0_agent(config: &str, extra: &[&str]) -> OwnAgent {
+    let pid = agent_pid("node-0");
+    terminate(pid);
+    wait_until("the lab's agent to stop", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+    let agent = Command::new(netplane_bin())
+        .args(["agent", "--config", config, "--node", "node-0"])
+        .args(["--netns", "np-node-0"])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_pid = format!("\"pid\": {}", agent.id());
+    wait_until("the new agent", || {
+        std::fs::read_to_string("/run/netplane/nodes/node-0/agent.json")
+            .is_ok_and(|s| s.contains(&agent_pid))
+    });
+    OwnAgent(agent)
+}
+
+/// An agent a test started; stopped on drop if it still runs.
+pub struct OwnAgent(pub Child);
+
+impl Drop for OwnAgent {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            terminate(u64::from(self.0.id()));
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to a process this test started (or the lab's agent).
+pub fn terminate(pid: u64) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}

@@ -186,40 +186,14 @@ fn detach_on_exit_removes_the_data_path_with(mode: &str) {
     let (_turn, _guard) = lab_up_with(&["--tc-attach", mode]);
     let st: Value = serde_json::from_str(&ok(&["lab", "status", "--json"])).unwrap();
     assert_eq!(st["agents"][0]["node"], "node-0");
-    let pid = st["agents"][0]["pid"].as_u64().unwrap();
-    let kill = |pid: u64| {
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-    };
-    let gone = |pid: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
-    };
     // Replace node-0's agent by one that cleans up on exit.
-    kill(pid);
-    wait_until("the lab's agent to stop", || gone(pid));
-    let mut agent = Command::new(netplane_bin())
-        .args([
-            "agent",
-            "--config",
-            "/run/netplane/lab/cluster.toml",
-            "--node",
-            "node-0",
-        ])
-        .args(["--netns", "np-node-0", "--detach-on-exit"])
-        .args(["--tc-attach", mode])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent_pid = format!("\"pid\": {}", agent.id());
-    wait_until("the new agent", || {
-        std::fs::read_to_string("/run/netplane/nodes/node-0/agent.json")
-            .is_ok_and(|s| s.contains(&agent_pid))
-    });
+    let mut agent = replace_node0_agent(
+        "/run/netplane/lab/cluster.toml",
+        &["--detach-on-exit", "--tc-attach", mode],
+    );
     assert!(ping("pod-1-0", &["-c", "1", "10.244.0.2"]).status.success());
-    kill(u64::from(agent.id()));
-    assert!(agent.wait().unwrap().success());
+    terminate(u64::from(agent.0.id()));
+    assert!(agent.0.wait().unwrap().success());
     assert!(
         !std::path::Path::new("/run/netplane/bpf/node-0").exists(),
         "pins left behind"
@@ -248,7 +222,8 @@ fn routes_show_the_agents_own_cluster_file() {
         return;
     }
     let (_turn, _guard) = lab_up();
-    let own = std::env::temp_dir().join(format!("netplane-own-{}.toml", std::process::id()));
+    // In the lab's directory: `lab down` removes it, also after a failure.
+    let own = std::path::Path::new("/run/netplane/lab/own-cluster.toml");
     let lab_file = std::fs::read_to_string("/run/netplane/lab/cluster.toml").unwrap();
     let mut file: toml::Table = lab_file.parse().unwrap();
     file["name"] = "own-file".into();
@@ -256,32 +231,8 @@ fn routes_show_the_agents_own_cluster_file() {
         toml::from_str("name = \"node-far\"\nip = \"10.224.0.9\"\npod_cidr = \"10.244.9.0/24\"")
             .unwrap();
     file["nodes"].as_array_mut().unwrap().push(far.into());
-    std::fs::write(&own, toml::to_string(&file).unwrap()).unwrap();
-    let pid = agent_pid("node-0");
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    wait_until("the lab's agent to stop", || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
-    });
-    let mut agent = Command::new(netplane_bin())
-        .args([
-            "agent",
-            "--config",
-            own.to_str().unwrap(),
-            "--node",
-            "node-0",
-        ])
-        .args(["--netns", "np-node-0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent_pid = format!("\"pid\": {}", agent.id());
-    wait_until("the new agent", || {
-        std::fs::read_to_string("/run/netplane/nodes/node-0/agent.json")
-            .is_ok_and(|s| s.contains(&agent_pid))
-    });
+    std::fs::write(own, toml::to_string(&file).unwrap()).unwrap();
+    let mut agent = replace_node0_agent(own.to_str().unwrap(), &[]);
     let routes: Value =
         serde_json::from_str(&ok(&["routes", "--node", "node-0", "--json"])).unwrap();
     let table = &routes["nodes"]["node-0"];
@@ -298,12 +249,8 @@ fn routes_show_the_agents_own_cluster_file() {
             .unwrap();
     assert_eq!(applied["config"], own.to_str().unwrap(), "{applied}");
     assert_eq!(applied["cluster"]["name"], "own-file", "{applied}");
-    Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(agent.wait().unwrap().success());
-    let _ = std::fs::remove_file(&own);
+    terminate(u64::from(agent.0.id()));
+    assert!(agent.0.wait().unwrap().success());
 }
 
 #[test]
