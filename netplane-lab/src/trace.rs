@@ -8,11 +8,11 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, lpm_trie::Key};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use netplane_common::registry;
 use netplane_common::{
     DropReason, LocalPod, Path,
     maps::programs,
     nat::{FlowKey, NatEntry, NatReverse},
+    registry,
 };
 use serde::Serialize;
 

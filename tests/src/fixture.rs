@@ -7,8 +7,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use ipnet::Ipv4Net;
-use netplane_common::registry;
-use netplane_common::{LocalPod, NodeConfig};
+use netplane_common::{LocalPod, NodeConfig, registry};
 
 use netplane::datapath::{Datapath, LoadOptions, key, put_route};
 

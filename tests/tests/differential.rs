@@ -12,10 +12,10 @@
 //! NETPLANE_DIFF_SEED the seed (default: from the clock, printed).
 use std::collections::BTreeMap;
 
-use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::{MARK_ROUTED, programs},
+    registry,
 };
 use netplane_tests::{
     model::{

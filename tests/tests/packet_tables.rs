@@ -6,10 +6,10 @@
 //! BPF_PROG_TEST_RUN puts every packet); pod B 10.244.0.3 lives behind
 //! ifindex 42; node-1 (10.224.0.5) owns 10.244.1.0/24.
 use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv4Options, PacketBuilder, SlicedPacket};
-use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::{MARK_ROUTED, programs},
+    registry,
 };
 use netplane_tests::{privileged, world::*};
 

@@ -11,13 +11,13 @@ use netplane::{
     agent::collector,
     datapath::{Datapath, key},
 };
-use netplane_common::registry;
 use netplane_common::{
     DropReason, Path,
     maps::programs,
     nat::{
         ClaimRelease, FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, RELEASE_BATCH,
     },
+    registry,
 };
 use netplane_tests::{privileged, world::*};
 

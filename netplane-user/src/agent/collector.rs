@@ -4,10 +4,10 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use aya::maps::Array;
-use netplane_common::nat::{
-    ClaimRelease, FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, owned_key,
+use netplane_common::{
+    nat::{ClaimRelease, FlowKey, NatEntry, NatReverse, SnatSlot, claimed_before, owned_key},
+    registry,
 };
-use netplane_common::registry;
 
 use crate::{config::outbound::IdleTimers, datapath::Datapath};
 

@@ -36,10 +36,9 @@ use super::{
 };
 use netplane_common::events::EVENT_DRAIN_INTERVAL_MS;
 
-use crate::datapath::Pins;
 use crate::{
     config::Cluster,
-    datapath::{Datapath, hooks::Hooks},
+    datapath::{Datapath, Pins, hooks::Hooks},
     paths,
     source::{NodeView, RefusedNode, SOURCE_STATUS_FILE, SourceStatus, service_watch::ServiceView},
 };
@@ -155,7 +154,7 @@ impl<R: Role> Agent<R> {
             info!(%addr, "metrics on /metrics");
         }
         std::fs::create_dir_all(paths::node_dir(&name))?;
-        self.write_source_status();
+        self.publish();
         std::fs::write(
             paths::agent_status(&name),
             serde_json::to_vec_pretty(&self.status)?,
@@ -248,7 +247,7 @@ impl<R: Role> Agent<R> {
             }
             Err(e) => error!("cluster file not applied, keeping the previous one: {e:#}"),
         }
-        self.write_source_status();
+        self.publish();
     }
 
     /// Applies what the Kubernetes API now says about the nodes (once its
@@ -276,7 +275,7 @@ impl<R: Role> Agent<R> {
                 }
             }
         }
-        self.write_source_status();
+        self.publish();
     }
 
     /// Writes the Services the API now lists (once both lists are
@@ -316,11 +315,17 @@ impl<R: Role> Agent<R> {
         cluster
     }
 
-    /// What the views read: where the nodes came from and the watch's
-    /// state (for `routes` and the metrics), and the cluster as applied.
-    fn write_source_status(&self) {
+    /// What the views read: the cluster as applied (`agent::applied`),
+    /// where the nodes came from and the watch's state (for `routes` and
+    /// the metrics).
+    fn publish(&self) {
         let applied = super::applied::Applied {
-            config: self.opts.config.clone(),
+            // Absolute, so a reader anywhere finds the same file.
+            config: self
+                .opts
+                .config
+                .as_deref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or(p.into())),
             cluster: self.cluster.clone(),
             outbound: self.role.outbound_plan(&self.cluster),
         };

@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData};
-use netplane_common::registry;
 use netplane_common::{
     nat::{FlowKey, PROTO_UDP},
+    registry,
     services::{
         Affinity, AffinityKey, Backend, BackendKey, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES,
         Service, ServiceConfig, ServiceFlow, ServiceKey, ServiceReply,

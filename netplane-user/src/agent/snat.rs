@@ -5,8 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap};
-use netplane_common::nat::{FlowKey, NatConfig, PortBitmap, SnatSlot};
-use netplane_common::registry;
+use netplane_common::{
+    nat::{FlowKey, NatConfig, PortBitmap, SnatSlot},
+    registry,
+};
 
 use crate::{
     config::{

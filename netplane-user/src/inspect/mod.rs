@@ -16,13 +16,12 @@ pub use self::{
     ports::{PortRow, port_use},
     routes::{RouteRow, RouteTable, route_table},
 };
-use crate::datapath::Pins;
 use crate::{
     agent::{applied, is_agent_of, lb_name, nat_view},
     cni::registry,
     config::{Cluster, outbound::IdleTimers},
     datapath::{
-        Counters,
+        Counters, Pins,
         memory::{self, KernelMemory},
         pinned_pod_ips,
     },

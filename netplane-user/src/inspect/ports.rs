@@ -2,11 +2,13 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::agent::{
-    applied,
-    nat_view::{self, SlotUse},
+use crate::{
+    agent::{
+        applied,
+        nat_view::{self, SlotUse},
+    },
+    datapath::Pins,
 };
-use crate::datapath::Pins;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PortRow {

@@ -6,11 +6,10 @@ use anyhow::Result;
 use netplane_common::limits::AZURE_UDR_ROUTE_LIMIT;
 use serde::Serialize;
 
-use crate::datapath::Pins;
 use crate::{
     agent::applied,
     config::outbound::{SubnetRoute, subnet_routes},
-    datapath::pinned_routes,
+    datapath::{Pins, pinned_routes},
     source::{SourceStatus, read_status},
 };
 
