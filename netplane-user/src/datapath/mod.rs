@@ -169,9 +169,8 @@ impl Datapath {
 
     /// Pins again every pinned map whose pin is missing from `dir` (the
     /// bpffs was unmounted under the agent); the flow ring, taken by its
-    /// reader, is left to the next agent. Returns how many it pinned.
-    pub fn repin_maps(&mut self, dir: &std::path::Path) -> Result<usize> {
-        let mut pinned = 0;
+    /// reader, is left to the next agent.
+    pub fn repin_maps(&mut self, dir: &std::path::Path) -> Result<()> {
         for name in names::ALL {
             let path = dir.join(name);
             let Some(map) = self.bpf.map(name) else {
@@ -180,10 +179,9 @@ impl Datapath {
             if !path.exists() {
                 map.pin(&path)
                     .with_context(|| format!("pinning {name} again"))?;
-                pinned += 1;
             }
         }
-        Ok(pinned)
+        Ok(())
     }
 
     /// A TC program, loaded into the kernel (verified) on first use.

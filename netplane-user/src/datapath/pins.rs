@@ -3,10 +3,7 @@
 //! types), from a running agent's pins (`Pins`) or a loaded object
 //! (`Datapath`'s methods of the same names). Nothing else opens a map by a
 //! string.
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -35,10 +32,6 @@ impl Pins {
     /// The pins in `dir`.
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The kernel's IDs of every pinned map of the registry (a map an
