@@ -159,6 +159,24 @@ fn cni_lifecycle() {
     assert!(ip(&["-n", &pod_ns(0), "-4", "addr", "show", "eth0"]).contains("10.244.0.2/24"));
     assert!(ip(&["-n", &pod_ns(0), "route"]).contains("default via 10.244.0.1 dev eth0"));
     assert!(ip(&["-n", NODE_NS, "link", "show", &host_veth]).contains("state UP"));
+    // The host side's MAC is set, not random (addr_assign_type 3, "set by
+    // user"): udev's MACAddressPolicy=persistent leaves it alone, so the
+    // gateway MAC a pod learns stays the veth's.
+    let mac = netplane::cni::host_veth_mac("c0", "eth0");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    assert_eq!(v["interfaces"][0]["mac"], mac.as_str(), "{v}");
+    let assign_type = ip(&[
+        "netns",
+        "exec",
+        NODE_NS,
+        "cat",
+        &format!("/sys/class/net/{host_veth}/addr_assign_type"),
+    ]);
+    assert_eq!(
+        assign_type.trim(),
+        "3",
+        "the host veth's MAC is not marked as set"
+    );
     let record: Value = serde_json::from_slice(
         &std::fs::read(run_dir.join("nodes/node-0/pods/c0.json")).expect("registry record"),
     )

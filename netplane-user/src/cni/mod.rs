@@ -256,12 +256,27 @@ pub struct PodNet {
 /// The host side of a pod's veth: stable per (container, ifname), at most
 /// 15 characters.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    // FNV-1a: a short stable hash, not security.
+    format!("np{:08x}", veth_hash(container_id, ifname))
+}
+
+/// The host side's MAC, set when the pair is made: locally administered,
+/// stable per (container, ifname). Set, not random: udev's
+/// MACAddressPolicy=persistent (systemd's default .link) replaces a random
+/// MAC on a new veth after the pod has already learned its gateway's, and
+/// the node's stack then drops the pod's packets to the node as another
+/// host's (found on the `vm k8s` cluster; decisions.md §50).
+pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let h = veth_hash(container_id, ifname).to_be_bytes();
+    [0x0a, 0x6e, h[0], h[1], h[2], h[3]]
+}
+
+/// FNV-1a of (container, ifname): a short stable hash, not security.
+fn veth_hash(container_id: &str, ifname: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    format!("np{h:08x}")
+    h
 }
 
 fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, CniError> {
@@ -307,6 +322,7 @@ fn add(env: &Env, pod: &PodNet, conf: &NetConf) -> Result<serde_json::Value, Cni
 fn plumb(env: &Env, pod: &PodNet, ip: Ipv4Addr, host: &str) -> Result<(String, String), CniError> {
     let made = netlink::plumb(&netlink::PodLink {
         host,
+        host_mac: host_veth_mac(&env.container_id, &env.ifname),
         ifname: &env.ifname,
         pod_netns: &env.netns,
         addr: ip,
@@ -511,6 +527,14 @@ mod tests {
         assert!(a.len() <= 15);
         assert_ne!(a, host_veth_name("pod-0-1", "eth0"));
         assert_ne!(a, host_veth_name("pod-0-0", "eth1"));
+    }
+
+    #[test]
+    fn veth_macs_are_stable_local_unicast_and_distinct() {
+        let a = host_veth_mac("pod-0-0", "eth0");
+        assert_eq!(a, host_veth_mac("pod-0-0", "eth0"));
+        assert_eq!(a[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_ne!(a, host_veth_mac("pod-0-1", "eth0"));
     }
 
     #[test]

@@ -123,6 +123,8 @@ fn mac_of(link: &LinkMessage) -> String {
 /// `ifname` in the pod's), the pod's address and its default route.
 pub struct PodLink<'a> {
     pub host: &'a str,
+    /// Set explicitly (`cni::host_veth_mac` says why).
+    pub host_mac: [u8; 6],
     pub ifname: &'a str,
     pub pod_netns: &'a str,
     pub addr: Ipv4Addr,
@@ -145,6 +147,7 @@ pub fn plumb(link: &PodLink) -> Result<Plumbed> {
             .build();
         let pair = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(link.host.to_string())
+            .address(link.host_mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         node.link()
@@ -167,6 +170,7 @@ pub fn plumb(link: &PodLink) -> Result<Plumbed> {
 async fn configure(node: &Handle, pod: &Handle, link: &PodLink<'_>) -> Result<Plumbed> {
     let PodLink {
         host,
+        host_mac: _,
         ifname,
         pod_netns,
         addr,
