@@ -175,3 +175,67 @@ fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect())
 }
+
+/// A test image from this machine's files (`vm k8s`: pause and agnhost,
+/// built here because no registry is reachable): each file at its path in
+/// the image with the shared libraries it links, symlinks (link, target),
+/// exported as an OCI archive named `name`.
+pub struct TestImage<'a> {
+    pub name: &'a str,
+    pub files: Vec<(PathBuf, String)>,
+    pub links: Vec<(String, String)>,
+    pub entrypoint: &'a str,
+    pub cmd: &'a str,
+}
+
+impl TestImage<'_> {
+    pub fn build(&self, archive: &Path) -> Result<()> {
+        let ctr = buildah(&["from", "scratch"])?;
+        let result = (|| -> Result<()> {
+            let root = PathBuf::from(buildah(&["mount", &ctr])?);
+            let mut libs = Vec::new();
+            for (from, to) in &self.files {
+                let to = root.join(to.trim_start_matches('/'));
+                std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+                std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+                libs.extend(linked_libraries(from)?);
+            }
+            libs.sort();
+            libs.dedup();
+            for lib in &libs {
+                let to = root.join(lib.strip_prefix("/").expect("absolute"));
+                std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+                std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+            }
+            for (link, target) in &self.links {
+                let link = root.join(link.trim_start_matches('/'));
+                std::fs::create_dir_all(link.parent().expect("has a parent"))?;
+                std::os::unix::fs::symlink(target, &link)?;
+            }
+            for d in ["etc", "tmp"] {
+                std::fs::create_dir_all(root.join(d))?;
+            }
+            buildah(&["umount", &ctr])?;
+            buildah(&[
+                "config",
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--entrypoint",
+                &format!("[\"{}\"]", self.entrypoint),
+                "--cmd",
+                self.cmd,
+                &ctr,
+            ])?;
+            buildah(&["commit", "--format", "oci", &ctr, self.name])?;
+            let _ = std::fs::remove_file(archive);
+            buildah(&[
+                "push",
+                self.name,
+                &format!("oci-archive:{}:{}", archive.display(), self.name),
+            ])?;
+            Ok(())
+        })();
+        let _ = buildah(&["rm", &ctr]);
+        result
+    }
+}

@@ -1,12 +1,12 @@
-//! A real Kubernetes API server and kube-proxy for the lab and the tests,
-//! built once per machine from Debian's source of Kubernetes 1.20 (no control plane is
-//! packaged as a binary in the registries these machines reach): the
-//! `kubernetes` source package with its vendor tree, Go 1.19 and etcd from
-//! Debian. GOPATH mode with no module proxy, as Kubernetes 1.20's own build
-//! does; `pkg/generated/openapi` generated first with the vendored
-//! openapi-gen, as its Makefile does. kube-proxy (the Services oracle on
-//! the kubenet-classic lab) comes from the same tree. The binaries are
-//! cached under target/kubernetes/ (docs/decisions.md §35, §36).
+//! Kubernetes 1.20, built once per machine from Debian's source (no
+//! control plane is packaged as a binary in the registries these machines
+//! reach): the `kubernetes` source package with its vendor tree, Go 1.19
+//! and etcd from Debian. GOPATH mode with no module proxy, as Kubernetes
+//! 1.20's own build does; generated code (`pkg/generated/openapi`, the e2e
+//! suite's bindata) made first with the vendored generators, as its
+//! Makefile does. The lab takes kube-apiserver and kube-proxy (the Services
+//! oracle); `vm k8s` takes a whole cluster and the e2e suite. Everything is
+//! cached under target/kubernetes/ (docs/decisions.md §35, §36, §50).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -22,31 +22,55 @@ const SOURCE_PACKAGE: &str = "kubernetes";
 /// Where Debian's source is found: a private sources list, so the
 /// machine's apt configuration is never changed.
 const DEB_SRC: &str = "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main\n";
-const VERSION: &str = "v1.20.2";
+pub const VERSION: &str = "v1.20.2";
 
-/// target/kubernetes: the source, the Go workspace and the binary.
+/// target/kubernetes: the source, the Go workspace and the binaries.
 pub fn dir() -> PathBuf {
     workspace_root().join("target/kubernetes")
 }
 
-/// The binaries built, each cached under [`dir`] by its name (`netplane
-/// lab up --source kubernetes` finds them beside the netplane binary's
-/// target directory).
-const BINARIES: [&str; 2] = ["kube-apiserver", "kube-proxy"];
+/// The lab's: an API server, and kube-proxy for the kubenet-classic lab
+/// (`netplane lab up --source kubernetes` finds them beside the netplane
+/// binary's target directory).
+pub const LAB: &[&str] = &["kube-apiserver", "kube-proxy"];
+/// A cluster's (`vm k8s`): the control plane, the node components,
+/// kubectl, and agnhost (the e2e suite's test image, built into one).
+pub const CLUSTER: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "agnhost",
+];
+/// Kubernetes' own end-to-end suite (`vm k8s --conformance`).
+pub const CONFORMANCE: &[&str] = &["e2e.test"];
 
-/// Builds kube-apiserver and kube-proxy unless they are cached.
-pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = BINARIES
-        .into_iter()
+/// What `go` builds for a binary, and how: a command, the e2e suite (a
+/// test binary), or a test image.
+fn go_target(name: &str) -> (&'static str, String) {
+    match name {
+        "e2e.test" => ("test", "./test/e2e".into()),
+        "agnhost" => ("build", "./test/images/agnhost".into()),
+        _ => ("build", format!("./cmd/{name}")),
+    }
+}
+
+/// Builds those of `binaries` that are not cached.
+pub fn ensure(binaries: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = binaries
+        .iter()
+        .copied()
         .filter(|b| !dir().join(b).exists())
         .collect();
     if missing.is_empty() {
-        eprintln!("   {}: cached ({})", BINARIES.join(", "), dir().display());
+        eprintln!("   {}: cached ({})", binaries.join(", "), dir().display());
         return Ok(());
     }
     let started = Instant::now();
     eprintln!(
-        "== {} {VERSION} from Debian's source (once per machine, a few minutes)",
+        "== {} {VERSION} from Debian's source (once per machine)",
         missing.join(", ")
     );
     let src = fetch_source()?;
@@ -78,22 +102,27 @@ pub fn ensure() -> Result<()> {
     if missing.contains(&"kube-apiserver") {
         generate_openapi(&k8s, &gopath, &go)?;
     }
+    if missing.contains(&"e2e.test") {
+        generate_bindata(&k8s, &go)?;
+    }
     let version = "k8s.io/kubernetes/vendor/k8s.io/component-base/version";
     let ldflags = format!(
         "-X {version}.gitVersion={VERSION} -X {version}.gitMajor=1 -X {version}.gitMinor=20"
     );
     for name in missing {
-        eprintln!("   building {name} (kube-apiserver: about 4 minutes on 2 cores)");
+        let t = Instant::now();
+        eprintln!("   building {name}");
         let out = dir().join(format!("{name}.partial"));
-        go(&[
-            "build",
-            "-o",
-            out.to_str().expect("utf-8 path"),
-            "-ldflags",
-            &ldflags,
-            &format!("./cmd/{name}"),
-        ])?;
+        let (verb, package) = go_target(name);
+        let mut args = vec![verb];
+        if verb == "test" {
+            args.push("-c");
+        }
+        let out_str = out.to_str().expect("utf-8 path");
+        args.extend(["-o", out_str, "-ldflags", &ldflags, &package]);
+        go(&args)?;
         std::fs::rename(&out, dir().join(name))?;
+        eprintln!("   {name}: {:.0} s", t.elapsed().as_secs_f64());
     }
     eprintln!(
         "   built in {:.0} s, in {}",
@@ -101,6 +130,46 @@ pub fn ensure() -> Result<()> {
         dir().display()
     );
     Ok(())
+}
+
+/// The e2e suite's embedded manifests and test data
+/// (`test/e2e/generated/bindata.go`), made with the vendored go-bindata
+/// as hack/generate-bindata.sh does.
+fn generate_bindata(k8s: &Path, go: &dyn Fn(&[&str]) -> Result<()>) -> Result<()> {
+    let bindata = dir().join("go-bindata");
+    eprintln!("   generating test/e2e/generated/bindata.go");
+    go(&[
+        "build",
+        "-o",
+        bindata.to_str().expect("utf-8 path"),
+        "./vendor/github.com/go-bindata/go-bindata/go-bindata",
+    ])?;
+    let bindata = bindata.to_str().expect("utf-8 path");
+    run_in(
+        k8s,
+        bindata,
+        &[
+            "-nometadata",
+            "-o",
+            "test/e2e/generated/bindata.go",
+            "-pkg",
+            "generated",
+            "-ignore",
+            ".jpg",
+            "-ignore",
+            ".png",
+            "-ignore",
+            ".md",
+            "-ignore",
+            "BUILD(\\.bazel)?",
+            "test/conformance/testdata/...",
+            "test/e2e/testing-manifests/...",
+            "test/e2e_node/testing-manifests/...",
+            "test/images/...",
+            "test/fixtures/...",
+        ],
+        &[],
+    )
 }
 
 /// `pkg/generated/openapi`, which kube-apiserver needs, generated with the

@@ -4,11 +4,11 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-mod apiserver;
 mod bench;
 mod demo;
 mod fuzz;
 mod image;
+mod kubernetes;
 mod layering;
 mod setup;
 mod soak;
@@ -140,6 +140,24 @@ enum VmCmd {
         #[arg(long)]
         cluster: Option<std::path::PathBuf>,
     },
+    /// A Kubernetes 1.20 cluster on the VMs (built from Debian's source),
+    /// netplane deployed with `kubectl apply -f deploy/`, and its checks:
+    /// pod to pod, node to pod, ClusterIP, egress, the CNI's DEL and CHECK.
+    K8s {
+        #[arg(long, value_enum, default_value = "6.12")]
+        kernel: vm::kernel::Kernel,
+        /// kubenet's bridge plugin and kube-proxy instead of netplane (the
+        /// oracle): no netplane checks, only the conformance run.
+        #[arg(long)]
+        classic: bool,
+        /// Then Kubernetes' sig-network conformance tests (e2e.test).
+        #[arg(long)]
+        conformance: bool,
+        /// Leave the cluster up afterwards (passed or not), until
+        /// target/vm/k8s/up is removed.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Inside a VM (virtme-ng runs it): provision, then serve the host's
     /// commands from DIR.
     #[command(hide = true)]
@@ -163,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             build()?;
             if kubernetes {
-                apiserver::ensure()?;
+                kubernetes::ensure(kubernetes::LAB)?;
                 demo::run_kubernetes()
             } else {
                 demo::run()
@@ -171,7 +189,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => {
             setup::run()?;
-            apiserver::ensure()?;
+            kubernetes::ensure(kubernetes::LAB)?;
             build()?;
             test(&args)
         }
@@ -185,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Apiserver => {
             setup::run()?;
-            apiserver::ensure()
+            kubernetes::ensure(kubernetes::LAB)
         }
         Cmd::Lint => {
             setup::run()?;
@@ -249,6 +267,24 @@ fn run(cli: Cli) -> Result<()> {
             vm::vagrant::test(&vm::vagrant::Options { driver, cluster })
         }
         Cmd::Vm {
+            command:
+                VmCmd::K8s {
+                    kernel,
+                    classic,
+                    conformance,
+                    keep,
+                },
+        } => {
+            setup::run()?;
+            build()?;
+            vm::k8s::run(&vm::k8s::Options {
+                kernel,
+                classic,
+                conformance,
+                keep,
+            })
+        }
+        Cmd::Vm {
             command: VmCmd::Guest { dir },
         } => vm::guest::run(&dir),
         Cmd::BenchScale { nodes, pairs } => {
@@ -259,7 +295,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::BenchServices { rounds } => {
             setup::run()?;
-            apiserver::ensure()?;
+            kubernetes::ensure(kubernetes::LAB)?;
             eprintln!("== build (release: the traffic generators run at full speed)");
             cmd("cargo", &[&BUILD_BINS[..], &["--release"]].concat())?;
             bench::clusterip::services(rounds.max(1))

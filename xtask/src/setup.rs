@@ -23,7 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "prometheus",      // for promtool, which checks the metrics format in a test
     "linux-perf",      // the benchmark's CPU profiles
-    "golang-1.19-go",  // builds kube-apiserver from Debian's source (apiserver.rs)
+    "golang-1.19-go",  // builds Kubernetes from Debian's source (kubernetes.rs)
     "etcd-server",     // the lab's control plane stores its objects here
     "buildah",         // cargo xtask image
     "dnsmasq-base",    // the lab's DNS pod behind the DNS Service
@@ -34,6 +34,10 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",            // cargo xtask vm test: virtme-ng builds the guest's
     "udev",            // ... initramfs and /dev with these
     "busybox-static",
+    "containerd",     // cargo xtask vm k8s: the nodes' container runtime
+    "runc",           // ... and its OCI runtime
+    "jq",             // ... reading the CNI config on a node
+    "netcat-openbsd", // ... in the agnhost image, as upstream's has it
 ];
 /// The VM test's QEMU comes from bookworm-backports: bookworm's own
 /// qemu-system-x86 would remove the backports qemu-utils the machine ships.

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     vm::{
         kernel,
-        machines::{self, Boot, Cluster, Machine},
+        machines::{self, Boot, Cluster, Machine, Provision},
     },
     workspace_root,
 };
@@ -46,7 +46,11 @@ pub fn run(opts: &Options) -> Result<()> {
     machines::preflight()?;
     let cluster = write_bench_cluster("cluster.toml", None)?;
     let boot = |dp: Dp| Boot {
-        netplane: dp == Dp::E,
+        provision: if dp == Dp::E {
+            Provision::Netplane
+        } else {
+            Provision::Bare
+        },
         cluster: cluster.clone(),
         uplink_xdp: false,
         bin: workspace_root().join("target/release"),

@@ -15,10 +15,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::workspace_root;
 
-pub const FABRIC_NETNS: &str = "npvm-fabric";
+/// The fabric's namespace: npvm-fabric, or $NETPLANE_VM_FABRIC (two runs
+/// side by side on one machine, each with its own).
+pub fn fabric_netns() -> String {
+    std::env::var("NETPLANE_VM_FABRIC").unwrap_or_else(|_| "npvm-fabric".into())
+}
 const BRIDGE: &str = "vnet0";
-/// How long a VM may take to boot and provision under software emulation.
+/// How long a VM may take to boot and provision netplane under software
+/// emulation.
 const READY_TIMEOUT: Duration = Duration::from_secs(420);
+/// ... and to bring up a Kubernetes node or control plane (apiserver's
+/// start alone takes minutes under emulation).
+const KUBERNETES_READY_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// The default cluster's machines: (name, role, address on the VNet).
 const MACHINES: [(&str, &str, &str); 3] = [
@@ -40,12 +48,23 @@ pub struct Cluster {
     pub machines: Vec<Machine>,
 }
 
+/// What a VM runs once it has its address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// Nothing more (`bench --vm` sets up the kernel's data paths itself).
+    Bare,
+    /// netplane, by vagrant/provision/netplane.sh.
+    Netplane,
+    /// A Kubernetes cluster (vagrant/provision/kubernetes.sh): the control
+    /// plane and netplane's load balancer on `lb`, kubelet and containerd
+    /// on the nodes, whose pod network is netplane's DaemonSet or, with
+    /// `classic`, kubenet's bridge.
+    Kubernetes { classic: bool },
+}
+
 /// How the VMs come up.
 pub struct Boot {
-    /// netplane provisioned by vagrant/provision/netplane.sh; false: the
-    /// VMs get their address only (`bench --vm` sets up the kernel's data
-    /// paths itself).
-    pub netplane: bool,
+    pub provision: Provision,
     /// The cluster file the agents read.
     pub cluster: PathBuf,
     /// The nodes' agents attach the optional XDP program too.
@@ -58,7 +77,7 @@ impl Boot {
     /// `vm test`: netplane on the default cluster, XDP on the nodes.
     pub fn vm_test() -> Boot {
         Boot {
-            netplane: true,
+            provision: Provision::Netplane,
             cluster: workspace_root().join("netplane-user/src/config/default-cluster.toml"),
             uplink_xdp: true,
             bin: workspace_root().join("target/debug"),
@@ -126,7 +145,7 @@ fn fabric_exists() -> bool {
         .is_ok_and(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.split_whitespace().next() == Some(FABRIC_NETNS))
+                .any(|l| l.split_whitespace().next() == Some(&fabric_netns()))
         })
 }
 
@@ -135,17 +154,20 @@ impl Cluster {
     /// Whatever was made is torn down if this fails.
     pub fn boot(vmlinuz: &Path, boot: &Boot) -> Result<Cluster> {
         if fabric_exists() {
-            eprintln!("== a previous run's {FABRIC_NETNS} is left: removing it");
-            ip(&["netns", "del", FABRIC_NETNS])?;
+            eprintln!(
+                "== a previous run's {} is left: removing it",
+                fabric_netns()
+            );
+            ip(&["netns", "del", &fabric_netns()])?;
         }
         let run_dir = workspace_root().join("target/vm/run");
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir)?;
-        ip(&["netns", "add", FABRIC_NETNS])?;
+        ip(&["netns", "add", &fabric_netns()])?;
         let mut cluster = Cluster {
             machines: Vec::new(),
         };
-        let fabric = |args: &[&str]| ip(&[&["-n", FABRIC_NETNS], args].concat());
+        let fabric = |args: &[&str]| ip(&[&["-n", &fabric_netns()], args].concat());
         fabric(&["link", "set", "lo", "up"])?;
         fabric(&["link", "add", BRIDGE, "type", "bridge"])?;
         fabric(&["link", "set", BRIDGE, "up"])?;
@@ -162,7 +184,12 @@ impl Cluster {
                     "role {role}\nname {name}\naddress {address}/{PREFIX}\ngateway {GATEWAY}\nroot {}\n\
                      provision {}\ncluster {}\nxdp {}\nbin {}\n",
                     workspace_root().display(),
-                    if boot.netplane { "netplane" } else { "bare" },
+                    match boot.provision {
+                        Provision::Bare => "bare",
+                        Provision::Netplane => "netplane",
+                        Provision::Kubernetes { classic: false } => "kubernetes",
+                        Provision::Kubernetes { classic: true } => "kubernetes-classic",
+                    },
                     boot.cluster.display(),
                     if boot.uplink_xdp { "yes" } else { "no" },
                     boot.bin.display(),
@@ -177,14 +204,35 @@ impl Cluster {
                  -device virtio-net-pci,netdev=vnet,mac=52:54:00:00:01:{i:02x}"
             );
             let exec = format!("{} vm guest {}", xtask.display(), dir.display());
+            let kubernetes = matches!(boot.provision, Provision::Kubernetes { .. });
             let child = Command::new("ip")
-                .args(["netns", "exec", FABRIC_NETNS, &vng, "--run"])
+                .args(["netns", "exec", &fabric_netns(), &vng, "--run"])
                 .arg(vmlinuz)
                 // This host's /dev/kvm is a PVM host that stock kernels do
                 // not boot under; and without no_timer_check a loaded host
                 // sometimes panics a guest at boot.
                 .args(["--disable-kvm", "--append", "no_timer_check"])
-                .args(["--cpus", "1", "--memory", "1G"])
+                // The control plane's VM gets a second vCPU: the API
+                // server's start is most of a cluster's boot.
+                .arg("--cpus")
+                .arg(if kubernetes && *role == "lb" {
+                    "2"
+                } else {
+                    "1"
+                })
+                .arg("--memory")
+                .arg(if kubernetes { "2G" } else { "1G" })
+                // kubelet and containerd write under /etc, /var and /opt:
+                // a layer of the guest's own over the host's (read-only).
+                .args(if kubernetes {
+                    &[
+                        "--overlay-rwdir=/etc",
+                        "--overlay-rwdir=/var",
+                        "--overlay-rwdir=/opt",
+                    ][..]
+                } else {
+                    &[]
+                })
                 .arg("--rwdir")
                 .arg(&dir)
                 // With `=`: the value starts with a dash.
@@ -203,10 +251,28 @@ impl Cluster {
                 next: Cell::new(0),
             });
         }
+        let limit = match boot.provision {
+            Provision::Kubernetes { .. } => KUBERNETES_READY_TIMEOUT,
+            _ => READY_TIMEOUT,
+        };
         for m in &cluster.machines {
-            m.wait_ready(started)?;
+            m.wait_ready(started, limit)?;
         }
         Ok(cluster)
+    }
+
+    /// Gives the fabric namespace an address on the VNet, so the host's
+    /// tools (kubectl, say) reach the VMs from inside it.
+    pub fn join_vnet(&self, address: &str) -> Result<()> {
+        ip(&[
+            "-n",
+            &fabric_netns(),
+            "addr",
+            "add",
+            &format!("{address}/{PREFIX}"),
+            "dev",
+            BRIDGE,
+        ])
     }
 
     pub fn get(&self, name: &str) -> &Machine {
@@ -227,7 +293,7 @@ impl Cluster {
             m.wait_gone(deadline);
         }
         if fabric_exists() {
-            let _ = ip(&["netns", "del", FABRIC_NETNS]);
+            let _ = ip(&["netns", "del", &fabric_netns()]);
         }
     }
 }
@@ -245,7 +311,7 @@ impl Drop for Cluster {
 }
 
 impl Machine {
-    fn wait_ready(&self, started: Instant) -> Result<()> {
+    fn wait_ready(&self, started: Instant, limit: Duration) -> Result<()> {
         let mut said = Instant::now();
         loop {
             if self.dir.join("ready").exists() {
@@ -267,13 +333,13 @@ impl Machine {
                     self.name
                 );
             }
-            if started.elapsed() > READY_TIMEOUT {
+            if started.elapsed() > limit {
                 let console =
                     std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
                 bail!(
                     "{} not ready after {} s; its console:\n{console}",
                     self.name,
-                    READY_TIMEOUT.as_secs()
+                    limit.as_secs()
                 );
             }
             if said.elapsed() > Duration::from_secs(30) {

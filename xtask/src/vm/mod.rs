@@ -14,6 +14,7 @@
 //! - `vagrant`: `vm vagrant`, the users' Vagrant deployment run for real.
 mod checks;
 pub mod guest;
+pub mod k8s;
 pub mod kernel;
 pub mod machines;
 pub mod vagrant;
