@@ -56,6 +56,20 @@ spawn() {
     echo $! >"$LOG_DIR/$spawn_name.pid"
 }
 
+# supervise NAME COMMAND...: as spawn, and started again whenever it
+# exits, as systemd's Restart=always would (the controller manager exits
+# when the API server, slow under emulation, times a request out).
+supervise() {
+    supervise_name=$1
+    shift
+    spawn "$supervise_name" sh -c '
+        while :; do
+            "$@"
+            echo "supervise: exited ($?), starting again in 2 s"
+            sleep 2
+        done' supervise "$@"
+}
+
 # until_ok SECONDS WHAT COMMAND...: retries COMMAND every second.
 until_ok() {
     until_limit=$1
@@ -99,7 +113,7 @@ control_plane() {
         --allow-privileged=true
     until_ok 600 "kube-apiserver ready" curl -skf "https://127.0.0.1:6443/readyz"
     # Node IPAM: the controller manager gives each Node its pod CIDR.
-    spawn kube-controller-manager "$BIN/kube-controller-manager" \
+    supervise kube-controller-manager "$BIN/kube-controller-manager" \
         --kubeconfig="$CONF/kube-controller-manager.kubeconfig" \
         --allocate-node-cidrs --cluster-cidr=$POD_CIDR \
         --node-cidr-mask-size=$NODE_POD_PREFIX \
@@ -109,7 +123,7 @@ control_plane() {
         --use-service-account-credentials \
         --configure-cloud-routes=false \
         --leader-elect=false --port=0
-    spawn kube-scheduler "$BIN/kube-scheduler" \
+    supervise kube-scheduler "$BIN/kube-scheduler" \
         --kubeconfig="$CONF/kube-scheduler.kubeconfig" \
         --leader-elect=false --port=0
     cluster_dns
@@ -118,7 +132,8 @@ control_plane() {
 # The cluster's DNS, as far as this machine can serve it: dnsmasq (Debian's)
 # answering NAME.NAMESPACE.svc.cluster.local with each Service's ClusterIP,
 # from a hosts file that kubectl refreshes every 2 s. Not CoreDNS (neither
-# it nor kube-dns is packaged or in the tree): no SRV, PTR or pod records.
+# it nor kube-dns is packaged or in the tree): no SRV, PTR or pod records,
+# and headless and ExternalName Services' names are not answered.
 # The kube-dns Service at $DNS_SERVICE_IP points here (cargo xtask vm k8s
 # creates it: tests/k8s/cluster-dns.yaml).
 cluster_dns() {
@@ -132,7 +147,7 @@ cluster_dns() {
         while :; do
             $BIN/kubectl --kubeconfig=$CONF/admin.kubeconfig get services -A \
                 -o jsonpath='{range .items[*]}{.spec.clusterIP} {.metadata.name}.{.metadata.namespace}.svc.cluster.local{\"\\n\"}{end}' \
-                2>/dev/null | grep -v '^None ' >$hosts.new
+                2>/dev/null | grep '^[0-9]' >$hosts.new
             if ! cmp -s $hosts.new $hosts; then
                 mv $hosts.new $hosts
                 kill -HUP \$(cat $LOG_DIR/dnsmasq.pid)
@@ -197,7 +212,7 @@ evictionHard: {memory.available: "20Mi", nodefs.available: "1%", imagefs.availab
 EOF
     # kube-proxy serves what netplane does not: node to ClusterIP and
     # NodePort (docs/kubernetes.md, "A real cluster").
-    spawn kube-proxy "$BIN/kube-proxy" \
+    supervise kube-proxy "$BIN/kube-proxy" \
         --kubeconfig="$CONF/kube-proxy.kubeconfig" \
         --hostname-override="$name" --bind-address="$ip" \
         --cluster-cidr=$POD_CIDR --proxy-mode=iptables

@@ -66,23 +66,11 @@ pub fn build() -> Result<()> {
     let ctr = buildah(&["from", "scratch"])?;
     let result = (|| -> Result<()> {
         let root = PathBuf::from(buildah(&["mount", &ctr])?);
-        let bin = root.join("usr/local/bin");
-        std::fs::create_dir_all(&bin)?;
-        let mut libs = Vec::new();
-        for b in BINARIES {
-            let from = release.join(b);
-            std::fs::copy(&from, bin.join(b)).with_context(|| format!("copying {b}"))?;
-            libs.extend(linked_libraries(&from)?);
-        }
-        libs.sort();
-        libs.dedup();
-        for lib in &libs {
-            let to = root.join(lib.strip_prefix("/").expect("absolute"));
-            std::fs::create_dir_all(to.parent().expect("has a parent"))?;
-            // The file itself, where the loader looks for it (symlinks
-            // resolved: the image has one copy under each name it needs).
-            std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
-        }
+        let files: Vec<(PathBuf, String)> = BINARIES
+            .iter()
+            .map(|b| (release.join(b), format!("/usr/local/bin/{b}")))
+            .collect();
+        let libs = copy_with_libraries(&root, &files)?;
         for d in ["etc", "tmp", "run", "sys/fs/bpf"] {
             std::fs::create_dir_all(root.join(d))?;
         }
@@ -113,7 +101,7 @@ pub fn build() -> Result<()> {
             archive.display(),
             size(&archive),
             BINARIES.len(),
-            libs.len()
+            libs
         );
         for b in BINARIES {
             eprintln!("   {b}: {:.1} MiB", size(&release.join(b)));
@@ -159,6 +147,28 @@ fn check() -> Result<()> {
     result
 }
 
+/// Copies each (file, path in the image) under `root`, with the shared
+/// libraries they load where the loader looks for them (the files
+/// themselves, symlinks resolved: one copy under each name needed);
+/// returns how many libraries.
+fn copy_with_libraries(root: &Path, files: &[(PathBuf, String)]) -> Result<usize> {
+    let mut libs = Vec::new();
+    for (from, to) in files {
+        let to = root.join(to.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        libs.extend(linked_libraries(from)?);
+    }
+    libs.sort();
+    libs.dedup();
+    for lib in &libs {
+        let to = root.join(lib.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+        std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+    }
+    Ok(libs.len())
+}
+
 /// The shared libraries `binary` loads, from ldd.
 fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(binary).output().context("ldd")?;
@@ -193,20 +203,7 @@ impl TestImage<'_> {
         let ctr = buildah(&["from", "scratch"])?;
         let result = (|| -> Result<()> {
             let root = PathBuf::from(buildah(&["mount", &ctr])?);
-            let mut libs = Vec::new();
-            for (from, to) in &self.files {
-                let to = root.join(to.trim_start_matches('/'));
-                std::fs::create_dir_all(to.parent().expect("has a parent"))?;
-                std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
-                libs.extend(linked_libraries(from)?);
-            }
-            libs.sort();
-            libs.dedup();
-            for lib in &libs {
-                let to = root.join(lib.strip_prefix("/").expect("absolute"));
-                std::fs::create_dir_all(to.parent().expect("has a parent"))?;
-                std::fs::copy(lib, &to).with_context(|| format!("copying {}", lib.display()))?;
-            }
+            copy_with_libraries(&root, &self.files)?;
             for (link, target) in &self.links {
                 let link = root.join(link.trim_start_matches('/'));
                 std::fs::create_dir_all(link.parent().expect("has a parent"))?;
