@@ -100,10 +100,8 @@ pub fn run(opts: &Options) -> Result<()> {
         Ok(())
     })();
     if let Err(e) = &result {
-        eprintln!(
-            "   failed: {e:#}\n   the guests' logs: {}/*/log/",
-            workspace_root().join("target/vm/run").display()
-        );
+        eprintln!("   failed: {e:#}");
+        print_log_tails();
     }
     if opts.keep {
         keep_up()?;
@@ -115,6 +113,35 @@ pub fn run(opts: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The last lines of every daemon's log on every VM: what CI's output
+/// keeps of a failed run (the full logs stay under target/vm/run/).
+fn print_log_tails() {
+    let run = workspace_root().join("target/vm/run");
+    eprintln!("   the guests' logs: {}/*/log/", run.display());
+    let Ok(machines) = std::fs::read_dir(&run) else {
+        return;
+    };
+    for m in machines.flatten() {
+        let Ok(logs) = std::fs::read_dir(m.path().join("log")) else {
+            continue;
+        };
+        let mut logs: Vec<PathBuf> = logs
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {} (last 8 of {} lines)", log.display(), lines.len());
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                eprintln!("    {}", l.chars().take(300).collect::<String>());
+            }
+        }
+    }
 }
 
 /// Waits, the cluster up, until the user removes target/vm/k8s/up.
