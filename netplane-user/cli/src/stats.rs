@@ -13,7 +13,7 @@ use crate::{
 
 impl Row for PathStat {
     const COLUMNS: &'static [Column] =
-        &[left("path", 22), right("packets", 12), right("bytes", 14)];
+        &[left("path", 26), right("packets", 12), right("bytes", 14)];
     fn cells(&self) -> Vec<String> {
         vec![
             self.path.to_string(),
@@ -24,7 +24,7 @@ impl Row for PathStat {
 }
 
 impl Row for DropStat {
-    const COLUMNS: &'static [Column] = &[left("drop reason", 22), right("packets", 12)];
+    const COLUMNS: &'static [Column] = &[left("drop reason", 26), right("packets", 12)];
     fn cells(&self) -> Vec<String> {
         vec![
             format!("{} ({})", self.reason, self.code),
