@@ -58,8 +58,7 @@ pub fn run(opts: &Options) -> Result<()> {
     images(opts.classic)?;
     let vmlinuz = kernel::ensure(opts.kernel)?;
     machines::preflight()?;
-    // A run's credentials are its own.
-    let _ = std::fs::remove_file(dir().join("tokens.csv"));
+    // A run's credentials are its own: written anew every time.
     pki::write(&dir(), &NODES)?;
     eprintln!(
         "== a Kubernetes cluster on VMs ({}; Linux {}): booting",
