@@ -157,19 +157,24 @@ pub fn run(cluster: &Cluster, kubectl: &Kubectl) -> Result<()> {
         log = root.join("target/vm/run/node-1/log").display(),
         script = root.join("vagrant/provision/kubernetes.sh").display(),
     ))?;
+    // The old kubelet is gone: the next renewal of node-1's lease is the
+    // new one's (the Ready condition would still be the old one's).
+    let lease = |k: &Kubectl| {
+        k.run(&[
+            "-n",
+            "kube-node-lease",
+            "get",
+            "lease",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let renewed = lease(kubectl)?;
     kubectl.until(
-        "node-1 Ready after kubelet's restart",
+        "node-1's lease renewed by the restarted kubelet",
         Duration::from_secs(300),
-        |k| {
-            let ready = k.run(&[
-                "get",
-                "node",
-                "node-1",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])?;
-            Ok(ready == "True")
-        },
+        |k| Ok(lease(k)? != renewed),
     )?;
     let seen = curl(node0, &format!("http://{}:{NETEXEC_PORT}/hostname", b.ip))?;
     ensure!(seen == b.name, "{} after kubelet's restart: {seen}", b.ip);
