@@ -74,18 +74,22 @@ fn provision(dir: &Path) -> Result<()> {
     if kind == "node" {
         sh(&format!("ip route add default via {gateway}"))?;
     }
-    let provision = get("provision")?;
-    let classic = match provision {
-        "netplane" => false,
-        "kubernetes" => false,
-        "kubernetes-classic" => true,
-        _ => return Ok(()),
-    };
     let (cluster, xdp, bin) = (get("cluster")?, get("xdp")? == "yes", get("bin")?);
-    let log_dir = dir.join("log");
-    if provision != "netplane" {
-        return kubernetes(dir, root, kind, name, address, classic);
+    let machine = Kubernetes {
+        root,
+        kind,
+        name,
+        address,
+        cluster,
+        bin,
+    };
+    match get("provision")? {
+        "netplane" => {}
+        "kubernetes" => return machine.provision(dir, false),
+        "kubernetes-classic" => return machine.provision(dir, true),
+        _ => return Ok(()),
     }
+    let log_dir = dir.join("log");
     let args: Vec<&str> = match kind {
         "node" => vec!["node", name],
         _ => vec!["lb"],
@@ -124,51 +128,60 @@ fn provision(dir: &Path) -> Result<()> {
 /// containerd, kubelet and kube-proxy; or on `lb`, netplane's load
 /// balancer (as `vm test` has it, the internet host beside it) and the
 /// control plane.
-fn kubernetes(
-    dir: &Path,
-    root: &str,
-    kind: &str,
-    name: &str,
-    address: &str,
-    classic: bool,
-) -> Result<()> {
-    let log_dir = dir.join("log");
-    let script = |script: &str, args: &[&str]| -> Result<()> {
-        let out = Command::new("sh")
-            .arg(format!("{root}/vagrant/provision/{script}"))
-            .args(args)
-            .env("K8S_BIN", format!("{root}/target/kubernetes"))
-            .env("K8S_CONF", format!("{root}/target/vm/k8s"))
-            .env("K8S_LOG_DIR", &log_dir)
-            .env("K8S_DATAPATH", if classic { "classic" } else { "netplane" })
-            .env("NETPLANE_BIN", format!("{root}/target/debug"))
-            .env(
-                "NETPLANE_CLUSTER",
-                format!("{root}/netplane-user/src/config/default-cluster.toml"),
-            )
-            .env("NETPLANE_AGENT", "background")
-            .env("NETPLANE_LOG_DIR", &log_dir)
-            .env("NETPLANE_INET", "namespace")
-            .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let log = dir.join("provision.log");
-        let before = std::fs::read_to_string(&log).unwrap_or_default();
-        std::fs::write(&log, before + &text)?;
-        if !out.status.success() {
-            bail!("{script} {} on {name} failed:\n{text}", args.join(" "));
+struct Kubernetes<'a> {
+    root: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    address: &'a str,
+    cluster: &'a str,
+    bin: &'a str,
+}
+
+impl Kubernetes<'_> {
+    fn provision(&self, dir: &Path, classic: bool) -> Result<()> {
+        let Kubernetes {
+            root,
+            kind,
+            name,
+            address,
+            cluster,
+            bin,
+        } = *self;
+        let log_dir = dir.join("log");
+        let script = |script: &str, args: &[&str]| -> Result<()> {
+            let out = Command::new("sh")
+                .arg(format!("{root}/vagrant/provision/{script}"))
+                .args(args)
+                .env("K8S_BIN", format!("{root}/target/kubernetes"))
+                .env("K8S_CONF", format!("{root}/target/vm/k8s"))
+                .env("K8S_LOG_DIR", &log_dir)
+                .env("K8S_DATAPATH", if classic { "classic" } else { "netplane" })
+                .env("NETPLANE_BIN", bin)
+                .env("NETPLANE_CLUSTER", cluster)
+                .env("NETPLANE_AGENT", "background")
+                .env("NETPLANE_LOG_DIR", &log_dir)
+                .env("NETPLANE_INET", "namespace")
+                .output()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let log = dir.join("provision.log");
+            let before = std::fs::read_to_string(&log).unwrap_or_default();
+            std::fs::write(&log, before + &text)?;
+            if !out.status.success() {
+                bail!("{script} {} on {name} failed:\n{text}", args.join(" "));
+            }
+            Ok(())
+        };
+        if kind == "node" {
+            let ip = address.split('/').next().unwrap_or(address);
+            script("kubernetes.sh", &["node", name, ip])
+        } else {
+            script("netplane.sh", &["lb"])?;
+            script("kubernetes.sh", &["control-plane"])
         }
-        Ok(())
-    };
-    if kind == "node" {
-        let ip = address.split('/').next().unwrap_or(address);
-        script("kubernetes.sh", &["node", name, ip])
-    } else {
-        script("netplane.sh", &["lb"])?;
-        script("kubernetes.sh", &["control-plane"])
     }
 }
 
