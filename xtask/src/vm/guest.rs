@@ -139,14 +139,7 @@ struct Kubernetes<'a> {
 
 impl Kubernetes<'_> {
     fn provision(&self, dir: &Path, classic: bool) -> Result<()> {
-        let Kubernetes {
-            root,
-            kind,
-            name,
-            address,
-            cluster,
-            bin,
-        } = *self;
+        let (root, name) = (self.root, self.name);
         let log_dir = dir.join("log");
         let script = |script: &str, args: &[&str]| -> Result<()> {
             let out = Command::new("sh")
@@ -156,8 +149,8 @@ impl Kubernetes<'_> {
                 .env("K8S_CONF", format!("{root}/target/vm/k8s"))
                 .env("K8S_LOG_DIR", &log_dir)
                 .env("K8S_DATAPATH", if classic { "classic" } else { "netplane" })
-                .env("NETPLANE_BIN", bin)
-                .env("NETPLANE_CLUSTER", cluster)
+                .env("NETPLANE_BIN", self.bin)
+                .env("NETPLANE_CLUSTER", self.cluster)
                 .env("NETPLANE_AGENT", "background")
                 .env("NETPLANE_LOG_DIR", &log_dir)
                 .env("NETPLANE_INET", "namespace")
@@ -175,8 +168,8 @@ impl Kubernetes<'_> {
             }
             Ok(())
         };
-        if kind == "node" {
-            let ip = address.split('/').next().unwrap_or(address);
+        if self.kind == "node" {
+            let ip = self.address.split('/').next().unwrap_or(self.address);
             script("kubernetes.sh", &["node", name, ip])
         } else {
             script("netplane.sh", &["lb"])?;
