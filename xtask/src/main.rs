@@ -158,6 +158,17 @@ enum VmCmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Kubernetes' conformance focus again, on the cluster `vm k8s --keep`
+    /// keeps up (its data path, netplane or kubenet-classic).
+    K8sConformance {
+        /// Instead, record the last run's report again (its run.json and
+        /// JUnit report under target/vm/k8s/) in docs/k8s-conformance/.
+        #[arg(long)]
+        record: bool,
+        /// With --record: the kubenet-classic run's report.
+        #[arg(long, requires = "record")]
+        classic: bool,
+    },
     /// Inside a VM (virtme-ng runs it): provision, then serve the host's
     /// commands from DIR.
     #[command(hide = true)]
@@ -285,6 +296,15 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Vm {
+            command: VmCmd::K8sConformance { record, classic },
+        } => {
+            if record {
+                vm::k8s::record_conformance_again(classic)
+            } else {
+                vm::k8s::conformance_on_kept()
+            }
+        }
+        Cmd::Vm {
             command: VmCmd::Guest { dir },
         } => vm::guest::run(&dir),
         Cmd::BenchScale { nodes, pairs } => {
@@ -319,6 +339,17 @@ pub fn step(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// A command's trimmed output, run in the workspace ("" if it fails): for
+/// the commit and date a report records.
+pub fn output_of(argv: &[&str]) -> String {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::workspace_root;
+use crate::{output_of, workspace_root};
 
 /// One lab size's measurements.
 struct Scale {
@@ -262,8 +262,8 @@ pub fn run(sizes: &[usize], pairs: usize) -> Result<()> {
          sized by its share (netplane-lab's `lab_nat_entries`), {:.0} s in all.\n\n\
          | nodes | `lab up` s | `lab down` s | kernel cleanup after s | machine memory MiB | per agent: kernel MiB | per agent: RSS MiB | NAT tables per agent | routes per node | random pod pairs |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
-        sh(&["date", "-u", "+%Y-%m-%d %H:%M"]),
-        sh(&["git", "rev-parse", "--short", "HEAD"]),
+        output_of(&["date", "-u", "+%Y-%m-%d %H:%M"]),
+        output_of(&["git", "rev-parse", "--short", "HEAD"]),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_total_gib()?,
         started.elapsed().as_secs_f64()
@@ -300,16 +300,6 @@ pub fn run(sizes: &[usize], pairs: usize) -> Result<()> {
     let failed: usize = rows.iter().map(|r| r.pairs - r.pairs_ok).sum();
     ensure!(failed == 0, "{failed} pod pairs could not reach each other");
     Ok(())
-}
-
-/// A command's trimmed output ("" if it fails).
-fn sh(argv: &[&str]) -> String {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .current_dir(workspace_root())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 fn mem_total_gib() -> Result<f64> {

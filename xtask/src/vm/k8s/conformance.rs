@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Kubectl, dir};
+use super::{Kubectl, dir, results};
 use crate::{kubernetes, vm::machines::fabric_netns};
 
 /// The tests, by the words of their names (a ginkgo focus). DNS's are left
@@ -29,7 +29,7 @@ pub fn report_dir(classic: bool) -> PathBuf {
     })
 }
 
-pub fn run(kubectl: &Kubectl, classic: bool) -> Result<()> {
+pub fn run(kubectl: &Kubectl, classic: bool, guest_kernel: &str) -> Result<()> {
     let report = report_dir(classic);
     let _ = std::fs::remove_dir_all(&report);
     std::fs::create_dir_all(&report)?;
@@ -47,6 +47,7 @@ pub fn run(kubectl: &Kubectl, classic: bool) -> Result<()> {
         },
         kubernetes::VERSION
     );
+    results::start(&report, classic, guest_kernel)?;
     let started = Instant::now();
     let log_path = report.join("e2e.log");
     let mut child = Command::new("ip")
@@ -99,12 +100,36 @@ pub fn run(kubectl: &Kubectl, classic: bool) -> Result<()> {
         log_path.display(),
         report.join("junit_01.xml").display()
     );
-    let ran = log
-        .lines()
-        .find(|l| l.starts_with("Ran "))
-        .context("ginkgo printed no summary")?;
-    if !status.success() {
-        bail!("the conformance focus failed: {ran}");
+    // ginkgo's JUnit report is the record; its absence is a failed run.
+    let record = results::record(&report)?;
+    print_record(&record);
+    let failed = record.tests.iter().filter(|t| !t.passed).count();
+    if !status.success() || failed > 0 || record.tests.is_empty() {
+        bail!(
+            "the conformance focus failed ({status}): {failed} of {} tests failed",
+            record.tests.len()
+        );
     }
     Ok(())
+}
+
+/// Re-records the last run of a data path from its report directory.
+pub fn record_again(classic: bool) -> Result<()> {
+    print_record(&results::record(&report_dir(classic))?);
+    Ok(())
+}
+
+fn print_record(record: &results::Record) {
+    for t in &record.tests {
+        eprintln!(
+            "   {} {}{}",
+            if t.passed { "passed" } else { "FAILED" },
+            t.name,
+            t.failure
+                .as_deref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default()
+        );
+    }
+    eprintln!("   recorded in docs/k8s-conformance/ (results.md: both data paths side by side)");
 }

@@ -12,6 +12,7 @@
 mod checks;
 mod conformance;
 mod pki;
+mod results;
 
 use std::{
     path::{Path, PathBuf},
@@ -94,7 +95,7 @@ pub fn run(opts: &Options) -> Result<()> {
             checks::run(&cluster, &kubectl)?;
         }
         if opts.conformance {
-            conformance::run(&kubectl, opts.classic)?;
+            conformance::run(&kubectl, opts.classic, opts.kernel.name())?;
         }
         Ok(())
     })();
@@ -103,7 +104,10 @@ pub fn run(opts: &Options) -> Result<()> {
         print_log_tails();
     }
     if opts.keep {
-        keep_up()?;
+        keep_up(&Kept {
+            classic: opts.classic,
+            kernel: opts.kernel.name().into(),
+        })?;
     }
     cluster.shut_down();
     result?;
@@ -143,18 +147,48 @@ fn print_log_tails() {
     }
 }
 
+/// What a kept cluster runs, in target/vm/k8s/up: for a later
+/// `vm k8s-conformance`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    classic: bool,
+    kernel: String,
+}
+
 /// Waits, the cluster up, until the user removes target/vm/k8s/up.
-fn keep_up() -> Result<()> {
+fn keep_up(kept: &Kept) -> Result<()> {
     let up = dir().join("up");
-    std::fs::write(&up, "")?;
+    std::fs::write(&up, serde_json::to_string(kept)?)?;
     eprintln!(
-        "== the cluster stays up: kubectl as above; `rm {}` tears it down",
+        "== the cluster stays up: kubectl as above; `cargo xtask vm k8s-conformance` \
+         runs the conformance focus on it; `rm {}` tears it down",
         up.display()
     );
     while up.exists() {
         std::thread::sleep(Duration::from_secs(1));
     }
     Ok(())
+}
+
+/// `vm k8s-conformance`: the conformance focus again, on the cluster a
+/// `vm k8s --keep` keeps up (no fifteen minutes of booting).
+pub fn conformance_on_kept() -> Result<()> {
+    let up = dir().join("up");
+    let kept: Kept = std::fs::read_to_string(&up)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .with_context(|| {
+            format!(
+                "no kept cluster ({} missing): start one with `cargo xtask vm k8s --keep`",
+                up.display()
+            )
+        })?;
+    conformance::run(&Kubectl::admin(), kept.classic, &kept.kernel)
+}
+
+/// `vm k8s-conformance --record`: the last run's record, made again.
+pub fn record_conformance_again(classic: bool) -> Result<()> {
+    conformance::record_again(classic)
 }
 
 /// The images the nodes import: pause and agnhost (cached), and netplane's
