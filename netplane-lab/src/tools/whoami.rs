@@ -180,6 +180,22 @@ pub struct AskOptions {
     pub size: usize,
     /// TCP: send this many bytes after the question; the server hashes them.
     pub send: usize,
+    /// Ask from this local port (else one the kernel picks).
+    pub from_port: Option<u16>,
+}
+
+/// A TCP connection, from `from_port` when one is given.
+fn connect_from(server: SocketAddr, from_port: Option<u16>, timeout: Duration) -> Result<TcpStream> {
+    let Some(port) = from_port else {
+        return Ok(TcpStream::connect_timeout(&server, timeout)?);
+    };
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    // A port this host used a moment ago may still be in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
+        .with_context(|| format!("binding local port {port}"))?;
+    sock.connect_timeout(&server.into(), timeout)?;
+    Ok(sock.into())
 }
 
 /// Asks `server` which address it sees this client as.
@@ -190,13 +206,15 @@ pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
         reset,
         size,
         send,
+        from_port,
     } = opts.clone();
     let mut intact: Option<bool> = None;
     if size > MAX_DATAGRAM {
         bail!("--size {size}: a UDP datagram holds at most {MAX_DATAGRAM} bytes");
     }
     let (local, reply, bytes) = if udp {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let sock = UdpSocket::bind(("0.0.0.0", from_port.unwrap_or(0)))
+            .with_context(|| format!("binding local port {}", from_port.unwrap_or(0)))?;
         sock.connect(server)?;
         sock.set_read_timeout(Some(timeout))?;
         sock.send(&padded("who am i?\n".into(), size))?;
@@ -208,7 +226,7 @@ pub fn ask(server: SocketAddr, opts: &AskOptions) -> Result<Answer> {
         let line = line.lines().next().unwrap_or_default().to_string();
         (sock.local_addr()?, line, n)
     } else {
-        let mut stream = TcpStream::connect_timeout(&server, timeout)
+        let mut stream = connect_from(server, from_port, timeout)
             .with_context(|| format!("connecting to {server}/tcp"))?;
         stream.set_read_timeout(Some(timeout))?;
         let mut expected = None;

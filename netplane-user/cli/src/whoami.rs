@@ -57,6 +57,9 @@ pub enum WhoamiCmd {
         /// with their hash, and `intact` says whether it matches.
         #[arg(long, default_value_t = 0, conflicts_with = "udp")]
         send: usize,
+        /// Ask from this local port (default: one the kernel picks).
+        #[arg(long)]
+        from_port: Option<u16>,
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +109,7 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
             reset,
             size,
             send,
+            from_port,
             json,
         } => {
             let opts = whoami::AskOptions {
@@ -114,6 +118,7 @@ pub fn run(command: WhoamiCmd) -> Result<()> {
                 reset,
                 size,
                 send,
+                from_port,
             };
             let a = whoami::ask(server, &opts)?;
             if json {
