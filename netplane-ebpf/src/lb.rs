@@ -79,7 +79,7 @@ fn try_from_internet(ctx: &TcContext) -> Result<i32, DropReason> {
     match snat::ingress(ctx, &ip, &mut restore, cfg.udp_cone != 0)? {
         Reply::Translated => {}
         Reply::Unparsed(reason) => return Err(reason),
-        Reply::Unsolicited | Reply::NotTranslated => return Err(DropReason::NatNoMapping),
+        Reply::NotTranslated => return Err(DropReason::NatNoMapping),
     };
     restore.apply(ctx, &ip)?;
     count(ctx, Path::LbIn);

@@ -99,10 +99,9 @@ maps! {
     /// port of a block probably is (a node searches its port bitmap instead).
     PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PORT_HINTS, 0);
 
-    /// Translated (address, port, protocol) in use by some flow: a packet to
-    /// one that matches no flow is refused (endpoint-dependent filtering) rather
-    /// than handed to the node. Set on claim; the agent's collector removes the
-    /// ones no flow holds any more.
+    /// Translated (address, port, protocol) in use by some flow: the Services'
+    /// masquerade takes no such port for the node's address. Set on claim;
+    /// the agent's collector removes the ones no flow holds any more.
     PORT_OWNED: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
 
     /// Per SNAT IP and protocol, the ports some flow holds: where a new flow

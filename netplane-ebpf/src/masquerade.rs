@@ -63,15 +63,15 @@ fn masquerade(
 }
 
 /// To the node IP from the VNet: a reply to a masqueraded flow goes back to
-/// its pod; a packet to a translated port from anyone but that flow's
-/// remote is dropped; anything else is the node's own and goes to its stack
-/// (as with kubenet's iptables, where an unmatched packet is the host's).
+/// its pod; anything else is the node's own and goes to its stack, also to
+/// a port some pod's flow holds toward another remote (as with kubenet's
+/// iptables: a packet that matches no conntrack entry is the host's, and
+/// meets its listening sockets; decisions.md §51).
 #[inline(always)]
 pub fn reply_in(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     let mut restore = Restore::default();
     match snat::ingress(ctx, ip, &mut restore, false)? {
         Reply::Translated => {}
-        Reply::Unsolicited => return Err(DropReason::NatNoMapping),
         Reply::NotTranslated => {
             // The node's own service flow: its backend's reply.
             if crate::service::restore_reply(ctx, ip)?.is_some() {

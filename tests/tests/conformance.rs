@@ -30,6 +30,13 @@ enum Probe {
     },
     /// A DNS question for `name` to kube-dns (10.0.0.10).
     Dig { name: &'static str, tcp: bool },
+    /// `whoami ask` to a node's own listening port (PORT) while `pod`'s
+    /// flow to inet holds that same port of the node's address.
+    ToHeldPort {
+        to: &'static str,
+        pod: &'static str,
+        udp: bool,
+    },
 }
 
 /// What the sender observed.
@@ -303,6 +310,24 @@ fn scenarios() -> Vec<Scenario> {
             },
         ),
         s(
+            "node → another node's listening port a pod's flow holds, TCP",
+            "node-1",
+            Probe::ToHeldPort {
+                to: "10.224.0.4:7000",
+                pod: "pod-0-0",
+                udp: false,
+            },
+        ),
+        s(
+            "node → another node's listening port a pod's flow holds, UDP",
+            "node-1",
+            Probe::ToHeldPort {
+                to: "10.224.0.4:7000",
+                pod: "pod-0-0",
+                udp: true,
+            },
+        ),
+        s(
             "inet → a pod (not reachable from outside)",
             "inet",
             Probe::Tcp {
@@ -453,6 +478,36 @@ fn run(s: &Scenario, names: &BTreeMap<String, String>) -> Outcome {
                 Some(host) => Outcome::Resolved(host.clone()),
                 None if answer.is_empty() => Outcome::Silence,
                 None => Outcome::Resolved(answer),
+            }
+        }
+        Probe::ToHeldPort { to, pod, udp } => {
+            // The pod asks inet from PORT; both data paths keep a free
+            // source port, so its flow now holds the node's PORT too.
+            let port = PORT.to_string();
+            let mut extra = vec!["--from-port", &port];
+            if udp {
+                extra.push("--udp");
+            }
+            let held = whoami(pod, &format!("{INET}:{PORT}"), &extra, names);
+            assert!(
+                matches!(held, Outcome::Answered { port_kept: true, .. }),
+                "{}: the pod's flow from port {PORT} did not keep it: {held:?}",
+                s.name
+            );
+            match whoami(s.from, to, if udp { &["--udp"] } else { &[] }, names) {
+                // The answer's size only says how long the address was.
+                Outcome::Answered {
+                    seen,
+                    port_kept,
+                    intact,
+                    ..
+                } => Outcome::Answered {
+                    seen,
+                    port_kept,
+                    bytes: 0,
+                    intact,
+                },
+                o => o,
             }
         }
         Probe::SpoofedPing { to, from_ip } => {

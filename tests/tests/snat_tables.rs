@@ -16,6 +16,7 @@ use netplane_common::{
     maps::programs,
     nat::{
         ClaimRelease, FlowKey, NatEntry, NatReverse, PROTO_TCP, Phase, PortBitmap, RELEASE_BATCH,
+        owned_key,
     },
     registry,
 };
@@ -250,23 +251,21 @@ fn tcp_forward_and_reverse_translation() {
         (INTERNET.into(), POD_A.into(), 80, 40000, 1)
     );
 
-    // Anyone else to that port: dropped (endpoint-dependent filtering).
+    // Anyone else to that port is the node's, untouched, as on Linux,
+    // where it matches no conntrack entry and meets the node's listening
+    // sockets (kubelet's, a NodePort's): not dropped as unsolicited.
     let d = drops(&mut dp, DropReason::NatNoMapping);
-    let (v, _) = run(
-        &mut dp,
-        programs::FROM_UPLINK,
-        &tcp_port(OTHER_REMOTE, 80, NODE0, port, FROM_VNET),
-    );
-    assert_eq!(v, TC_ACT_SHOT);
-    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d + 1);
-    // The right remote from another port: dropped too.
-    let (v, _) = run(
-        &mut dp,
-        programs::FROM_UPLINK,
-        &tcp_port(INTERNET, 81, NODE0, port, FROM_VNET),
-    );
-    assert_eq!(v, TC_ACT_SHOT);
-    // A port no translation holds is the node's own: up to its stack.
+    for stranger in [
+        tcp_port(OTHER_REMOTE, 80, NODE0, port, FROM_VNET),
+        // The right remote from another port.
+        tcp_port(INTERNET, 81, NODE0, port, FROM_VNET),
+    ] {
+        let (v, handed) = run(&mut dp, programs::FROM_UPLINK, &stranger);
+        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(handed, stranger, "the node's packet was rewritten");
+    }
+    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d);
+    // A port no translation holds is the node's own too.
     let free = if port == 22 { 23 } else { 22 };
     let (v, _) = run(
         &mut dp,
@@ -939,9 +938,8 @@ fn a_pod_spraying_destinations_cannot_stop_its_neighbours() {
 
 /// A port claimed while a collection pass is under way keeps its owned-port
 /// mark: the pass learned which ports are held before that claim, and
-/// clears only marks older than its learning. Without the mark, a stranger's
-/// packet to that port would reach the node's stack instead of being
-/// dropped.
+/// clears only marks older than its learning. Without the mark, the
+/// Services' masquerade could take the same port for the node's address.
 #[test]
 fn a_port_claimed_during_a_collection_pass_keeps_its_mark() {
     if !privileged() {
@@ -975,15 +973,15 @@ fn a_port_claimed_during_a_collection_pass_keeps_its_mark() {
         c.step(&mut dp, 1, &mut |_: &FlowKey, _: &NatEntry| false)
             .unwrap();
     }
-    // A stranger's packet to that port is still refused.
-    let d = drops(&mut dp, DropReason::NatNoMapping);
-    let (v, _) = run(
-        &mut dp,
-        programs::FROM_UPLINK,
-        &tcp_port(OTHER_REMOTE, 80, NODE0, port, FROM_VNET),
+    // The new flow's port keeps its mark (the Services' masquerade will
+    // not take it).
+    let owned: HashMap<_, FlowKey, u64> = dp.hash(registry::PORT_OWNED).unwrap();
+    assert!(
+        owned
+            .get(&owned_key(key(NODE0.into()), port, PROTO_TCP), 0)
+            .is_ok(),
+        "the new flow's port lost its mark"
     );
-    assert_eq!(v, TC_ACT_SHOT, "the new flow's port lost its mark");
-    assert_eq!(drops(&mut dp, DropReason::NatNoMapping), d + 1);
     assert_eq!(assert_accounting_exact(&mut dp), 1);
 }
 

@@ -87,9 +87,6 @@ pub enum Reply {
     /// A reply of a translated flow, or an ICMP error quoting one: the
     /// [`Restore`] passed to [`ingress`] says how to send it back.
     Translated,
-    /// To an address and port some flow holds, but not from that flow's
-    /// remote (endpoint-dependent filtering drops it).
-    Unsolicited,
     /// Nothing this engine translated.
     NotTranslated,
     /// Not a protocol the engine translates (or a non-first fragment).
@@ -177,7 +174,6 @@ pub fn ingress(
             restore.l4 = l4;
             Reply::Translated
         }
-        None if table::port_owned(ip.dst, l4.dst_port, l4.proto) => Reply::Unsolicited,
         None => Reply::NotTranslated,
     })
 }

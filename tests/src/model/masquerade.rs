@@ -16,9 +16,9 @@
 //! - TCP: a RST or FIN with no translation is invalid and claims nothing;
 //!   anything else with no translation opens one (loose pick-up);
 //! - ICMP echo uses its identifier as the port;
-//! - a reply to a translation goes back to its pod; anyone else to a port
-//!   a translation claimed is dropped (`nat_no_mapping`); any other packet
-//!   to the node IP is the node's.
+//! - a reply to a translation goes back to its pod; any other packet to
+//!   the node IP is the node's, also one to a port a translation claimed
+//!   (Linux: no conntrack entry matches, the node's sockets answer).
 //!
 //! - a datagram's first fragment is translated as any packet and its
 //!   ports remembered; its later fragments find the translation by them
@@ -179,12 +179,7 @@ impl Masquerade {
         }
         let l = l4(f, ip, false).ok()?;
         let nat = (node_ip, l.dport);
-        let Some(flow) = self.table.reply(l.proto, (ip.src, l.sport), nat) else {
-            if self.table.owned(l.proto, nat) {
-                return Some((TC_ACT_SHOT, Moves::Drop(DropReason::NatNoMapping)));
-            }
-            return None;
-        };
+        let flow = self.table.reply(l.proto, (ip.src, l.sport), nat)?;
         let Some((mac, host_mac)) = deliver(flow.inside.0) else {
             return Some((TC_ACT_SHOT, Moves::Drop(DropReason::NoLocalPod)));
         };

@@ -2,7 +2,7 @@
 //! transport fields a translation is keyed by, the rewrite with its
 //! checksums, and the table of translations with the ports they hold.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::Ipv4Addr,
 };
 
@@ -204,9 +204,6 @@ pub struct Table {
     /// flow -> its translated source (address, port).
     pub flows: HashMap<Tuple, (Ipv4Addr, u16)>,
     replies: HashMap<ReplyKey, Tuple>,
-    /// (protocol, address, port) any translation took: the owned-port
-    /// marks (only the collector clears them, and none runs here).
-    owned: HashSet<(u8, Ipv4Addr, u16)>,
     /// A fragmented datagram's ports, from its first fragment translated
     /// (either way), for its later fragments.
     pub fragments: HashMap<Datagram, (u16, u16)>,
@@ -222,7 +219,6 @@ impl Table {
     pub fn claim(&mut self, flow: Tuple, nat: (Ipv4Addr, u16)) {
         self.flows.insert(flow, nat);
         self.replies.insert((flow.proto, flow.remote, nat), flow);
-        self.owned.insert((flow.proto, nat.0, nat.1));
     }
 
     pub fn reply(&self, proto: u8, remote: (Ipv4Addr, u16), nat: (Ipv4Addr, u16)) -> Option<Tuple> {
@@ -249,10 +245,6 @@ impl Table {
                 remote: (ip.dst, *dport),
             })
             .copied()
-    }
-
-    pub fn owned(&self, proto: u8, nat: (Ipv4Addr, u16)) -> bool {
-        self.owned.contains(&(proto, nat.0, nat.1))
     }
 
     /// The translations as lines, sorted, to compare with NAT_OUT.
