@@ -31,10 +31,13 @@ enum Probe {
     /// A DNS question for `name` to kube-dns (10.0.0.10).
     Dig { name: &'static str, tcp: bool },
     /// `whoami ask` to a node's own listening port (PORT) while `pod`'s
-    /// flow to inet holds that same port of the node's address.
+    /// flow to `held_to`, from PORT, holds that same port of the node's
+    /// address (the node stage keeps a free source port; `held_to` is in
+    /// the node subnet, so no second stage changes it).
     ToHeldPort {
         to: &'static str,
         pod: &'static str,
+        held_to: &'static str,
         udp: bool,
     },
 }
@@ -315,6 +318,7 @@ fn scenarios() -> Vec<Scenario> {
             Probe::ToHeldPort {
                 to: "10.224.0.4:7000",
                 pod: "pod-0-0",
+                held_to: "10.224.0.5:7000",
                 udp: false,
             },
         ),
@@ -324,6 +328,7 @@ fn scenarios() -> Vec<Scenario> {
             Probe::ToHeldPort {
                 to: "10.224.0.4:7000",
                 pod: "pod-0-0",
+                held_to: "10.224.0.5:7000",
                 udp: true,
             },
         ),
@@ -480,17 +485,28 @@ fn run(s: &Scenario, names: &BTreeMap<String, String>) -> Outcome {
                 None => Outcome::Resolved(answer),
             }
         }
-        Probe::ToHeldPort { to, pod, udp } => {
-            // The pod asks inet from PORT; both data paths keep a free
+        Probe::ToHeldPort {
+            to,
+            pod,
+            held_to,
+            udp,
+        } => {
+            // The pod asks node-1 from PORT; both data paths keep a free
             // source port, so its flow now holds the node's PORT too.
             let port = PORT.to_string();
             let mut extra = vec!["--from-port", &port];
             if udp {
                 extra.push("--udp");
             }
-            let held = whoami(pod, &format!("{INET}:{PORT}"), &extra, names);
+            let held = whoami(pod, held_to, &extra, names);
             assert!(
-                matches!(held, Outcome::Answered { port_kept: true, .. }),
+                matches!(
+                    held,
+                    Outcome::Answered {
+                        port_kept: true,
+                        ..
+                    }
+                ),
                 "{}: the pod's flow from port {PORT} did not keep it: {held:?}",
                 s.name
             );
@@ -577,12 +593,13 @@ fn netplane_and_classic_kubenet_agree_or_the_difference_is_explained() {
         let (_turn, _guard) = lab_up_with(&["--datapath", "kubenet-classic"]);
         run_all(&table)
     };
-    compare(&table, &netplane, &classic);
+    compare("lab", &table, &netplane, &classic);
 }
 
 /// The table of outcomes side by side; fails on any difference nobody
-/// explained.
-fn compare(table: &[Scenario], netplane: &[Outcome], classic: &[Outcome]) {
+/// explained, and on docs/conformance.md's `section` table differing from
+/// it (the table there is the suite's, never written by hand).
+fn compare(section: &str, table: &[Scenario], netplane: &[Outcome], classic: &[Outcome]) {
     let mut report =
         String::from("| scenario | netplane | classic kubenet | |\n|---|---|---|---|\n");
     let mut failures = Vec::new();
@@ -609,6 +626,33 @@ fn compare(table: &[Scenario], netplane: &[Outcome], classic: &[Outcome]) {
     }
     eprintln!("{report}");
     assert!(failures.is_empty(), "{}\n\n{report}", failures.join("\n"));
+    documented(section, &report);
+}
+
+/// The file whose tables the suite writes.
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/conformance.md");
+
+/// Checks that docs/conformance.md holds `report` between the section's
+/// markers; with NETPLANE_RECORD_DOCS=1 writes it there instead.
+fn documented(section: &str, report: &str) {
+    let begin = format!("<!-- conformance table: {section} -->\n");
+    let end = "<!-- end of table -->";
+    let doc = std::fs::read_to_string(DOC).unwrap();
+    let at = doc
+        .find(&begin)
+        .unwrap_or_else(|| panic!("docs/conformance.md has no {begin:?} marker"))
+        + begin.len();
+    let until = at + doc[at..].find(end).expect("the table's end marker");
+    if std::env::var_os("NETPLANE_RECORD_DOCS").is_some_and(|v| v == "1") {
+        std::fs::write(DOC, format!("{}{report}{}", &doc[..at], &doc[until..])).unwrap();
+        return;
+    }
+    assert_eq!(
+        doc[at..until],
+        *report,
+        "docs/conformance.md's {section} table is not this run's: record it with \
+         NETPLANE_RECORD_DOCS=1 cargo test -p netplane-tests --test conformance"
+    );
 }
 
 /// The Services both labs get through the API: one backend on node-1,
@@ -771,5 +815,5 @@ fn services_on_netplane_and_kube_proxy_agree() {
     };
     let netplane = run_lab("netplane");
     let classic = run_lab("kubenet-classic");
-    compare(&table, &netplane, &classic);
+    compare("services", &table, &netplane, &classic);
 }

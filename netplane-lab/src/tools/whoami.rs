@@ -185,7 +185,11 @@ pub struct AskOptions {
 }
 
 /// A TCP connection, from `from_port` when one is given.
-fn connect_from(server: SocketAddr, from_port: Option<u16>, timeout: Duration) -> Result<TcpStream> {
+fn connect_from(
+    server: SocketAddr,
+    from_port: Option<u16>,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let Some(port) = from_port else {
         return Ok(TcpStream::connect_timeout(&server, timeout)?);
     };

@@ -1,10 +1,7 @@
 //! What both SNAT stages share (docs/snat.md, "Port rules"): the
 //! transport fields a translation is keyed by, the rewrite with its
 //! checksums, and the table of translations with the ports they hold.
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use netplane_common::{DropReason, checksum};
 

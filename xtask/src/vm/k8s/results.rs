@@ -93,7 +93,9 @@ pub fn tests_of_junit(xml: &str) -> Result<(Vec<TestResult>, f64)> {
 /// message's first line says what went wrong.
 fn first_message_line(text: &str) -> String {
     let is_location = |l: &str| {
-        l.starts_with('/') && l.rsplit_once(':').is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+        l.starts_with('/')
+            && l.rsplit_once(':')
+                .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
     };
     let line = text
         .lines()
