@@ -88,8 +88,9 @@ fn dnat(ctx: &TcContext, ip: &Ipv4, client: Client) -> Result<Option<Dnat>, Drop
     let known = unsafe { SERVICE_FLOWS.get(key) }.copied();
     let flow = match known {
         // A new TCP connection on a remembered tuple (conntrack would have
-        // let the old one go) keeps its backend only if it is still ready.
-        Some(f) if !(syn(ctx, ip) && gone(&svc, &f)) => f,
+        // let the old one go) keeps its backend only if it is still ready;
+        // a UDP flow lives while either side sends.
+        Some(f) if !(syn(ctx, ip) && gone(&svc, &f)) && udp_alive(&f, ip.proto) => f,
         _ if svc.backends == 0 => return Ok(Some(Dnat::NoBackend)),
         _ => open(ip, &l4, &svc, &frontend, client)?,
     };
@@ -116,20 +117,57 @@ fn syn(ctx: &TcContext, ip: &Ipv4) -> bool {
             .is_ok_and(|f| f & (SYN | ACK) == SYN)
 }
 
+/// A UDP flow's packet from its client keeps the flow alive as its
+/// backend's replies do (conntrack's timer runs on both directions); a flow
+/// whose time ran out, or whose reply entry is gone, is over and the packet
+/// opens a new one. TCP: always alive here.
+#[inline(always)]
+fn udp_alive(f: &ServiceFlow, proto: u8) -> bool {
+    if proto != PROTO_UDP {
+        return true;
+    }
+    let key = FlowKey::new(f.backend_ip, f.src_ip, f.backend_port, f.src_port, proto);
+    let Some(reply) = SERVICE_REPLIES.get_ptr_mut(key) else {
+        return false;
+    };
+    let now = crate::clock::coarse();
+    // SAFETY: the pointer came from a successful lookup; a racing writer on
+    // another CPU only refreshes the same time.
+    if udp_expired(unsafe { (*reply).last_ns }, now) {
+        let _ = SERVICE_REPLIES.remove(key);
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*reply).last_ns = now };
+    true
+}
+
+/// Conntrack would have forgotten a UDP flow last seen at `last_ns`.
+#[inline(always)]
+fn udp_expired(last_ns: u64, now: u64) -> bool {
+    now.saturating_sub(last_ns) > UDP_STREAM_TIMEOUT_S as u64 * 1_000_000_000
+}
+
 /// The flow's backend is no longer where it was in the service's list.
 #[inline(always)]
 fn gone(svc: &Service, f: &ServiceFlow) -> bool {
-    if f.index >= svc.backends {
-        return true;
+    !still_at(svc, f.index, f.backend_ip, f.backend_port)
+}
+
+/// The service's ready backend at `index` is (ip, port).
+#[inline(always)]
+fn still_at(svc: &Service, index: u32, ip: u32, port: u16) -> bool {
+    if index >= svc.backends {
+        return false;
     }
     let slot = BackendKey {
         service: svc.id,
-        index: f.index,
+        index,
     };
     // SAFETY: the value is copied at once.
     match unsafe { SERVICE_BACKENDS.get(slot) }.copied() {
-        Some(b) => (b.ip, b.port) != (f.backend_ip, f.backend_port),
-        None => true,
+        Some(b) => (b.ip, b.port) == (ip, port),
+        None => false,
     }
 }
 
@@ -311,8 +349,10 @@ fn to_backend(ctx: &TcContext, cfg: &NodeConfig, backend: u32) -> Result<Forward
 }
 
 /// A new flow's backend: the client's affine one while its affinity
-/// lasts, else one of the ready backends at random (kube-proxy's
-/// `statistic --mode random` chain gives each the same chance).
+/// lasts and it is still one of the ready backends (kube-proxy's
+/// `recent --rcheck` rule goes with its endpoint), else one of the ready
+/// backends at random (kube-proxy's `statistic --mode random` chain gives
+/// each the same chance).
 #[inline(always)]
 fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<(Backend, u32), DropReason> {
     let now = crate::clock::coarse();
@@ -324,6 +364,7 @@ fn pick(svc: &Service, frontend: &ServiceKey, client: u32) -> Result<(Backend, u
         // SAFETY: the value is copied at once.
         if let Some(a) = unsafe { SERVICE_AFFINITY.get(key) }.copied()
             && now.saturating_sub(a.last_ns) < svc.affinity_secs as u64 * 1_000_000_000
+            && still_at(svc, a.index, a.backend.ip, a.backend.port)
         {
             remember(&key, a.backend, a.index, now);
             return Ok((a.backend, a.index));
@@ -376,11 +417,18 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
     // the same time.
     let r = unsafe { *entry };
     let now = crate::clock::coarse();
-    if ip.proto == PROTO_UDP
-        && now.saturating_sub(r.last_ns) > UDP_STREAM_TIMEOUT_S as u64 * 1_000_000_000
-    {
-        // Conntrack would have forgotten this flow: the packet is no reply.
+    if ip.proto == PROTO_UDP && udp_expired(r.last_ns, now) {
+        // Conntrack would have forgotten this flow, both its directions:
+        // the packet is no reply.
         let _ = SERVICE_REPLIES.remove(key);
+        let forward = FlowKey::new(
+            r.client_ip,
+            r.frontend_ip,
+            r.client_port,
+            r.frontend_port,
+            ip.proto,
+        );
+        let _ = SERVICE_FLOWS.remove(forward);
         return Ok(None);
     }
     // SAFETY: as above.

@@ -6,6 +6,7 @@
 //! with the Services written by the agent's own code (ServiceTable).
 use std::net::Ipv4Addr;
 
+use aya::maps::HashMap;
 use etherparse::{
     Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice,
     icmpv4::DestUnreachableHeader,
@@ -13,13 +14,16 @@ use etherparse::{
 use netplane::{
     agent::service_table::{ServiceTable, configure_node},
     config::Cluster,
-    datapath::{Counters, Datapath},
+    datapath::{Counters, Datapath, key},
     source::service_watch::Frontend,
 };
 use netplane_common::{
     DropReason, Path, checksum,
+    limits::UDP_STREAM_TIMEOUT_S,
     maps::programs,
-    nat::{PROTO_TCP, PROTO_UDP},
+    nat::{FlowKey, PROTO_TCP, PROTO_UDP},
+    registry,
+    services::{ServiceFlow, ServiceReply},
 };
 use netplane_tests::{privileged, world::*};
 
@@ -385,4 +389,137 @@ fn a_direct_connection_on_an_old_service_tuple_keeps_its_replies() {
     let c = moved(&mut dp, |dp| back = run(dp, programs::FROM_UPLINK, &reply));
     assert_eq!(tuple(&back.1).0, addr(REMOTE_POD, 8080));
     assert_eq!(c.path(Path::FromRemoteNode), 1);
+}
+
+/// Pod A's SYN to the remote service from `port`: the backend it reached.
+fn connect_from(dp: &mut Datapath, port: u16) -> (Ipv4Addr, u16) {
+    let b = PacketBuilder::ethernet2(POD_A_MAC, POD_A_HOST_MAC)
+        .ipv4(POD_A, REMOTE_SVC, 64)
+        .tcp(port, 80, 1, 64000)
+        .syn();
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).unwrap();
+    tuple(&run(dp, programs::FROM_POD, &f).1).1
+}
+
+fn affine(backends: &[[u8; 4]]) -> Frontend {
+    Frontend {
+        affinity_secs: 10_800,
+        ..frontend(REMOTE_SVC, PROTO_TCP, backends)
+    }
+}
+
+#[test]
+fn client_ip_affinity_leaves_a_backend_that_left_its_service() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    let mut table = ServiceTable::adopt(&mut dp).unwrap();
+    // The backend stays in another Service (the UDP one), so only this
+    // Service's list says it is gone.
+    let udp = frontend(REMOTE_SVC, PROTO_UDP, &[REMOTE_POD]);
+    table
+        .apply(&mut dp, &[affine(&[REMOTE_POD]), udp.clone()])
+        .unwrap();
+    assert_eq!(connect_from(&mut dp, 41000), addr(REMOTE_POD, 8080));
+    table.apply(&mut dp, &[affine(&[POD_B]), udp]).unwrap();
+    for port in 41001..41005 {
+        assert_eq!(
+            connect_from(&mut dp, port),
+            addr(POD_B, 8080),
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn client_ip_affinity_follows_its_backend_to_a_new_index() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    let mut table = ServiceTable::adopt(&mut dp).unwrap();
+    table
+        .apply(&mut dp, &[affine(&[REMOTE_POD, POD_B])])
+        .unwrap();
+    let first = connect_from(&mut dp, 42000);
+    for port in 42001..42005 {
+        assert_eq!(connect_from(&mut dp, port), first, "affine, port {port}");
+    }
+    // The list is reordered and grows: the client keeps its backend.
+    let extra = [10, 244, 1, 9];
+    table
+        .apply(&mut dp, &[affine(&[extra, POD_B, REMOTE_POD])])
+        .unwrap();
+    for port in 42005..42010 {
+        assert_eq!(connect_from(&mut dp, port), first, "moved, port {port}");
+    }
+}
+
+/// Moves a UDP service flow's last-seen time `secs` into the past, as if
+/// that long had gone by with nothing from either side.
+fn age_udp_flow(dp: &mut Datapath, reply_key: FlowKey, secs: u64) {
+    let mut replies: HashMap<_, FlowKey, ServiceReply> =
+        dp.lru_hash(registry::SERVICE_REPLIES).unwrap();
+    let mut r = replies.get(&reply_key, 0).expect("the flow's reply entry");
+    r.last_ns = r.last_ns.saturating_sub(secs * 1_000_000_000);
+    replies.insert(reply_key, r, 0).unwrap();
+}
+
+/// Linux keeps a UDP flow while either side sends (conntrack's timer runs
+/// on both directions) and forgets both directions together.
+#[test]
+fn a_udp_service_flow_lives_while_its_client_sends_and_ends_whole() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    let timeout = u64::from(UDP_STREAM_TIMEOUT_S);
+    let out = frame(&from_a(REMOTE_SVC, true));
+    let reply = frame(&Seg {
+        macs: (PEER_NODE_MAC, UPLINK_MAC),
+        src: (REMOTE_POD, 8080),
+        dst: (POD_A, 40000),
+        ttl: 63,
+        udp: true,
+    });
+    let reply_key = FlowKey::new(
+        key(REMOTE_POD.into()),
+        key(POD_A.into()),
+        8080,
+        40000,
+        PROTO_UDP,
+    );
+    let forward_key = FlowKey::new(
+        key(POD_A.into()),
+        key(REMOTE_SVC.into()),
+        40000,
+        80,
+        PROTO_UDP,
+    );
+    run(&mut dp, programs::FROM_POD, &out);
+    // The client sends again after most of the timeout, then the backend
+    // answers after most of it again: more than the timeout since the
+    // backend's last packet, less since the client's.
+    age_udp_flow(&mut dp, reply_key, timeout - 10);
+    run(&mut dp, programs::FROM_POD, &out);
+    age_udp_flow(&mut dp, reply_key, timeout - 10);
+    let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(
+        tuple(&back).0,
+        addr(REMOTE_SVC, 80),
+        "the reply still comes from the Service"
+    );
+    // Silence past the timeout: a late reply is no reply, and the flow is
+    // gone in both directions.
+    age_udp_flow(&mut dp, reply_key, timeout + 10);
+    let (_, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(tuple(&back).0, addr(REMOTE_POD, 8080));
+    let flows: HashMap<_, FlowKey, ServiceFlow> = dp.lru_hash(registry::SERVICE_FLOWS).unwrap();
+    assert!(
+        flows.get(&forward_key, 0).is_err(),
+        "the forward entry went with the reply entry"
+    );
 }

@@ -3,9 +3,12 @@
 //!
 //! A frontend's backends are written before its count, and a shrinking
 //! count before the backends it drops, so a program never indexes past
-//! what is there. When a backend goes, the UDP flows and affinities that
-//! point at it are removed (kube-proxy clears such UDP conntrack entries;
-//! TCP connections live on until their pod ends them).
+//! what is there. When a backend goes, the UDP flows that point at it are
+//! removed (kube-proxy clears such UDP conntrack entries; TCP connections
+//! live on until their pod ends them). A frontend's ClientIP affinities
+//! follow its list: one whose backend left that frontend is forgotten, one
+//! whose backend moved gets its new index (kube-proxy's `recent` rule goes
+//! and stays with its endpoint).
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::Ipv4Addr,
@@ -105,6 +108,8 @@ impl ServiceTable {
             warn!("only the first {MAX_SERVICES} service ports are carried");
         }
         let mut gone_backends: HashSet<Backend> = HashSet::new();
+        // Frontends whose list changed, with the list they have now.
+        let mut relisted: BTreeMap<ServiceKey, Vec<Backend>> = BTreeMap::new();
         // Frontends no longer wanted: the frontend first, then its backends.
         let removed: Vec<ServiceKey> = self
             .written
@@ -124,6 +129,7 @@ impl ServiceTable {
                 .ok();
             }
             gone_backends.extend(old.backends);
+            relisted.insert(k, Vec::new());
         }
         for (k, (backends, affinity_secs, name)) in want {
             let id = match self.written.get(&k) {
@@ -165,6 +171,7 @@ impl ServiceTable {
             }
             if let Some(old) = old {
                 gone_backends.extend(old.into_iter().filter(|o| !backends.contains(o)));
+                relisted.insert(k, backends.clone());
             }
             info!(
                 service = name,
@@ -182,7 +189,10 @@ impl ServiceTable {
             .collect();
         let gone: HashSet<Backend> = gone_backends.difference(&still).copied().collect();
         if !gone.is_empty() {
-            forget_backends(dp, &gone)?;
+            forget_udp_flows(dp, &gone)?;
+        }
+        if !relisted.is_empty() {
+            follow_affinities(dp, &relisted)?;
         }
         set_frontends(dp, self.written.len() as u32)
     }
@@ -211,9 +221,9 @@ fn backends_map(dp: &mut Datapath) -> Result<HashMap<&mut MapData, BackendKey, B
     dp.hash(registry::SERVICE_BACKENDS)
 }
 
-/// Removes the UDP flows (with their reply entries) and the affinities
-/// that point at backends which are gone.
-fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
+/// Removes the UDP flows (with their reply entries) that point at backends
+/// which are gone.
+fn forget_udp_flows(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
     let stale: Vec<(FlowKey, ServiceFlow)> = {
         let flows: HashMap<_, FlowKey, ServiceFlow> = dp.lru_hash(registry::SERVICE_FLOWS)?;
         flows
@@ -238,17 +248,6 @@ fn forget_backends(dp: &mut Datapath, gone: &HashSet<Backend>) -> Result<()> {
             let reply = FlowKey::new(f.backend_ip, f.src_ip, f.backend_port, f.src_port, k.proto);
             replies.remove(&reply).ok();
         }
-    }
-    let mut affinity: HashMap<_, AffinityKey, Affinity> =
-        dp.lru_hash(registry::SERVICE_AFFINITY)?;
-    let keys: Vec<AffinityKey> = affinity
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, a)| gone.contains(&a.backend))
-        .map(|(k, _)| k)
-        .collect();
-    for k in keys {
-        affinity.remove(&k).ok();
     }
     if !stale.is_empty() {
         info!(
@@ -287,5 +286,41 @@ fn set_frontends(dp: &mut Datapath, frontends: u32) -> Result<()> {
     let mut cfg = arr.get(&0, 0)?;
     cfg.frontends = frontends;
     arr.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Makes the affinities of the frontends whose list changed follow it:
+/// forgotten when their backend left the frontend, re-indexed when it moved.
+fn follow_affinities(
+    dp: &mut Datapath,
+    relisted: &BTreeMap<ServiceKey, Vec<Backend>>,
+) -> Result<()> {
+    let mut affinity: HashMap<_, AffinityKey, Affinity> =
+        dp.lru_hash(registry::SERVICE_AFFINITY)?;
+    let found: Vec<(AffinityKey, Affinity)> = affinity
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| relisted.contains_key(&k.frontend))
+        .collect();
+    let mut forgotten = 0;
+    for (k, mut a) in found {
+        match relisted[&k.frontend].iter().position(|b| *b == a.backend) {
+            Some(index) if index as u32 == a.index => {}
+            Some(index) => {
+                a.index = index as u32;
+                affinity.insert(k, a, 0).ok();
+            }
+            None => {
+                affinity.remove(&k).ok();
+                forgotten += 1;
+            }
+        }
+    }
+    if forgotten > 0 {
+        info!(
+            forgotten,
+            "ClientIP affinities to backends that left forgotten"
+        );
+    }
     Ok(())
 }
