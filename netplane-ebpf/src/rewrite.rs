@@ -180,8 +180,12 @@ pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4, udp_cone: bool) -> Result<Icmp,
         return Ok(Icmp::NotAnError);
     }
     let q: [u8; QUOTE_LEN] = ctx.load(ip.l4_off + icmp::QUOTE).map_err(truncated)?;
+    // Quoting what no translation made (the node's own GRE, ESP or SCTP,
+    // or a header with options, which netplane does not restore;
+    // docs/snat.md): the node's, as an error Linux's NAT finds no
+    // conntrack entry for goes to the host's own sockets.
     if q[quote::VERSION_IHL] != quote::PLAIN_IPV4 {
-        return Err(DropReason::UnsupportedL4); // quoted header with options
+        return Ok(Icmp::NotOurs);
     }
     let proto = q[quote::PROTO];
     let addr = |at: usize| u32::from_ne_bytes([q[at], q[at + 1], q[at + 2], q[at + 3]]);
@@ -193,7 +197,7 @@ pub fn icmp_error_in(ctx: &TcContext, ip: &Ipv4, udp_cone: bool) -> Result<Icmp,
             be16(&q, quote::L4 + tcp::DST_PORT),
         ),
         PROTO_ICMP => (be16(&q, quote::L4 + icmp::ECHO_ID), 0),
-        _ => return Err(DropReason::UnsupportedL4),
+        _ => return Ok(Icmp::NotOurs),
     };
     // A UDP cone translation is keyed without the remote's port.
     let remote_port = if udp_cone && proto == PROTO_UDP {

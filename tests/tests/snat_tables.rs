@@ -703,6 +703,35 @@ fn icmp_errors_are_translated_back_with_the_quoted_header() {
     assert_eq!(quoted_source(&back), (NODE0.into(), 40000));
 }
 
+/// An ICMP error quoting what the engine does not translate (the node's
+/// own GRE, ESP or SCTP, or a header with options) is the node's: handed
+/// to its stack unchanged (its tunnels learn their path MTU), not dropped.
+#[test]
+fn icmp_errors_quoting_the_nodes_own_protocols_reach_the_node() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = masquerading(1024, 65535);
+    // The node's own packet, as it left: GRE (47), ESP (50), SCTP (132).
+    let own = udp_port(NODE0, 5000, INTERNET, 9, (UPLINK_MAC, PEER_NODE_MAC));
+    for (what, proto, ihl) in [
+        ("GRE", 47u8, 5u8),
+        ("ESP", 50, 5),
+        ("SCTP", 132, 5),
+        ("UDP with IP options", 17, 6),
+    ] {
+        let mut quoted = own.clone();
+        quoted[14] = 0x40 | ihl;
+        quoted[14 + 9] = proto;
+        let err = port_unreachable(INTERNET, NODE0, &quoted);
+        let before = drops(&mut dp, DropReason::UnsupportedL4);
+        let (v, out) = run(&mut dp, programs::FROM_UPLINK, &err);
+        assert_eq!(v, TC_ACT_OK, "{what}: to the node's stack");
+        assert_eq!(out, err, "{what}: unchanged");
+        assert_eq!(drops(&mut dp, DropReason::UnsupportedL4), before, "{what}");
+    }
+}
+
 #[test]
 fn pods_are_not_reachable_from_outside_the_cluster() {
     if !privileged() {
