@@ -168,13 +168,14 @@ impl Masquerade {
         }
         match icmp_error_about(f, ip) {
             Some(Err(r)) => return Some((TC_ACT_SHOT, Moves::Drop(r))),
-            Some(Ok((proto, source, remote))) => {
+            Some(Ok(Some((proto, source, remote)))) => {
                 assert!(
                     self.table.reply(proto, remote, source).is_none(),
                     "ICMP errors about translated flows are not modelled (the packet tables hold them)"
                 );
                 return None; // about no translation: the node's
             }
+            Some(Ok(None)) => return None, // quoting the node's own: the node's
             None => {}
         }
         let l = l4(f, ip, false).ok()?;

@@ -252,10 +252,10 @@ impl Node {
     }
 }
 
-/// To the node's IP: an ICMP error (unreachable, time exceeded) must quote
-/// an option-less IPv4 header and 8 bytes of TCP, UDP or ICMP, which the
-/// SNAT engine reads to find its flow (docs/snat.md); one it cannot read is
-/// dropped.
+/// To the node's IP: an ICMP error (unreachable, time exceeded) whose
+/// quote is too short to read is dropped; one quoting anything else than
+/// an option-less IPv4 header and TCP, UDP or ICMP is no translation's and
+/// the node's (docs/snat.md).
 fn icmp_error_check(f: &[u8], ip: &Ip) -> Option<DropReason> {
     if ip.proto != 1 || ip.later_fragment {
         return None;
@@ -267,11 +267,8 @@ fn icmp_error_check(f: &[u8], ip: &Ip) -> Option<DropReason> {
     if icmp_type != 3 && icmp_type != 11 {
         return None;
     }
-    let Some(quote) = f.get(l4 + 8..l4 + 8 + 28) else {
+    if f.len() < l4 + 8 + 28 {
         return Some(DropReason::TruncatedL4);
-    };
-    if quote[0] != 0x45 || ![1, 6, 17].contains(&quote[9]) {
-        return Some(DropReason::UnsupportedL4);
     }
     None
 }

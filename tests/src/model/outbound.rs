@@ -181,7 +181,8 @@ impl LoadBalancer {
         }
         match icmp_error_about(f, ip) {
             Some(Err(r)) => return drop(r),
-            Some(Ok((proto, source, remote))) => {
+            Some(Ok(None)) => return drop(DropReason::NatNoMapping),
+            Some(Ok(Some((proto, source, remote)))) => {
                 let cone = self.udp_cone && proto == UDP;
                 let remote = (remote.0, if cone { 0 } else { remote.1 });
                 assert!(

@@ -82,9 +82,12 @@ pub type Quoted = (u8, (Ipv4Addr, u16), (Ipv4Addr, u16));
 
 /// The flow an ICMP error (unreachable, time exceeded) is about, as its
 /// quote shows the packet that caused it: (protocol, the quoted source,
-/// the quoted destination). None: not such an error. An error must quote
-/// an option-less IPv4 header and 8 bytes of TCP, UDP or ICMP.
-pub fn icmp_error_about(f: &[u8], ip: &Ip) -> Option<Result<Quoted, DropReason>> {
+/// the quoted destination). None: not such an error. `Ok(None)`: an error
+/// quoting what no translation makes (an option-less IPv4 header and 8
+/// bytes of TCP, UDP or ICMP are what the engine reads; GRE, ESP, SCTP or
+/// a header with options are someone else's). A quote too short to read
+/// is refused.
+pub fn icmp_error_about(f: &[u8], ip: &Ip) -> Option<Result<Option<Quoted>, DropReason>> {
     if ip.proto != ICMP || ip.later_fragment {
         return None;
     }
@@ -97,7 +100,7 @@ pub fn icmp_error_about(f: &[u8], ip: &Ip) -> Option<Result<Quoted, DropReason>>
         return Some(Err(DropReason::TruncatedL4));
     };
     if q[0] != 0x45 || ![ICMP, TCP, UDP].contains(&q[9]) {
-        return Some(Err(DropReason::UnsupportedL4));
+        return Some(Ok(None));
     }
     let addr = |i: usize| Ipv4Addr::new(q[i], q[i + 1], q[i + 2], q[i + 3]);
     let be16 = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
@@ -106,7 +109,7 @@ pub fn icmp_error_about(f: &[u8], ip: &Ip) -> Option<Result<Quoted, DropReason>>
     } else {
         (be16(20), be16(22))
     };
-    Some(Ok((q[9], (addr(12), sport), (addr(16), dport))))
+    Some(Ok(Some((q[9], (addr(12), sport), (addr(16), dport)))))
 }
 
 /// Where the transport checksum is, and whether the pseudo-header (the
