@@ -104,6 +104,28 @@ fn from_a(dst: [u8; 4], udp: bool) -> Seg {
     }
 }
 
+/// The node's own segment leaving by the uplink to a service frontend.
+fn from_node(dst: [u8; 4], udp: bool) -> Seg {
+    Seg {
+        macs: (UPLINK_MAC, PEER_NODE_MAC),
+        src: (NODE0, 50000),
+        dst: (dst, 80),
+        ttl: 64,
+        udp,
+    }
+}
+
+/// A segment arriving from the VNet (a backend's reply).
+fn from_vnet(src: ([u8; 4], u16), dst: ([u8; 4], u16), udp: bool) -> Seg {
+    Seg {
+        macs: (PEER_NODE_MAC, UPLINK_MAC),
+        src,
+        dst,
+        ttl: 63,
+        udp,
+    }
+}
+
 fn run(dp: &mut Datapath, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
     test_run(dp, prog, input, 0).unwrap()
 }
@@ -183,13 +205,7 @@ fn a_service_flow_is_translated_both_ways() {
         assert_eq!(again.1, got.1, "udp={udp}");
 
         // Back: the backend's reply from the VNet gets the frontend back.
-        let reply = frame(&Seg {
-            macs: (PEER_NODE_MAC, UPLINK_MAC),
-            src: (REMOTE_POD, 8080),
-            dst: (POD_A, 40000),
-            ttl: 63,
-            udp,
-        });
+        let reply = frame(&from_vnet((REMOTE_POD, 8080), (POD_A, 40000), udp));
         let mut back = (0, Vec::new());
         let c = moved(&mut dp, |dp| back = run(dp, programs::FROM_UPLINK, &reply));
         assert_eq!(back.0, TC_ACT_REDIRECT);
@@ -244,13 +260,7 @@ fn hairpin_and_node_flows_are_masqueraded_with_a_random_port() {
 
     // The node's own traffic leaving by the uplink: to the backend on
     // node-1, from the node's address with a random port.
-    let host = frame(&Seg {
-        macs: (UPLINK_MAC, PEER_NODE_MAC),
-        src: (NODE0, 50000),
-        dst: (REMOTE_SVC, 80),
-        ttl: 64,
-        udp: true,
-    });
+    let host = frame(&from_node(REMOTE_SVC, true));
     let (v, out) = run(&mut dp, programs::TO_UPLINK, &host);
     assert_eq!(v, TC_ACT_REDIRECT);
     let (src, dst, _) = tuple(&out);
@@ -259,13 +269,7 @@ fn hairpin_and_node_flows_are_masqueraded_with_a_random_port() {
         (Ipv4Addr::from(NODE0), addr(REMOTE_POD, 8080))
     );
     // The backend's reply reaches the node's stack as the service's.
-    let reply = frame(&Seg {
-        macs: (PEER_NODE_MAC, UPLINK_MAC),
-        src: (REMOTE_POD, 8080),
-        dst: (NODE0, src.1),
-        ttl: 63,
-        udp: true,
-    });
+    let reply = frame(&from_vnet((REMOTE_POD, 8080), (NODE0, src.1), true));
     let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
     assert_eq!(v, TC_ACT_OK);
     assert_eq!(tuple(&back).0, addr(REMOTE_SVC, 80));
@@ -369,13 +373,7 @@ fn a_direct_connection_on_an_old_service_tuple_keeps_its_replies() {
         b.write(&mut f, &[]).unwrap();
         run(dp, programs::FROM_POD, &f)
     };
-    let reply = frame(&Seg {
-        macs: (PEER_NODE_MAC, UPLINK_MAC),
-        src: (REMOTE_POD, 8080),
-        dst: (POD_A, 40000),
-        ttl: 63,
-        udp: false,
-    });
+    let reply = frame(&from_vnet((REMOTE_POD, 8080), (POD_A, 40000), false));
     // Through the Service first: its reply is restored.
     syn_to(&mut dp, REMOTE_SVC, 80);
     let (_, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
@@ -477,13 +475,7 @@ fn a_udp_service_flow_lives_while_its_client_sends_and_ends_whole() {
     let mut dp = world();
     let timeout = u64::from(UDP_STREAM_TIMEOUT_S);
     let out = frame(&from_a(REMOTE_SVC, true));
-    let reply = frame(&Seg {
-        macs: (PEER_NODE_MAC, UPLINK_MAC),
-        src: (REMOTE_POD, 8080),
-        dst: (POD_A, 40000),
-        ttl: 63,
-        udp: true,
-    });
+    let reply = frame(&from_vnet((REMOTE_POD, 8080), (POD_A, 40000), true));
     let reply_key = FlowKey::new(
         key(REMOTE_POD.into()),
         key(POD_A.into()),
@@ -522,4 +514,43 @@ fn a_udp_service_flow_lives_while_its_client_sends_and_ends_whole() {
         flows.get(&forward_key, 0).is_err(),
         "the forward entry went with the reply entry"
     );
+}
+
+/// A node's own Service flow to a backend outside the cluster (the API
+/// server's kind) holds its masqueraded port toward that backend: a pod's
+/// direct flow to the same backend port never gets that port, or the
+/// backend's replies would reach the pod instead of the node.
+#[test]
+fn a_pod_flow_never_takes_the_port_of_a_node_service_flow() {
+    if !privileged() {
+        return;
+    }
+    const API_SVC: [u8; 4] = [10, 0, 1, 5];
+    const OUTSIDE: [u8; 4] = [10, 224, 0, 9]; // node subnet, no pod CIDR
+    let mut dp = masquerade_on(world(), 1024, 65535);
+    let mut table = ServiceTable::adopt(&mut dp).unwrap();
+    table
+        .apply(&mut dp, &[frontend(API_SVC, PROTO_TCP, &[OUTSIDE])])
+        .unwrap();
+    let host = frame(&from_node(API_SVC, false));
+    let (_, out) = run(&mut dp, programs::TO_UPLINK, &host);
+    let (node_side, backend, _) = tuple(&out);
+    assert_eq!(backend, addr(OUTSIDE, 8080));
+    // Pod A asks the backend directly from that very port: its source
+    // port would be kept if it were free.
+    let direct = frame(&Seg {
+        src: (POD_A, node_side.1),
+        dst: (OUTSIDE, 8080),
+        ..from_a(OUTSIDE, false)
+    });
+    let (_, out) = run(&mut dp, programs::FROM_POD, &direct);
+    let (pod_side, _, _) = tuple(&out);
+    assert_eq!(pod_side.0, Ipv4Addr::from(NODE0), "masqueraded");
+    assert_ne!(pod_side.1, node_side.1, "the node's Service flow holds it");
+    // The backend's reply to the node's port is still the node's flow's.
+    let reply = frame(&from_vnet((OUTSIDE, 8080), (NODE0, node_side.1), false));
+    let (v, back) = run(&mut dp, programs::FROM_UPLINK, &reply);
+    assert_eq!(v, TC_ACT_OK, "to the node's stack");
+    assert_eq!(tuple(&back).0, addr(API_SVC, 80));
+    assert_eq!(tuple(&back).1, addr(NODE0, 50000));
 }

@@ -22,7 +22,7 @@ use crate::{
     maps::bump,
     maps::{
         CONE_PEERS, EVICTION_QUEUE, NAT_IN, NAT_OUT, PORT_BITMAPS, PORT_HINTS, PORT_OWNED,
-        SNAT_ALLOCS, SNAT_EVICTS, SNAT_FAILS, SNAT_SLOTS,
+        SERVICE_REPLIES, SNAT_ALLOCS, SNAT_EVICTS, SNAT_FAILS, SNAT_SLOTS,
     },
     packet::{Ipv4, tcp},
 };
@@ -520,11 +520,18 @@ enum Tried {
     Full,
 }
 
-/// Claims port (start + offset) of the slot toward the destination.
+/// Claims port (start + offset) of the slot toward the destination. A
+/// port whose reply tuple a Service flow's masquerade holds (the node's own
+/// flow to a backend outside the cluster) is taken too: its replies are
+/// that flow's (SERVICE_REPLIES shares NAT_IN's key layout).
 #[inline(always)]
 fn try_port(p: &mut Probe, offset: u32) -> Tried {
     let port = p.slot.port_lo as u32 + offset % p.slot.size().max(1);
     p.key.dst_port = port as u16;
+    // SAFETY: only presence is read.
+    if unsafe { SERVICE_REPLIES.get(p.key) }.is_some() {
+        return Tried::Taken;
+    }
     match NAT_IN.insert(p.key, p.rev, BPF_NOEXIST as u64) {
         Ok(()) => {
             p.found = port;
