@@ -99,9 +99,10 @@ maps! {
     /// port of a block probably is (a node searches its port bitmap instead).
     PORT_HINTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_PORT_HINTS, 0);
 
-    /// Translated (address, port, protocol) in use by some flow: the Services'
-    /// masquerade takes no such port for the node's address. Set on claim;
-    /// the agent's collector removes the ones no flow holds any more.
+    /// Translated (address, port, protocol) in use by some flow, whoever the
+    /// remote: the agent's record of which port bitmap bits to keep. Set on
+    /// claim; the collector removes the ones no flow holds any more and
+    /// clears their bits. No program reads it (decisions.md §51).
     PORT_OWNED: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_NAT_ENTRIES, 0);
 
     /// Per SNAT IP and protocol, the ports some flow holds: where a new flow

@@ -223,8 +223,9 @@ fn open(
 }
 
 /// `MASQUERADE --random-fully`: a random source port whose reply tuple
-/// no other flow holds (claimed by inserting it) and, for the node's own
-/// address, that the node's SNAT does not own.
+/// no other flow holds: no Service flow (claimed by inserting it) and no
+/// pod's translation (NAT_IN has the same key layout). A port a pod's flow
+/// holds toward another remote is free here, as conntrack's tuples differ.
 #[inline(always)]
 fn claim_random_port(
     b: Backend,
@@ -233,13 +234,14 @@ fn claim_random_port(
     reply: &ServiceReply,
 ) -> Result<u16, DropReason> {
     let span = (MASQUERADE_PORT_MAX - MASQUERADE_PORT_MIN) as u32 + 1;
+    let mut reply_key = FlowKey::new(b.ip, src_ip, b.port, 0, proto);
     for _ in 0..MASQUERADE_PORT_TRIES {
         // SAFETY: no preconditions.
         let port = MASQUERADE_PORT_MIN + (unsafe { bpf_get_prandom_u32() } % span) as u16;
-        if crate::snat::port_owned(src_ip, port, proto) {
+        reply_key.dst_port = port;
+        if crate::snat::reply_held(&reply_key) {
             continue;
         }
-        let reply_key = FlowKey::new(b.ip, src_ip, b.port, port, proto);
         if SERVICE_REPLIES
             .insert(reply_key, reply, BPF_NOEXIST as u64)
             .is_ok()

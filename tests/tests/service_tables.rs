@@ -21,9 +21,9 @@ use netplane_common::{
     DropReason, Path, checksum,
     limits::UDP_STREAM_TIMEOUT_S,
     maps::programs,
-    nat::{FlowKey, PROTO_TCP, PROTO_UDP},
+    nat::{FlowKey, NatReverse, PROTO_TCP, PROTO_UDP, owned_key},
     registry,
-    services::{ServiceFlow, ServiceReply},
+    services::{MASQUERADE_PORT_MAX, MASQUERADE_PORT_MIN, ServiceFlow, ServiceReply},
 };
 use netplane_tests::{privileged, world::*};
 
@@ -553,4 +553,74 @@ fn a_pod_flow_never_takes_the_port_of_a_node_service_flow() {
     assert_eq!(v, TC_ACT_OK, "to the node's stack");
     assert_eq!(tuple(&back).0, addr(API_SVC, 80));
     assert_eq!(tuple(&back).1, addr(NODE0, 50000));
+}
+
+/// The Services' masquerade of the node's own flow avoids exactly the
+/// reply tuples pods' translations hold, as one conntrack table would: a
+/// port a pod's flow holds toward the same backend is never taken, and one
+/// it holds only toward other remotes is free.
+#[test]
+fn the_node_service_masquerade_avoids_exactly_the_tuples_pods_hold() {
+    if !privileged() {
+        return;
+    }
+    const API_SVC: [u8; 4] = [10, 0, 1, 5];
+    const OUTSIDE: [u8; 4] = [10, 224, 0, 9];
+    let masquerade_ports = MASQUERADE_PORT_MIN..=MASQUERADE_PORT_MAX;
+    let node_flow = |dp: &mut Datapath| {
+        let mut got = (0, Vec::new());
+        let c = moved(dp, |dp| {
+            got = run(dp, programs::TO_UPLINK, &frame(&from_node(API_SVC, false)))
+        });
+        (got, c.drop(DropReason::NatPortsExhausted))
+    };
+    let with_api = || {
+        let mut dp = masquerade_on(world(), 1024, 65535);
+        let mut table = ServiceTable::adopt(&mut dp).unwrap();
+        table
+            .apply(&mut dp, &[frontend(API_SVC, PROTO_TCP, &[OUTSIDE])])
+            .unwrap();
+        dp
+    };
+    let reply_to = |port: u16| {
+        FlowKey::new(
+            key(OUTSIDE.into()),
+            key(NODE0.into()),
+            8080,
+            port,
+            PROTO_TCP,
+        )
+    };
+
+    // Pods' flows hold every port toward the backend itself: no port is
+    // left for the node's flow, which is refused, not given a held tuple.
+    let mut dp = with_api();
+    {
+        let mut nat_in: HashMap<_, FlowKey, NatReverse> = dp.hash(registry::NAT_IN).unwrap();
+        for port in masquerade_ports.clone() {
+            let rev = NatReverse {
+                orig_ip: key(POD_A.into()),
+                orig_port: port,
+                _pad: 0,
+            };
+            nat_in.insert(reply_to(port), rev, 0).unwrap();
+        }
+    }
+    let ((v, _), exhausted) = node_flow(&mut dp);
+    assert_eq!((v, exhausted), (TC_ACT_SHOT, 1));
+
+    // Pods' flows hold every port, but toward other remotes: the node's
+    // flow gets one (Linux's tuples differ).
+    let mut dp = with_api();
+    {
+        let mut owned: HashMap<_, FlowKey, u64> = dp.hash(registry::PORT_OWNED).unwrap();
+        for port in masquerade_ports {
+            owned
+                .insert(owned_key(key(NODE0.into()), port, PROTO_TCP), 1, 0)
+                .unwrap();
+        }
+    }
+    let ((v, out), exhausted) = node_flow(&mut dp);
+    assert_eq!((v, exhausted), (TC_ACT_REDIRECT, 0));
+    assert_eq!(tuple(&out).1, addr(OUTSIDE, 8080));
 }

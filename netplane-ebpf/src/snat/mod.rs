@@ -15,7 +15,7 @@ mod release;
 mod table;
 
 pub use release::release_claims;
-pub use table::port_owned;
+pub use table::reply_held;
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::warn;

@@ -73,18 +73,18 @@ pub fn translation_of(key: &FlowKey) -> Option<NatEntry> {
     unsafe { NAT_OUT.get(key) }.copied()
 }
 
+/// True when some translation's reply tuple is `key` (only presence read).
+#[inline(always)]
+pub fn reply_held(key: &FlowKey) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { NAT_IN.get(key) }.is_some()
+}
+
 /// Where a reply tuple goes back to, if any.
 #[inline(always)]
 pub fn reverse_of(key: &FlowKey) -> Option<NatReverse> {
     // SAFETY: the value is copied out at once.
     unsafe { NAT_IN.get(key) }.copied()
-}
-
-/// True when some flow holds this translated address and port.
-#[inline(always)]
-pub fn port_owned(nat_ip: u32, port: u16, proto: u8) -> bool {
-    // SAFETY: only presence is read.
-    unsafe { PORT_OWNED.get(owned_key(nat_ip, port, proto)) }.is_some()
 }
 
 /// Updates an entry's clock and flags for a packet. A flag is only ever
