@@ -13,7 +13,7 @@ use aya_ebpf::{
 use netplane_common::{
     DropReason, NodeConfig, Path, checksum,
     limits::UDP_STREAM_TIMEOUT_S,
-    nat::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    nat::{FlowKey, FragKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     services::{
         Affinity, AffinityKey, Backend, BackendKey, MASQUERADE_PORT_MAX, MASQUERADE_PORT_MIN,
         MASQUERADE_PORT_TRIES, Service, ServiceFlow, ServiceKey, ServiceReply,
@@ -399,13 +399,17 @@ fn remember(key: &AffinityKey, backend: Backend, index: u32, now: u64) {
 
 /// A packet about to be delivered to a pod of this node: a backend's
 /// reply to a service flow gets the frontend's address and port back as
-/// its source (and a masqueraded flow its client as destination). Returns
-/// the client to deliver to.
+/// its source (and a masqueraded flow its client as destination). A reply
+/// datagram's later fragments get the addresses back too (the ports are in
+/// the first). Returns the client to deliver to.
 #[inline(always)]
 pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
     match SERVICE_CONFIG.get(0) {
         Some(sc) if sc.frontends != 0 => {}
         _ => return Ok(None),
+    }
+    if ip.later_fragment {
+        return restore_later_fragment(ctx, ip);
     }
     let Some(l4) = ports(ctx, ip) else {
         return Ok(None);
@@ -435,6 +439,7 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
     }
     // SAFETY: as above.
     unsafe { (*entry).last_ns = now };
+    crate::snat::fragments::remember_first(ip, l4.src_port, l4.dst_port);
     let (old, new) = (
         Endpoint::new(ip.src, l4.src_port),
         Endpoint::new(r.frontend_ip, r.frontend_port),
@@ -448,6 +453,49 @@ pub fn restore_reply(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReas
         rewrite::endpoint(ctx, &l4, Side::Destination, old, new)?;
     }
     Ok(Some(r.client_ip))
+}
+
+/// A later fragment of a backend's reply datagram: the addresses its
+/// first fragment got back, or the client could not reassemble it.
+#[inline(always)]
+fn restore_later_fragment(ctx: &TcContext, ip: &Ipv4) -> Result<Option<u32>, DropReason> {
+    let datagram = crate::snat::fragments::key(ip);
+    let found = netplane_service_fragment(&datagram);
+    if found == 0 {
+        return Ok(None);
+    }
+    let (frontend, client) = ((found >> 32) as u32, found as u32);
+    rewrite::address(ctx, Side::Source, ip.src, frontend)?;
+    if client != ip.dst {
+        rewrite::address(ctx, Side::Destination, ip.dst, client)?;
+    }
+    Ok(Some(client))
+}
+
+/// The Service flow a reply datagram's later fragment belongs to, found by
+/// its first fragment's ports: (frontend address << 32 | client address),
+/// or 0. A global function, verified once for every call site
+/// (docs/verifier.md); the packet is rewritten by the caller.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netplane_service_fragment(datagram: *const FragKey) -> i64 {
+    // SAFETY: a global function's pointer argument may be null (checked
+    // here); otherwise it points to a whole FragKey. Copied onto this
+    // stack: 6.1 takes a map key from the stack, not from argument memory.
+    let Some(d) = (unsafe { datagram.as_ref() }).copied() else {
+        return 0;
+    };
+    let Some(key) = crate::snat::fragments::tuple_of(&d) else {
+        return 0;
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(r) = (unsafe { SERVICE_REPLIES.get(key) }).copied() else {
+        return 0;
+    };
+    if d.proto == PROTO_UDP && udp_expired(r.last_ns, crate::clock::coarse()) {
+        return 0; // the first fragment would have found it over
+    }
+    ((u64::from(r.frontend_ip) << 32) | u64::from(r.client_ip)) as i64
 }
 
 /// A TCP connection opened past the Services (to a pod, a node, the

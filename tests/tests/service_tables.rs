@@ -624,3 +624,65 @@ fn the_node_service_masquerade_avoids_exactly_the_tuples_pods_hold() {
     assert_eq!((v, exhausted), (TC_ACT_REDIRECT, 0));
     assert_eq!(tuple(&out).1, addr(OUTSIDE, 8080));
 }
+/// A frame's IPv4 payload split in two fragments at byte `at` (a multiple
+/// of 8), each with its own header and checksum.
+fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (head, payload) = frame.split_at(14 + 20);
+    let part = |bytes: &[u8], offset: usize, more: bool| {
+        let mut f = head.to_vec();
+        f.extend_from_slice(bytes);
+        let total = (20 + bytes.len()) as u16;
+        f[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+        let flags = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
+        f[14 + 6..14 + 8].copy_from_slice(&flags.to_be_bytes());
+        f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = checksum::checksum(&f[14..34]);
+        f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        f
+    };
+    (
+        part(&payload[..at], 0, true),
+        part(&payload[at..], at, false),
+    )
+}
+
+/// An IPv4 frame's (source, destination), its header checksum checked.
+fn addresses(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    let h = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..])
+        .unwrap()
+        .to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    (h.source.into(), h.destination.into())
+}
+
+/// A backend's fragmented UDP reply reaches the client whole: the later
+/// fragment gets the frontend's address back too, or the client could
+/// not reassemble the datagram.
+#[test]
+fn every_fragment_of_a_udp_service_reply_comes_from_the_frontend() {
+    if !privileged() {
+        return;
+    }
+    let mut dp = world();
+    run(
+        &mut dp,
+        programs::FROM_POD,
+        &frame(&from_a(REMOTE_SVC, true)),
+    );
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(PEER_NODE_MAC, UPLINK_MAC)
+        .ipv4(REMOTE_POD, POD_A, 63)
+        .udp(8080, 40000)
+        .write(&mut reply, &[7u8; 40])
+        .unwrap();
+    let (first, later) = fragments(&reply, 16);
+    for (what, f) in [("first", first), ("later", later)] {
+        let (v, out) = run(&mut dp, programs::FROM_UPLINK, &f);
+        assert_eq!(v, TC_ACT_REDIRECT, "{what}");
+        assert_eq!(
+            addresses(&out),
+            (Ipv4Addr::from(REMOTE_SVC), Ipv4Addr::from(POD_A)),
+            "{what} fragment"
+        );
+    }
+}

@@ -9,8 +9,9 @@ use netplane_common::nat::{FlowKey, FragKey, FragPorts};
 
 use crate::{maps::FRAGMENTS, packet::Ipv4};
 
+/// A fragment's datagram, as FRAGMENTS keys it.
 #[inline(always)]
-fn key(ip: &Ipv4) -> FragKey {
+pub fn key(ip: &Ipv4) -> FragKey {
     FragKey {
         src_ip: ip.src,
         dst_ip: ip.dst,
@@ -29,7 +30,9 @@ pub fn remember_first(ip: &Ipv4, src_port: u16, dst_port: u16) {
     }
 }
 
-/// A later fragment's tuple, from its first fragment's ports.
+/// A later fragment's tuple, from its first fragment's ports. Built from
+/// `ip`'s own fields, not through [`tuple_of`]: that way Linux 6.1's
+/// verifier walked `lb_from_vnet` twice as long (22,906 → 43,210).
 #[inline(always)]
 pub fn tuple_of_later(ip: &Ipv4) -> Option<FlowKey> {
     // SAFETY: the value is copied out at once.
@@ -40,5 +43,20 @@ pub fn tuple_of_later(ip: &Ipv4) -> Option<FlowKey> {
         ports.src_port,
         ports.dst_port,
         ip.proto,
+    ))
+}
+
+/// The tuple of a datagram whose first fragment was seen (for a global
+/// function, which has the datagram's key but not the packet).
+#[inline(always)]
+pub fn tuple_of(d: &FragKey) -> Option<FlowKey> {
+    // SAFETY: the value is copied out at once.
+    let ports = unsafe { FRAGMENTS.get(d) }.copied()?;
+    Some(FlowKey::new(
+        d.src_ip,
+        d.dst_ip,
+        ports.src_port,
+        ports.dst_port,
+        d.proto,
     ))
 }

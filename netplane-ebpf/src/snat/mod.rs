@@ -10,7 +10,7 @@
 //!
 //! The transport fields (`crate::l4`) and the header rewrites
 //! (`crate::rewrite`) it uses serve the Services' DNAT too.
-mod fragments;
+pub mod fragments;
 mod release;
 mod table;
 
