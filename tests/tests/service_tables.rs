@@ -32,6 +32,10 @@ const LOCAL_SVC: [u8; 4] = [10, 0, 1, 2];
 const EMPTY_SVC: [u8; 4] = [10, 0, 1, 3];
 const SELF_SVC: [u8; 4] = [10, 0, 1, 4];
 const HAIRPIN: [u8; 4] = [10, 244, 0, 1];
+/// A Service whose backend is outside the cluster, in the node subnet (the
+/// API server's kind), added by the tests that need it.
+const API_SVC: [u8; 4] = [10, 0, 1, 5];
+const OUTSIDE: [u8; 4] = [10, 224, 0, 9];
 
 fn frontend(ip: [u8; 4], proto: u8, backends: &[[u8; 4]]) -> Frontend {
     Frontend {
@@ -525,8 +529,6 @@ fn a_pod_flow_never_takes_the_port_of_a_node_service_flow() {
     if !privileged() {
         return;
     }
-    const API_SVC: [u8; 4] = [10, 0, 1, 5];
-    const OUTSIDE: [u8; 4] = [10, 224, 0, 9]; // node subnet, no pod CIDR
     let mut dp = masquerade_on(world(), 1024, 65535);
     let mut table = ServiceTable::adopt(&mut dp).unwrap();
     table
@@ -564,8 +566,6 @@ fn the_node_service_masquerade_avoids_exactly_the_tuples_pods_hold() {
     if !privileged() {
         return;
     }
-    const API_SVC: [u8; 4] = [10, 0, 1, 5];
-    const OUTSIDE: [u8; 4] = [10, 224, 0, 9];
     let masquerade_ports = MASQUERADE_PORT_MIN..=MASQUERADE_PORT_MAX;
     let node_flow = |dp: &mut Datapath| {
         let mut got = (0, Vec::new());
