@@ -14,6 +14,9 @@ mod conformance;
 mod pki;
 mod results;
 
+/// `vm k8s-conformance --record`: the last run's record, made again.
+pub use conformance::record_again as record_conformance_again;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -184,11 +187,6 @@ pub fn conformance_on_kept() -> Result<()> {
             )
         })?;
     conformance::run(&Kubectl::admin(), kept.classic, &kept.kernel)
-}
-
-/// `vm k8s-conformance --record`: the last run's record, made again.
-pub fn record_conformance_again(classic: bool) -> Result<()> {
-    conformance::record_again(classic)
 }
 
 /// The images the nodes import: pause and agnhost (cached), and netplane's
